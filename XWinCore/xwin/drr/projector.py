@@ -1,0 +1,166 @@
+"""One projector API over two backends: numba (fast CPU) and torch (any device, autograd w.r.t. pose).
+
+Units and frames: volumes are ``[k, j, i]`` arrays with an LPS-mm ↔ IJK affine; attenuation μ is per mm; a line
+integral ∫μ dl is dimensionless; views come from `xwin.geometry` (LPS mm).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import XWinInputError
+from ..geometry import Geometry, Views, carm_views
+from ..io.image import Volume
+from . import joseph_numba, joseph_torch
+
+Mode = Literal["line", "intensity", "radiograph"]
+Backend = Literal["auto", "numba", "torch"]
+MODES = ("line", "intensity", "radiograph")
+MU_WATER = 0.0193  # per mm, water at about 60 keV effective energy
+DISPLAY_SCALE = 4.0  # radiograph = 1 − exp(−line / DISPLAY_SCALE), see docs/geometry.md
+
+
+def hu_to_mu(hu: torch.Tensor | np.ndarray, mu_water: float = MU_WATER):
+    """Linear attenuation per mm: μ = μ_water · max(0, 1 + HU/1000)."""
+    if isinstance(hu, torch.Tensor):
+        return mu_water * torch.clamp(1.0 + hu / 1000.0, min=0.0)
+    return (mu_water * np.maximum(0.0, 1.0 + np.asarray(hu, np.float32) / 1000.0)).astype(np.float32)
+
+
+def apply_mode(line: torch.Tensor, mode: Mode) -> torch.Tensor:
+    """Turn line integrals into the requested image: ``line``, ``intensity`` = exp(−line), or ``radiograph``.
+
+    ``radiograph`` is the display convention of XWin: 1 − exp(−line / 4), in [0, 1), air black and bone bright (a
+    film-like, fixed, per-pixel map with no per-image normalisation, so it stays differentiable and comparable
+    across poses and patients).
+    """
+    if mode == "line":
+        return line
+    if mode == "intensity":
+        return torch.exp(-line)
+    if mode == "radiograph":
+        return 1.0 - torch.exp(-line / DISPLAY_SCALE)
+    raise XWinInputError(None, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def _numba_args(ijk_from_lps: torch.Tensor, views: Views) -> list[np.ndarray]:
+    a = ijk_from_lps.detach().double().cpu().numpy()
+    lin = a[:3, :3]
+    mm = [t.detach().double().cpu().numpy() for t in (views.source, views.corner, views.du, views.dv)]
+    idx = [mm[0] @ lin.T + a[:3, 3], mm[1] @ lin.T + a[:3, 3], mm[2] @ lin.T, mm[3] @ lin.T]
+    return [np.ascontiguousarray(x) for x in idx + mm]
+
+
+class _NumbaJoseph(torch.autograd.Function):
+    """Numba forward with the numba adjoint as its gradient w.r.t. the volume."""
+
+    @staticmethod
+    def forward(ctx, mu, padded, ijk_from_lps, views):
+        args = _numba_args(ijk_from_lps, views)
+        vol = padded if padded is not None else joseph_numba.pad_volume(mu.detach().cpu().numpy())
+        out = np.empty((views.batch, views.height, views.width), vol.dtype)
+        joseph_numba.forward(vol, *args, out)
+        ctx.args, ctx.shape = args, tuple(mu.shape)
+        return torch.from_numpy(out).to(mu.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = joseph_numba.adjoint(grad.detach().cpu().numpy(), ctx.shape, *ctx.args)
+        return torch.from_numpy(g).to(grad.dtype), None, None, None
+
+
+def _pick(backend: Backend, mu: torch.Tensor, views: Views) -> str:
+    if backend != "auto":
+        return backend
+    pose_grad = any(t.requires_grad for t in (views.source, views.corner, views.du, views.dv))
+    return "numba" if mu.device.type == "cpu" and not pose_grad else "torch"
+
+
+def forward_project(mu: torch.Tensor, ijk_from_lps, views: Views, backend: Backend = "auto",
+                    padded: np.ndarray | None = None) -> torch.Tensor:
+    """Line integrals (B, H, W) of attenuation ``mu`` (``[k, j, i]``, per mm) for ``views`` (LPS mm).
+
+    Differentiable w.r.t. ``mu`` on both backends and w.r.t. the views on the torch backend (chosen automatically
+    when a view tensor requires grad or ``mu`` lives on a GPU). ``padded``: optional cached
+    `joseph_numba.pad_volume` of ``mu`` for repeated numba calls.
+    """
+    a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
+    if _pick(backend, mu, views) == "numba":
+        return _NumbaJoseph.apply(mu, padded, a, views)
+    return joseph_torch.forward(mu, a, views)
+
+
+def back_project(sino: torch.Tensor, shape_kji: tuple[int, int, int], ijk_from_lps, views: Views,
+                 backend: Backend = "auto") -> torch.Tensor:
+    """Adjoint Aᵀ of `forward_project`: spreads (B, H, W) values back onto a ``[k, j, i]`` grid."""
+    a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
+    if _pick(backend, sino, views) == "numba":
+        g = joseph_numba.adjoint(sino.detach().cpu().numpy(), tuple(shape_kji), *_numba_args(a, views))
+        return torch.from_numpy(g)
+    return joseph_torch.adjoint(sino, tuple(shape_kji), a, views)
+
+
+def _downsample(mu: torch.Tensor, lps_from_ijk: np.ndarray, factor: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Average-pool μ by ``factor`` (a pyramid level) and the matching IJK → LPS affine."""
+    small = F.avg_pool3d(mu[None, None], factor, ceil_mode=True)[0, 0]
+    scale = np.eye(4)
+    scale[:3, :3] *= factor
+    scale[:3, 3] = (factor - 1) / 2.0
+    return small.contiguous(), lps_from_ijk @ scale
+
+
+class Projector:
+    """DRRs of one CT under the geometry contract; keeps μ (and its preview pyramid) ready for repeated calls.
+
+    volume: CT in HU. geometry: detector and distances (mm). isocenter: LPS mm (default: the CT grid centre).
+    mu_water: attenuation of water per mm. device: where μ lives ('cpu' or 'cuda'); backend: 'auto', 'numba', 'torch'.
+    """
+
+    def __init__(self, volume: Volume, geometry: Geometry | None = None, *, isocenter=None,
+                 mu_water: float = MU_WATER, device: str | torch.device = "cpu", backend: Backend = "auto"):
+        if not (np.isfinite(mu_water) and mu_water > 0):
+            raise XWinInputError(None, f"mu_water must be a positive attenuation per mm, got {mu_water}")
+        self.volume = volume
+        self.geometry = geometry or Geometry()
+        self.isocenter = np.asarray(volume.center if isocenter is None else isocenter, dtype=np.float64)
+        if self.isocenter.shape != (3,) or not np.all(np.isfinite(self.isocenter)):
+            raise XWinInputError(None, f"isocenter must be 3 finite LPS coordinates in mm, got {isocenter}")
+        self.mu_water = float(mu_water)
+        self.device = torch.device(device)
+        self.backend = backend
+        self.mu = torch.from_numpy(hu_to_mu(volume.array, mu_water)).to(self.device)
+        self.ijk_from_lps = torch.from_numpy(volume.ijk_from_lps)
+        self._padded = joseph_numba.pad_volume(self.mu.numpy()) if self.device.type == "cpu" else None
+        self._levels: dict[int, tuple[torch.Tensor, torch.Tensor, np.ndarray | None]] = {}
+
+    def views(self, lao=None, cran=None, *, pose=None, geometry: Geometry | None = None) -> Views:
+        """Views (LPS mm) for angles in degrees or full 4×4 poses, around this projector's isocenter."""
+        return carm_views(geometry or self.geometry, self.isocenter, lao, cran, pose=pose)
+
+    def render(self, lao=None, cran=None, *, pose=None, mode: Mode = "line") -> torch.Tensor:
+        """(B, H, W) images for B poses (degrees); ``mode`` as in `apply_mode`."""
+        v = self.views(lao, cran, pose=pose)
+        padded = self._padded if self.backend != "torch" else None
+        line = forward_project(self.mu, self.ijk_from_lps, v, self.backend, padded=padded)
+        return apply_mode(line, mode)
+
+    def preview(self, lao=None, cran=None, *, mode: Mode = "radiograph", factor: int = 2) -> torch.Tensor:
+        """Interactive-quality images: μ pooled ``factor``× and a detector with ``factor``× fewer pixels per side."""
+        if factor not in self._levels:
+            mu, lps_from_ijk = _downsample(self.mu, self.volume.lps_from_ijk, factor)
+            padded = joseph_numba.pad_volume(mu.cpu().numpy()) if self.device.type == "cpu" else None
+            self._levels[factor] = (mu, torch.from_numpy(np.linalg.inv(lps_from_ijk)), padded)
+        mu, ijk_from_lps, padded = self._levels[factor]
+        v = self.views(lao, cran, geometry=self.geometry.scaled(factor))
+        return apply_mode(forward_project(mu, ijk_from_lps, v, self.backend, padded=padded), mode)
+
+
+def render(volume: Volume, lao, cran, geometry: Geometry | None = None, *, mode: Mode = "line", isocenter=None,
+           mu_water: float = MU_WATER) -> np.ndarray:
+    """Convenience: (B, H, W) float32 DRRs of ``volume`` at paired angles (degrees)."""
+    with torch.no_grad():
+        return Projector(volume, geometry, isocenter=isocenter, mu_water=mu_water).render(
+            lao, cran, mode=mode).numpy().astype(np.float32)

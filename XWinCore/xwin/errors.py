@@ -1,0 +1,16 @@
+"""The one error type XWin raises for bad user input."""
+from __future__ import annotations
+
+import os
+
+
+class XWinInputError(ValueError):
+    """Bad input: names the offending file (when there is one) and the problem.
+
+    The CLI turns it into one readable line on stderr and exit status 2.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
