@@ -46,30 +46,78 @@ def apply_mode(line: torch.Tensor, mode: Mode) -> torch.Tensor:
     raise XWinInputError(None, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def _numba_args(ijk_from_lps: torch.Tensor, views: Views) -> list[np.ndarray]:
-    a = ijk_from_lps.detach().double().cpu().numpy()
-    lin = a[:3, :3]
+def _numba_args(ijk_from_lps: np.ndarray, views: Views) -> list[np.ndarray]:
+    """Kernel arguments: source, pixel (0, 0) and pixel steps in index space, then the same in LPS mm."""
+    lin = ijk_from_lps[:3, :3]
     mm = [t.detach().double().cpu().numpy() for t in (views.source, views.corner, views.du, views.dv)]
-    idx = [mm[0] @ lin.T + a[:3, 3], mm[1] @ lin.T + a[:3, 3], mm[2] @ lin.T, mm[3] @ lin.T]
+    idx = [mm[0] @ lin.T + ijk_from_lps[:3, 3], mm[1] @ lin.T + ijk_from_lps[:3, 3], mm[2] @ lin.T, mm[3] @ lin.T]
     return [np.ascontiguousarray(x) for x in idx + mm]
+
+
+class NumbaVolume:
+    """μ (``[k, j, i]``, per mm) kept as zero-padded copies in the memory layouts the numba kernel reads fastest.
+
+    The kernel is fastest when neighbouring pixels of a detector row fall in the same cache lines, i.e. when the
+    array's fastest axis is the index axis best aligned with the detector's column step ``u``; the ray's dominant
+    axis goes in the middle. Each layout used is built once (one padded copy of the volume each, three at most).
+    """
+
+    def __init__(self, mu: np.ndarray, ijk_from_lps: np.ndarray):
+        self.mu = mu
+        self.ijk_from_lps = np.asarray(ijk_from_lps, dtype=np.float64)
+        self._layouts: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def layout_for(self, views: Views) -> list[tuple[int, int, int]]:
+        """Per view, the (slow, middle, fast) index axes (0 = i, 1 = j, 2 = k) of the best layout."""
+        a = self.ijk_from_lps[:3, :3]
+        centre = (views.corner + (views.width - 1) / 2 * views.du + (views.height - 1) / 2 * views.dv
+                  - views.source).detach().double().cpu().numpy() @ a.T
+        step = views.du.detach().double().cpu().numpy() @ a.T
+        orders = []
+        for d, u in zip(np.abs(centre), np.abs(step)):
+            dominant = int(d.argmax())
+            rest = [q for q in range(3) if q != dominant]
+            fast = max(rest, key=lambda q: u[q])
+            slow = rest[0] if rest[1] == fast else rest[1]
+            orders.append((slow, dominant, fast))
+        return orders
+
+    def padded(self, order: tuple[int, int, int]) -> np.ndarray:
+        if order not in self._layouts:
+            self._layouts[order] = joseph_numba.pad_volume(np.transpose(self.mu, [2 - q for q in order]))
+        return self._layouts[order]
+
+    def affine(self, order: tuple[int, int, int]) -> np.ndarray:
+        """ijk_from_lps with its rows reordered to the (fast, middle, slow) array axes of ``order``."""
+        return np.vstack([self.ijk_from_lps[list(order[::-1])], self.ijk_from_lps[3:]])
+
+    def forward(self, views: Views) -> np.ndarray:
+        out = np.empty((views.batch, views.height, views.width), self.mu.dtype)
+        orders = self.layout_for(views)
+        for order in sorted(set(orders)):
+            sel = [b for b, o in enumerate(orders) if o == order]
+            part = Views(*(t[sel] for t in views[:4]), views.height, views.width)
+            res = np.empty((len(sel), views.height, views.width), self.mu.dtype)
+            joseph_numba.forward(self.padded(order), *_numba_args(self.affine(order), part), res)
+            out[sel] = res
+        return out
+
+    def adjoint(self, sino: np.ndarray, views: Views) -> np.ndarray:
+        return joseph_numba.adjoint(sino, self.mu.shape, *_numba_args(self.ijk_from_lps, views))
 
 
 class _NumbaJoseph(torch.autograd.Function):
     """Numba forward with the numba adjoint as its gradient w.r.t. the volume."""
 
     @staticmethod
-    def forward(ctx, mu, padded, ijk_from_lps, views):
-        args = _numba_args(ijk_from_lps, views)
-        vol = padded if padded is not None else joseph_numba.pad_volume(mu.detach().cpu().numpy())
-        out = np.empty((views.batch, views.height, views.width), vol.dtype)
-        joseph_numba.forward(vol, *args, out)
-        ctx.args, ctx.shape = args, tuple(mu.shape)
-        return torch.from_numpy(out).to(mu.dtype)
+    def forward(ctx, mu, volume, views):
+        ctx.volume, ctx.views = volume, views
+        return torch.from_numpy(volume.forward(views)).to(mu.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        g = joseph_numba.adjoint(grad.detach().cpu().numpy(), ctx.shape, *ctx.args)
-        return torch.from_numpy(g).to(grad.dtype), None, None, None
+        g = ctx.volume.adjoint(grad.detach().cpu().numpy(), ctx.views)
+        return torch.from_numpy(g).to(grad.dtype), None, None
 
 
 def _pick(backend: Backend, mu: torch.Tensor, views: Views) -> str:
@@ -80,16 +128,17 @@ def _pick(backend: Backend, mu: torch.Tensor, views: Views) -> str:
 
 
 def forward_project(mu: torch.Tensor, ijk_from_lps, views: Views, backend: Backend = "auto",
-                    padded: np.ndarray | None = None) -> torch.Tensor:
+                    cache: NumbaVolume | None = None) -> torch.Tensor:
     """Line integrals (B, H, W) of attenuation ``mu`` (``[k, j, i]``, per mm) for ``views`` (LPS mm).
 
     Differentiable w.r.t. ``mu`` on both backends and w.r.t. the views on the torch backend (chosen automatically
-    when a view tensor requires grad or ``mu`` lives on a GPU). ``padded``: optional cached
-    `joseph_numba.pad_volume` of ``mu`` for repeated numba calls.
+    when a view tensor requires grad or ``mu`` lives on a GPU). ``cache``: a `NumbaVolume` of this same ``mu``
+    kept between calls (a `Projector` holds one).
     """
     a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
     if _pick(backend, mu, views) == "numba":
-        return _NumbaJoseph.apply(mu, padded, a, views)
+        cache = cache or NumbaVolume(mu.detach().cpu().numpy(), a.double().numpy())
+        return _NumbaJoseph.apply(mu, cache, views)
     return joseph_torch.forward(mu, a, views)
 
 
@@ -98,7 +147,7 @@ def back_project(sino: torch.Tensor, shape_kji: tuple[int, int, int], ijk_from_l
     """Adjoint Aᵀ of `forward_project`: spreads (B, H, W) values back onto a ``[k, j, i]`` grid."""
     a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
     if _pick(backend, sino, views) == "numba":
-        g = joseph_numba.adjoint(sino.detach().cpu().numpy(), tuple(shape_kji), *_numba_args(a, views))
+        g = joseph_numba.adjoint(sino.detach().cpu().numpy(), tuple(shape_kji), *_numba_args(a.double().numpy(), views))
         return torch.from_numpy(g)
     return joseph_torch.adjoint(sino, tuple(shape_kji), a, views)
 
@@ -133,8 +182,8 @@ class Projector:
         self.backend = backend
         self.mu = torch.from_numpy(hu_to_mu(volume.array, mu_water)).to(self.device)
         self.ijk_from_lps = torch.from_numpy(volume.ijk_from_lps)
-        self._padded = joseph_numba.pad_volume(self.mu.numpy()) if self.device.type == "cpu" else None
-        self._levels: dict[int, tuple[torch.Tensor, torch.Tensor, np.ndarray | None]] = {}
+        self._cache = NumbaVolume(self.mu.numpy(), volume.ijk_from_lps) if self.device.type == "cpu" else None
+        self._levels: dict[int, tuple[torch.Tensor, torch.Tensor, NumbaVolume | None]] = {}
 
     def views(self, lao=None, cran=None, *, pose=None, geometry: Geometry | None = None) -> Views:
         """Views (LPS mm) for angles in degrees or full 4×4 poses, around this projector's isocenter."""
@@ -143,19 +192,19 @@ class Projector:
     def render(self, lao=None, cran=None, *, pose=None, mode: Mode = "line") -> torch.Tensor:
         """(B, H, W) images for B poses (degrees); ``mode`` as in `apply_mode`."""
         v = self.views(lao, cran, pose=pose)
-        padded = self._padded if self.backend != "torch" else None
-        line = forward_project(self.mu, self.ijk_from_lps, v, self.backend, padded=padded)
+        line = forward_project(self.mu, self.ijk_from_lps, v, self.backend, cache=self._cache)
         return apply_mode(line, mode)
 
     def preview(self, lao=None, cran=None, *, mode: Mode = "radiograph", factor: int = 2) -> torch.Tensor:
         """Interactive-quality images: μ pooled ``factor``× and a detector with ``factor``× fewer pixels per side."""
         if factor not in self._levels:
             mu, lps_from_ijk = _downsample(self.mu, self.volume.lps_from_ijk, factor)
-            padded = joseph_numba.pad_volume(mu.cpu().numpy()) if self.device.type == "cpu" else None
-            self._levels[factor] = (mu, torch.from_numpy(np.linalg.inv(lps_from_ijk)), padded)
-        mu, ijk_from_lps, padded = self._levels[factor]
+            ijk_from_lps = np.linalg.inv(lps_from_ijk)
+            cache = NumbaVolume(mu.cpu().numpy(), ijk_from_lps) if self.device.type == "cpu" else None
+            self._levels[factor] = (mu, torch.from_numpy(ijk_from_lps), cache)
+        mu, ijk_from_lps, cache = self._levels[factor]
         v = self.views(lao, cran, geometry=self.geometry.scaled(factor))
-        return apply_mode(forward_project(mu, ijk_from_lps, v, self.backend, padded=padded), mode)
+        return apply_mode(forward_project(mu, ijk_from_lps, v, self.backend, cache=cache), mode)
 
 
 def render(volume: Volume, lao, cran, geometry: Geometry | None = None, *, mode: Mode = "line", isocenter=None,
