@@ -1,0 +1,238 @@
+"""xwin.models: losses, masks, encoder, EMA, predictors, decoder, the world model's objective and the config schema."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xwin.errors import XWinInputError
+from xwin.models import (GradientReversal, LossConfig, MaskConfig, ModelConfig, MultiBlockMaskGenerator,
+                         XWinConfig, affinity_contrastive_loss, affinity_matrix, config_path, create_model,
+                         domain_cosine, load_config, momentum_at, reconstruction_loss)
+
+torch.set_num_threads(2)
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=64, predictor_depth=1, predictor_width=32,
+            predictor_heads=2, mask_predictor_depth=1, mask_predictor_width=32, mask_predictor_heads=2,
+            decoder_depth=1, decoder_width=32, decoder_heads=2, domain_hidden=16)
+
+
+def tiny_config(**loss) -> XWinConfig:
+    return XWinConfig(model=ModelConfig(**TINY), loss=LossConfig(**loss), mask=MaskConfig(num_targets=2, min_keep=2))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return create_model(tiny_config())
+
+
+def tiny_batch(b: int = 4, real: int = 2) -> dict:
+    g = torch.Generator().manual_seed(1)
+    batch = dict(context=torch.rand(b, 1, 64, 64, generator=g), target=torch.rand(b, 1, 64, 64, generator=g),
+                 d_lao=torch.tensor([0.0, 30.0, -20.0, 45.0])[:b], d_cran=torch.tensor([0.0, 10.0, -5.0, 0.0])[:b],
+                 group=torch.tensor([0, 0, 1, 1])[:b])
+    if real:
+        batch["real"] = torch.rand(real, 1, 64, 64, generator=g)
+    return batch
+
+
+# ---------------------------------------------------------------- contrastive alignment
+
+def test_contrastive_loss_gradients_and_permutation_invariance():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(6, 16, generator=g, requires_grad=True)
+    target = torch.randn(6, 16, generator=g)
+    group = torch.tensor([0, 0, 0, 1, 1, 2])
+    loss = affinity_contrastive_loss(pred, target, tau=0.1, tau_affinity=0.2, group=group)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    perm = torch.tensor([4, 2, 5, 0, 3, 1])
+    permuted = affinity_contrastive_loss(pred[perm], target[perm], tau=0.1, tau_affinity=0.2, group=group[perm])
+    torch.testing.assert_close(permuted, loss)
+
+
+def test_contrastive_loss_reduces_to_symmetric_infonce_as_affinity_temperature_vanishes():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    tau = 0.2
+    logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / tau
+    labels = torch.arange(5)
+    expected = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    torch.testing.assert_close(affinity_contrastive_loss(pred, target, tau, tau_affinity=1e-6), expected)
+
+
+def test_affinity_spreads_mass_over_identical_targets():
+    g = torch.Generator().manual_seed(0)
+    v, w = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    target = torch.stack([v, v, v, w])
+    a = affinity_matrix(target, tau_affinity=1e-3)
+    torch.testing.assert_close(a[:3, :3], torch.full((3, 3), 1 / 3))  # graded positives: equal share
+    torch.testing.assert_close(a[3], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    # a group boundary removes the affinity between otherwise identical targets
+    a = affinity_matrix(target, tau_affinity=1e-3, group=torch.tensor([0, 0, 1, 1]))
+    torch.testing.assert_close(a[0], torch.tensor([0.5, 0.5, 0.0, 0.0]))
+
+
+# ---------------------------------------------------------------- domain adaptation, decoder loss
+
+def test_gradient_reversal_flips_sign_times_lambda():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = GradientReversal.apply(x, 0.3)
+    torch.testing.assert_close(y, x)
+    upstream = torch.randn(3, 4)
+    y.backward(upstream)
+    torch.testing.assert_close(x.grad, -0.3 * upstream)
+
+
+def test_domain_cosine_is_mean_pairwise_cosine():
+    real, sim = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[3.0, 0.0]])
+    torch.testing.assert_close(domain_cosine(real, sim), torch.tensor(0.5))
+
+
+def test_reconstruction_loss_is_zero_for_identical_images():
+    img = torch.rand(2, 1, 32, 32)
+    assert reconstruction_loss(img, img).abs() < 1e-5
+    assert reconstruction_loss(img, 1 - img) > 0.1
+
+
+# ---------------------------------------------------------------- masks
+
+def test_multiblock_masks():
+    cfg = MaskConfig(num_targets=4, min_keep=4)
+    gen = MultiBlockMaskGenerator((8, 8), cfg)
+    masks = gen(5, torch.Generator().manual_seed(3))
+    assert masks.context.shape[0] == 5 and masks.targets.shape[:2] == (4, 5)
+    assert masks.context.shape[1] >= cfg.min_keep and masks.targets.shape[2] >= 1
+    for idx in (masks.context, masks.targets):
+        assert idx.min() >= 0 and idx.max() < 64
+    for i in range(5):
+        context = set(masks.context[i].tolist())
+        assert len(context) == masks.context.shape[1]
+        for m in range(4):
+            assert context.isdisjoint(masks.targets[m, i].tolist())
+    again = gen(5, torch.Generator().manual_seed(3))
+    assert torch.equal(again.context, masks.context) and torch.equal(again.targets, masks.targets)
+
+
+# ---------------------------------------------------------------- encoder, EMA, predictor, decoder
+
+def test_encoder_tokens_embedding_and_masked_context(model):
+    enc = model.context_encoder.eval()
+    x = torch.rand(2, 1, 64, 64)
+    tokens = enc(x)
+    assert tokens.shape == (2, 16, 32)
+    torch.testing.assert_close(enc.embed(x), tokens.mean(1))
+    keep = torch.tensor([[0, 1, 2, 5, 6], [3, 7, 8, 9, 15]])
+    visible = enc(x, keep=keep)
+    assert visible.shape == (2, 5, 32)
+    torch.testing.assert_close(enc(x, keep=torch.arange(16).expand(2, 16)), tokens)
+    x2 = x.clone()
+    x2[:, :, 48:, :48] = 0.5  # patches 12-14: hidden from both samples
+    torch.testing.assert_close(enc(x2, keep=keep), visible)
+
+
+def test_ema_target(model):
+    assert all(not p.requires_grad for p in model.target_encoder.parameters())
+    assert momentum_at(0, 100) == pytest.approx(0.996) and momentum_at(100, 100) == pytest.approx(1.0)
+    assert momentum_at(0, 100, schedule="linear") == pytest.approx(0.996)
+    assert momentum_at(50, 100, schedule="linear") == pytest.approx(0.998)
+    with torch.no_grad():
+        for p in model.context_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    m = model.update_target(10, 100)
+    assert m == pytest.approx(momentum_at(10, 100))
+    for t, b, c in zip(model.target_encoder.parameters(), before, model.context_encoder.parameters()):
+        torch.testing.assert_close(t, m * b + (1 - m) * c)
+
+
+def test_view_predictor_depends_on_action(model):
+    model.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        a = model.predict_view(x, 0.0, 0.0)
+        b = model.predict_view(x, torch.tensor([30.0, 30.0]), torch.tensor([0.0, 0.0]))
+        c = model.predict_view(x, 0.0, 15.0)
+        t = model.encode(x, target=True)
+    assert a.shape == t.shape == (2, 16, 32)
+    assert (a - b).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3
+
+
+def test_decoder_shape_and_range(model):
+    img = model.decode(torch.randn(3, 16, 32) * 10)
+    assert img.shape == (3, 1, 64, 64)
+    assert img.min() >= 0 and img.max() <= 1
+
+
+# ---------------------------------------------------------------- the world model's objective
+
+def test_training_losses_gradients_reach_trainable_parts_only(model):
+    out = model.training_losses(tiny_batch(), step=50, total_steps=100)
+    for key in ("view", "contrastive", "mim", "domain", "recon", "total", "domain_cosine"):
+        assert torch.isfinite(out[key]), key
+    assert not out["domain_cosine"].requires_grad
+    out["total"].backward()
+    for name in ("context_encoder", "view_predictor", "mask_predictor", "domain_classifier", "decoder"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0, name
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert not model.target_encoder.training
+
+
+def test_training_losses_without_real_images(model):
+    out = model.training_losses(tiny_batch(real=0), step=0, total_steps=100)
+    assert out["domain"] == 0 and "domain_cosine" not in out and torch.isfinite(out["total"])
+
+
+def test_training_losses_under_autocast(model):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.training_losses(tiny_batch(), step=5, total_steps=100)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
+
+
+def test_a_few_steps_decrease_the_total_loss(model):
+    batch = tiny_batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    totals = []
+    for step in range(20):
+        loss = model.training_losses(batch, step, 20)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target(step, 20)
+        totals.append(loss.item())
+    assert sum(totals[-3:]) < 0.8 * sum(totals[:3]), totals
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize("name", ["cpu_small", "full_224"])
+def test_committed_configs_load_and_round_trip(name):
+    cfg = load_config(config_path(name))
+    assert XWinConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.model.img_size % cfg.model.patch_size == 0
+    if name == "full_224":
+        assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.img_size) == (768, 12, 224)
+        assert (cfg.model.predictor_depth, cfg.model.predictor_width) == (3, 384)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("loss:\n  tau: -1\n", "loss.tau"),
+    ("model:\n  encoder: tiny\n  dropout: 0.1\n", "model.dropout"),
+    ("train:\n  amp: 1\n", "train.amp"),
+    ("model:\n  img_size: 100\n", "model.img_size"),
+    ("mask:\n  target_scale: [0.3, 0.1]\n", "mask.target_scale"),
+    ("optim:\n  lr: 1\n", "optim"),
+])
+def test_bad_config_names_the_dotted_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(XWinInputError, match=f"config key '{key}'") as err:
+        load_config(path)
+    assert err.value.path == str(path)
+
+
+def test_negative_tau_message():
+    with pytest.raises(XWinInputError, match=r"^config key 'loss\.tau': must be > 0, got -1$"):
+        XWinConfig.from_dict({"loss": {"tau": -1}})

@@ -1,0 +1,160 @@
+"""X-WIN objectives: view prediction, affinity-guided contrastive alignment, masked latent modelling, domain
+adaptation (gradient reversal) and the projection decoder's reconstruction loss. Formulas: docs/model.md.
+
+Every loss computes in float32 whatever the autocast dtype of its inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _no_autocast(x: torch.Tensor) -> torch.autocast:
+    """Context in which matmuls and convolutions on ``x``'s device stay in float32 under AMP."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _ln(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free LayerNorm over the feature dimension (I-JEPA target normalisation)."""
+    x = x.float()
+    return F.layer_norm(x, x.shape[-1:])
+
+
+def affinity_matrix(target: torch.Tensor, tau_affinity: float, group: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft labels A (B, B): A_ij = softmax_j(cos(t_i, t_j)/τ̃), restricted to j in i's group when ``group`` is given.
+
+    No gradient flows through A. Identical targets share their row mass equally; as τ̃ → 0 with distinct
+    targets, A → I.
+    """
+    t = F.normalize(target.detach().float(), dim=-1)
+    with _no_autocast(t):
+        logits = t @ t.T / tau_affinity
+    if group is not None:
+        logits = logits.masked_fill(group[:, None] != group[None, :], float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def affinity_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.1,
+                              tau_affinity: float = 0.05, group: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE between predicted and target embeddings (B, D) with affinity soft labels.
+
+    With p, t the L2-normalised rows and S = p tᵀ/τ:
+    L = ½[CE(softmax_row(S), A) + CE(softmax_row(Sᵀ), A)], CE(Q, A) = −(1/B) Σ_ij A_ij log Q_ij,
+    A = ``affinity_matrix(target, τ̃, group)``. A is the right label for both directions because the target–target
+    similarity is symmetric, so the row-renormalised Aᵀ equals A. Projections of one CT at nearby angles (similar
+    targets) are graded positives; ``group`` (B,) CT ids keep the positives within a CT, so other CTs are pure
+    negatives. As τ̃ → 0 with distinct targets this is the standard symmetric InfoNCE with labels ``arange(B)``.
+    """
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    a = affinity_matrix(target, tau_affinity, group)
+    with _no_autocast(p):
+        logits = p @ t.T / tau
+    loss_pt = -(a * logits.log_softmax(dim=-1)).sum(-1).mean()
+    loss_tp = -(a * logits.T.log_softmax(dim=-1)).sum(-1).mean()
+    return 0.5 * (loss_pt + loss_tp)
+
+
+def view_prediction_loss(pred_tokens: torch.Tensor, target_tokens: torch.Tensor,
+                         kind: str = "smooth_l1") -> torch.Tensor:
+    """I-JEPA regression of predicted tokens onto layer-normed target tokens (no gradient into the target)."""
+    target = _ln(target_tokens.detach())
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred_tokens.float(), target)
+    if kind == "mse":
+        return F.mse_loss(pred_tokens.float(), target)
+    raise ValueError(f"unknown view loss {kind!r}")
+
+
+def mim_loss(pred: torch.Tensor, target_feats: torch.Tensor) -> torch.Tensor:
+    """Masked latent modelling: MSE between predicted and layer-normed target features at the masked patches."""
+    return F.mse_loss(pred.float(), _ln(target_feats.detach()))
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by −λ (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lambd: float) -> torch.Tensor:
+        ctx.lambd = lambd
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.lambd * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
+    return GradientReversal.apply(x, lambd)
+
+
+def grl_coefficient(step: int, total_steps: int, scale: float = 1.0) -> float:
+    """DANN ramp λ(p) = scale·(2/(1 + e^(−10p)) − 1), p = step/total: 0 at the start, → scale at the end."""
+    p = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return scale * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
+class DomainClassifier(nn.Module):
+    """Real-vs-simulated logit from an embedding (B, D) or from patch tokens (B, N, D), which are mean-pooled."""
+
+    def __init__(self, embed_dim: int, hidden: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.mean(dim=1)
+        return self.mlp(x).squeeze(-1)
+
+
+def domain_loss(real_logits: torch.Tensor, sim_logits: torch.Tensor) -> torch.Tensor:
+    """Balanced BCE with real = 1, simulated = 0: ½[BCE(real, 1) + BCE(sim, 0)]."""
+    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32))
+    sim = F.binary_cross_entropy_with_logits(sim_logits.float(), torch.zeros_like(sim_logits, dtype=torch.float32))
+    return 0.5 * (real + sim)
+
+
+@torch.no_grad()
+def domain_cosine(real_emb: torch.Tensor, sim_emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over all (real, simulated) pairs: (1/RS) Σ_ij cos(r_i, s_j) (1 = aligned domains)."""
+    r = F.normalize(real_emb.float(), dim=-1)
+    s = F.normalize(sim_emb.float(), dim=-1)
+    with _no_autocast(r):
+        return (r @ s.T).mean()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
+         data_range: float = 1.0) -> torch.Tensor:
+    """Mean structural similarity (Wang et al., 2004) of images (B, C, H, W) with a Gaussian window."""
+    x, y = x.float(), y.float()
+    c = x.shape[1]
+    window = min(window, x.shape[-2], x.shape[-1])
+    coords = torch.arange(window, dtype=torch.float32, device=x.device) - (window - 1) / 2
+    g = torch.exp(-coords**2 / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        with _no_autocast(z):
+            return F.conv2d(z, kernel, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).mean()
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.2) -> torch.Tensor:
+    """Decoder loss on [0, 1] images: L1 + w·(1 − SSIM)."""
+    loss = F.l1_loss(pred.float(), target.float())
+    if ssim_weight > 0:
+        loss = loss + ssim_weight * (1.0 - ssim(pred, target))
+    return loss

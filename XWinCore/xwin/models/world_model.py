@@ -1,0 +1,147 @@
+"""The X-WIN chest-radiograph world model (Yang et al., 2025): encoder, EMA target, predictors, domain head, decoder."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig, XWinConfig
+from .decoder import ProjectionDecoder
+from .ema import ema_update, make_target, momentum_at
+from .encoder import XWinEncoder, gather_tokens
+from .losses import (DomainClassifier, affinity_contrastive_loss, domain_cosine, domain_loss, grad_reverse,
+                     grl_coefficient, mim_loss, reconstruction_loss, view_prediction_loss)
+from .masks import MultiBlockMaskGenerator
+from .predictor import MaskPredictor, ViewPredictor
+
+LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon")
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _angles(x: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    """Degrees as a float32 (B,) tensor on ``device``; a scalar is broadcast."""
+    return torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1).expand(batch)
+
+
+class XWinWorldModel(nn.Module):
+    """Context encoder f_θ, EMA target encoder f_ξ, view predictor g_v, mask predictor g_m, domain classifier
+    and projection decoder, with the combined training objective of docs/model.md.
+
+    Images are (B, 1, H, W) radiographs in [0, 1] (H = W = ``model.img_size``); angles are in degrees.
+    """
+
+    def __init__(self, cfg: XWinConfig):
+        super().__init__()
+        self.cfg = cfg
+        m = cfg.model
+        self.context_encoder = XWinEncoder(m)
+        self.target_encoder = make_target(self.context_encoder)
+        self.view_predictor = ViewPredictor(m)
+        self.mask_predictor = MaskPredictor(m)
+        self.domain_classifier = DomainClassifier(m.embed_dim, m.domain_hidden)
+        self.decoder = ProjectionDecoder(m)
+        self.mask_generator = MultiBlockMaskGenerator(m.grid_size, cfg.mask)
+
+    def train(self, mode: bool = True) -> XWinWorldModel:
+        """Like ``nn.Module.train``, but the EMA target always stays in eval mode."""
+        super().train(mode)
+        self.target_encoder.eval()
+        return self
+
+    def encode(self, images: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Patch tokens (B, N, D) from the context encoder (``target=True``: the EMA target encoder)."""
+        return (self.target_encoder if target else self.context_encoder)(images)
+
+    def embed(self, images: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Image embedding (B, D) = mean patch token. Downstream features use the context encoder (the default):
+        it is the network trained by gradients, sees real CXRs through MIM, and is domain-aligned."""
+        return self.encode(images, target).mean(dim=1)
+
+    def predict_view(self, context_images: torch.Tensor, d_lao: torch.Tensor | float,
+                     d_cran: torch.Tensor | float) -> torch.Tensor:
+        """Predicted target-encoder tokens (B, N, D) of the view after rotating the source by (Δlao, Δcran)°."""
+        b, device = context_images.shape[0], context_images.device
+        tokens = self.context_encoder(context_images)
+        return self.view_predictor(tokens, _angles(d_lao, b, device), _angles(d_cran, b, device))
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, D) → radiograph (B, 1, H, W) in [0, 1]."""
+        return self.decoder(tokens)
+
+    @torch.no_grad()
+    def update_target(self, step: int, total_steps: int) -> float:
+        """EMA step of the target encoder with momentum m(step); returns m. Call after each optimiser step."""
+        loss = self.cfg.loss
+        m = momentum_at(step, total_steps, loss.ema_start, loss.ema_end, loss.ema_schedule)
+        ema_update(self.target_encoder, self.context_encoder, m)
+        return m
+
+    def _mim(self, images: torch.Tensor, target_tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Masked latent modelling on ``images`` (n, 1, H, W) given their target-encoder tokens (n, N, D)."""
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step)
+        masks = self.mask_generator(images.shape[0], gen).to(images.device)
+        visible = self.context_encoder(images, keep=masks.context)  # (n, Kc, D)
+        num_blocks = masks.targets.shape[0]
+        query = masks.targets.flatten(0, 1)  # (M·n, Kt), block-major like .repeat below
+        pred = self.mask_predictor(visible.repeat(num_blocks, 1, 1), masks.context.repeat(num_blocks, 1), query)
+        return mim_loss(pred, gather_tokens(target_tokens.repeat(num_blocks, 1, 1), query))
+
+    def training_losses(self, batch: dict, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """All objectives for one batch, the weighted ``total`` and detached metrics.
+
+        ``batch``: ``context`` and ``target`` (B, 1, H, W) DRRs of the same CT before/after the rotation
+        ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; optional ``real`` (R, 1, H, W) CXRs.
+        Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``total``, and
+        with ``real`` the metric ``domain_cosine``. Masks are drawn from a generator seeded by (train.seed, step).
+        """
+        lc = self.cfg.loss
+        ctx, tgt, real = batch["context"], batch["target"], batch.get("real")
+        b, device = ctx.shape[0], ctx.device
+        d_lao, d_cran = _angles(batch["d_lao"], b, device), _angles(batch["d_cran"], b, device)
+        group = batch.get("group") if lc.affinity_within_group else None
+        images = ctx if real is None else torch.cat([ctx, real])  # simulated then real
+
+        with torch.no_grad():
+            target_all = self.target_encoder(torch.cat([tgt, images]))
+        target_tokens, image_targets = target_all[:b], target_all[b:]
+
+        tokens = self.context_encoder(images)
+        pred_tokens = self.view_predictor(tokens[:b], d_lao, d_cran)
+
+        out: dict[str, torch.Tensor] = {}
+        out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss)
+        out["contrastive"] = affinity_contrastive_loss(pred_tokens.mean(1), target_tokens.mean(1), lc.tau,
+                                                       lc.tau_affinity, None if group is None else group.to(device))
+        out["mim"] = self._mim(images, image_targets, step)
+        if real is None:
+            out["domain"] = torch.zeros((), device=device)
+        else:
+            emb = tokens.mean(1)
+            logits = self.domain_classifier(grad_reverse(emb, grl_coefficient(step, total_steps, lc.grl)))
+            out["domain"] = domain_loss(logits[b:], logits[:b])
+        out["recon"] = 0.5 * (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
+                              + reconstruction_loss(self.decoder(pred_tokens.detach()), tgt, lc.ssim_weight))
+        out["total"] = sum(getattr(lc, k) * out[k] for k in LOSS_KEYS)
+        if real is not None:
+            out["domain_cosine"] = domain_cosine(emb[b:], emb[:b])
+        return out
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component, and the trainable total (everything but the EMA target)."""
+        parts = ("context_encoder", "target_encoder", "view_predictor", "mask_predictor", "domain_classifier",
+                 "decoder")
+        counts = {name: count_parameters(getattr(self, name)) for name in parts}
+        counts["trainable"] = count_parameters(self, trainable_only=True)
+        return counts
+
+
+def create_model(cfg: ModelConfig | XWinConfig | None = None) -> XWinWorldModel:
+    """Build the world model; a bare ``ModelConfig`` gets the default loss, mask and train sections."""
+    if cfg is None:
+        cfg = XWinConfig()
+    elif isinstance(cfg, ModelConfig):
+        cfg = XWinConfig(model=cfg)
+    return XWinWorldModel(cfg)
