@@ -1,0 +1,116 @@
+"""The `xwin` command line as a contract: render/info/demo, exact outputs, one-line errors with exit status 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from xwin.cli import main
+from xwin.drr import render
+from xwin.geometry import Geometry
+from xwin.io import read_ct, write_volume
+from xwin.io.image import Volume
+
+
+@pytest.fixture(scope="module")
+def small_ct(tmp_path_factory):
+    """A 40×36×30 oblique CT (soft-tissue box with a dense ball) written as NRRD."""
+    rng = np.random.default_rng(0)
+    arr = np.full((30, 36, 40), -1000.0, np.float32)
+    arr[5:25, 6:30, 8:32] = 40.0
+    k, j, i = np.ogrid[:30, :36, :40]
+    arr[(k - 15) ** 2 + (j - 18) ** 2 + (i - 24) ** 2 < 25] = 1200.0
+    arr += rng.normal(0, 5, arr.shape).astype(np.float32)
+    c, s = np.cos(0.3), np.sin(0.3)
+    vol = Volume(arr, (2.0, 2.5, 3.0), (-40.0, -45.0, -45.0), np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]))
+    path = tmp_path_factory.mktemp("ct") / "small.nrrd"
+    write_volume(vol, path)
+    return path
+
+
+GEO = ["--sid", "500", "--sdd", "700", "--size", "24", "32", "--pixel", "3"]
+
+
+def test_render_one_pose_matches_the_library(small_ct, tmp_path):
+    out = tmp_path / "drr.nrrd"
+    assert main(["render", str(small_ct), "--lao", "30", "--cran", "-10", *GEO, "--mode", "line", "--out", str(out),
+                 "--quiet"]) == 0
+    img = sitk.ReadImage(str(out))
+    assert img.GetSize() == (32, 24)  # W columns, H rows
+    assert img.GetSpacing() == pytest.approx((3.0, 3.0))
+    ref = render(read_ct(small_ct), 30, -10, Geometry(500, 700, 24, 32, 3.0), mode="line")[0]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(img), ref, rtol=1e-6, atol=1e-6)
+    assert float(img.GetMetaData("xwin_lao_deg")) == 30.0
+
+
+def test_render_paired_poses_into_a_folder(small_ct, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["render", str(small_ct), "--lao", "0", "15", "30", "--cran", "0", "0", "10", *GEO,
+                 "--out", str(out), "--quiet"]) == 0
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == ["drr_lao+000.00_cran+000.00.nrrd", "drr_lao+015.00_cran+000.00.nrrd",
+                                       "drr_lao+030.00_cran+010.00.nrrd"]
+    third = sitk.GetArrayFromImage(sitk.ReadImage(str(files[2])))
+    ref = render(read_ct(small_ct), 30, 10, Geometry(500, 700, 24, 32, 3.0), mode="radiograph")[0]
+    np.testing.assert_allclose(third, ref, atol=1e-6)
+    assert 0 <= third.min() and third.max() < 1
+
+
+@pytest.mark.parametrize("ext", ["png", "mha", "nii.gz"])
+def test_render_formats(small_ct, tmp_path, ext):
+    out = tmp_path / f"drr.{ext}"
+    assert main(["render", str(small_ct), "--lao", "0", "--cran", "0", *GEO, "--out", str(out), "--quiet"]) == 0
+    assert sitk.ReadImage(str(out)).GetSize() == (32, 24)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--lao", "0", "15", "--cran", "0", "1", "2"], "paired"),
+    (["--lao", "0", "--cran", "0", "--sid", "900", "--sdd", "800"], "SDD"),
+    (["--lao", "0", "--cran", "0", "--pixel", "-1"], "pixel"),
+    (["--lao", "0", "--cran", "0", "--mu-water", "0"], "mu_water"),
+])
+def test_bad_render_arguments_exit_2_without_output(small_ct, tmp_path, capsys, args, needle):
+    out = tmp_path / "drr.nrrd"
+    assert main(["render", str(small_ct), *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_ct_is_one_line_exit_2_subprocess(tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b this is not a nifti")
+    out = tmp_path / "drr.png"
+    r = subprocess.run([sys.executable, "-m", "xwin", "render", str(bad), "--lao", "0", "--cran", "0",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken.nii.gz" in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_info_reports_geometry(small_ct, capsys):
+    assert main(["info", str(small_ct)]) == 0
+    text = capsys.readouterr().out
+    assert "40" in text and "36" in text and "30" in text  # size
+    assert "2.5" in text  # spacing
+
+
+def test_help_names_units():
+    r = subprocess.run([sys.executable, "-m", "xwin", "render", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "mm" in r.stdout and "degrees" in r.stdout
+
+
+def test_demo_writes_sheet_and_gif(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--step", "45", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    sheet, gif = tmp_path / "drr_sweep.png", tmp_path / "drr_sweep.gif"
+    assert str(sheet) in out and str(gif) in out
+    from PIL import Image
+    with Image.open(gif) as im:
+        assert im.n_frames == 5 + 3  # −90, −45, 0, 45, 90 and the way back
+    with Image.open(sheet) as im:
+        assert im.size[0] > 400

@@ -1,0 +1,200 @@
+"""Read a CT volume (HU, LPS mm) from a DICOM series folder or a NIfTI / NRRD / MetaImage file.
+
+Geometry is taken as stored: ``Volume.direction`` is the file's direction cosines (no reorientation), ``spacing`` in
+mm along i, j, k and ``origin`` the LPS position (mm) of voxel (0, 0, 0). Every problem with the input is reported as
+an `XWinInputError` naming the file or folder.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from ..errors import XWinInputError
+from .formats import (ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, itk_reason,
+                      nifti_truncated)
+from .image import Volume
+
+_POSITION_TOL_MM = 0.01
+_SPACING_TOL = 0.01
+
+
+def read_ct(path: str | os.PathLike) -> Volume:
+    """CT volume in HU from a DICOM series folder or a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file.
+
+    The result maps voxel (i, j, k) to LPS mm exactly as the input does; ``array`` is float32 HU in ``[k, j, i]``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise XWinInputError(p, "does not exist")
+    if p.is_dir():
+        return _read_dicom_series(p)
+    if not os.access(p, os.R_OK):
+        raise XWinInputError(p, "cannot be read: permission denied")
+    if has_extension(p, ITK_EXTENSIONS):
+        return _read_image_file(p)
+    if has_extension(p, RASTER_EXTENSIONS):
+        raise XWinInputError(p, "is a 2D PNG/JPEG image, not a 3D CT volume")
+    if is_dicom_file(p):
+        raise XWinInputError(p, "is a single DICOM file; pass the folder that holds the whole CT series")
+    if has_extension(p, (".dcm", ".dicom")):
+        raise XWinInputError(p, "is not a valid DICOM file (no DICM marker): truncated or corrupt")
+    raise XWinInputError(p, "unknown file type: expected a DICOM series folder or " + ", ".join(ITK_EXTENSIONS))
+
+
+def _read_image_file(p: Path) -> Volume:
+    """NIfTI / NRRD / MetaImage via SimpleITK: one scalar component, exactly 3 dimensions of ≥ 2 voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise XWinInputError(p, f"is truncated, corrupt or not an image file ({itk_reason(e)})") from None
+    size, spacing = reader.GetSize(), reader.GetSpacing()
+    if reader.GetDimension() > 3:
+        raise XWinInputError(p, f"is a {reader.GetDimension()}D image (size {size}); XWin needs a single 3D CT volume")
+    if reader.GetDimension() < 3 or min(size[:3]) < 2:
+        raise XWinInputError(p, f"is a 2D image (size {size}), not a 3D CT volume")
+    if reader.GetNumberOfComponents() != 1:
+        raise XWinInputError(p, f"has {reader.GetNumberOfComponents()} components per voxel (vector or colour "
+                                "image); a CT needs one HU value per voxel")
+    if min(spacing) <= 0:
+        raise XWinInputError(p, f"voxel spacing must be positive, got {spacing} mm")
+    if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
+        raise XWinInputError(p, "is truncated: the file holds fewer voxels than its header announces")
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise XWinInputError(p, f"is truncated or corrupt ({itk_reason(e)})") from None
+    return Volume(sitk.GetArrayFromImage(image).astype(np.float32), np.array(image.GetSpacing()),
+                  np.array(image.GetOrigin()), np.array(image.GetDirection()).reshape(3, 3),
+                  {"source": str(p), "format": file_format(p)})
+
+
+def _read_dicom_series(folder: Path) -> Volume:
+    """One CT series from a folder (not recursive): headers checked with pydicom, pixels decoded by SimpleITK/GDCM.
+
+    Slices are sorted by ImagePositionPatient projected on the slice normal (row × column cosines). Geometry comes
+    from the headers: i along the rows (column index), j down the columns, k along the normal; HU = slope·v + intercept.
+    """
+    headers = _series_headers(folder)
+    ordered, spacing, origin, direction = _series_geometry(folder, headers)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f, _ in ordered])
+    reader.SetOutputPixelType(sitk.sitkFloat32)  # keeps each slice's own non-integer rescale exact
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise XWinInputError(_bad_slice(ordered) or folder, f"pixel data cannot be decoded: truncated or corrupt "
+                                                            f"({itk_reason(e)})") from None
+    first = ordered[0][1]
+    meta = {"source": str(folder), "format": "DICOM series", "modality": str(first.get("Modality", "")),
+            "series_uid": str(first.get("SeriesInstanceUID", "")), "patient_id": str(first.get("PatientID", "")),
+            "slices": str(len(ordered))}
+    return Volume(sitk.GetArrayFromImage(image), spacing, origin, direction, meta)
+
+
+def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
+    """(file, header) of every DICOM image in ``folder``; exactly one CT series or an XWinInputError."""
+    try:
+        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    except OSError as e:
+        raise XWinInputError(folder, f"cannot be read: {e.strerror or e}") from None
+    if not files:
+        raise XWinInputError(folder, "is an empty folder: no DICOM files (subfolders are not searched)")
+    headers = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except InvalidDicomError:
+            continue
+        except OSError as e:
+            raise XWinInputError(f, f"cannot be read: {e.strerror or e}") from None
+        except Exception as e:  # pydicom raises many types for damaged headers
+            raise XWinInputError(f, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
+        if "Rows" in ds:
+            headers.append((f, ds))
+        elif _image_sop_class(ds):
+            raise XWinInputError(f, "is a truncated or corrupt DICOM file: its header ends before the image "
+                                    "attributes")
+    if not headers:
+        raise XWinInputError(folder, f"contains no DICOM images among its {len(files)} files (subfolders are not "
+                                     "searched)")
+    series = Counter(str(ds.get("SeriesInstanceUID", "?")) for _, ds in headers)
+    if len(series) > 1:
+        listing = ", ".join(f"{uid} ({n} files)" for uid, n in series.most_common())
+        raise XWinInputError(folder, f"mixed series: {len(series)} SeriesInstanceUIDs ({listing}); put one series "
+                                     "per folder")
+    modality = str(headers[0][1].get("Modality", "unknown"))
+    if modality != "CT":
+        raise XWinInputError(folder, f"modality is {modality}, not CT")
+    if len(headers) == 1:
+        raise XWinInputError(folder, f"holds a single 2D slice ({headers[0][0].name}); a CT volume needs at least 2")
+    return headers
+
+
+def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
+    """Sorted (file, header) list, spacing (i, j, k) mm, origin LPS mm, direction (columns i, j, k) of a series."""
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        missing = [f.name for f, ds in headers if tag not in ds]
+        if missing:
+            raise XWinInputError(folder, f"{tag} is missing in {len(missing)} files (e.g. {missing[0]})")
+    f0, ds0 = headers[0]
+    iop0 = np.array(ds0.ImageOrientationPatient, dtype=float)
+    for f, ds in headers[1:]:
+        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop0, atol=1e-4):
+            raise XWinInputError(folder, f"inconsistent orientation: ImageOrientationPatient of {f.name} differs "
+                                         f"from {f0.name}")
+        for tag in ("Rows", "Columns", "PixelSpacing"):
+            if not np.allclose(np.array(ds[tag].value, dtype=float), np.array(ds0[tag].value, dtype=float)):
+                raise XWinInputError(folder, f"inconsistent {tag}: {f.name} differs from {f0.name}")
+    row, col = iop0[:3], iop0[3:]
+    normal = np.cross(row, col)
+    ipp = np.array([ds.ImagePositionPatient for _, ds in headers], dtype=float)
+    order = np.argsort(ipp @ normal, kind="stable")
+    ordered, ipp = [headers[n] for n in order], ipp[order]
+    along = ipp @ normal
+    steps = np.diff(along)
+    names = [f.name for f, _ in ordered]
+    if np.min(steps) < _POSITION_TOL_MM:
+        n = int(np.argmin(steps))
+        raise XWinInputError(folder, f"duplicate slice position: {names[n]} and {names[n + 1]} are at the same place")
+    step = float(np.median(steps))
+    tol = max(_POSITION_TOL_MM, _SPACING_TOL * step)
+    bad = np.flatnonzero(np.abs(steps - step) > tol)
+    if bad.size:
+        n = int(bad[0])
+        gap = float(steps[n])
+        if abs(gap / step - round(gap / step)) * step <= tol and round(gap / step) >= 2:
+            problem = f"missing slices: gap of {gap:.3f} mm ({round(gap / step) - 1} slice(s) missing)"
+        else:
+            problem = f"uneven slice spacing: {gap:.3f} mm"
+        raise XWinInputError(folder, f"{problem} between {names[n]} and {names[n + 1]}; the other slices are "
+                                     f"{step:.3f} mm apart")
+    shear = np.abs((ipp - ipp[0]) @ np.stack([row, col], 1)).max()
+    if shear > tol:
+        raise XWinInputError(folder, f"slices are sheared (gantry tilt?): positions drift {shear:.3f} mm in-plane")
+    pixel = [float(v) for v in ds0.PixelSpacing]  # DICOM order: (between rows, between columns)
+    spacing = np.array([pixel[1], pixel[0], step])
+    return ordered, spacing, ipp[0], np.stack([row, col, normal], axis=1)
+
+
+def _image_sop_class(ds: pydicom.Dataset) -> bool:
+    """True for an image storage object (or one whose header is too short to say), False for DICOMDIR, SR..."""
+    sop = ds.file_meta.get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None
+    return sop is None or "Image Storage" in sop.name
+
+
+def _bad_slice(ordered: list[tuple[Path, pydicom.Dataset]]) -> Path | None:
+    """The first file whose pixels SimpleITK cannot decode (only called once the series read has failed)."""
+    for f, _ in ordered:
+        try:
+            sitk.ReadImage(str(f))
+        except RuntimeError:
+            return f
+    return None

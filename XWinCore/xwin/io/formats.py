@@ -1,0 +1,62 @@
+"""File-type helpers shared by the readers: known extensions, DICOM sniffing, readable SimpleITK errors."""
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import struct
+from pathlib import Path
+
+ITK_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def has_extension(path: Path, extensions: tuple[str, ...]) -> bool:
+    return path.name.lower().endswith(extensions)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file carries the DICOM Part 10 marker ('DICM' after the 128-byte preamble)."""
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def itk_reason(error: RuntimeError) -> str:
+    """The readable last part of a SimpleITK/ITK error message (drops source-file locations)."""
+    lines = str(error).strip().splitlines()
+    text = lines[-1] if lines else "unknown error"
+    for marker in ("ERROR:", "Description:"):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.strip()
+
+
+def file_format(path: Path) -> str:
+    """'NII.GZ', 'NRRD', 'PNG'...: the known extension ``path`` ends with, upper case, without the dot."""
+    name = path.name.lower()
+    return next((ext[1:].upper() for ext in ITK_EXTENSIONS + RASTER_EXTENSIONS if name.endswith(ext)), "")
+
+
+def nifti_truncated(path: Path) -> bool:
+    """True when a .nii/.nii.gz holds fewer bytes than its header announces (ITK would silently zero-fill them).
+
+    Reads the whole (decompressed) stream once; a gzip stream cut short or damaged also counts as truncated.
+    """
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(540)
+            length = f.seek(0, io.SEEK_END)
+    except (EOFError, OSError):
+        return True
+    for order in "<>":
+        size = struct.unpack(order + "i", header[:4])[0]
+        if size == 348:  # NIfTI-1: dim int16[8] @40, bitpix int16 @72, vox_offset float32 @108
+            dim, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif size == 540:  # NIfTI-2: bitpix int16 @14, dim int64[8] @16, vox_offset int64 @168
+            dim, bitpix = struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "h", header[14:16])[0]
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        return length < int(offset) + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
+    return True
