@@ -1,0 +1,207 @@
+"""DRR bank, training loop, checkpoints (SIGKILL + resume), DDP on gloo, prediction and world evaluation."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from xwin.cli import main
+from xwin.data import PairSampler, load_bank
+from xwin.data.bank import render_views
+from xwin.drr import Projector
+from xwin.io import read_ct, write_volume
+from xwin.io.image import Volume
+from xwin.models import load_config
+from xwin.train.checkpoint import latest_checkpoint, load_checkpoint
+from xwin.train.data import bank_spec
+
+
+def _torso(shift: float, scale: float) -> Volume:
+    """A small synthetic chest: body ellipsoid, two air lungs, a dense spine (2.5 mm voxels)."""
+    n = 40
+    k, j, i = np.meshgrid(*[np.arange(n, dtype=np.float32)] * 3, indexing="ij")
+    x, y, z = (i - 19.5) * 2.5, (j - 19.5) * 2.5, (k - 19.5) * 2.5
+    hu = np.full((n, n, n), -1000.0, np.float32)
+    hu[(x / (40 * scale)) ** 2 + (y / 30) ** 2 + (z / 45) ** 2 < 1] = 30.0
+    for side in (-1, 1):
+        hu[((x - side * 18 * scale) / 12) ** 2 + ((y + shift) / 16) ** 2 + (z / 30) ** 2 < 1] = -850.0
+    hu[((x) ** 2 + (y - 18) ** 2 < 36)] = 700.0
+    return Volume(hu, (2.5, 2.5, 2.5), (-48.75, -48.75, -48.75))
+
+
+TINY = {
+    "model": {"encoder": "tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32,
+              "predictor_depth": 1, "predictor_width": 32, "predictor_heads": 2, "mask_predictor_depth": 1,
+              "mask_predictor_width": 32, "mask_predictor_heads": 2, "decoder_depth": 1, "decoder_width": 32,
+              "decoder_heads": 2, "domain_hidden": 16},
+    "mask": {"num_targets": 1, "min_keep": 1},
+    "data": {"lao": [-30.0, 0.0, 30.0], "cran": [0.0], "augmentations": 1, "spacing_mm": 5.0, "sid": 400.0,
+             "sdd": 600.0, "field_mm": 200.0, "real_per_batch": 2},
+    "train": {"lr": 1e-3, "warmup_steps": 2, "total_steps": 12, "batch_size": 4, "checkpoint_every": 4,
+              "amp": False},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    cts = []
+    for n, (shift, scale) in enumerate([(0.0, 1.0), (4.0, 0.9), (-3.0, 1.1)]):
+        path = root / f"patient{n}.nrrd"
+        write_volume(_torso(shift, scale), path)
+        cts.append(str(path))
+    cxr = root / "cxr"
+    cxr.mkdir()
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for n in range(3):
+        Image.fromarray((rng.random((48, 40)) * 255).astype(np.uint8)).save(cxr / f"real{n}.png")
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"].update({"ct": cts, "holdout": ["patient2"], "cxr": [str(cxr)], "bank": str(root / "bank")})
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, path, cts
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, text=True, **kw)
+
+
+def test_bank_holds_the_rendered_views_and_respects_the_split(tiny_setup):
+    root, cfg_path, cts = tiny_setup
+    cfg = load_config(cfg_path)
+    from xwin.data import build_bank
+    from xwin.train.data import training_cts
+    chosen = training_cts(cfg)
+    assert [c["patient_id"] for c in chosen] == ["patient0", "patient1"]  # patient2 is held out
+    bank = load_bank(build_bank(chosen, root / "bank", bank_spec(cfg), quiet=True))
+    assert bank.images.shape == (4, 3, 32, 32)  # 2 CTs × (1 + 1 augmentation), 3 views
+    assert 0.0 <= float(bank.images.min()) and float(bank.images.max()) < 1.0
+    m = bank.manifest
+    assert len(m["instances"]) == 4 and {i["ct_index"] for i in m["instances"]} == {0, 1}
+    assert all("seed" in i and "isocenter_lps_mm" in i and "roll_deg" in i for i in m["instances"])
+    # instance 0 is the undeformed CT 0: its views equal a direct render at the same geometry
+    from xwin.data.ct import ct_transforms, to_volume
+    vol = to_volume(ct_transforms(spacing_mm=5.0)({"ct": cts[0]})["ct"])
+    direct = render_views(Projector(vol, bank_spec(cfg).geometry()), bank_spec(cfg), 0.0, np.zeros(3))
+    np.testing.assert_allclose(bank.images[0], direct, atol=2e-3)  # float16 storage
+    assert not np.allclose(bank.images[1], bank.images[0], atol=1e-2)  # the deformed copy differs
+
+
+def test_pair_sampler_actions_are_pose_differences(tiny_setup):
+    root, cfg_path, _ = tiny_setup
+    bank = load_bank(root / "bank")
+    s = PairSampler(bank, real=np.zeros((3, 32, 32), np.float32), augment=False, seed=1)
+    b = s.sample(16, real_size=2)
+    assert b["context"].shape == (16, 1, 32, 32) and b["real"].shape == (2, 1, 32, 32)
+    assert set(np.unique(b["d_lao"].numpy())) <= {-60.0, -30.0, 0.0, 30.0, 60.0}
+    state = s.state()
+    again = s.sample(4)
+    s.restore(state)
+    torch.testing.assert_close(s.sample(4)["target"], again["target"])
+
+
+def _steps(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve(tiny_setup):
+    root, cfg_path, _ = tiny_setup
+    run = root / "run_kill"
+    proc = subprocess.Popen([sys.executable, "-m", "xwin", "train", "--config", str(cfg_path), "--out", str(run),
+                             "--progress", "jsonl", "--device", "cpu"], stdout=subprocess.PIPE, text=True)
+    seen_ckpt = False
+    for line in proc.stdout:
+        rec = json.loads(line)
+        seen_ckpt |= rec.get("event") == "checkpoint"
+        if seen_ckpt and rec.get("step", 0) >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    last = latest_checkpoint(run)
+    assert last is not None and last.name == "step_0000004"
+    weights, optim, state = load_checkpoint(last)  # intact: loads without error
+    assert state["step"] == 4 and optim and len(weights) > 10
+    assert not list((run / "checkpoints").glob(".step_*"))  # no half-written checkpoint left visible
+    before = {int(r["step"]): float(r["loss_total"]) for r in _steps(run)}
+    # resuming without --resume is refused; with it, training continues from step 4
+    assert _run(["train", "--config", str(cfg_path), "--out", str(run), "--device", "cpu"]).returncode == 2
+    r = _run(["train", "--config", str(cfg_path), "--out", str(run), "--resume", "--progress", "none",
+              "--device", "cpu"])
+    assert r.returncode == 0, r.stderr
+    rows = _steps(run)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == list(range(1, 13))  # continuous: no gap, no duplicate
+    for s in range(1, 5):  # the steps before the checkpoint are the ones originally logged
+        assert float(rows[s - 1]["loss_total"]) == pytest.approx(before[s])
+    losses = np.array([float(r["loss_total"]) for r in rows])
+    jump = abs(losses[4] - losses[3])
+    assert jump < 3 * np.abs(np.diff(losses)).max()
+    assert (run / "loss_curve.png").is_file() and latest_checkpoint(run).name == "step_0000012"
+
+
+def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
+    root, cfg_path, _ = tiny_setup
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"].update({"total_steps": 3, "checkpoint_every": 3})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29531", "-m", "xwin", "train", "--config", str(path), "--out", str(tmp_path / "run"),
+                        "--progress", "jsonl", "--device", "cpu"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    start = next(e for e in events if e.get("event") == "start")
+    assert start["world"] == 2
+    replicas = [e for e in events if e.get("event") == "replicas"]
+    assert replicas and all(e["max_abs_diff"] == 0.0 for e in replicas)
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  tau: -1\n")
+    r = _run(["train", "--config", str(bad), "--out", str(tmp_path / "run")])
+    assert r.returncode == 2 and "loss.tau" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_predict_and_world_eval(tiny_setup, tmp_path):
+    root, cfg_path, cts = tiny_setup
+    run = root / "run_kill"  # trained to step 12 by the SIGKILL test
+    if latest_checkpoint(run) is None:
+        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    model_file = tmp_path / "model.safetensors"
+    assert main(["export-model", str(run), "--out", str(model_file)]) == 0
+    from xwin.predict import load_model, load_predictor
+    loaded = load_model(model_file)
+    bank = load_bank(root / "bank")  # the run's bank (config key data.bank): its mean image per view
+    np.testing.assert_allclose(loaded.mean_projection.numpy(), np.asarray(bank.images, np.float32).mean(0), atol=1e-3)
+    pred = load_predictor(model_file).predict(np.random.default_rng(0).random((50, 40)), [0, 30], [0, 0])
+    assert pred.shape == (2, 32, 32) and 0 <= pred.min() and pred.max() <= 1
+    out = tmp_path / "pred"
+    png = root / "cxr" / "real0.png"
+    assert main(["predict", str(png), "--lao", "0", "30", "--cran", "0", "0", "--checkpoint", str(model_file),
+                 "--out", str(out)]) == 0
+    assert len(list(out.iterdir())) == 2
+    from xwin.eval.world import evaluate_world
+    result = evaluate_world(load_model(run), [read_ct(cts[2])])
+    assert set(result) == {"model", "baselines"}
+    assert set(result["baselines"]) == {"copy_context", "mean_projection", "random_init"}
+    for m in [result["model"], *result["baselines"].values()]:
+        assert set(m) == {"retrieval_top1", "cosine", "psnr", "ssim"}
+    assert result["baselines"]["copy_context"]["retrieval_top1"] == pytest.approx(1 / 13, abs=1e-4)
+    assert result["baselines"]["mean_projection"]["psnr"] is None  # a checkpoint folder carries no mean projection
+    with_mean = evaluate_world(loaded, [read_ct(cts[2])])
+    assert with_mean["baselines"]["mean_projection"]["psnr"] > 5.0

@@ -1,0 +1,7 @@
+"""Data: CT volumes through MONAI transforms, the DRR bank, view-pair batches and real CXRs."""
+from .bank import Bank, BankSpec, build_bank, load_bank
+from .cxr import find_images, load_cxrs, to_model_input
+from .pairs import PairSampler
+
+__all__ = ["Bank", "BankSpec", "PairSampler", "build_bank", "find_images", "load_bank", "load_cxrs",
+           "to_model_input"]

@@ -1,0 +1,146 @@
+"""The DRR bank: projections of (deformed) training CTs on a grid of C-arm poses, precomputed for CPU training.
+
+On disk a bank is a folder written atomically (temporary folder + rename) holding
+``images.npy`` (instances, views, H, W) float16 radiograph-mode DRRs in [0, 1], ``poses.npy`` (instances, views, 2)
+the nominal (lao, cran) in degrees, and ``manifest.json`` with the geometry, the angle grid, and per instance the CT,
+patient, augmentation seed, isocenter shift (LPS mm) and detector roll (degrees) used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..drr import Projector
+from ..errors import XWinInputError
+from ..geometry import Geometry, rotation
+from .ct import ct_transforms, deformation_transforms, to_volume
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """What a bank holds. Angles in degrees, lengths in mm; ``img_size`` is the model's input size in pixels."""
+
+    img_size: int = 64
+    lao: tuple[float, ...] = tuple(float(a) for a in range(-90, 91, 15))
+    cran: tuple[float, ...] = (-20.0, -10.0, 0.0, 10.0, 20.0)
+    augmentations: int = 4  # deformed copies per CT on top of the undeformed one
+    iso_shift_mm: float = 10.0  # std of the random isocenter shift per instance
+    roll_deg: float = 3.0  # std of the random detector roll per instance
+    spacing_mm: float = 2.0
+    sid: float = 1600.0
+    sdd: float = 1800.0
+    field_mm: float = 435.2  # detector side (256 × 1.7 mm by default)
+    supersample: int = 2  # render at supersample × img_size, then average-pool
+    seed: int = 0
+
+    def geometry(self) -> Geometry:
+        n = self.img_size * self.supersample
+        return Geometry(sid=self.sid, sdd=self.sdd, height=n, width=n, pixel=self.field_mm / n)
+
+    def poses(self) -> np.ndarray:
+        """(views, 2) nominal (lao, cran) grid in degrees."""
+        return np.array([(a, c) for c in self.cran for a in self.lao], dtype=np.float32)
+
+
+@dataclass
+class Bank:
+    """A loaded bank (arrays memory-mapped)."""
+
+    path: Path
+    images: np.ndarray
+    poses: np.ndarray
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Per instance the index of its CT in ``manifest['cts']`` (instances of one CT share a group)."""
+        return np.array([inst["ct_index"] for inst in self.manifest["instances"]], dtype=np.int64)
+
+
+def _roll_pose(lao: float, cran: float, roll_deg: float, shift: np.ndarray) -> torch.Tensor:
+    """4×4 pose: R = Rz(lao)·Rx(−cran)·R_y(roll) (roll about the PA beam axis), translation = isocenter shift (mm)."""
+    r = rotation(lao, cran)[0]
+    c, s = np.cos(np.radians(roll_deg)), np.sin(np.radians(roll_deg))
+    roll = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, :3] = r @ roll
+    pose[:3, 3] = torch.from_numpy(shift)
+    return pose
+
+
+def render_views(projector: Projector, spec: BankSpec, roll_deg: float, shift: np.ndarray) -> np.ndarray:
+    """(views, img, img) radiograph-mode DRRs of one CT over the spec's pose grid."""
+    poses = torch.stack([_roll_pose(a, c, roll_deg, shift) for a, c in spec.poses()])
+    with torch.no_grad():
+        images = projector.render(pose=poses, mode="radiograph")
+        images = F.avg_pool2d(images[:, None].float(), spec.supersample)[:, 0]
+    return images.numpy()
+
+
+def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: bool = False) -> Path:
+    """Render every CT in ``cts`` (dicts with ``path`` and ``patient_id``) into a bank folder ``out``.
+
+    Instance 0 of each CT is undeformed; instances 1..augmentations are random deformations (MONAI), each with a
+    random isocenter shift and detector roll, all drawn from ``spec.seed`` and recorded in the manifest.
+    """
+    out = Path(out)
+    if not cts:
+        raise XWinInputError(out, "no training CTs given for the DRR bank")
+    rng = np.random.default_rng(spec.seed)
+    load, deform = ct_transforms(spacing_mm=spec.spacing_mm), deformation_transforms()
+    images, poses, instances = [], [], []
+    steps = tqdm(total=len(cts) * (spec.augmentations + 1), desc="DRR bank", unit="CT", disable=quiet)
+    for ct_index, ct in enumerate(cts):
+        base = load({"ct": ct["path"]})
+        for aug in range(spec.augmentations + 1):
+            seed = int(rng.integers(2**31))
+            if aug == 0:
+                item, shift, roll = base, np.zeros(3), 0.0
+            else:
+                deform.set_random_state(seed)
+                item = deform(dict(base))
+                shift, roll = rng.normal(0, spec.iso_shift_mm, 3), float(rng.normal(0, spec.roll_deg))
+            volume = to_volume(item["ct"])
+            projector = Projector(volume, spec.geometry())
+            images.append(render_views(projector, spec, roll, shift).astype(np.float16))
+            poses.append(spec.poses())
+            instances.append({"ct_index": ct_index, "augmentation": aug, "seed": seed,
+                              "isocenter_lps_mm": (projector.isocenter + shift).tolist(), "roll_deg": roll})
+            steps.update()
+    steps.close()
+    manifest = {"spec": asdict(spec), "cts": [{k: str(v) for k, v in ct.items()} for ct in cts],
+                "instances": instances, "display": "radiograph mode: 1 - exp(-line/4)"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        np.save(tmp / "images.npy", np.stack(images))
+        np.save(tmp / "poses.npy", np.stack(poses))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_bank(path: str | os.PathLike) -> Bank:
+    """Open a bank folder written by `build_bank` (images memory-mapped)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        images = np.load(path / "images.npy", mmap_mode="r")
+        poses = np.load(path / "poses.npy")
+    except (OSError, ValueError) as exc:
+        raise XWinInputError(path, f"not a readable DRR bank ({exc})") from None
+    return Bank(path, images, poses, manifest)

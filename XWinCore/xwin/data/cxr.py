@@ -1,0 +1,46 @@
+"""Real chest radiographs for training and evaluation, in the model's input convention.
+
+Each image is read with `xwin.io.read_radiograph` (bone bright, [0, 1]), centre-cropped to a square, resized with
+area averaging to the model size, and stretched so its 1st/99th percentiles map to 0/1 (clipped): real films differ
+in exposure and windowing far more than DRRs do.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import XWinInputError
+from ..io import read_radiograph
+
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
+
+
+def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
+    """[0, 1] image (H, W) → (size, size) float32: centre square crop, area resize, 1–99 % percentile stretch."""
+    h, w = image.shape
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = torch.from_numpy(np.ascontiguousarray(image[top:top + s, left:left + s], dtype=np.float32))
+    small = F.interpolate(square[None, None], size=(size, size), mode="area")[0, 0].numpy()
+    lo, hi = np.percentile(small, [1, 99])
+    return np.clip((small - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Radiograph files (DICOM, PNG, JPEG) under ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise XWinInputError(folder, "not a folder of radiographs")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise XWinInputError(folder, "contains no DICOM, PNG or JPEG radiographs")
+    return files
+
+
+def load_cxrs(files: list[Path], size: int) -> np.ndarray:
+    """(N, size, size) float32 model inputs of the given radiograph files."""
+    return np.stack([to_model_input(read_radiograph(f).array, size) for f in files])

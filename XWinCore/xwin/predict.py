@@ -1,0 +1,124 @@
+"""Prediction with a trained world model: a real CXR (or a DRR) as the PA context → decoded projections at new poses.
+
+Model files: a training checkpoint folder / run folder, or an exported inference file (``.safetensors`` with the config
+in its metadata, fp16 weights of the encoders, view predictor and decoder, and the training bank's mean projections
+as the ``mean_projection`` baseline). Nothing is unpickled. The embedded default lives in ``Resources/Models/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .data.cxr import to_model_input
+from .errors import XWinInputError
+from .models import XWinConfig, create_model
+from .train.checkpoint import load_checkpoint
+
+FORMAT = "xwin-world-model/1"
+INFERENCE_MODULES = ("context_encoder.", "target_encoder.", "view_predictor.", "decoder.")
+DEFAULT_NAME = "xwin_default.safetensors"
+
+
+def default_checkpoint() -> Path:
+    """$XWIN_CHECKPOINT, else the embedded model in ``Resources/Models/`` beside ``XWinCore/``."""
+    env = os.environ.get("XWIN_CHECKPOINT")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for root in here.parents[1:4]:
+        candidate = root / "Resources" / "Models" / DEFAULT_NAME
+        if candidate.is_file():
+            return candidate
+    raise XWinInputError(None, f"no default model found: set XWIN_CHECKPOINT or pass --checkpoint "
+                               f"(looked for Resources/Models/{DEFAULT_NAME} beside XWinCore)")
+
+
+@dataclass
+class LoadedModel:
+    """A world model ready for inference, its config, and the mean training projections (V, H, W) at ``poses``."""
+
+    model: torch.nn.Module
+    config: XWinConfig
+    mean_projection: torch.Tensor | None = None
+    mean_poses: torch.Tensor | None = None
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=None) -> Path:
+    """Write the inference part of a checkpoint (fp16) plus the bank's mean projections to one safetensors file."""
+    from .io import atomic_output
+
+    weights, _, state = load_checkpoint(checkpoint)
+    tensors = {k: v.half() for k, v in weights.items() if k.startswith(INFERENCE_MODULES)}
+    if bank is not None:
+        tensors["mean_projection.images"] = torch.from_numpy(np.asarray(bank.images, np.float32).mean(0)).half()
+        tensors["mean_projection.poses"] = torch.from_numpy(np.asarray(bank.poses[0], np.float32))
+    meta = {"format": FORMAT, "config": json.dumps(state["config"]), "step": str(state["step"])}
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    return out
+
+
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load an exported model file or a checkpoint/run folder (default: `default_checkpoint`)."""
+    path = Path(path) if path is not None else default_checkpoint()
+    mean = poses = None
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several error types for foreign files
+            raise XWinInputError(path, f"not an XWin model file ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise XWinInputError(path, f"not an XWin model file (format {meta.get('format')!r}, expected {FORMAT})")
+        config = XWinConfig.from_dict(json.loads(meta["config"]))
+        mean, poses = tensors.pop("mean_projection.images", None), tensors.pop("mean_projection.poses", None)
+        weights = {k: v.float() for k, v in tensors.items()}
+    elif path.is_dir():
+        weights, _, state = load_checkpoint(path)
+        config = XWinConfig.from_dict(state["config"])
+    else:
+        raise XWinInputError(path, "model not found (expected an exported .safetensors file or a checkpoint folder)")
+    model = create_model(config)
+    missing = [k for k in model.load_state_dict(weights, strict=False).missing_keys if k.startswith(INFERENCE_MODULES)]
+    if missing:
+        raise XWinInputError(path, f"model file lacks {len(missing)} weights, e.g. {missing[0]}")
+    model.eval().to(device)
+    return LoadedModel(model, config, None if mean is None else mean.float().to(device),
+                       None if poses is None else poses.to(device))
+
+
+class Predictor:
+    """Predicted projections from one radiograph taken as the canonical PA view (LAO = CRAN = 0)."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.size = loaded.config.model.img_size
+        self.device = next(self.model.parameters()).device
+
+    def context(self, image01: np.ndarray) -> torch.Tensor:
+        """(1, 1, S, S) model input from a [0, 1] radiograph (H, W)."""
+        return torch.from_numpy(to_model_input(np.asarray(image01, np.float32), self.size))[None, None].to(self.device)
+
+    @torch.no_grad()
+    def predict(self, image01: np.ndarray, lao, cran) -> np.ndarray:
+        """(B, S, S) decoded projections in [0, 1] at the paired target angles (degrees) relative to the PA input."""
+        lao = torch.as_tensor(np.atleast_1d(np.asarray(lao, np.float32)), device=self.device)
+        cran = torch.as_tensor(np.atleast_1d(np.asarray(cran, np.float32)), device=self.device)
+        ctx = self.context(image01).expand(lao.shape[0], -1, -1, -1)
+        tokens = self.model.predict_view(ctx, lao, cran)
+        return self.model.decode(tokens)[:, 0].float().cpu().numpy()
+
+
+def load_predictor(checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> Predictor:
+    """A `Predictor` over `load_model` (default: the embedded model)."""
+    return Predictor(load_model(checkpoint, device))

@@ -1,0 +1,124 @@
+"""Atomic, pickle-free checkpoints: safetensors for tensors, JSON for everything else.
+
+A run folder holds ``checkpoints/step_NNNNNNN/`` folders, each with ``model.safetensors``, ``optimizer.safetensors``
+and ``state.json`` (step, optimizer hyper-parameters, RNG states, config, metrics), and ``checkpoints/latest.json``
+naming the newest complete one. Each checkpoint is written into a temporary folder and renamed into place, and
+``latest.json`` is replaced atomically afterwards, so a crash (even SIGKILL) at any moment leaves the previous
+checkpoint intact and loadable. Loading never unpickles code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import XWinInputError
+
+LATEST = "latest.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file in the same folder and os.replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None, state: dict, keep: int = 3) -> Path:
+    """Write checkpoint ``step`` of ``model`` (+ optimizer, + JSON ``state``) atomically; keep the newest ``keep``."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        meta = {}
+        if optimizer is not None:
+            tensors, meta = _optimizer_tensors(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state().tolist()}
+        if torch.cuda.is_available():
+            rng["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": meta, "rng": rng}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_json_atomic(root / LATEST, {"step": step, "path": final.name})
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    root = Path(run_dir) / "checkpoints"
+    try:
+        pointer = json.loads((root / LATEST).read_text())
+    except (OSError, ValueError):
+        return None
+    path = root / pointer["path"]
+    return path if (path / "state.json").is_file() else None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
+    """(model tensors, optimizer tensors or None, state) of a checkpoint folder (or a run folder: its latest)."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        path = latest_checkpoint(path) or path
+    try:
+        model = load_file(str(path / "model.safetensors"))
+        state = json.loads((path / "state.json").read_text())
+        opt_file = path / "optimizer.safetensors"
+        optim = load_file(str(opt_file)) if opt_file.is_file() else None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise XWinInputError(path, f"not a readable XWin checkpoint ({exc})") from None
+    return model, optim, state
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Load optimizer state saved by `save_checkpoint` (tensors moved to the parameters' devices)."""
+    optimizer.load_state_dict(_optimizer_state(tensors, meta))
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])

@@ -1,0 +1,54 @@
+"""Training data for `xwin train`: the DRR bank (built once by rank 0) and the real CXRs, as a pair sampler."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data import BankSpec, PairSampler, build_bank, find_images, load_bank, load_cxrs
+from ..errors import XWinInputError
+from .distributed import Dist
+
+
+def bank_spec(cfg) -> BankSpec:
+    """The bank the config asks for (angles in degrees, lengths in mm, image size from the model)."""
+    c = cfg.data
+    return BankSpec(img_size=cfg.model.img_size, lao=tuple(c.lao), cran=tuple(c.cran),
+                    augmentations=c.augmentations, iso_shift_mm=c.iso_shift_mm, roll_deg=c.roll_deg,
+                    spacing_mm=c.spacing_mm, sid=c.sid, sdd=c.sdd, field_mm=c.field_mm, seed=cfg.train.seed)
+
+
+def training_cts(cfg) -> list[dict]:
+    """CTs to train on: every listed path, minus held-out patients (splits are by patient)."""
+    held = set(cfg.data.holdout)
+    cts = []
+    for path in cfg.data.ct:
+        p = Path(path)
+        if not p.exists():
+            raise XWinInputError(p, "training CT not found (config key 'data.ct')")
+        patient = p.name.split(".")[0]
+        if patient in held or str(p) in held:
+            continue
+        cts.append({"path": str(p), "patient_id": patient})
+    if not cts:
+        raise XWinInputError(None, "config key 'data.ct': no training CT left after removing held-out patients")
+    return cts
+
+
+def real_cxrs(cfg) -> np.ndarray | None:
+    """(N, S, S) real radiographs from the folders in ``data.cxr`` (None when the list is empty)."""
+    files = [f for folder in cfg.data.cxr for f in find_images(folder)]
+    return load_cxrs(files, cfg.model.img_size) if files else None
+
+
+def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None) -> PairSampler:
+    """Load (or, on rank 0, build) the bank named by ``data.bank`` (default RUN/bank) and wrap it in a sampler."""
+    bank_dir = Path(cfg.data.bank) if cfg.data.bank else run_dir / "bank"
+    if d.main and not (bank_dir / "manifest.json").is_file():
+        build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=False)
+    d.barrier()
+    bank = load_bank(bank_dir)
+    sampler = PairSampler(bank, real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction, seed=cfg.train.seed + 1000 * d.rank)
+    if state is not None:
+        sampler.restore(state)
+    return sampler

@@ -1,0 +1,160 @@
+"""`xwin train`: the world model's training loop, from one CPU to many GPUs (torchrun + DDP).
+
+AdamW, cosine learning rate with linear warm-up, gradient accumulation, gradient clipping, AMP (bfloat16) on GPUs,
+EMA target update after each step, atomic checkpoints, clean stop on SIGTERM/SIGINT (a checkpoint is written first).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import XWinInputError
+from ..models import XWinConfig, create_model
+from ..models.world_model import LOSS_KEYS
+from . import checkpoint as ckpt
+from .data import prepare_sampler
+from .distributed import Dist, setup, teardown
+from .progress import ProgressLog, plot_loss_curve, trim_metrics
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.01) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor``·base at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+class _Losses(torch.nn.Module):
+    """Makes `training_losses` the forward of a module so DDP can wrap it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, step: int, total: int) -> dict:
+        return self.model.training_losses(batch, step, total)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes its step, writes a checkpoint and returns."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def replica_spread(model: torch.nn.Module, d: Dist) -> float:
+    """Largest difference between this replica's weights (EMA target included) and rank 0's (0.0 when alone)."""
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in model.state_dict().values()
+                      if p.is_floating_point()])
+    if d.world == 1:
+        return 0.0
+    reference = flat.to(d.device).clone()
+    torch.distributed.broadcast(reference, src=0)
+    spread = (flat.to(d.device) - reference).abs().max()
+    torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+    return float(spread)
+
+
+def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progress: str = "bar",
+          device: str = "auto") -> Path:
+    """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder."""
+    run_dir = Path(run_dir)
+    d: Dist = setup(device)
+    t = cfg.train
+    try:
+        if d.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        d.barrier()
+        last = ckpt.latest_checkpoint(run_dir)
+        if last is not None and not resume:
+            raise XWinInputError(run_dir, "already holds a training run: pass --resume to continue it, "
+                                          "or choose an empty folder")
+        torch.manual_seed(t.seed + d.rank)
+        model = create_model(cfg).to(d.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
+        step, sampler_state = 0, None
+        if resume and last is not None:
+            weights, opt_tensors, state = ckpt.load_checkpoint(last)
+            model.load_state_dict(weights)
+            ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"])
+            ckpt.restore_rng(state["rng"])
+            step, sampler_state = state["step"], state.get("sampler")
+            if d.main:
+                trim_metrics(run_dir, step)
+        sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state)
+        net = _Losses(model)
+        if d.world > 1:
+            net = DistributedDataParallel(net, find_unused_parameters=True)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (t.amp and d.device.type == "cuda") else nullcontext()
+        log = ProgressLog(run_dir, t.total_steps, step, progress, enabled=d.main)
+        flag = _StopFlag()
+        per_step = t.batch_size * t.grad_accum * d.world
+        log.event("start", step=step, total=t.total_steps, world=d.world, device=str(d.device),
+                  parameters=sum(p.numel() for p in params))
+        saved = last
+        while step < t.total_steps and not flag.stop:
+            tick = time.perf_counter()
+            lr = lr_at(step, t.lr, t.warmup_steps, t.total_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for micro in range(t.grad_accum):
+                batch = _to(sampler.sample(t.batch_size, cfg.data.real_per_batch), d.device)
+                sync = net.no_sync() if (d.world > 1 and micro < t.grad_accum - 1) else nullcontext()
+                with sync, amp:
+                    out = net(batch, step, t.total_steps)
+                    (out["total"] / t.grad_accum).backward()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / t.grad_accum
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            model.update_target(step, t.total_steps)
+            step += 1
+            seconds = time.perf_counter() - tick
+            record = {"step": step, "epoch": round(step * per_step / sampler.epoch_size, 3), "lr": lr,
+                      "samples_per_s": round(per_step / seconds, 2)}
+            record.update({(f"loss_{k}" if k in LOSS_KEYS + ("total",) else f"metric_{k}"): round(v, 6)
+                           for k, v in sums.items()})
+            log.step(record)
+            if step % t.checkpoint_every == 0 or step == t.total_steps or flag.stop:
+                if d.world > 1:
+                    log.event("replicas", step=step, world=d.world, max_abs_diff=replica_spread(model, d))
+                if d.main:
+                    saved = ckpt.save_checkpoint(run_dir, step, model, opt, {
+                        "config": cfg.to_dict(), "sampler": sampler.state(), "metrics": record})
+                    plot_loss_curve(run_dir)
+                    log.event("checkpoint", step=step, path=str(saved))
+                d.barrier()
+        log.event("stopped" if flag.stop else "finished", step=step)
+        log.close()
+        flag.restore()
+        return saved
+    finally:
+        teardown()
+
