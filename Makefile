@@ -4,6 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.xwin-installed
+TESTSTAMP := $(VENV)/.xwin-test-installed
+# system libraries for the Qt/VTK viewer tests under Xvfb (CI runs as root or a password-less sudoer)
+APT_TEST := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0 \
+  libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-shape0 libgl1 libegl1 libglx-mesa0 \
+  libgl1-mesa-dri libosmesa6 libfontconfig1 libdbus-1-3
 
 .PHONY: demo test bench install clean
 
@@ -13,12 +18,18 @@ $(STAMP): XWinCore/pyproject.toml
 	$(PIP) install -e 'XWinCore[test]'
 	touch $@
 
+$(TESTSTAMP): $(STAMP) Resources/requirements-test-slicer.txt
+	$(PIP) install -r Resources/requirements-test-slicer.txt
+	command -v xvfb-run >/dev/null || (SUDO=; sudo -n true 2>/dev/null && SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(APT_TEST))
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/xwin demo --out out/demo
 
-test: $(STAMP)
+test: $(TESTSTAMP)
 	$(PY) -m pytest -q -ra XWinCore/tests Testing/Python
 
 bench: $(STAMP)

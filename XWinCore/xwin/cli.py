@@ -75,6 +75,154 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(ns: argparse.Namespace) -> int:
+    """Train or resume the world model (one process, or one per GPU under torchrun)."""
+    from .models import load_config
+    from .train import train
+
+    cfg = load_config(ns.config)
+    run = Path(ns.out) if ns.out else Path("runs") / Path(ns.config).stem
+    last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device)
+    if ns.progress != "jsonl":
+        print(f"checkpoint: {last}")
+    return 0
+
+
+def cmd_export_model(ns: argparse.Namespace) -> int:
+    """Export the inference part of a checkpoint (plus the bank's mean projections) to one file."""
+    from .data import load_bank
+    from .predict import export_model
+    from .train.checkpoint import load_checkpoint, latest_checkpoint
+
+    run = Path(ns.checkpoint)
+    state = load_checkpoint(run)[2]
+    folder = state["config"]["data"]["bank"] or (run if latest_checkpoint(run) else run.parent.parent) / "bank"
+    bank = load_bank(folder) if (Path(folder) / "manifest.json").is_file() else None
+    print(export_model(run, ns.out, bank=bank))
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    """Decoded predicted projections of a CXR (taken as the PA view) at paired target poses."""
+    from .geometry import parse_angles
+    from .io import read_radiograph, write_image
+    from .predict import load_predictor
+
+    lao, cran = parse_angles(ns.lao, ns.cran)
+    out = Path(ns.out)
+    single = lao.size == 1 and _has_image_extension(out)
+    if not single and _has_image_extension(out):
+        raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
+    predictor = load_predictor(ns.checkpoint, device=ns.device)
+    images = predictor.predict(read_radiograph(ns.cxr).array, lao, cran)
+    targets = [out] if single else [out / f"pred_lao{a:+07.2f}_cran{c:+07.2f}.{ns.ext}" for a, c in zip(lao, cran)]
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    for image, a, c, target in zip(images, lao, cran, targets):
+        write_image(image, target, meta={"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_source": str(ns.cxr),
+                                         "xwin_kind": "world-model prediction (learned estimate, not a DRR)"})
+    print(targets[0] if single else f"{len(targets)} predicted projections in {out}")
+    return 0
+
+
+def cmd_eval_world(ns: argparse.Namespace) -> int:
+    """World-model evaluation on CTs never trained on (JSON on stdout with --json)."""
+    import json
+
+    from .eval.world import evaluate_world
+    from .io import read_ct
+    from .predict import load_model
+
+    result = evaluate_world(load_model(ns.checkpoint, ns.device), [read_ct(p) for p in ns.ct])
+    print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_eval_probe(ns: argparse.Namespace) -> int:
+    """Linear probe and k-shot fine-tuning AUROC on labelled real CXRs (patient-level folds)."""
+    import json
+
+    import torch
+
+    from .eval.probe import probe, read_labels
+    from .models import create_model
+    from .predict import load_model
+
+    where = dict(item.split("=", 1) for item in ns.where)
+    files, labels, patients = read_labels(ns.labels, ns.images, ns.positive, where)
+    loaded = load_model(ns.checkpoint)
+    torch.manual_seed(0)
+    encoders = {"model": loaded.model.context_encoder,
+                "random_init": create_model(loaded.config).context_encoder}
+    for item in ns.ablation:
+        name, path = item.split("=", 1)
+        encoders[name] = load_model(path).model.context_encoder
+    result = probe(encoders, files, labels, patients, loaded.config.model.img_size, ns.folds, tuple(ns.shots))
+    print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_viewer(ns: argparse.Namespace) -> int:
+    """The XWinSlicer panel as a standalone window (needs PySide6, Qt.py and a display)."""
+    try:
+        from .viewer.app import main as viewer_main
+    except ImportError as exc:
+        raise XWinInputError(None, f"the viewer needs PySide6, Qt.py and VTK ({exc}); "
+                                   "pip install PySide6 Qt.py vtk") from None
+    return viewer_main(ct=ns.ct, cxr=ns.cxr, demo=ns.demo)
+
+
+def cmd_reconstruct(ns: argparse.Namespace) -> int:
+    """Render --views projections of a CT over --arc degrees, reconstruct them, write the volume, report metrics."""
+    import json
+
+    from .geometry import Geometry
+    from .export import write_ct_series
+    from .io import read_ct, write_volume
+    from .recon.roundtrip import reconstruct_from_ct
+
+    out = Path(ns.out)
+    dicom_folder = not out.name.lower().endswith((".nrrd", ".nii.gz", ".nii", ".mha"))
+    if dicom_folder and out.suffix:
+        raise XWinInputError(out, "--out must end in .nrrd, .nii.gz, .nii or .mha, or name a folder for a DICOM series")
+    if ns.views < 1:
+        raise XWinInputError(None, f"--views must be at least 1, got {ns.views}")
+    if not ns.arc > 0:
+        raise XWinInputError(None, f"--arc must be a positive number of degrees, got {ns.arc}")
+    if ns.size is not None and min(ns.size) < 2:
+        raise XWinInputError(None, f"--size needs at least 2 voxels per axis, got {ns.size}")
+    geometry = Geometry(sid=ns.sid, sdd=ns.sdd, height=ns.det[0], width=ns.det[1], pixel=ns.pixel)
+    ct = read_ct(ns.from_ct)
+    volume, scores = reconstruct_from_ct(ct, ns.views, ns.arc, ns.method, ns.iters, ns.size, ns.spacing, geometry,
+                                         window=ns.window, tv=ns.tv, device=ns.device, progress=not ns.json)
+    if dicom_folder:
+        write_ct_series(volume, out, series_description="XWin reconstruction")
+    else:
+        write_volume(volume, out)
+    if ns.json:
+        print(json.dumps({k: float(scores[k]) for k in ("psnr", "ssim", "rmse_hu", "seconds")}))
+    else:
+        print(f"{out}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}, RMSE {scores['rmse_hu']:.1f} HU, "
+              f"{scores['seconds']:.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    """Segment a volume (body, lungs, bone) and write label maps for segmentation tools (and DICOM)."""
+    import json
+
+    from .export import export_segmentation
+    from .io import read_ct
+
+    out = Path(ns.out)
+    if out.exists() and not out.is_dir():
+        raise XWinInputError(out, "--out must be a folder")
+    names = [n for n in ns.segment.split(",") if n.strip()]
+    result = export_segmentation(read_ct(ns.volume), names, out, dicom=ns.dicom, dicom_seg=ns.dicom_seg)
+    print(json.dumps(result) if ns.json else "\n".join(result["files"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xwin", description="XWin: chest-radiograph world models. "
                                      "Units: mm, degrees, HU; patient frame LPS (docs/geometry.md).")
@@ -109,6 +257,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=15.0, help="LAO step in degrees over −90…90 (default 15)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train or resume the world model (torchrun -m xwin train ... for DDP)")
+    p.add_argument("--config", required=True, help="YAML config (schema: docs/model.md)")
+    p.add_argument("--out", help="run folder for the bank, checkpoints, metrics.csv, loss_curve.png "
+                                 "(default runs/CONFIG_NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
+                   help="progress bar (default), one JSON object per step on stdout, or nothing")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export-model", help="export a checkpoint's inference weights to one .safetensors file")
+    p.add_argument("checkpoint", help="run folder or checkpoint folder")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.set_defaults(func=cmd_export_model)
+
+    p = sub.add_parser("predict", help="predicted projections of a CXR at new C-arm poses",
+                       description="Encode CXR as the canonical PA view and write the decoded predicted projection "
+                                   "at each paired --lao/--cran target pose (degrees).")
+    p.add_argument("cxr", help="radiograph: DICOM, PNG or JPEG (or a DRR image)")
+    p.add_argument("--lao", type=float, nargs="+", required=True, metavar="DEG", help="target LAO angle(s), degrees")
+    p.add_argument("--cran", type=float, nargs="+", required=True, metavar="DEG", help="target CRAN angle(s), degrees")
+    p.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--ext", default="png", choices=("nrrd", "mha", "nii.gz", "png"),
+                   help="file type written into a folder --out (default png)")
+    p.add_argument("--out", required=True, help="image file for one pose, or a folder")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="evaluate a world model")
+    ev = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    w = ev.add_parser("world", help="view prediction on CTs never trained on, against baselines")
+    w.add_argument("--ct", action="append", required=True, help="held-out CT (repeat for several)")
+    w.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    w.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    w.add_argument("--json", action="store_true", help="one-line JSON on stdout")
+    w.set_defaults(func=cmd_eval_world)
+    pr = ev.add_parser("probe", help="linear probe / k-shot AUROC on labelled real CXRs")
+    pr.add_argument("--labels", required=True, help="CSV with columns filename, finding, patient_id")
+    pr.add_argument("--images", required=True, help="folder the CSV's filenames are relative to")
+    pr.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    pr.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
+                    help="another model to compare, e.g. mim_only=runs/mim/ (repeatable)")
+    pr.add_argument("--positive", help="regex on the finding column for positives (default: not No Finding/Normal)")
+    pr.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE", help="keep matching rows only")
+    pr.add_argument("--folds", type=int, default=5, help="patient-level folds (default 5)")
+    pr.add_argument("--shots", type=int, nargs="+", default=[5], help="k for k-shot fine-tuning (default 5)")
+    pr.add_argument("--json", action="store_true", help="one-line JSON on stdout")
+    pr.set_defaults(func=cmd_eval_probe)
+    p = sub.add_parser("viewer", help="the XWin panel outside Slicer: DRRs, prediction, reconstruction, training")
+    p.add_argument("--ct", help="CT to open (DICOM folder, NIfTI, NRRD, MHA)")
+    p.add_argument("--cxr", help="chest X-ray to open (DICOM, PNG, JPEG)")
+    p.add_argument("--demo", action="store_true", help="open the embedded demo CT and chest X-ray")
+    p.set_defaults(func=cmd_viewer)
+
+    p = sub.add_parser("reconstruct", help="reconstruct a volume from simulated projections of a CT",
+                       description="Render --views line-integral projections of --from-ct over LAO −arc/2…+arc/2 at "
+                                   "CRAN 0, reconstruct them (FDK, OS-SART or CGLS; docs/reconstruction.md) and "
+                                   "score the result against the CT (PSNR, SSIM, RMSE in HU).")
+    p.add_argument("--from-ct", required=True, metavar="CT", help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
+    p.add_argument("--views", type=int, default=180, metavar="N", help="number of projections (default 180)")
+    p.add_argument("--arc", type=float, default=360.0, metavar="DEG",
+                   help="orbit arc in degrees (default 360; a short scan needs at least 180 + fan angle)")
+    p.add_argument("--method", choices=("fdk", "sart", "cgls"), default="fdk", help="reconstruction (default fdk)")
+    p.add_argument("--iters", type=int, metavar="K", help="iterations of sart (default 10) or cgls (default 20)")
+    p.add_argument("--size", type=int, nargs=3, metavar=("NX", "NY", "NZ"),
+                   help="output grid voxels (default: 128³ over the detector's field of view)")
+    p.add_argument("--spacing", type=float, metavar="MM", help="output voxel size in mm (default: FOV / size)")
+    g = p.add_argument_group("geometry (mm; see docs/geometry.md)")
+    g.add_argument("--sid", type=float, default=1600.0, help="source → isocenter distance in mm (default 1600)")
+    g.add_argument("--sdd", type=float, default=1800.0, help="source → detector distance in mm (default 1800)")
+    g.add_argument("--det", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                   help="detector rows and columns (default 256 256)")
+    g.add_argument("--pixel", type=float, default=1.7, help="detector pixel size in mm (default 1.7)")
+    p.add_argument("--window", choices=("hann", "shepp-logan", "cosine", "ram-lak"), default="hann",
+                   help="FDK ramp-filter window (default hann)")
+    p.add_argument("--tv", type=float, default=0.0, metavar="WEIGHT",
+                   help="total-variation weight in HU for sart/cgls (0 = none; e.g. 20)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--out", required=True, help="output volume: .nrrd, .nii.gz, .nii or .mha (written atomically)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"psnr", "ssim", "rmse_hu", "seconds"} as one JSON line on stdout')
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("export", help="segment a volume and write label maps for segmentation tools",
+                       description="Threshold/connectivity masks (docs/reconstruction.md, Export) written as "
+                                   "segmentation.nii.gz + labels.json and a Slicer segmentation.seg.nrrd.")
+    p.add_argument("volume", help="volume in HU: .nrrd, .nii.gz, .mha or a DICOM series folder")
+    p.add_argument("--segment", default="lungs,body,bone",
+                   help="comma-separated: body, lungs, lung_left, lung_right, bone (default lungs,body,bone)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dicom", action="store_true", help="also write the volume as a DICOM CT series (OUT/dicom/)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write a DICOM SEG (OUT/segmentation.dcm; needs highdicom, implies --dicom)")
+    p.add_argument("--json", action="store_true", help="print labels, voxel counts and files as JSON")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
