@@ -1,0 +1,279 @@
+"""`Session`: the state and the actions of an XWin panel, shared by the 3D Slicer module and `xwin viewer`.
+
+No Qt and no MRML here: images are NumPy arrays, volumes are `xwin.io.image.Volume` (LPS mm, ``[k, j, i]``), and a
+projection comes with the 4×4 affine that places it on the detector plane of the geometry contract
+(docs/geometry.md). The GUIs only convert these to their own objects (MRML nodes, vtkImageData).
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..drr.projector import MU_WATER, Projector
+from ..errors import XWinInputError
+from ..geometry import Geometry, carm_views
+from ..io.image import Volume
+
+def preload_before_opengl() -> None:
+    """Import torch's compiler stack (it loads triton and its LLVM) before any OpenGL context exists.
+
+    With Mesa (llvmpipe: Xvfb, EGL, VMs) importing triton *after* a context was created crashes the process (two
+    LLVMs); the world model imports it through timm → torchvision → torch._dynamo. Call before the first render.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 - a torch without dynamo/triton has nothing to preload
+        pass
+
+
+#: RAS = LPS_TO_RAS · LPS (and back: the matrix is its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Interactive preview: μ pooled 2× and a detector with 2× fewer pixels per side (docs/geometry.md).
+PREVIEW_FACTOR = 2
+
+
+def detector_lps_from_ijk(geometry: Geometry, isocenter, lao: float, cran: float) -> np.ndarray:
+    """4×4 affine taking a projection's voxel index (i = column c, j = row r, k = 0) to LPS mm on the detector.
+
+    Pixel (r, c) lands at ``P(r, c) = corner + c·du + r·dv`` (docs/geometry.md); the k axis is ``du × dv`` scaled to
+    one pixel (it points toward the source), so the matrix is a proper rotation times spacing (p, p, p).
+    """
+    v = carm_views(geometry, np.asarray(isocenter, np.float64), float(lao), float(cran))
+    du, dv, corner = (t[0].detach().double().numpy() for t in (v.du, v.dv, v.corner))
+    n = np.cross(du, dv)
+    n *= geometry.pixel / np.linalg.norm(n)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = du, dv, n, corner
+    return m
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """A radiograph as float32 in [0, 1] (bone bright): kept as is when already there, else min–max scaled."""
+    a = np.asarray(image, np.float32)
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        raise XWinInputError(None, "the radiograph is empty or holds NaN/infinite pixels")
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return a
+    return ((a - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(a)
+
+
+def volume_rendering_points(array: np.ndarray) -> tuple[list[tuple[float, float]], list[tuple[float, ...]]]:
+    """Transfer functions for a CT or CT-like reconstruction: (value, opacity) and (value, r, g, b) points.
+
+    HU-like data (values below −500 present): soft tissue faint, bone opaque. Otherwise (μ or arbitrary units) a
+    ramp from the median to the 99.5th percentile. Shared by the Slicer logic and the viewer.
+    """
+    a = np.asarray(array)
+    if a.size and float(a.min()) < -500.0 and float(a.max()) > 200.0:
+        opacity = [(-400.0, 0.0), (-100.0, 0.03), (150.0, 0.08), (300.0, 0.35), (1200.0, 0.8)]
+        color = [(-400.0, 0.55, 0.25, 0.15), (40.0, 0.88, 0.6, 0.48), (300.0, 1.0, 0.94, 0.82),
+                 (1200.0, 1.0, 1.0, 1.0)]
+        return opacity, color
+    lo, hi = (float(x) for x in np.percentile(a, [50, 99.5])) if a.size else (0.0, 1.0)
+    hi = max(hi, lo + 1e-3)
+    opacity = [(lo, 0.0), (lo + 0.3 * (hi - lo), 0.05), (hi, 0.6)]
+    color = [(lo, 0.55, 0.25, 0.15), (lo + 0.5 * (hi - lo), 0.9, 0.6, 0.45), (hi, 1.0, 1.0, 0.95)]
+    return opacity, color
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One image on the detector: ``image`` (H, W) float32 in [0, 1], ``lps_from_ijk`` (4×4, see
+    `detector_lps_from_ijk`), the pose (degrees) and whether it is preview quality."""
+
+    image: np.ndarray
+    lps_from_ijk: np.ndarray
+    lao: float
+    cran: float
+    preview: bool = False
+
+    @property
+    def ras_from_ijk(self) -> np.ndarray:
+        return LPS_TO_RAS @ self.lps_from_ijk
+
+
+@dataclass
+class Settings:
+    """Every panel setting (saved in the Slicer parameter node / restored by the viewer).
+
+    sid, sdd, pixel: mm; height, width: detector pixels; lao, cran: degrees (RAO/CAUD negative); checkpoint: model
+    file or run folder ('' = the embedded model); recon_method: 'fdk', 'sart' or 'cgls'; recon_source: 'ct' (DRRs
+    of the CT) or 'cxr' (the model's predicted projections of the CXR); recon_views over recon_arc degrees (LAO
+    orbit at CRAN 0); train_*: paths for `xwin train`.
+    """
+
+    sid: float = 1600.0
+    sdd: float = 1800.0
+    height: int = 256
+    width: int = 256
+    pixel: float = 1.7
+    lao: float = 0.0
+    cran: float = 0.0
+    checkpoint: str = ""
+    recon_method: str = "fdk"
+    recon_source: str = "ct"
+    recon_views: int = 120
+    recon_arc: float = 360.0
+    train_ct_dir: str = ""
+    train_cxr_dir: str = ""
+    train_config: str = ""
+    train_run_dir: str = ""
+
+    def geometry(self) -> Geometry:
+        return Geometry(sid=self.sid, sdd=self.sdd, height=int(self.height), width=int(self.width), pixel=self.pixel)
+
+
+class Session:
+    """One CT, one CXR and the settings; every action of the panel as a plain function call.
+
+    Thread use: `drr`/`predict` are meant for the GUI thread (a preview takes ~10 ms, a full 256² DRR ~30 ms);
+    `submit` runs long work (reconstruction, export) on one worker thread and returns a `Future` a GUI timer polls.
+    """
+
+    def __init__(self, settings: Settings | None = None, mu_water: float = MU_WATER):
+        self.settings = settings or Settings()
+        self.mu_water = mu_water
+        self.ct: Volume | None = None
+        self.cxr: np.ndarray | None = None
+        self._projector: Projector | None = None
+        self._predictor = None
+        self._predictor_key: str | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xwin-session")
+
+    # --- inputs -----------------------------------------------------------------------------------------------
+    def set_ct(self, volume: Volume | None) -> None:
+        """Use ``volume`` (HU, LPS) for DRRs; the isocenter is its grid centre."""
+        self.ct = volume
+        self._projector = None if volume is None else Projector(volume, self.geometry, mu_water=self.mu_water)
+
+    def set_cxr(self, image: np.ndarray | None) -> None:
+        """Use ``image`` ((H, W), any range: brought to [0, 1]) as the model's context view."""
+        self.cxr = None if image is None else to_unit_range(np.squeeze(np.asarray(image)))
+        if self.cxr is not None and self.cxr.ndim != 2:
+            raise XWinInputError(None, f"a chest X-ray must be one 2D image, got shape {self.cxr.shape}")
+
+    def update(self, **changes) -> None:
+        """Change settings; a new geometry is applied to the projector without recomputing μ."""
+        self.settings = replace(self.settings, **changes)
+        if self._projector is not None:
+            self._projector.geometry = self.geometry
+        if "checkpoint" in changes:
+            self._predictor = None
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.settings.geometry()
+
+    @property
+    def isocenter(self) -> np.ndarray:
+        """LPS mm: the CT grid centre, or the origin when there is no CT (prediction only)."""
+        return self._projector.isocenter if self._projector is not None else np.zeros(3)
+
+    # --- images -----------------------------------------------------------------------------------------------
+    def drr(self, lao: float | None = None, cran: float | None = None, preview: bool = False) -> Projection:
+        """Radiograph-mode DRR of the CT (identical voxels to ``xwin render --mode radiograph``); ``preview``: the
+        fast 2×-coarser image of `Projector.preview` on the same detector."""
+        if self._projector is None:
+            raise XWinInputError(None, "no CT loaded: choose a CT volume first")
+        lao = self.settings.lao if lao is None else float(lao)
+        cran = self.settings.cran if cran is None else float(cran)
+        with torch.no_grad(), self._lock:
+            if preview:
+                img = self._projector.preview(lao, cran, mode="radiograph", factor=PREVIEW_FACTOR)
+                geometry = self.geometry.scaled(PREVIEW_FACTOR)
+            else:
+                img = self._projector.render(lao, cran, mode="radiograph")
+                geometry = self.geometry
+        image = img[0].cpu().numpy().astype(np.float32)
+        return Projection(image, detector_lps_from_ijk(geometry, self.isocenter, lao, cran), lao, cran, preview)
+
+    @property
+    def predictor(self):
+        """The world model (`xwin.predict.load_predictor`), loaded on first use from ``settings.checkpoint``."""
+        key = self.settings.checkpoint or ""
+        if self._predictor is None or self._predictor_key != key:
+            from ..predict import load_predictor
+            self._predictor = load_predictor(key or None)
+            self._predictor_key = key
+        return self._predictor
+
+    def predict(self, lao: float | None = None, cran: float | None = None) -> Projection:
+        """The model's decoded projection of the CXR at (lao, cran) degrees, [0, 1], on this panel's detector."""
+        images = self.predict_many([self.settings.lao if lao is None else lao],
+                                   [self.settings.cran if cran is None else cran])
+        lao = self.settings.lao if lao is None else float(lao)
+        cran = self.settings.cran if cran is None else float(cran)
+        image = images[0]
+        g = self.geometry
+        g = Geometry(g.sid, g.sdd, image.shape[0], image.shape[1], g.pixel * g.height / image.shape[0])
+        return Projection(image, detector_lps_from_ijk(g, self.isocenter, lao, cran), lao, cran)
+
+    def predict_many(self, lao, cran) -> np.ndarray:
+        """(B, H, W) predicted projections of the CXR at paired angles (degrees)."""
+        if self.cxr is None:
+            raise XWinInputError(None, "no chest X-ray loaded: choose a CXR volume first")
+        with torch.no_grad():
+            out = self.predictor.predict(self.cxr, [float(a) for a in np.atleast_1d(lao)],
+                                         [float(c) for c in np.atleast_1d(cran)])
+        return np.asarray(out, np.float32)
+
+    # --- long work --------------------------------------------------------------------------------------------
+    def reconstruct(self, source: str | None = None, method: str | None = None, views: int | None = None,
+                    arc: float | None = None, **options) -> Volume:
+        """A CT-like volume in HU (LPS, ``[k, j, i]``, `xwin.recon.default_grid` 128³ over the field of view).
+
+        source 'ct': `xwin.recon.reconstruct_from_ct` of the loaded CT (its DRRs; scores in ``meta``); 'cxr': the
+        world model's predicted projections of the CXR over the same orbit, reconstructed by
+        `xwin.recon.reconstruct`. method: 'fdk', 'sart' or 'cgls'; views over ``arc`` degrees of LAO at CRAN 0.
+        options: passed on (iters, size, spacing, tv, window...).
+        """
+        from .. import recon
+        from ..drr.projector import DISPLAY_SCALE
+
+        s = self.settings
+        source, method = source or s.recon_source, method or s.recon_method
+        views, arc = int(views or s.recon_views), float(arc if arc is not None else s.recon_arc)
+        if source == "ct":
+            if self.ct is None:
+                raise XWinInputError(None, "no CT loaded: choose a CT volume to reconstruct from its DRRs")
+            volume, scores = recon.reconstruct_from_ct(self.ct, views=views, arc=arc, method=method,
+                                                       geometry=self.geometry, mu_water=self.mu_water, **options)
+            return replace(volume, meta={**volume.meta, "method": method, "source": "ct", **scores})
+        if source != "cxr":
+            raise XWinInputError(None, f"reconstruct from 'ct' or 'cxr', not {source!r}")
+        lao = recon.orbit_angles(views, arc)
+        images = self.predict_many(lao, np.zeros_like(lao))
+        line = -DISPLAY_SCALE * np.log1p(-np.clip(images, 0.0, 1.0 - 1e-6))  # radiograph → ∫μ dl
+        g = self.geometry
+        g = Geometry(g.sid, g.sdd, images.shape[1], images.shape[2], g.pixel * g.height / images.shape[1])
+        grid_options = {k: options.pop(k) for k in ("size", "spacing") if k in options}
+        grid = recon.default_grid(g, self.isocenter, **grid_options)
+        mu = recon.reconstruct(torch.from_numpy(line), carm_views(g, self.isocenter, lao, np.zeros_like(lao)), grid,
+                               method, **options)
+        return recon.to_volume(grid, mu, self.mu_water, meta={"method": method, "source": "cxr"})
+
+    @staticmethod
+    def masks(volume: Volume, names=("body", "lungs", "bone")) -> dict[str, np.ndarray]:
+        """Threshold masks of a CT or reconstruction in HU (`xwin.export.segment`): name → bool ``[k, j, i]``."""
+        from .. import export
+        return export.segment(volume, names)
+
+    @staticmethod
+    def export_files(volume: Volume, folder, names=("body", "lungs", "bone")) -> list[str]:
+        """`xwin.export.export_segmentation`: multi-label NIfTI + labels.json + ``.seg.nrrd`` in ``folder``."""
+        from .. import export
+        return export.export_segmentation(volume, names, folder)["files"]
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        """Run ``fn`` on the session's worker thread (one at a time); poll ``future.done()`` from a GUI timer."""
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

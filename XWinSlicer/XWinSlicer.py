@@ -1,0 +1,521 @@
+"""XWinSlicer: chest-radiograph world models (X-WIN) in 3D Slicer.
+
+Thin Qt layer over `XWinSlicerLib.logic.XWinLogic` (MRML, tested without Qt) and the shared `xwin` core. Units: mm,
+degrees (LAO/CRAN positive, RAO/CAUD negative); nodes are RAS, the core is LPS (docs/geometry.md).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sys
+
+import ctk
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+try:  # Slicer ≥ 5.2
+    from slicer.parameterNodeWrapper import parameterNodeWrapper
+except ImportError:  # older Slicer: the logic's ParameterStore alone
+    parameterNodeWrapper = None
+
+PREVIEW_DELAY_MS = 50   # debounce while a slider moves
+FULL_DELAY_MS = 300     # full quality once the pose has been still this long (or at once on release)
+POLL_MS = 200           # training / background-work polling
+LAYOUT_ID = 8642        # custom layout: CXR | predicted | DRR over 3D | reconstruction slice
+VIEW_TAGS = {"cxr": "XWinCXR", "prediction": "XWinPredicted", "drr": "XWinDRR", "recon": "XWinRecon"}
+
+
+# --- where the core and the embedded model live ------------------------------------------------------------------
+def sharedFolder() -> pathlib.Path | None:
+    """Folder holding ``XWinCore/`` and ``Resources/Models/``: $XWIN_SHARE_DIR, the source tree, or the installed
+    ``share/Slicer-X.Y/XWinSlicer`` (CMake ``install(DIRECTORY ...)``)."""
+    here = pathlib.Path(__file__).resolve().parent
+    candidates = [pathlib.Path(os.environ["XWIN_SHARE_DIR"])] if os.environ.get("XWIN_SHARE_DIR") else []
+    candidates += [here.parent, here.parents[2] / "share" / here.parent.name / "XWinSlicer"]
+    return next((c for c in candidates if (c / "XWinCore" / "pyproject.toml").is_file()), None)
+
+
+def embeddedCheckpoint() -> str:
+    folder = sharedFolder()
+    path = folder / "Resources" / "Models" / "xwin_default.safetensors" if folder else None
+    return str(path) if path and path.is_file() else ""
+
+
+def ensureCore(askConfirmation: bool = True) -> bool:
+    """Make ``import xwin`` work in Slicer's Python: PyTorch via the PyTorch extension, then ``XWinCore/``."""
+    try:
+        import xwin  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    folder = sharedFolder()
+    if folder is None:
+        slicer.util.errorDisplay("XWinCore was not found beside the module: reinstall the XWinSlicer extension.")
+        return False
+    try:
+        import PyTorchUtils  # the PyTorch extension picks the right wheel (CUDA or CPU) for this machine
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation) is None:
+            return False
+    except ImportError:
+        logging.info("PyTorch extension not found: pip will choose the torch wheel")
+    requirement = f"xwin @ {(folder / 'XWinCore').as_uri()}"
+    packaging = getattr(slicer, "packaging", None)
+    if packaging is not None and hasattr(packaging, "pip_ensure"):
+        packaging.pip_ensure([requirement], requester="XWinSlicer")
+    else:
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                "XWinSlicer needs its Python core (xwin: PyTorch, numba, SimpleITK...). Install it now? "
+                "This takes a few minutes.", "Install XWin core"):
+            return False
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(f'"{folder / "XWinCore"}"')
+    try:
+        import xwin  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _libraryOnPath() -> None:
+    here = str(pathlib.Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
+# --- module ------------------------------------------------------------------------------------------------------
+class XWinSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "XWin"
+        self.parent.categories = ["Radiology"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["XWin founding engineers"]
+        self.parent.helpText = (
+            "Chest-radiograph world models (X-WIN): DRRs of a CT at any C-arm angle (LAO/RAO, CRAN/CAUD in degrees), "
+            "the model's predicted projection beside a real chest X-ray, reconstruction of a CT-like volume, export "
+            "to a segmentation, and training. Geometry contract: "
+            "<a href='https://github.com/xwin-project/XWin/blob/main/docs/geometry.md'>docs/geometry.md</a>.")
+        self.parent.acknowledgementText = (
+            "X-WIN method: Yang et al., 2025, Building Chest Radiograph World Model via Predictive Sensing. Demo CT: "
+            "LIDC-IDRI-0001 (TCIA, CC BY 3.0).")
+
+
+if parameterNodeWrapper is not None:
+    @parameterNodeWrapper
+    class XWinSlicerParameterNode:
+        """Same names as `xwin.viewer.model.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them)."""
+
+        ctVolume: slicer.vtkMRMLScalarVolumeNode
+        cxrVolume: slicer.vtkMRMLScalarVolumeNode
+        drrVolume: slicer.vtkMRMLScalarVolumeNode
+        predictionVolume: slicer.vtkMRMLScalarVolumeNode
+        reconVolume: slicer.vtkMRMLScalarVolumeNode
+        segmentation: slicer.vtkMRMLSegmentationNode
+        sid: float = 1600.0
+        sdd: float = 1800.0
+        height: int = 256
+        width: int = 256
+        pixel: float = 1.7
+        lao: float = 0.0
+        cran: float = 0.0
+        checkpoint: pathlib.Path
+        recon_method: str = "fdk"
+        recon_source: str = "ct"
+        recon_views: int = 120
+        recon_arc: float = 360.0
+        train_ct_dir: pathlib.Path
+        train_cxr_dir: pathlib.Path
+        train_config: pathlib.Path
+        train_run_dir: pathlib.Path
+else:
+    XWinSlicerParameterNode = None
+
+
+# --- widget ------------------------------------------------------------------------------------------------------
+class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: inputs, geometry, pose sliders (debounced preview, full quality on release), side-by-side views
+    with linked window/level, Reconstruct, Export, Train. All work is in `XWinSlicerLogic`."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._guiConnections = None
+        self._training = None
+        self._future = None
+        self._wlLink = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/XWinSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        if not ensureCore():
+            self.ui.statusLabel.text = "The XWin core is not installed: the module cannot work."
+            return
+        _libraryOnPath()
+        self.logic = XWinSlicerLogic()
+
+        self.previewTimer = qt.QTimer(uiWidget)
+        self.previewTimer.setSingleShot(True)
+        self.previewTimer.setInterval(PREVIEW_DELAY_MS)
+        self.previewTimer.connect("timeout()", lambda: self.updateViews(preview=True))
+        self.fullTimer = qt.QTimer(uiWidget)
+        self.fullTimer.setSingleShot(True)
+        self.fullTimer.setInterval(FULL_DELAY_MS)
+        self.fullTimer.connect("timeout()", lambda: self.updateViews(preview=False))
+        self.pollTimer = qt.QTimer(uiWidget)
+        self.pollTimer.setInterval(POLL_MS)
+        self.pollTimer.connect("timeout()", self.poll)
+
+        for slider in (self.ui.laoSlider, self.ui.cranSlider):
+            slider.connect("valueChanged(double)", self.onPoseChanged)
+            inner = slider.slider() if hasattr(slider, "slider") else None
+            if inner is not None:
+                inner.connect("sliderReleased()", self.onSliderReleased)
+        for w in (self.ui.sidSpinBox, self.ui.sddSpinBox, self.ui.pixelSpinBox, self.ui.heightSpinBox,
+                  self.ui.widthSpinBox):
+            w.connect("valueChanged(double)" if isinstance(w, qt.QDoubleSpinBox) else "valueChanged(int)",
+                      lambda *_: self.fullTimer.start())
+        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.fullTimer.start())
+        self.ui.cxrSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.fullTimer.start())
+        self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleData)
+        self.ui.predictButton.connect("clicked(bool)", lambda: self.updateViews(preview=False, predict=True))
+        self.ui.reconstructButton.connect("clicked(bool)", self.onReconstruct)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
+        self.ui.resumeTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=True))
+        self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+
+        self.plotWidget = slicer.qMRMLPlotWidget()
+        self.plotWidget.setMRMLScene(slicer.mrmlScene)
+        self.plotViewNode = None
+        self.ui.trainingCollapsibleButton.layout().addWidget(self.plotWidget)
+        self.plotWidget.setMinimumHeight(180)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    # parameter node --------------------------------------------------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        node = self.logic.getParameterNode()
+        if XWinSlicerParameterNode is not None:
+            wrapped = XWinSlicerParameterNode(node)
+            if not str(wrapped.checkpoint) or str(wrapped.checkpoint) == ".":
+                embedded = embeddedCheckpoint()
+                if embedded:
+                    wrapped.checkpoint = pathlib.Path(embedded)
+            if not wrapped.ctVolume:
+                wrapped.ctVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self.setParameterNode(wrapped)
+        else:  # no wrapper: push/pull by hand through the logic's ParameterStore
+            self.ui.checkpointPathLineEdit.currentPath = self.logic.parameters().settings().checkpoint or \
+                embeddedCheckpoint()
+
+    def setParameterNode(self, wrapped) -> None:
+        if self._parameterNode and self._guiConnections:
+            self._parameterNode.disconnectGui(self._guiConnections)
+        self._parameterNode = wrapped
+        if wrapped:
+            self._guiConnections = wrapped.connectGui(self.ui)
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self._parameterNode and self._guiConnections:
+            self._parameterNode.disconnectGui(self._guiConnections)
+        if self._training is not None:
+            self._training.terminate()  # SIGTERM, checkpoint, exit; SIGKILL after the grace period
+        if self.logic is not None:
+            self.logic.session.close()
+
+    def enter(self) -> None:
+        if self.logic is not None:
+            self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode and self._guiConnections:
+            self._parameterNode.disconnectGui(self._guiConnections)
+            self._guiConnections = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # views -----------------------------------------------------------------------------------------------------
+    def onPoseChanged(self, _value=None) -> None:
+        self.previewTimer.start()  # restarts: one preview per 50 ms pause while dragging
+        dragging = any(getattr(s, "slider", lambda: None)() is not None and s.slider().isSliderDown()
+                       for s in (self.ui.laoSlider, self.ui.cranSlider))
+        if not dragging:
+            self.fullTimer.start()
+
+    def onSliderReleased(self) -> None:
+        self.previewTimer.stop()
+        self.updateViews(preview=False)
+
+    def updateViews(self, preview: bool, predict: bool | None = None) -> None:
+        """DRR (preview or full) and, at full quality, the predicted projection; both into the layout."""
+        with slicer.util.tryWithErrorDisplay("XWin: could not update the views.", waitCursor=not preview):
+            p = self.logic.parameters()
+            self.logic.applySettings()
+            s = p.settings()
+            ct, cxr = self.ui.ctSelector.currentNode(), self.ui.cxrSelector.currentNode()
+            if ct is not None:
+                drr = self.logic.renderDrr(ct, s.lao, s.cran, preview=preview, outputNode=p.nodeRef("drrVolume"))
+                p.setNodeRef("drrVolume", drr)
+            if cxr is not None and not preview and (predict or self.ui.autoPredictCheckBox.checked):
+                pred = self.logic.predictProjection(cxr, s.lao, s.cran, outputNode=p.nodeRef("predictionVolume"))
+                p.setNodeRef("predictionVolume", pred)
+            self.logic.showSideBySide(cxr, p.nodeRef("predictionVolume"), p.nodeRef("drrVolume"),
+                                      p.nodeRef("reconVolume"), fit=not preview)
+            self.ui.statusLabel.text = f"LAO {s.lao:+.1f}°, CRAN {s.cran:+.1f}°" + (" (preview)" if preview else "")
+
+    def onSampleData(self) -> None:
+        with slicer.util.tryWithErrorDisplay("XWin: could not load the sample data.", waitCursor=True):
+            ct, cxr = self.logic.loadSampleData()
+            self.ui.ctSelector.setCurrentNode(ct)
+            self.ui.cxrSelector.setCurrentNode(cxr)
+            self.updateViews(preview=False)
+
+    # reconstruction and export ---------------------------------------------------------------------------------
+    def onReconstruct(self) -> None:
+        if self._future is not None:
+            return
+        s = self.logic.parameters().settings()
+        node = self.ui.cxrSelector.currentNode() if s.recon_source == "cxr" else self.ui.ctSelector.currentNode()
+        if node is None:
+            slicer.util.errorDisplay(f"Choose a {s.recon_source.upper()} volume first.")
+            return
+        with slicer.util.tryWithErrorDisplay("XWin: could not start the reconstruction."):
+            self.logic.applySettings()
+            self.logic.prepareReconstruction(node)
+            self._reconName = f"{node.GetName()}_recon"
+            self._future = self.logic.session.submit(self.logic.session.reconstruct, s.recon_source)
+            self.ui.reconstructButton.enabled = False
+            self.ui.statusLabel.text = f"Reconstructing ({s.recon_method.upper()})..."
+            self.pollTimer.start()
+
+    def _reconstructionDone(self) -> None:
+        future, self._future = self._future, None
+        self.ui.reconstructButton.enabled = True
+        with slicer.util.tryWithErrorDisplay("XWin: the reconstruction failed."):
+            p = self.logic.parameters()
+            node = self.logic.showReconstruction(future.result(), self._reconName, p.nodeRef("reconVolume"))
+            p.setNodeRef("reconVolume", node)
+            self.logic.showSideBySide(self.ui.cxrSelector.currentNode(), p.nodeRef("predictionVolume"),
+                                      p.nodeRef("drrVolume"), node, fit=True)
+            slicer.util.resetThreeDViews()
+            self.ui.statusLabel.text = f"Reconstruction: {node.GetName()}"
+
+    def onExport(self) -> None:
+        p = self.logic.parameters()
+        volume = p.nodeRef("reconVolume") or self.ui.ctSelector.currentNode()
+        if volume is None:
+            slicer.util.errorDisplay("Reconstruct first, or choose a CT.")
+            return
+        with slicer.util.tryWithErrorDisplay("XWin: export failed.", waitCursor=True):
+            seg = self.logic.exportSegmentation(volume, outputNode=p.nodeRef("segmentation"))
+            p.setNodeRef("segmentation", seg)
+            folder = self.ui.exportDirectoryButton.directory
+            written = self.logic.exportFiles(volume, folder) if folder else []
+            self.ui.statusLabel.text = f"Segmentation {seg.GetName()}" + (f"; wrote {len(written)} files"
+                                                                          if written else "")
+
+    # training --------------------------------------------------------------------------------------------------
+    def onStartTraining(self, resume: bool) -> None:
+        from XWinSlicerLib.logic import TrainingProcess
+        if self._training is not None and self._training.running:
+            return
+        with slicer.util.tryWithErrorDisplay("XWin: could not start training."):
+            cmd = self.logic.trainingCommand(resume=resume)
+            cmd[0] = _pythonExecutable()
+            self._training = TrainingProcess()
+            self._training.start(cmd)
+            self.ui.trainingLog.clear()
+            self.ui.trainingProgressBar.value = 0
+            self._logLines = 0
+            self.pollTimer.start()
+            self._updateTrainingButtons()
+
+    def onStopTraining(self) -> None:
+        if self._training is not None:
+            self._training.stop()  # SIGTERM: the trainer checkpoints and exits; SIGKILL after the grace period
+            self._updateTrainingButtons()
+
+    def _updateTrainingButtons(self) -> None:
+        running = self._training is not None and self._training.running
+        self.ui.startTrainingButton.enabled = not running
+        self.ui.resumeTrainingButton.enabled = not running
+        self.ui.stopTrainingButton.enabled = running
+
+    def poll(self) -> None:
+        """Timer: background reconstruction and the training process (never blocks)."""
+        if self._future is not None and self._future.done():
+            self._reconstructionDone()
+        t = self._training
+        if t is not None:
+            records = t.poll()
+            state = t.state
+            for line in state.log[self._logLines:]:
+                self.ui.trainingLog.appendPlainText(line)
+            self._logLines = len(state.log)
+            self.ui.trainingProgressBar.value = int(100 * state.fraction)
+            self.ui.trainingStatusLabel.text = f"{state.status}: {state.summary()}"
+            if records and state.losses:
+                chart = self.logic.updateLossPlot(state)
+                if self.plotViewNode is None:
+                    self.plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "XWinLossView")
+                    self.plotWidget.setMRMLPlotViewNode(self.plotViewNode)
+                self.plotViewNode.SetPlotChartNodeID(chart.GetID())
+            if not t.running and state.status not in ("running", "stopping"):
+                if state.checkpoint:
+                    self.ui.checkpointPathLineEdit.currentPath = state.checkpoint  # the panel's model now
+                self._updateTrainingButtons()
+        if self._future is None and (t is None or (not t.running and t.state.status != "stopping")):
+            self.pollTimer.stop()
+
+
+def _pythonExecutable() -> str:
+    """Slicer's own Python (PythonSlicer) for the trainer process."""
+    return getattr(slicer.app, "pythonExecutable", None) or \
+        str(pathlib.Path(slicer.app.slicerHome) / "bin" / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"))
+
+
+# --- logic -------------------------------------------------------------------------------------------------------
+class XWinSlicerLogic(ScriptedLoadableModuleLogic):
+    """Slicer adapter: `XWinSlicerLib.logic.XWinLogic` on ``slicer.mrmlScene`` with Slicer's module logics, plus the
+    layout (views are Qt-side). Every other call is forwarded to that logic."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        _libraryOnPath()
+        from XWinSlicerLib.logic import XWinLogic
+        self.core = XWinLogic(slicer.mrmlScene, volumesLogic=slicer.modules.volumes.logic(),
+                              volumeRenderingLogic=slicer.modules.volumerendering.logic(),
+                              applicationLogic=slicer.app.applicationLogic())
+        self._wlLink = None
+
+    def __getattr__(self, name):
+        core = self.__dict__.get("core")
+        if core is None:
+            raise AttributeError(name)
+        return getattr(core, name)
+
+    def getParameterNode(self):
+        return self.core.parameterNode()
+
+    def showSideBySide(self, cxr, prediction, drr, recon, fit: bool = True) -> None:
+        """CXR | predicted | DRR on top (each slice view turned face-on to its image), 3D | reconstruction below;
+        window/level linked across the three projections."""
+        from XWinSlicerLib.logic import WindowLevelLink
+        lm = slicer.app.layoutManager()
+        if not lm.layoutLogic().GetLayoutNode().IsLayoutDescription(LAYOUT_ID):
+            lm.layoutLogic().GetLayoutNode().AddLayoutDescription(LAYOUT_ID, _layoutXml())
+        if lm.layout != LAYOUT_ID:
+            lm.setLayout(LAYOUT_ID)
+        for key, node in (("cxr", cxr), ("prediction", prediction), ("drr", drr), ("recon", recon)):
+            widget = lm.sliceWidget(VIEW_TAGS[key])
+            if widget is None:
+                continue
+            logic = widget.sliceLogic()
+            composite = logic.GetSliceCompositeNode()
+            composite.SetBackgroundVolumeID(node.GetID() if node else None)
+            if node is not None and key != "recon" and fit:
+                logic.GetSliceNode().RotateToVolumePlane(node)
+                logic.FitSliceToAll()
+        nodes = [n for n in (cxr, prediction, drr) if n is not None]
+        if self._wlLink is None:
+            self._wlLink = WindowLevelLink()
+        if [n.GetID() for n in nodes] != [n.GetID() for n in self._wlLink.nodes]:
+            self._wlLink.set(nodes)
+
+
+def _layoutXml() -> str:
+    def slice_view(tag, label, color, orientation="Axial"):
+        return (f'<item><view class="vtkMRMLSliceNode" singletontag="{tag}">'
+                f'<property name="orientation" action="default">{orientation}</property>'
+                f'<property name="viewlabel" action="default">{label}</property>'
+                f'<property name="viewcolor" action="default">{color}</property></view></item>')
+    return ('<layout type="vertical">'
+            '<item><layout type="horizontal">'
+            + slice_view(VIEW_TAGS["cxr"], "CXR", "#F34A33")
+            + slice_view(VIEW_TAGS["prediction"], "Predicted", "#EDD54C")
+            + slice_view(VIEW_TAGS["drr"], "DRR", "#6EB04B")
+            + '</layout></item><item><layout type="horizontal">'
+            '<item><view class="vtkMRMLViewNode" singletontag="1">'
+            '<property name="viewlabel" action="default">1</property></view></item>'
+            + slice_view(VIEW_TAGS["recon"], "Recon", "#4B6EB0")
+            + '</layout></item></layout>')
+
+
+# --- test --------------------------------------------------------------------------------------------------------
+class XWinSlicerTest(ScriptedLoadableModuleTest):
+    """End to end inside Slicer: sample data, sliders, predict, reconstruct, export (thin over the tested logic;
+    the logic itself is tested with pytest against slicer-core in Testing/Python)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_XWinSlicer_end_to_end()
+
+    def test_XWinSlicer_end_to_end(self):
+        import numpy as np
+        import time
+
+        self.assertTrue(ensureCore(askConfirmation=False), "the XWin core could not be installed")
+        slicer.util.selectModule("XWinSlicer")
+        widget = slicer.modules.XWinSlicerWidget
+        logic = widget.logic
+        widget.onSampleData()
+        self.delayDisplay("Sample data loaded")
+        p = logic.parameters()
+        drr0 = slicer.util.arrayFromVolume(p.nodeRef("drrVolume")).copy()
+
+        widget.ui.laoSlider.value = 30.0
+        widget.ui.cranSlider.value = 10.0
+        t0 = time.perf_counter()
+        widget.updateViews(preview=True)
+        self.assertLess(time.perf_counter() - t0, 0.5, "a preview must not block the GUI")
+        widget.onSliderReleased()
+        drr1 = slicer.util.arrayFromVolume(p.nodeRef("drrVolume"))
+        self.assertEqual(drr1.shape, drr0.shape)
+        self.assertGreater(float(np.abs(drr1 - drr0).mean()), 1e-3, "the DRR did not follow the sliders")
+        self.assertEqual(float(p.nodeRef("drrVolume").GetAttribute("xwin.lao_deg")), 30.0)
+
+        widget.updateViews(preview=False, predict=True)
+        pred = slicer.util.arrayFromVolume(p.nodeRef("predictionVolume"))
+        self.assertTrue(0.0 <= pred.min() and pred.max() <= 1.0)
+        self.delayDisplay("Predicted projection shown")
+
+        widget.onReconstruct()
+        deadline = time.time() + 600
+        while widget._future is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        recon = p.nodeRef("reconVolume")
+        self.assertIsNotNone(recon, "no reconstruction node")
+        self.assertGreater(float(slicer.util.arrayFromVolume(recon).std()), 0.0)
+        self.delayDisplay("Reconstruction shown")
+
+        widget.onExport()
+        seg = p.nodeRef("segmentation")
+        self.assertIsNotNone(seg)
+        self.assertGreater(seg.GetSegmentation().GetNumberOfSegments(), 0)
+        self.delayDisplay("Test passed")
