@@ -45,13 +45,19 @@ def timed(fn, repeat=1):
     return out, best
 
 
+# RTK's circular geometry (and its FDK weighting) rotates about its world y axis; our LAO orbit rotates about the
+# patient's z axis. Handing RTK every point and vector in the frame Q·LPS (Q = Rx(−90°): z → y) and the output grid
+# with direction Q makes the orbit circular for RTK without changing a single ray.
+Q = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
 def rtk_setup(proj: np.ndarray, views, grid, pixel):
     import itk
     from itk import RTK as rtk
     geometry = rtk.ThreeDCircularProjectionGeometry.New()
     for s, c, du, dv in zip(*(t.double().cpu().numpy() for t in views[:4])):
-        ok = geometry.AddProjection([float(x) for x in s], [float(x) for x in c],
-                                    [float(x) for x in du / pixel], [float(x) for x in dv / pixel])
+        ok = geometry.AddProjection([float(x) for x in Q @ s], [float(x) for x in Q @ c],
+                                    [float(x) for x in Q @ du / pixel], [float(x) for x in Q @ dv / pixel])
         if ok is False:
             raise RuntimeError("RTK refused a projection geometry")
     image_type = itk.Image[itk.F, 3]
@@ -59,8 +65,9 @@ def rtk_setup(proj: np.ndarray, views, grid, pixel):
     stack.SetSpacing([pixel, pixel, 1.0])
     stack.SetOrigin([0.0, 0.0, 0.0])
     source = rtk.ConstantImageSource[image_type].New()
-    source.SetOrigin([float(x) for x in grid.origin])
+    source.SetOrigin([float(x) for x in Q @ np.asarray(grid.origin)])
     source.SetSpacing([float(x) for x in grid.spacing])
+    source.SetDirection(itk.matrix_from_array(Q @ np.asarray(grid.direction)))
     source.SetSize([int(n) for n in grid.shape_ijk])
     source.SetConstant(0.0)
     return itk, rtk, image_type, geometry, stack, source

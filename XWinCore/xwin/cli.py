@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -172,33 +173,62 @@ def cmd_viewer(ns: argparse.Namespace) -> int:
     return viewer_main(ct=ns.ct, cxr=ns.cxr, demo=ns.demo)
 
 
-def cmd_reconstruct(ns: argparse.Namespace) -> int:
-    """Render --views projections of a CT over --arc degrees, reconstruct them, write the volume, report metrics."""
-    import json
+VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
 
-    from .geometry import Geometry
-    from .export import write_ct_series
-    from .io import read_ct, write_volume
-    from .recon.roundtrip import reconstruct_from_ct
 
-    out = Path(ns.out)
-    dicom_folder = not out.name.lower().endswith((".nrrd", ".nii.gz", ".nii", ".mha"))
-    if dicom_folder and out.suffix:
+def _check_volume_target(out: Path) -> None:
+    """Refuse an --out that is neither a volume file (.nrrd .nii.gz .nii .mha) nor a folder for a DICOM series."""
+    if not out.name.lower().endswith(VOLUME_EXTENSIONS) and out.suffix:
         raise XWinInputError(out, "--out must end in .nrrd, .nii.gz, .nii or .mha, or name a folder for a DICOM series")
-    if ns.views < 1:
-        raise XWinInputError(None, f"--views must be at least 1, got {ns.views}")
-    if not ns.arc > 0:
-        raise XWinInputError(None, f"--arc must be a positive number of degrees, got {ns.arc}")
+
+
+def _write_any_volume(volume, out: Path, description: str) -> None:
+    """NRRD/NIfTI/MHA by extension (atomic), or a DICOM CT series folder when ``out`` has no extension."""
+    from .export import write_ct_series
+    from .io import write_volume
+
+    if out.name.lower().endswith(VOLUME_EXTENSIONS):
+        write_volume(volume, out)
+    else:
+        write_ct_series(volume, out, series_description=description)
+
+
+def cmd_reconstruct(ns: argparse.Namespace) -> int:
+    """Round trip (--from-ct: render an orbit, reconstruct, score) or world-model path (CXR → predicted orbit)."""
+    from .geometry import Geometry
+
+    if (ns.cxr is None) == (ns.from_ct is None):
+        raise XWinInputError(None, "give either a CXR (world-model path) or --from-ct CT (round trip), not both")
+    out = Path(ns.out)
+    _check_volume_target(out)
+    views = ns.views if ns.views is not None else (13 if ns.cxr else 180)
+    arc = ns.arc if ns.arc is not None else (180.0 if ns.cxr else 360.0)
+    if views < 1:
+        raise XWinInputError(None, f"--views must be at least 1, got {views}")
+    if not arc > 0:
+        raise XWinInputError(None, f"--arc must be a positive number of degrees, got {arc}")
     if ns.size is not None and min(ns.size) < 2:
         raise XWinInputError(None, f"--size needs at least 2 voxels per axis, got {ns.size}")
+    if ns.cxr is not None:
+        from .io import read_radiograph
+        from .predict import load_predictor
+        from .recon import reconstruct_from_cxr
+
+        image = read_radiograph(ns.cxr).array
+        volume = reconstruct_from_cxr(load_predictor(ns.checkpoint, ns.device), image, views=views, arc=arc,
+                                      method=ns.method, iters=ns.iters, size=ns.size, spacing=ns.spacing, tv=ns.tv,
+                                      progress=not ns.json)
+        _write_any_volume(volume, out, "XWin world-model estimate from one CXR (not a CT)")
+        print(json.dumps({"views": views, "arc": arc, "method": ns.method}) if ns.json else out)
+        return 0
+    from .io import read_ct
+    from .recon.roundtrip import reconstruct_from_ct
+
     geometry = Geometry(sid=ns.sid, sdd=ns.sdd, height=ns.det[0], width=ns.det[1], pixel=ns.pixel)
-    ct = read_ct(ns.from_ct)
-    volume, scores = reconstruct_from_ct(ct, ns.views, ns.arc, ns.method, ns.iters, ns.size, ns.spacing, geometry,
-                                         window=ns.window, tv=ns.tv, device=ns.device, progress=not ns.json)
-    if dicom_folder:
-        write_ct_series(volume, out, series_description="XWin reconstruction")
-    else:
-        write_volume(volume, out)
+    volume, scores = reconstruct_from_ct(read_ct(ns.from_ct), views, arc, ns.method, ns.iters, ns.size, ns.spacing,
+                                         geometry, window=ns.window, tv=ns.tv, device=ns.device,
+                                         progress=not ns.json)
+    _write_any_volume(volume, out, "XWin reconstruction")
     if ns.json:
         print(json.dumps({k: float(scores[k]) for k in ("psnr", "ssim", "rmse_hu", "seconds")}))
     else:
@@ -316,10 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Render --views line-integral projections of --from-ct over LAO −arc/2…+arc/2 at "
                                    "CRAN 0, reconstruct them (FDK, OS-SART or CGLS; docs/reconstruction.md) and "
                                    "score the result against the CT (PSNR, SSIM, RMSE in HU).")
-    p.add_argument("--from-ct", required=True, metavar="CT", help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
-    p.add_argument("--views", type=int, default=180, metavar="N", help="number of projections (default 180)")
-    p.add_argument("--arc", type=float, default=360.0, metavar="DEG",
-                   help="orbit arc in degrees (default 360; a short scan needs at least 180 + fan angle)")
+    p.add_argument("cxr", nargs="?", metavar="CXR",
+                   help="world-model path: a radiograph (taken as the PA view) whose predicted projections over "
+                        "the orbit are reconstructed — a learned estimate, not a CT (needs no --from-ct)")
+    p.add_argument("--from-ct", metavar="CT", help="round trip: CT (DICOM series folder, .nii/.nii.gz, .nrrd, .mha)")
+    p.add_argument("--checkpoint", help="world-model file or checkpoint folder for CXR (default: the embedded model)")
+    p.add_argument("--views", type=int, metavar="N",
+                   help="number of projections (default 180 for --from-ct, 13 for a CXR)")
+    p.add_argument("--arc", type=float, metavar="DEG",
+                   help="orbit arc in degrees (default 360 for --from-ct, 180 for a CXR; a short scan needs at least 180 + fan angle)")
     p.add_argument("--method", choices=("fdk", "sart", "cgls"), default="fdk", help="reconstruction (default fdk)")
     p.add_argument("--iters", type=int, metavar="K", help="iterations of sart (default 10) or cgls (default 20)")
     p.add_argument("--size", type=int, nargs=3, metavar=("NX", "NY", "NZ"),

@@ -235,7 +235,6 @@ class Session:
         options: passed on (iters, size, spacing, tv, window...).
         """
         from .. import recon
-        from ..drr.projector import DISPLAY_SCALE
 
         s = self.settings
         source, method = source or s.recon_source, method or s.recon_method
@@ -248,16 +247,11 @@ class Session:
             return replace(volume, meta={**volume.meta, "method": method, "source": "ct", **scores})
         if source != "cxr":
             raise XWinInputError(None, f"reconstruct from 'ct' or 'cxr', not {source!r}")
-        lao = recon.orbit_angles(views, arc)
-        images = self.predict_many(lao, np.zeros_like(lao))
-        line = -DISPLAY_SCALE * np.log1p(-np.clip(images, 0.0, 1.0 - 1e-6))  # radiograph → ∫μ dl
-        g = self.geometry
-        g = Geometry(g.sid, g.sdd, images.shape[1], images.shape[2], g.pixel * g.height / images.shape[1])
-        grid_options = {k: options.pop(k) for k in ("size", "spacing") if k in options}
-        grid = recon.default_grid(g, self.isocenter, **grid_options)
-        mu = recon.reconstruct(torch.from_numpy(line), carm_views(g, self.isocenter, lao, np.zeros_like(lao)), grid,
-                               method, **options)
-        return recon.to_volume(grid, mu, self.mu_water, meta={"method": method, "source": "cxr"})
+        if self.cxr is None:
+            raise XWinInputError(None, "no CXR loaded: choose a radiograph to reconstruct from its predictions")
+        volume = recon.reconstruct_from_cxr(self.predictor, self.cxr, views=views, arc=arc, method=method,
+                                            isocenter=self.isocenter, **options)
+        return volume
 
     @staticmethod
     def masks(volume: Volume, names=("body", "lungs", "bone")) -> dict[str, np.ndarray]:
