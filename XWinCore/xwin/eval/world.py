@@ -2,8 +2,9 @@
 
 For each CT: render the PA context and the targets at LAO −90…90° in 15° steps (CRAN 0) with the training geometry;
 predict every target from the context; measure latent retrieval top-1 (is the predicted latent's nearest target latent,
-among the 13 angles, the right one), the cosine similarity of predicted and true target latents (target encoder, mean
-of patch tokens), and PSNR/SSIM of the decoded projection against the true DRR (images in [0, 1]).
+among the 13 angles, the right one, by cosine similarity), the cosine similarity of predicted and true target latents
+(a view's latent: the target encoder's layer-normed patch tokens, flattened, so the spatial layout counts), and
+PSNR (pooled MSE) / SSIM of the decoded projection against the true DRR (images in [0, 1]).
 Baselines: ``copy_context`` (the PA view as the prediction), ``mean_projection`` (the training bank's mean image at that
 angle) and ``random_init`` (the same architecture, untrained).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import PSNRMetric, SSIMMetric
+from monai.metrics import SSIMMetric
 
 from ..data.bank import BankSpec, render_views
 from ..drr import Projector
@@ -35,16 +36,24 @@ def render_targets(volume, spec: BankSpec) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def image_scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
-    """Mean PSNR (dB, data range 1) and SSIM of (N, 1, S, S) images in [0, 1]."""
+    """PSNR (dB, data range 1) of the MSE pooled over the N images, and mean SSIM, of (N, 1, S, S) images in [0, 1].
+
+    Pooling the MSE keeps PSNR finite when one prediction is exact (the PA target of ``copy_context``).
+    """
     pred = pred.clamp(0, 1).float()
-    psnr = PSNRMetric(max_val=1.0)(pred, true).mean()
+    psnr = 10.0 * torch.log10(1.0 / F.mse_loss(pred, true.float()).clamp_min(1e-12))
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7)(pred, true).mean()
     return float(psnr), float(ssim)
 
 
-def latent_scores(pred_emb: torch.Tensor, target_emb: torch.Tensor) -> tuple[float, float]:
-    """(retrieval top-1 among the targets, mean cosine of matching pairs) for (N, D) embeddings."""
-    p, t = F.normalize(pred_emb.float(), dim=-1), F.normalize(target_emb.float(), dim=-1)
+def latent(tokens: torch.Tensor) -> torch.Tensor:
+    """The latent of a view: its layer-normed patch tokens (N, P, D), flattened to (N, P·D) (spatial layout kept)."""
+    return F.layer_norm(tokens.float(), tokens.shape[-1:]).flatten(1)
+
+
+def latent_scores(pred_latent: torch.Tensor, target_latent: torch.Tensor) -> tuple[float, float]:
+    """(retrieval top-1 among the targets by cosine similarity, mean cosine of matching pairs) of (N, F) latents."""
+    p, t = F.normalize(pred_latent.float(), dim=-1), F.normalize(target_latent.float(), dim=-1)
     sim = p @ t.T
     top1 = float((sim.argmax(dim=1) == torch.arange(len(p))).float().mean())
     return top1, float(sim.diagonal().mean())
@@ -53,15 +62,14 @@ def latent_scores(pred_emb: torch.Tensor, target_emb: torch.Tensor) -> tuple[flo
 def _model_case(model, context, targets, d_lao) -> dict:
     n = len(targets)
     tokens = model.predict_view(context.expand(n, -1, -1, -1), d_lao, torch.zeros_like(d_lao))
-    target_emb = model.target_encoder(targets).mean(dim=1)
-    top1, cos = latent_scores(tokens.mean(dim=1), target_emb)
+    top1, cos = latent_scores(latent(tokens), latent(model.target_encoder(targets)))
     psnr, ssim = image_scores(model.decode(tokens), targets)
     return {"retrieval_top1": top1, "cosine": cos, "psnr": psnr, "ssim": ssim}
 
 
 def _image_case(model, images, targets) -> dict:
-    """Scores of a baseline that predicts images: its latent is the target encoder's embedding of its image."""
-    top1, cos = latent_scores(model.target_encoder(images).mean(dim=1), model.target_encoder(targets).mean(dim=1))
+    """Scores of a baseline that predicts images: its latent is the target encoder's latent of its image."""
+    top1, cos = latent_scores(latent(model.target_encoder(images)), latent(model.target_encoder(targets)))
     psnr, ssim = image_scores(images, targets)
     return {"retrieval_top1": top1, "cosine": cos, "psnr": psnr, "ssim": ssim}
 

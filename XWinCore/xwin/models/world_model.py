@@ -122,8 +122,13 @@ class XWinWorldModel(nn.Module):
             emb = tokens.mean(1)
             logits = self.domain_classifier(grad_reverse(emb, grl_coefficient(step, total_steps, lc.grl)))
             out["domain"] = domain_loss(logits[b:], logits[:b])
-        out["recon"] = 0.5 * (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
-                              + reconstruction_loss(self.decoder(pred_tokens.detach()), tgt, lc.ssim_weight))
+        if lc.recon_grad:  # pixels anchor the latent: decoding trains predictor and encoder too
+            out["recon"] = (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
+                            + reconstruction_loss(self.decoder(pred_tokens), tgt, lc.ssim_weight)
+                            + reconstruction_loss(self.decoder(tokens[:b]), ctx, lc.ssim_weight)) / 3
+        else:
+            out["recon"] = 0.5 * (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
+                                  + reconstruction_loss(self.decoder(pred_tokens.detach()), tgt, lc.ssim_weight))
         out["total"] = sum(getattr(lc, k) * out[k] for k in LOSS_KEYS)
         if real is not None:
             out["domain_cosine"] = domain_cosine(emb[b:], emb[:b])
