@@ -31,6 +31,15 @@ def _has_image_extension(path: Path) -> bool:
     return any(path.name.lower().endswith(ext) for ext in IMAGE_EXTENSIONS)
 
 
+def _pose_targets(out: Path, lao, cran, prefix: str, ext: str) -> list[Path]:
+    """One image file for one pose, else one file per pose in the folder ``out`` (checked here, created later)."""
+    if _has_image_extension(out):
+        if lao.size != 1:
+            raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
+        return [out]
+    return [out / f"{prefix}_lao{a:+07.2f}_cran{c:+07.2f}.{ext}" for a, c in zip(lao, cran)]
+
+
 def cmd_render(ns: argparse.Namespace) -> int:
     """Render DRRs of one CT at paired (LAO, CRAN) poses; one file, or one file per pose in a folder."""
     from tqdm import tqdm
@@ -41,13 +50,11 @@ def cmd_render(ns: argparse.Namespace) -> int:
 
     lao, cran = parse_angles(ns.lao, ns.cran)
     out = Path(ns.out)
-    single = lao.size == 1 and _has_image_extension(out)
-    if not single and _has_image_extension(out):
-        raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
+    targets = _pose_targets(out, lao, cran, "drr", ns.ext)
+    single = targets == [out]
     geometry = _geometry(ns)
     projector = Projector(read_ct(ns.ct), geometry, isocenter=ns.isocenter, mu_water=ns.mu_water,
                           device=ns.device)
-    targets = [out] if single else [out / f"drr_lao{a:+07.2f}_cran{c:+07.2f}.{ns.ext}" for a, c in zip(lao, cran)]
     if not single:
         out.mkdir(parents=True, exist_ok=True)
     poses = list(zip(lao, cran, targets))
@@ -111,12 +118,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
     lao, cran = parse_angles(ns.lao, ns.cran)
     out = Path(ns.out)
-    single = lao.size == 1 and _has_image_extension(out)
-    if not single and _has_image_extension(out):
-        raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
+    targets = _pose_targets(out, lao, cran, "pred", ns.ext)
+    single = targets == [out]
     predictor = load_predictor(ns.checkpoint, device=ns.device)
     images = predictor.predict(read_radiograph(ns.cxr).array, lao, cran)
-    targets = [out] if single else [out / f"pred_lao{a:+07.2f}_cran{c:+07.2f}.{ns.ext}" for a, c in zip(lao, cran)]
     if not single:
         out.mkdir(parents=True, exist_ok=True)
     for image, a, c, target in zip(images, lao, cran, targets):

@@ -29,6 +29,20 @@ def _check_geometry(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarr
         raise XWinInputError(source, "direction cosines are not an orthonormal matrix")
 
 
+def lps_affine(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """4×4 affine taking homogeneous voxel indices (i, j, k, 1) to LPS mm."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(direction) * np.asarray(spacing)[None, :]
+    m[:3, 3] = origin
+    return m
+
+
+def grid_center(shape_ijk, spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """LPS position (mm) of a grid's centre: ``origin + D·diag(spacing)·(size − 1)/2``."""
+    half = (np.asarray(shape_ijk, dtype=np.float64) - 1.0) / 2.0
+    return np.asarray(origin) + np.asarray(direction) @ (np.asarray(spacing) * half)
+
+
 @dataclass(frozen=True)
 class Volume:
     """A CT volume in HU with its exact IJK → LPS mapping.
@@ -65,10 +79,7 @@ class Volume:
     @property
     def lps_from_ijk(self) -> np.ndarray:
         """4×4 affine taking homogeneous voxel indices (i, j, k, 1) to LPS mm."""
-        m = np.eye(4)
-        m[:3, :3] = self.direction * self.spacing[None, :]
-        m[:3, 3] = self.origin
-        return m
+        return lps_affine(self.spacing, self.origin, self.direction)
 
     @property
     def ijk_from_lps(self) -> np.ndarray:
@@ -78,8 +89,7 @@ class Volume:
     @property
     def center(self) -> np.ndarray:
         """LPS position (mm) of the grid centre: ``origin + D·diag(spacing)·(size − 1)/2``."""
-        half = (np.asarray(self.shape_ijk, dtype=np.float64) - 1.0) / 2.0
-        return self.origin + self.direction @ (self.spacing * half)
+        return grid_center(self.shape_ijk, self.spacing, self.origin, self.direction)
 
     def with_array(self, array: np.ndarray) -> "Volume":
         """Same geometry, new voxel values (same ``[k, j, i]`` shape)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import XWinInputError
 from ..geometry import Geometry
-from ..io.image import Volume
+from ..io.image import Volume, grid_center, lps_affine
 
 DEFAULT_SIZE = 128
 
@@ -52,10 +52,7 @@ class Grid:
     @property
     def lps_from_ijk(self) -> np.ndarray:
         """4×4 affine: homogeneous voxel index (i, j, k, 1) → LPS mm."""
-        m = np.eye(4)
-        m[:3, :3] = self.direction * self.spacing[None, :]
-        m[:3, 3] = self.origin
-        return m
+        return lps_affine(self.spacing, self.origin, self.direction)
 
     @property
     def ijk_from_lps(self) -> np.ndarray:
@@ -65,7 +62,7 @@ class Grid:
     @property
     def center(self) -> np.ndarray:
         """LPS mm of the grid centre."""
-        return self.origin + self.direction @ (self.spacing * (np.asarray(self.shape_ijk) - 1) / 2.0)
+        return grid_center(self.shape_ijk, self.spacing, self.origin, self.direction)
 
     def volume(self, array_kji: np.ndarray, meta: dict | None = None) -> Volume:
         """A `Volume` on this grid (``array_kji`` in HU, shape `shape_kji`)."""
