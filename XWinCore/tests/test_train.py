@@ -205,3 +205,20 @@ def test_export_predict_and_world_eval(tiny_setup, tmp_path):
     assert result["baselines"]["mean_projection"]["psnr"] is None  # a checkpoint folder carries no mean projection
     with_mean = evaluate_world(loaded, [read_ct(cts[2])])
     assert with_mean["baselines"]["mean_projection"]["psnr"] > 5.0
+
+
+def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, tmp_path):
+    root, _, _ = tiny_setup
+    run = root / "run_kill"
+    if latest_checkpoint(run) is None:
+        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    out = tmp_path / "estimate.nrrd"
+    assert main(["reconstruct", str(root / "cxr" / "real0.png"), "--checkpoint", str(run), "--views", "5",
+                 "--method", "sart", "--iters", "2", "--size", "16", "16", "16", "--out", str(out), "--json"]) == 0
+    vol = read_ct(out)
+    assert vol.shape_ijk == (16, 16, 16) and np.isfinite(vol.array).all() and vol.array.min() >= -1001
+    np.testing.assert_allclose(vol.center, 0.0, atol=1e-6)  # centred on the isocenter (LPS origin)
+    # the same call with both a CXR and --from-ct is refused before any work, leaving nothing behind
+    bad = tmp_path / "bad.nrrd"
+    assert main(["reconstruct", str(root / "cxr" / "real0.png"), "--from-ct", str(out), "--out", str(bad)]) == 2
+    assert not bad.exists()

@@ -1,0 +1,135 @@
+"""World-model speed on this machine: training throughput, share of time spent rendering, memory, prediction latency.
+
+    .venv/bin/python bench/model.py [--bank runs/cpu_small/bank] [--steps 40] [--out docs/benchmarks.md]
+
+Training: `xwin train` with the committed CPU config for ``--steps`` steps on an existing DRR bank (a child process;
+samples/s from its JSONL progress after 5 warm-up steps; peak RSS from /proc VmHWM). Rendering share: the time to
+render one bank instance (65 poses at 128² pooled to 64², as the bank builder does) against the training time that
+instance's images feed at the same samples/s. Prediction: one pose of the embedded model after loading, median of 30,
+against one full-quality 256² DRR of the embedded CT in the same run.
+Replaces the section between `<!-- model-bench:start -->` and `<!-- model-bench:end -->`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "XWinCore/xwin/configs/cpu_small.yaml"
+
+
+def train_throughput(bank: Path, steps: int) -> dict:
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["data"]["bank"] = str(bank.resolve())
+    cfg["data"]["cxr"] = [str((ROOT / p).resolve()) for p in cfg["data"]["cxr"]]
+    cfg["train"].update({"total_steps": steps, "checkpoint_every": steps, "warmup_steps": 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cfg.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        code = ("import sys; "
+                "from xwin.cli import main; rc = main(sys.argv[1:]); "
+                "print('VmHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], "
+                "file=sys.stderr); sys.exit(rc)")
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", code, "train", "--config", str(path), "--out", str(Path(tmp) / "run"),
+                            "--progress", "jsonl", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-2000:])
+    rates = [json.loads(line)["samples_per_s"] for line in r.stdout.splitlines() if '"samples_per_s"' in line]
+    peak = int(re.search(r"VmHWM (\d+)", r.stderr).group(1)) / 1024
+    return {"samples_per_s": float(np.median(rates[5:])), "steps": steps, "wall_s": wall, "peak_rss_mb": peak,
+            "batch": cfg["train"]["batch_size"], "real_per_batch": cfg["data"]["real_per_batch"]}
+
+
+def render_share(samples_per_s: float) -> dict:
+    from xwin.data.bank import render_views
+    from xwin.drr import Projector
+    from xwin.io import read_ct
+    from xwin.models import load_config
+    from xwin.sample_data import demo_ct_path
+    from xwin.train.data import bank_spec
+
+    spec = bank_spec(load_config(CONFIG))
+    projector = Projector(read_ct(demo_ct_path()), spec.geometry())
+    render_views(projector, spec, 0.0, np.zeros(3))
+    t = time.perf_counter()
+    render_views(projector, spec, 0.0, np.zeros(3))
+    seconds = time.perf_counter() - t
+    views = len(spec.poses())
+    train_seconds = views / samples_per_s  # one pass over the instance's images
+    return {"render_s_per_instance": seconds, "views": views,
+            "render_share": seconds / (seconds + train_seconds)}
+
+
+def predict_latency() -> dict:
+    from xwin.drr import Projector
+    from xwin.io import read_ct, read_radiograph
+    from xwin.predict import load_predictor
+    from xwin.sample_data import demo_ct_path, demo_cxr_path
+
+    predictor = load_predictor()
+    image = read_radiograph(demo_cxr_path()).array
+    predictor.predict(image, [30.0], [0.0])
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        predictor.predict(image, [30.0], [0.0])
+        times.append(time.perf_counter() - t)
+    projector = Projector(read_ct(demo_ct_path()))
+    projector.render(30.0, 0.0)
+    drr = []
+    for _ in range(10):
+        t = time.perf_counter()
+        projector.render(30.0, 0.0)
+        drr.append(time.perf_counter() - t)
+    return {"predict_ms": 1e3 * float(np.median(times)), "drr_ms": 1e3 * float(np.median(drr))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bank", type=Path, default=ROOT / "runs/cpu_small/bank")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
+    ns = ap.parse_args(argv)
+    if not (ns.bank / "manifest.json").is_file():
+        sys.exit(f"{ns.bank}: no DRR bank (run `xwin train --config {CONFIG.relative_to(ROOT)}` first)")
+    tr = train_throughput(ns.bank, ns.steps)
+    rs = render_share(tr["samples_per_s"])
+    pr = predict_latency()
+    text = "\n".join([
+        "## World model: training throughput, memory and prediction latency (`bench/model.py`)", "",
+        f"Command: `.venv/bin/python bench/model.py --steps {ns.steps}`; {torch.get_num_threads()} CPU threads, "
+        "config `XWinCore/xwin/configs/cpu_small.yaml` (ViT-Tiny width, 6 blocks, 64², batch "
+        f"{tr['batch']} DRR pairs + {tr['real_per_batch']} real CXRs).", "",
+        "| measure | value |", "|---|---:|",
+        f"| training throughput (DRR pairs / s, median after 5 warm-up steps) | {tr['samples_per_s']:.1f} |",
+        f"| training peak RSS | {tr['peak_rss_mb']:.0f} MB |",
+        f"| rendering one bank instance ({rs['views']} poses, 128² → 64²) | {rs['render_s_per_instance'] * 1e3:.0f} ms |",
+        f"| share of time spent rendering (bank render ÷ (render + training on those images)) | "
+        f"{100 * rs['render_share']:.1f} % |",
+        f"| prediction, one pose, embedded model, after loading (median of 30) | {pr['predict_ms']:.1f} ms |",
+        f"| one full-quality 256² DRR of the embedded CT, same run | {pr['drr_ms']:.1f} ms |",
+        f"| prediction ÷ DRR | {pr['predict_ms'] / pr['drr_ms']:.2f}× |",
+    ])
+    print(text)
+    old = ns.out.read_text() if ns.out.is_file() else "# XWin benchmarks\n"
+    start, end = "<!-- model-bench:start -->", "<!-- model-bench:end -->"
+    block = f"{start}\n{text}\n{end}"
+    ns.out.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), block, old, flags=re.S) if start in old
+                      else old.rstrip() + "\n\n" + block + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
