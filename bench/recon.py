@@ -1,9 +1,10 @@
 """Reconstruction benchmark: XWin FDK / OS-SART / CGLS against itk-rtk on a real chest CT.
 
-Default (the lead's run): FDK of a 128³ grid from 180 projections of 256 × 256 pixels over 360° of the LIDC CT
-(`../shared/data/ct/lidc_idri_0001_ct.nii.gz`), timings and PSNR/SSIM of XWin vs RTK's FDKConeBeamReconstructionFilter
-on the same geometry, and SART / CG per-iteration times vs RTK's SARTConeBeamReconstructionFilter and
-ConjugateGradientConeBeamReconstructionFilter. `--quick`: 32³, 24 views, 64² (a smoke test, seconds).
+Default: a 128³ grid from 180 projections of 256 × 256 pixels over 360° of the LIDC CT
+(`../shared/data/ct/lidc_idri_0001_ct.nii.gz`): timings and PSNR/SSIM of XWin's FDK, SART and CGLS vs RTK's
+FDKConeBeamReconstructionFilter, SARTConeBeamReconstructionFilter and ConjugateGradientConeBeamReconstructionFilter on
+the same projections; FDK of XWin vs RTK on every shared chest CT; sparse views (2, 8, 30) drawn from the LIDC
+orbit. `--quick`: 32³, 24 views, 64², LIDC only (a smoke test, seconds).
 `--write-docs` replaces the section between `<!-- recon-bench:start -->` and `<!-- recon-bench:end -->` in
 docs/benchmarks.md.
 
@@ -94,72 +95,172 @@ def rtk_run(kind, proj, views, grid, pixel, iters=1):
     return itk.array_from_image(f.GetOutput()).astype(np.float32), seconds
 
 
+CTS = ("lidc_idri_0001_ct.nii.gz", "pyradiomics_lung1_ct.nii.gz", "pyradiomics_lung2_ct.nii.gz",
+       "itkelastix_4dct_phase00_ct.nii.gz")
+
+
+class Case:
+    """One CT rendered over a full orbit and the means to score reconstructions of it on one grid."""
+
+    def __init__(self, path, n_views, n_vox, det, device):
+        self.geo = Geometry(height=det, width=det, pixel=1.7 * 256 / det)
+        self.ct = read_ct(path)
+        projector = Projector(self.ct, self.geo, device=device)
+        lao = orbit_angles(n_views, 360.0)
+        self.views = projector.views(lao, np.zeros_like(lao))
+        self.isocenter = projector.isocenter
+        self.grid = default_grid(self.geo, projector.isocenter, size=n_vox)
+        with torch.no_grad():
+            self.proj, self.render_seconds = timed(lambda: projector.render(lao, np.zeros_like(lao)).float())
+            self.views_dev = self.views.to(device=self.proj.device)
+            self.seen = coverage(self.views_dev, self.grid, device=self.proj.device).cpu().numpy() >= n_views - 0.5
+
+    def score(self, mu):
+        return compare(to_volume(self.grid, mu, MU), self.ct, mask=self.seen)
+
+    def subset(self, n):
+        """n views evenly spread over the orbit, drawn from the same projections: (projections, views on the
+        device, the same views on the CPU for RTK)."""
+        idx = np.round(np.arange(n) * self.views.batch / n).astype(int)
+        pick = lambda v: type(v)(*(t[idx] for t in v[:4]), v.height, v.width)  # noqa: E731
+        return self.proj[idx], pick(self.views_dev), pick(self.views)
+
+    def ours(self, method, proj=None, views=None, iters=1, **kw):
+        proj = self.proj if proj is None else proj
+        views = self.views_dev if views is None else views
+        with torch.no_grad():
+            if method == "fdk":
+                run = lambda: fdk(proj, views, self.grid, window="hann", isocenter=self.isocenter)  # noqa: E731
+                run()  # warm-up (numba compilation / CUDA init)
+                mu, t = timed(run, repeat=3)
+                return {"seconds": t, **self.score(mu)}
+            fn = sart if method == "sart" else cgls
+            res, t = timed(lambda: fn(proj, views, self.grid, iters=iters, **kw))
+            return {"seconds_per_iter": t / iters, **self.score(res.mu)}
+
+    def rtk(self, kind, proj=None, views=None, iters=1):
+        proj = self.proj if proj is None else proj
+        views = self.views if views is None else views
+        try:
+            out, t = rtk_run(kind, proj.cpu().numpy(), views, self.grid, self.geo.pixel, iters)
+        except Exception as exc:  # report, don't hide: the table says what failed
+            return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        key, value = ("seconds", t) if kind == "fdk" else ("seconds_per_iter", t / iters)
+        return {key: value, **self.score(torch.from_numpy(out))}
+
+
+def rtk_available() -> str:
+    try:
+        import itk  # noqa: F401
+        from itk import RTK  # noqa: F401
+    except ImportError:
+        return "itk-rtk is not installed (pip install itk-rtk==2.7.0.post1): XWin only"
+    return ""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ct", default=str(ROOT.parent / "shared/data/ct/lidc_idri_0001_ct.nii.gz"))
-    ap.add_argument("--quick", action="store_true", help="32³, 24 views, 64² detector")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/ct"), help="folder holding the shared chest CTs")
+    ap.add_argument("--quick", action="store_true", help="32³, 24 views, 64² detector, LIDC only")
     ap.add_argument("--iters", type=int, default=3, help="iterations timed for SART / CG (default 3)")
+    ap.add_argument("--sparse", type=int, nargs="*", default=[2, 8, 30], help="sparse-view counts (default 2 8 30)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-rtk", action="store_true")
     ap.add_argument("--write-docs", action="store_true")
     ns = ap.parse_args(argv)
     n_vox, n_views, det = (32, 24, 64) if ns.quick else (128, 180, 256)
-    geo = Geometry(height=det, width=det, pixel=1.7 * 256 / det)
-    ct = read_ct(ns.ct)
-    projector = Projector(ct, geo, device=ns.device)
-    lao = orbit_angles(n_views, 360.0)
-    views = projector.views(lao, np.zeros_like(lao))
-    grid = default_grid(geo, projector.isocenter, size=n_vox)
-    with torch.no_grad():
-        proj, t_render = timed(lambda: projector.render(lao, np.zeros_like(lao)).float())
-        views_dev = views.to(device=proj.device)
-        seen = coverage(views_dev, grid, device=proj.device).cpu().numpy() >= n_views - 0.5
-        score = lambda mu: compare(to_volume(grid, mu, MU), ct, mask=seen)  # noqa: E731
-        fdk(proj, views_dev, grid)  # warm-up (numba compilation / CUDA init)
-        mu, t_fdk = timed(lambda: fdk(proj, views_dev, grid, window="hann"), repeat=3)
-        rows = {"xwin_fdk": {"seconds": t_fdk, **score(mu)}}
-        for name, fn in (("xwin_sart", sart), ("xwin_cgls", cgls)):
-            res, t = timed(lambda: fn(proj, views_dev, grid, iters=ns.iters))
-            rows[name] = {"seconds_per_iter": t / ns.iters, **score(res.mu)}
-    rtk_note = ""
-    if not ns.no_rtk:
-        try:
-            import itk  # noqa: F401
-            from itk import RTK  # noqa: F401
-        except ImportError:
-            rtk_note = "itk-rtk is not installed (pip install itk-rtk==2.7.0.post1): XWin only"
-        else:
-            p = proj.cpu().numpy()
-            for kind in ("fdk", "sart", "cg"):
-                try:
-                    out, t = rtk_run(kind, p, views, grid, geo.pixel, 1 if kind == "fdk" else ns.iters)
-                    key = "seconds" if kind == "fdk" else "seconds_per_iter"
-                    rows[f"rtk_{kind}"] = {key: t if kind == "fdk" else t / ns.iters, **score(torch.from_numpy(out))}
-                except Exception as exc:  # report, don't hide: the table says what failed
-                    rows[f"rtk_{kind}"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    setup = {"ct": Path(ns.ct).name, "grid": n_vox, "views": n_views, "detector": det, "arc_deg": 360,
-             "device": ns.device, "cpu_threads": torch.get_num_threads(), "render_seconds": t_render,
-             "iters": ns.iters, "machine": platform.processor() or platform.machine(), "note": rtk_note}
-    print(json.dumps({"setup": setup, "results": rows}, indent=2))
+    rtk_note = "itk-rtk skipped (--no-rtk)" if ns.no_rtk else rtk_available()
+    use_rtk = not rtk_note
+    cts = [c for c in CTS[:1 if ns.quick else None] if (Path(ns.data) / c).is_file()]
+    if not cts:
+        print(f"no shared CTs in {ns.data}: nothing to benchmark", file=sys.stderr)
+        return 2
+    main_rows, fdk_rows, sparse_rows, render_seconds = {}, {}, {}, 0.0
+    for n, name in enumerate(cts):
+        case = Case(Path(ns.data) / name, n_views, n_vox, det, ns.device)
+        fdk_rows[name] = {"xwin_fdk": case.ours("fdk")}
+        if use_rtk:
+            fdk_rows[name]["rtk_fdk"] = case.rtk("fdk")
+        if n:
+            continue
+        render_seconds = case.render_seconds
+        main_rows = {"xwin_fdk": fdk_rows[name]["xwin_fdk"],
+                     "xwin_sart": case.ours("sart", iters=ns.iters),
+                     "xwin_cgls": case.ours("cgls", iters=ns.iters)}
+        if use_rtk:
+            main_rows.update(rtk_fdk=fdk_rows[name]["rtk_fdk"], rtk_sart=case.rtk("sart", iters=ns.iters),
+                             rtk_cg=case.rtk("cg", iters=ns.iters))
+        for k in ns.sparse:
+            proj, views, rtk_views = case.subset(k)
+            rows = {"xwin_fdk": case.ours("fdk", proj, views),
+                    "xwin_sart": case.ours("sart", proj, views, iters=SPARSE_ITERS),
+                    "xwin_sart_tv": case.ours("sart", proj, views, iters=SPARSE_ITERS, tv=SPARSE_TV_HU * MU / 1000),
+                    "xwin_cgls_pos": case.ours("cgls", proj, views, iters=SPARSE_ITERS, positivity=True)}
+            if use_rtk:
+                rows["rtk_sart"] = case.rtk("sart", proj, rtk_views, iters=SPARSE_ITERS)
+            sparse_rows[k] = rows
+    setup = {"cts": cts, "grid": n_vox, "views": n_views, "detector": det, "arc_deg": 360,
+             "device": ns.device, "cpu_threads": torch.get_num_threads(), "render_seconds": render_seconds,
+             "iters": ns.iters, "sparse_iters": SPARSE_ITERS, "sparse_tv_hu": SPARSE_TV_HU,
+             "machine": platform.processor() or platform.machine(), "note": rtk_note,
+             "command": "python bench/recon.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(json.dumps({"setup": setup, "results": main_rows, "fdk_all_cts": fdk_rows, "sparse": sparse_rows},
+                     indent=2))
     if ns.write_docs:
-        write_docs(setup, rows)
+        write_docs(setup, main_rows, fdk_rows, sparse_rows)
     return 0
 
 
-def write_docs(setup, rows) -> None:
+SPARSE_ITERS = 10
+SPARSE_TV_HU = 20.0
+
+
+def _cells(r):
+    if "error" in r:
+        return [f"failed: {r['error']}", "", "", ""]
+    t = f"{r['seconds']:.2f} s" if "seconds" in r else f"{r['seconds_per_iter']:.2f} s / iteration"
+    return [t, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['rmse_hu']:.1f}"]
+
+
+def _ratio(rows, ours, peer, key):
+    if ours in rows and peer in rows and key in rows[ours] and key in rows[peer]:
+        return f"{rows[peer][key] / rows[ours][key]:.1f}×"
+    return "n/a"
+
+
+def write_docs(setup, rows, fdk_rows, sparse_rows) -> None:
+    lidc = setup["cts"][0]
     lines = ["<!-- recon-bench:start -->", "## Reconstruction (bench/recon.py)", "",
-             f"{setup['ct']}: {setup['grid']}³ grid from {setup['views']} × {setup['detector']}² projections over "
-             f"360°, device {setup['device']} ({setup['cpu_threads']} CPU threads). PSNR/SSIM in the [−1000, 1000] HU "
-             "window over the voxels every view sees (docs/reconstruction.md).", ""]
+             f"Command: `{setup['command'].strip()}`; device {setup['device']} ({setup['cpu_threads']} CPU threads). "
+             f"{setup['views']} line-integral projections of {setup['detector']}² pixels over 360° (LAO orbit, CRAN 0) "
+             f"of each CT, reconstructed on the default {setup['grid']}³ grid; the same projections and geometry go to "
+             "itk-rtk 2.7 (frame hand-over in the module docstring). PSNR/SSIM in the [−1000, 1000] HU window over the "
+             "voxels every view sees (docs/reconstruction.md). SART is classic SART (one view per update) in both; "
+             f"iterative times are per iteration over {setup['iters']} iterations, set-up included.", ""]
     if setup["note"]:
         lines += [f"_{setup['note']}_", ""]
-    lines += ["| method | time | PSNR (dB) | SSIM | RMSE (HU) |", "|---|---|---|---|---|"]
-    for name, r in rows.items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | |")
-            continue
-        t = f"{r['seconds']:.2f} s" if "seconds" in r else f"{r['seconds_per_iter']:.2f} s / iteration"
-        lines.append(f"| {name} | {t} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['rmse_hu']:.1f} |")
+    lines += [f"### {lidc}, {setup['views']} views", "", "| method | time | PSNR (dB) | SSIM | RMSE (HU) |",
+              "|---|---|---:|---:|---:|"]
+    lines += [f"| {name} | " + " | ".join(_cells(r)) + " |" for name, r in rows.items()]
+    lines += ["", f"Speed, RTK ÷ XWin in this run: FDK {_ratio(rows, 'xwin_fdk', 'rtk_fdk', 'seconds')}, "
+                  f"SART {_ratio(rows, 'xwin_sart', 'rtk_sart', 'seconds_per_iter')}, "
+                  f"CGLS vs CG {_ratio(rows, 'xwin_cgls', 'rtk_cg', 'seconds_per_iter')} per iteration.", ""]
+    lines += [f"### FDK on every shared chest CT, {setup['views']} views", "",
+              "| CT | XWin FDK PSNR / SSIM | RTK FDK PSNR / SSIM | ΔPSNR (XWin − RTK) | XWin s | RTK s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for ct, r in fdk_rows.items():
+        x, k = r["xwin_fdk"], r.get("rtk_fdk", {})
+        if "psnr" in k:
+            lines.append(f"| {ct} | {x['psnr']:.2f} / {x['ssim']:.3f} | {k['psnr']:.2f} / {k['ssim']:.3f} | "
+                         f"{x['psnr'] - k['psnr']:+.2f} dB | {x['seconds']:.2f} | {k['seconds']:.2f} |")
+        else:
+            lines.append(f"| {ct} | {x['psnr']:.2f} / {x['ssim']:.3f} | n/a | | {x['seconds']:.2f} | |")
+    if sparse_rows:
+        lines += ["", f"### Sparse views on {lidc} ({setup['sparse_iters']} iterations; TV weight "
+                      f"{setup['sparse_tv_hu']:.0f} HU; views evenly spread over 360°)", "",
+                  "| views | method | time | PSNR (dB) | SSIM | RMSE (HU) |", "|---:|---|---|---:|---:|---:|"]
+        for k, rows_k in sparse_rows.items():
+            lines += [f"| {k} | {name} | " + " | ".join(_cells(r)) + " |" for name, r in rows_k.items()]
     lines.append("<!-- recon-bench:end -->")
     doc = ROOT / "docs" / "benchmarks.md"
     text = doc.read_text() if doc.is_file() else "# Benchmarks\n"

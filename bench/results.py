@@ -7,7 +7,8 @@
    SART reconstructs them; PSNR/SSIM/RMSE against the true CT on the voxels every view sees. Beside it: the "mean
    training CT" baseline (the training CTs, each centred on its grid centre, resampled and averaged) and the same
    reconstruction from the 13 *true* DRRs at the model's resolution (the ceiling of this geometry).
-3. `xwin eval probe` on ../shared/data/cxr/labels.csv (abnormal vs No Finding/Normal), model vs random init.
+3. `xwin eval probe` on ../shared/data/cxr/labels.csv (abnormal vs No Finding/Normal), model vs random init and any
+   `--ablation NAME=PATH` models (e.g. the MIM-only ablation trained by configs/cpu_small_mim_only.yaml).
 The section between `<!-- results:start -->` and `<!-- results:end -->` of the output file is replaced.
 """
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default=str(ROOT / "Resources/Models/xwin_default.safetensors"))
     ap.add_argument("--out", default=str(ROOT / "docs/results.md"))
     ap.add_argument("--no-probe", action="store_true")
+    ap.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
+                    help="another model for the probe table, e.g. mim_only=runs/cpu_small_mim_only (repeatable)")
     ns = ap.parse_args(argv)
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: results need the shared data")
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     shown = Path(ns.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     lines = [f"Model: `{shown}`. Held-out CT(s): {', '.join(f'`{Path(p).name}`' for p in held)}"
-             " (never rendered into the training bank). Command: `.venv/bin/python bench/results.py` (run from the "
+             " (never rendered into the training bank). Command: `.venv/bin/python bench/results.py "
+             + " ".join(argv if argv is not None else sys.argv[1:]) + "` (run from the "
              "repository root; the held-out CT and labels come from ../shared/data).", "",
              "### View prediction on CTs never trained on (`xwin eval world`)", "",
              "PA context → 13 targets at LAO −90…90° (15° steps, CRAN 0); retrieval top-1 among the 13 target latents; "
@@ -110,7 +114,8 @@ def main(argv=None) -> int:
     lines += [_row(k, v) for k, v in world["baselines"].items()]
     lines += ["", "```json", json.dumps(world), "```", "",
               "### One CXR → volume (`xwin reconstruct CXR`), on the held-out CT", "",
-              "Input: the held-out CT's PA DRR as the radiograph; 13 predicted views over LAO −90…90°, OS-SART; scored on "
+              "Input: the held-out CT's PA DRR as the radiograph; 13 predicted views over LAO −90…90°, SART (one view per "
+              "update, 10 iterations); scored on "
               "the 96³ (4 mm) grid voxels every view sees, HU clipped to [−1000, 1000] for PSNR/SSIM.", "",
               "| volume | PSNR (dB) | SSIM | RMSE (HU) |", "|---|---:|---:|---:|"]
     names = {"model": "**world model from one DRR**", "mean_training_ct": "mean training CT (baseline)",
@@ -120,6 +125,9 @@ def main(argv=None) -> int:
         files, labels, patients = read_labels(SHARED / "cxr/labels.csv", SHARED / "cxr")
         torch.manual_seed(0)
         encoders = {"model": loaded.model.context_encoder, "random_init": create_model(cfg).context_encoder}
+        for item in ns.ablation:
+            name, _, path = item.partition("=")
+            encoders[name] = load_model(path).model.context_encoder
         pr = probe(encoders, files, labels, patients, cfg.model.img_size, folds=5, shots=(5, 10))
         lines += ["", "### Linear probing and k-shot fine-tuning (`xwin eval probe`)", "",
                   f"{pr['n_images']} labelled frontal CXRs, {pr['n_positive']} abnormal, {pr['n_patients']} patients, "

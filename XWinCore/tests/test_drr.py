@@ -83,8 +83,10 @@ def test_backends_share_one_adjoint():
     views = carm_views(g, vol.center, [20.0, -80.0], [5.0, 0.0])
     a = torch.from_numpy(vol.ijk_from_lps)
     y = torch.from_numpy(np.random.default_rng(5).random((2, g.height, g.width)))
+    # the numba kernels round bilinear weights to float32 (forward and adjoint alike, so each is the other's exact
+    # transpose); torch keeps float64 weights: agreement to ~1e-6 relative
     torch.testing.assert_close(back_project(y, vol.array.shape, a, views, "numba"),
-                               back_project(y, vol.array.shape, a, views, "torch"), rtol=1e-6, atol=1e-9)
+                               back_project(y, vol.array.shape, a, views, "torch"), rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])

@@ -180,6 +180,19 @@ def test_training_losses_gradients_reach_trainable_parts_only(model):
     assert not model.target_encoder.training
 
 
+def test_zero_weight_losses_are_skipped_and_mim_only_trains_the_encoder():
+    torch.manual_seed(0)
+    model = create_model(tiny_config(view=0.0, contrastive=0.0, domain=0.0, recon=0.0, recon_grad=False))
+    out = model.training_losses(tiny_batch(), step=10, total_steps=100)
+    assert all(out[k] == 0 for k in ("view", "contrastive", "domain", "recon"))
+    assert out["mim"] > 0 and torch.equal(out["total"], out["mim"])
+    out["total"].backward()
+    for name in ("view_predictor", "decoder", "domain_classifier"):  # never run: no gradient at all
+        assert all(p.grad is None for p in getattr(model, name).parameters()), name
+    for name in ("context_encoder", "mask_predictor"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, name).parameters()), name
+
+
 def test_training_losses_without_real_images(model):
     out = model.training_losses(tiny_batch(real=0), step=0, total_steps=100)
     assert out["domain"] == 0 and "domain_cosine" not in out and torch.isfinite(out["total"])
@@ -207,7 +220,7 @@ def test_a_few_steps_decrease_the_total_loss(model):
 
 # ---------------------------------------------------------------- config
 
-@pytest.mark.parametrize("name", ["cpu_small", "full_224"])
+@pytest.mark.parametrize("name", ["cpu_small", "cpu_small_mim_only", "full_224"])
 def test_committed_configs_load_and_round_trip(name):
     cfg = load_config(config_path(name))
     assert XWinConfig.from_dict(cfg.to_dict()) == cfg
@@ -231,6 +244,27 @@ def test_bad_config_names_the_dotted_key(tmp_path, text, key):
     with pytest.raises(XWinInputError, match=f"config key '{key}'") as err:
         load_config(path)
     assert err.value.path == str(path)
+
+
+def test_config_base_is_read_first_and_overridden_key_by_key(tmp_path):
+    (tmp_path / "parent.yaml").write_text("loss:\n  tau: 0.2\n  mim: 0.5\ntrain:\n  total_steps: 40\n"
+                                          "  warmup_steps: 4\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nloss:\n  mim: 2.0\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.loss.tau, cfg.loss.mim, cfg.train.total_steps) == (0.2, 2.0, 40)
+    mim_only, full = load_config(config_path("cpu_small_mim_only")), load_config(config_path("cpu_small"))
+    assert (mim_only.model, mim_only.data, mim_only.train) == (full.model, full.data, full.train)
+    assert (mim_only.loss.mim, mim_only.loss.view, mim_only.loss.recon) == (full.loss.mim, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("text,problem", [("base: nowhere.yaml\n", "no such file"),
+                                          ("base: loop.yaml\n", "includes itself"),
+                                          ("base: [1]\n", "must be a file name")])
+def test_bad_config_base(tmp_path, text, problem):
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    with pytest.raises(XWinInputError, match=f"config key 'base': .*{problem}"):
+        load_config(path)
 
 
 def test_negative_tau_message():

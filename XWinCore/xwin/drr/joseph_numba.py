@@ -12,6 +12,7 @@ bounds checks. Ray parameters are given in voxel index space; ``length`` holds t
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -19,11 +20,26 @@ from numba import njit, prange
 
 PAD_LO, PAD_HI = 1, 2
 EDGE = 1e-4  # rays keep 1e-4 voxel inside the bilinear support (-1, n) so padded reads never leave the array
+_reusable = threading.local()  # per calling thread: scratch padding and adjoint buffers, reused between calls
 
 
-def pad_volume(vol: np.ndarray) -> np.ndarray:
-    """Zero-pad a ``[k, j, i]`` array by 1 voxel before and 2 after each axis (contiguous, same dtype)."""
-    return np.ascontiguousarray(np.pad(vol, [(PAD_LO, PAD_HI)] * 3))
+def pad_volume(vol: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """Zero-pad a ``[k, j, i]`` array by 1 voxel before and 2 after each axis (contiguous, same dtype).
+
+    scratch: write into this thread's reusable padding buffer (valid until its next scratch call) instead of a new
+    array: no allocation and page faults for one-off projections of a changing volume (iterative reconstruction)."""
+    shape = tuple(n + PAD_LO + PAD_HI for n in vol.shape)
+    out = getattr(_reusable, "padded", None) if scratch else None
+    if out is None or out.shape != shape or out.dtype != vol.dtype:
+        out = np.zeros(shape, vol.dtype)
+        if scratch:
+            _reusable.padded = out
+    else:
+        for axis in range(3):  # only the borders: the interior is overwritten below
+            out.swapaxes(0, axis)[:PAD_LO] = 0
+            out.swapaxes(0, axis)[-PAD_HI:] = 0
+    out[PAD_LO:-PAD_HI, PAD_LO:-PAD_HI, PAD_LO:-PAD_HI] = vol
+    return out
 
 
 @njit(inline="always", fastmath=True)
@@ -61,6 +77,31 @@ def _ray_range(s0, s1, s2, d0, d1, d2, n0, n1, n2):
     return ax, kmin, kmax
 
 
+@njit(inline="always", fastmath=True)
+def _ray(b, r, c, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, n0, n1, n2, st0, st1, st2):
+    """Walk parameters of the ray through pixel (r, c) of view b: slice range [kmin, kmax] of the dominant axis,
+    the array strides (dominant, b, c axes), padded positions x = x0 + k·dx of the two other axes, and the weight
+    ``‖pixel − S‖_mm / |d_a|`` (mm per slice step). kmax < kmin: the ray misses the grid."""
+    s0, s1, s2 = src[b, 0], src[b, 1], src[b, 2]
+    d0 = corner[b, 0] + c * du[b, 0] + r * dv[b, 0] - s0
+    d1 = corner[b, 1] + c * du[b, 1] + r * dv[b, 1] - s1
+    d2 = corner[b, 2] + c * du[b, 2] + r * dv[b, 2] - s2
+    ax, kmin, kmax = _ray_range(s0, s1, s2, d0, d1, d2, n0, n1, n2)
+    m0 = corner_mm[b, 0] + c * du_mm[b, 0] + r * dv_mm[b, 0] - src_mm[b, 0]
+    m1 = corner_mm[b, 1] + c * du_mm[b, 1] + r * dv_mm[b, 1] - src_mm[b, 1]
+    m2 = corner_mm[b, 2] + c * du_mm[b, 2] + r * dv_mm[b, 2] - src_mm[b, 2]
+    if ax == 0:
+        sa, da, sb, db, sc, dc, sta, stb, stc = s0, d0, s1, d1, s2, d2, st0, st1, st2
+    elif ax == 1:
+        sa, da, sb, db, sc, dc, sta, stb, stc = s1, d1, s0, d0, s2, d2, st1, st0, st2
+    else:
+        sa, da, sb, db, sc, dc, sta, stb, stc = s2, d2, s0, d0, s1, d1, st2, st0, st1
+    inv = 1.0 / da
+    weight = math.sqrt(m0 * m0 + m1 * m1 + m2 * m2) * abs(inv)
+    return (kmin, kmax, sta, stb, stc, sb - sa * inv * db + PAD_LO, db * inv, sc - sa * inv * dc + PAD_LO, dc * inv,
+            weight)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def forward(vol_padded, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, out):
     """Line integrals (Σ μ · mm) of B views into ``out`` (B, H, W).
@@ -72,35 +113,14 @@ def forward(vol_padded, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, ou
     pk, pj, pi = vol_padded.shape
     n0, n1, n2 = pi - PAD_LO - PAD_HI, pj - PAD_LO - PAD_HI, pk - PAD_LO - PAD_HI
     flat = vol_padded.ravel()
-    st = (1, pi, pi * pj)
     for row in prange(nb * h):
         b, r = row // h, row % h
-        s0, s1, s2 = src[b, 0], src[b, 1], src[b, 2]
         for c in range(w):
-            d0 = corner[b, 0] + c * du[b, 0] + r * dv[b, 0] - s0
-            d1 = corner[b, 1] + c * du[b, 1] + r * dv[b, 1] - s1
-            d2 = corner[b, 2] + c * du[b, 2] + r * dv[b, 2] - s2
-            ax, kmin, kmax = _ray_range(s0, s1, s2, d0, d1, d2, n0, n1, n2)
-            if kmax < kmin:
-                out[b, r, c] = 0.0
-                continue
-            m0 = corner_mm[b, 0] + c * du_mm[b, 0] + r * dv_mm[b, 0] - src_mm[b, 0]
-            m1 = corner_mm[b, 1] + c * du_mm[b, 1] + r * dv_mm[b, 1] - src_mm[b, 1]
-            m2 = corner_mm[b, 2] + c * du_mm[b, 2] + r * dv_mm[b, 2] - src_mm[b, 2]
-            length = math.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
-            if ax == 0:
-                sa, da, sb, db, sc, dc, sta, stb, stc = s0, d0, s1, d1, s2, d2, st[0], st[1], st[2]
-            elif ax == 1:
-                sa, da, sb, db, sc, dc, sta, stb, stc = s1, d1, s0, d0, s2, d2, st[1], st[0], st[2]
-            else:
-                sa, da, sb, db, sc, dc, sta, stb, stc = s2, d2, s0, d0, s1, d1, st[2], st[0], st[1]
-            inv = 1.0 / da
-            ustc = np.uint64(stc)
-            # position of the other two coordinates at slice k: x = x0 + k * dx (shifted into padded indices)
-            xb0, dxb = sb - sa * inv * db + PAD_LO, db * inv
-            xc0, dxc = sc - sa * inv * dc + PAD_LO, dc * inv
+            kmin, kmax, sta, stb, stc, xb, dxb, xc, dxc, weight = _ray(
+                b, r, c, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, n0, n1, n2, 1, pi, pi * pj)
             acc = np.float32(0.0)
-            xb, xc = xb0 + kmin * dxb, xc0 + kmin * dxc
+            ustc = np.uint64(stc)
+            xb, xc = xb + kmin * dxb, xc + kmin * dxc
             base_a = (kmin + PAD_LO) * sta
             for _ in range(kmax + 1 - kmin):
                 ib, ic = int(xb), int(xc)  # padded coordinates are >= EDGE > 0: truncation is floor
@@ -114,92 +134,92 @@ def forward(vol_padded, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, ou
                 xb += dxb
                 xc += dxc
                 base_a += sta
-            out[b, r, c] = acc * length * abs(inv)
+            out[b, r, c] = acc * weight
     return out
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _ray_table(src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, n0, n1, n2, h, w, axis, kmin, kmax, coef):
-    """Per-ray dominant axis, slice range and (x0, dx) coefficients used by the adjoint."""
-    nb = src.shape[0]
-    for row in prange(nb * h):
-        b, r = row // h, row % h
-        s0, s1, s2 = src[b, 0], src[b, 1], src[b, 2]
-        for c in range(w):
-            n = (b * h + r) * w + c
-            d0 = corner[b, 0] + c * du[b, 0] + r * dv[b, 0] - s0
-            d1 = corner[b, 1] + c * du[b, 1] + r * dv[b, 1] - s1
-            d2 = corner[b, 2] + c * du[b, 2] + r * dv[b, 2] - s2
-            ax, k0, k1 = _ray_range(s0, s1, s2, d0, d1, d2, n0, n1, n2)
-            axis[n], kmin[n], kmax[n] = ax, k0, k1
-            m0 = corner_mm[b, 0] + c * du_mm[b, 0] + r * dv_mm[b, 0] - src_mm[b, 0]
-            m1 = corner_mm[b, 1] + c * du_mm[b, 1] + r * dv_mm[b, 1] - src_mm[b, 1]
-            m2 = corner_mm[b, 2] + c * du_mm[b, 2] + r * dv_mm[b, 2] - src_mm[b, 2]
-            if ax == 0:
-                sa, da, sb, db, sc, dc = s0, d0, s1, d1, s2, d2
-            elif ax == 1:
-                sa, da, sb, db, sc, dc = s1, d1, s0, d0, s2, d2
-            else:
-                sa, da, sb, db, sc, dc = s2, d2, s0, d0, s1, d1
-            inv = 1.0 / da
-            coef[n, 0] = sb - sa * inv * db + PAD_LO
-            coef[n, 1] = db * inv
-            coef[n, 2] = sc - sa * inv * dc + PAD_LO
-            coef[n, 3] = dc * inv
-            coef[n, 4] = math.sqrt(m0 * m0 + m1 * m1 + m2 * m2) * abs(inv)
+ROW_BLOCK = 8  # detector rows a worker takes at a time in the adjoint (neighbouring rows share cache lines)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _scatter_axis(flat, sino, rays, kmin, kmax, coef, na, sta, stb, stc, nblocks):
-    """Adjoint for the rays of one dominant axis: threads own disjoint blocks of its slices, so writes never collide;
-    within a block each ray is walked like in the forward kernel."""
-    for blk in prange(nblocks):
-        k0, k1 = blk * na // nblocks, (blk + 1) * na // nblocks - 1
-        for m in range(rays.shape[0]):
-            n = rays[m]
-            lo, hi = max(kmin[n], k0), min(kmax[n], k1)
-            val = sino[n] * coef[n, 4]
-            if hi < lo or val == 0.0:
-                continue
-            xb, xc = coef[n, 0] + lo * coef[n, 1], coef[n, 2] + lo * coef[n, 3]
-            base_a = (lo + PAD_LO) * sta
-            for _ in range(hi + 1 - lo):
-                ib, ic = int(xb), int(xc)
-                wb, wc = xb - ib, xc - ic
-                base = base_a + ib * stb + ic * stc
-                flat[base] += val * (1.0 - wb) * (1.0 - wc)
-                flat[base + stb] += val * wb * (1.0 - wc)
-                flat[base + stc] += val * (1.0 - wb) * wc
-                flat[base + stb + stc] += val * wb * wc
-                xb += coef[n, 1]
-                xc += coef[n, 3]
-                base_a += sta
-
-
-def adjoint(sino, shape_kji, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm) -> np.ndarray:
-    """Back-projection Aᵀ of ``sino`` (B, H, W) onto a ``[k, j, i]`` grid of ``shape_kji`` (unpadded result)."""
+def _scatter(buffers, sino, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm):
+    """Adjoint into ``buffers`` (T, padded k, j, i): worker t spreads the rays of its row blocks (t, t + T, …) into
+    its own buffer with the forward kernel's weights, so writes never collide; the caller sums the buffers."""
+    nt = buffers.shape[0]
     nb, h, w = sino.shape
-    nk, nj, ni = shape_kji
-    dtype = sino.dtype
-    n = nb * h * w
-    axis = np.empty(n, np.int8)
-    kmin = np.empty(n, np.int32)
-    kmax = np.empty(n, np.int32)
-    coef = np.empty((n, 5), np.float64)
-    _ray_table(src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, ni, nj, nk, h, w, axis, kmin, kmax, coef)
-    padded = np.zeros((nk + PAD_LO + PAD_HI, nj + PAD_LO + PAD_HI, ni + PAD_LO + PAD_HI), dtype)
-    pk, pj, pi = padded.shape
-    strides = (1, pi, pi * pj)
-    flat = padded.reshape(-1)
-    sino_flat = np.ascontiguousarray(sino).reshape(-1)
-    for ax, na in ((0, ni), (1, nj), (2, nk)):
-        rays = np.flatnonzero(axis == ax).astype(np.int64)
-        if rays.size == 0:
-            continue
-        others = [s for q, s in enumerate(strides) if q != ax]
-        nblocks = min(na, 8 * numba.get_num_threads())
-        _scatter_axis(flat, sino_flat, rays, kmin, kmax, coef, na, strides[ax], others[0], others[1], nblocks)
-    return padded[PAD_LO:PAD_LO + nk, PAD_LO:PAD_LO + nj, PAD_LO:PAD_LO + ni].copy()
+    pk, pj, pi = buffers.shape[1:]
+    n0, n1, n2 = pi - PAD_LO - PAD_HI, pj - PAD_LO - PAD_HI, pk - PAD_LO - PAD_HI
+    nblocks = (nb * h + ROW_BLOCK - 1) // ROW_BLOCK
+    for t in prange(nt):
+        flat = buffers[t].ravel()
+        cast = np.empty(1, buffers.dtype)  # rounds a value to the buffers' precision (float32 math for float32)
+        for blk in range(t, nblocks, nt):
+            for row in range(blk * ROW_BLOCK, min((blk + 1) * ROW_BLOCK, nb * h)):
+                b, r = row // h, row % h
+                for c in range(w):
+                    if sino[b, r, c] == 0.0:
+                        continue
+                    kmin, kmax, sta, stb, stc, xb, dxb, xc, dxc, weight = _ray(
+                        b, r, c, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, n0, n1, n2, 1, pi, pi * pj)
+                    cast[0] = sino[b, r, c] * weight
+                    val = cast[0]
+                    ustb, ustc = np.uint64(stb), np.uint64(stc)
+                    xb, xc = xb + kmin * dxb, xc + kmin * dxc
+                    base_a = (kmin + PAD_LO) * sta
+                    for _ in range(kmax + 1 - kmin):
+                        ib, ic = int(xb), int(xc)
+                        wb, wc = np.float32(xb - ib), np.float32(xc - ic)
+                        u0 = np.uint64(base_a + ib * stb + ic * stc)  # unsigned: no wrap-around check on stores
+                        u1 = u0 + ustb
+                        hi_b = val * wb
+                        lo_b = val - hi_b
+                        flat[u0] += lo_b - lo_b * wc
+                        flat[u1] += hi_b - hi_b * wc
+                        flat[u0 + ustc] += lo_b * wc
+                        flat[u1 + ustc] += hi_b * wc
+                        xb += dxb
+                        xc += dxc
+                        base_a += sta
+
+
+ADJOINT_BUFFER_BYTES = 2 << 30  # at most this much for the per-worker accumulation buffers of the adjoint
+
+
+def _buffers(workers: int, padded_shape: tuple[int, int, int], dtype) -> np.ndarray:
+    """Zeroed (workers, *padded_shape) accumulation buffers, reusing the previous call's when they match."""
+    buf = getattr(_reusable, "buffers", None)
+    if buf is None or buf.shape != (workers, *padded_shape) or buf.dtype != dtype:
+        buf = _reusable.buffers = np.zeros((workers, *padded_shape), dtype)
+    else:
+        buf.fill(0)
+    return buf
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _reduce(buffers, out):
+    """out += Σ_t interior of buffers[t]; ``out`` may be any strided view (e.g. a transpose of the caller's grid)."""
+    n0, n1, n2 = out.shape
+    for a in prange(n0):
+        for t in range(buffers.shape[0]):
+            src = buffers[t, a + PAD_LO]
+            for b in range(n1):
+                for c in range(n2):
+                    out[a, b, c] += src[b + PAD_LO, c + PAD_LO]
+
+
+def adjoint(sino, out, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm) -> np.ndarray:
+    """Back-projection: adds Aᵀ ``sino`` (B, H, W) to ``out``, the unpadded grid in the layout the ray parameters
+    index (any strides: pass ``np.transpose(grid, axes)`` to accumulate into a grid stored in another order).
+
+    Each worker thread accumulates into a private padded copy of the grid (as many workers as threads, fewer when
+    their copies would exceed ``ADJOINT_BUFFER_BYTES``), then the copies are summed into ``out``."""
+    padded_shape = tuple(n + PAD_LO + PAD_HI for n in out.shape)
+    one = int(np.prod(padded_shape)) * sino.dtype.itemsize
+    workers = int(max(1, min(numba.get_num_threads(), ADJOINT_BUFFER_BYTES // one)))
+    buffers = _buffers(workers, padded_shape, sino.dtype)
+    _scatter(buffers, np.ascontiguousarray(sino), src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm)
+    _reduce(buffers, out)
+    return out
 
 
 def set_threads(n: int | None) -> None:

@@ -54,56 +54,81 @@ def _numba_args(ijk_from_lps: np.ndarray, views: Views) -> list[np.ndarray]:
     return [np.ascontiguousarray(x) for x in idx + mm]
 
 
+def best_layouts(ijk_from_lps: np.ndarray, views: Views) -> list[tuple[int, int, int]]:
+    """Per view, the (slow, middle, fast) index axes (0 = i, 1 = j, 2 = k) of the array layout the numba kernels
+    walk fastest: the fast axis is the index axis best aligned with the detector's column step ``u`` (neighbouring
+    pixels of a detector row fall in the same cache lines), the ray's dominant axis goes in the middle."""
+    a = np.asarray(ijk_from_lps, dtype=np.float64)[:3, :3]
+    centre = (views.corner + (views.width - 1) / 2 * views.du + (views.height - 1) / 2 * views.dv
+              - views.source).detach().double().cpu().numpy() @ a.T
+    step = views.du.detach().double().cpu().numpy() @ a.T
+    orders = []
+    for d, u in zip(np.abs(centre), np.abs(step)):
+        dominant = int(d.argmax())
+        rest = [q for q in range(3) if q != dominant]
+        fast = max(rest, key=lambda q: u[q])
+        slow = rest[0] if rest[1] == fast else rest[1]
+        orders.append((slow, dominant, fast))
+    return orders
+
+
+def _reordered(ijk_from_lps: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """ijk_from_lps with its rows reordered to the (fast, middle, slow) array axes of ``order``."""
+    return np.vstack([ijk_from_lps[list(order[::-1])], ijk_from_lps[3:]])
+
+
+def _transpose_axes(order: tuple[int, int, int]) -> list[int]:
+    """Axes of a ``[k, j, i]`` array that give the (slow, middle, fast) layout ``order``."""
+    return [2 - q for q in order]
+
+
+def _by_layout(ijk_from_lps: np.ndarray, views: Views):
+    """Yield (layout, view indices, those views) for the views grouped by their best layout."""
+    orders = best_layouts(ijk_from_lps, views)
+    for order in sorted(set(orders)):
+        sel = [b for b, o in enumerate(orders) if o == order]
+        yield order, sel, Views(*(t[sel] for t in views[:4]), views.height, views.width)
+
+
+def numba_adjoint(sino: np.ndarray, shape_kji: tuple[int, int, int], ijk_from_lps: np.ndarray,
+                  views: Views) -> np.ndarray:
+    """Aᵀ on the CPU: each group of views is spread into the grid in its best layout, then transposed back."""
+    ijk_from_lps = np.asarray(ijk_from_lps, dtype=np.float64)
+    out = np.zeros(shape_kji, sino.dtype)
+    for order, sel, part in _by_layout(ijk_from_lps, views):
+        joseph_numba.adjoint(np.ascontiguousarray(sino[sel]), np.transpose(out, _transpose_axes(order)),
+                             *_numba_args(_reordered(ijk_from_lps, order), part))
+    return out
+
+
 class NumbaVolume:
-    """μ (``[k, j, i]``, per mm) kept as zero-padded copies in the memory layouts the numba kernel reads fastest.
+    """μ (``[k, j, i]``, per mm) kept as zero-padded copies in the layouts of `best_layouts` (one padded copy per
+    layout used, three at most), built once and reused by every forward projection. ``transient``: a one-off
+    projection; each layout is padded into the thread's scratch buffer just before use and not kept."""
 
-    The kernel is fastest when neighbouring pixels of a detector row fall in the same cache lines, i.e. when the
-    array's fastest axis is the index axis best aligned with the detector's column step ``u``; the ray's dominant
-    axis goes in the middle. Each layout used is built once (one padded copy of the volume each, three at most).
-    """
-
-    def __init__(self, mu: np.ndarray, ijk_from_lps: np.ndarray):
+    def __init__(self, mu: np.ndarray, ijk_from_lps: np.ndarray, transient: bool = False):
         self.mu = mu
         self.ijk_from_lps = np.asarray(ijk_from_lps, dtype=np.float64)
+        self.transient = transient
         self._layouts: dict[tuple[int, int, int], np.ndarray] = {}
 
-    def layout_for(self, views: Views) -> list[tuple[int, int, int]]:
-        """Per view, the (slow, middle, fast) index axes (0 = i, 1 = j, 2 = k) of the best layout."""
-        a = self.ijk_from_lps[:3, :3]
-        centre = (views.corner + (views.width - 1) / 2 * views.du + (views.height - 1) / 2 * views.dv
-                  - views.source).detach().double().cpu().numpy() @ a.T
-        step = views.du.detach().double().cpu().numpy() @ a.T
-        orders = []
-        for d, u in zip(np.abs(centre), np.abs(step)):
-            dominant = int(d.argmax())
-            rest = [q for q in range(3) if q != dominant]
-            fast = max(rest, key=lambda q: u[q])
-            slow = rest[0] if rest[1] == fast else rest[1]
-            orders.append((slow, dominant, fast))
-        return orders
-
     def padded(self, order: tuple[int, int, int]) -> np.ndarray:
+        if self.transient:
+            return joseph_numba.pad_volume(np.transpose(self.mu, _transpose_axes(order)), scratch=True)
         if order not in self._layouts:
-            self._layouts[order] = joseph_numba.pad_volume(np.transpose(self.mu, [2 - q for q in order]))
+            self._layouts[order] = joseph_numba.pad_volume(np.transpose(self.mu, _transpose_axes(order)))
         return self._layouts[order]
-
-    def affine(self, order: tuple[int, int, int]) -> np.ndarray:
-        """ijk_from_lps with its rows reordered to the (fast, middle, slow) array axes of ``order``."""
-        return np.vstack([self.ijk_from_lps[list(order[::-1])], self.ijk_from_lps[3:]])
 
     def forward(self, views: Views) -> np.ndarray:
         out = np.empty((views.batch, views.height, views.width), self.mu.dtype)
-        orders = self.layout_for(views)
-        for order in sorted(set(orders)):
-            sel = [b for b, o in enumerate(orders) if o == order]
-            part = Views(*(t[sel] for t in views[:4]), views.height, views.width)
+        for order, sel, part in _by_layout(self.ijk_from_lps, views):
             res = np.empty((len(sel), views.height, views.width), self.mu.dtype)
-            joseph_numba.forward(self.padded(order), *_numba_args(self.affine(order), part), res)
+            joseph_numba.forward(self.padded(order), *_numba_args(_reordered(self.ijk_from_lps, order), part), res)
             out[sel] = res
         return out
 
     def adjoint(self, sino: np.ndarray, views: Views) -> np.ndarray:
-        return joseph_numba.adjoint(sino, self.mu.shape, *_numba_args(self.ijk_from_lps, views))
+        return numba_adjoint(sino, self.mu.shape, self.ijk_from_lps, views)
 
 
 class _NumbaJoseph(torch.autograd.Function):
@@ -137,7 +162,7 @@ def forward_project(mu: torch.Tensor, ijk_from_lps, views: Views, backend: Backe
     """
     a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
     if _pick(backend, mu, views) == "numba":
-        cache = cache or NumbaVolume(mu.detach().cpu().numpy(), a.double().numpy())
+        cache = cache or NumbaVolume(mu.detach().cpu().numpy(), a.double().numpy(), transient=True)
         return _NumbaJoseph.apply(mu, cache, views)
     return joseph_torch.forward(mu, a, views)
 
@@ -147,8 +172,7 @@ def back_project(sino: torch.Tensor, shape_kji: tuple[int, int, int], ijk_from_l
     """Adjoint Aᵀ of `forward_project`: spreads (B, H, W) values back onto a ``[k, j, i]`` grid."""
     a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
     if _pick(backend, sino, views) == "numba":
-        g = joseph_numba.adjoint(sino.detach().cpu().numpy(), tuple(shape_kji), *_numba_args(a.double().numpy(), views))
-        return torch.from_numpy(g)
+        return torch.from_numpy(numba_adjoint(sino.detach().cpu().numpy(), tuple(shape_kji), a.double().numpy(), views))
     return joseph_torch.adjoint(sino, tuple(shape_kji), a, views)
 
 

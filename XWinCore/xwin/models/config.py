@@ -292,8 +292,9 @@ class XWinConfig:
                 for name in _SECTIONS}
 
 
-def load_config(path: str | os.PathLike) -> XWinConfig:
-    """Read and validate a YAML config; any problem raises ``XWinInputError(path, ...)``."""
+def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict:
+    """The YAML mapping of ``path``; a top-level ``base: FILE`` (relative to ``path``) is read first and the file's
+    sections override it key by key."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
@@ -301,6 +302,31 @@ def load_config(path: str | os.PathLike) -> XWinConfig:
         raise XWinInputError(path, f"cannot read config: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise XWinInputError(path, f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str):
+        raise XWinInputError(path, f"config key 'base': must be a file name, got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base))
+    if base_path in chain:
+        raise XWinInputError(path, f"config key 'base': {base} includes itself")
+    if not os.path.isfile(base_path):
+        raise XWinInputError(path, f"config key 'base': no such file {base_path}")
+    merged = _read_yaml(base_path, chain + (os.path.abspath(path),))
+    if not isinstance(merged, dict):
+        raise XWinInputError(base_path, "a config must be a mapping of sections")
+    for name, section in data.items():
+        if isinstance(section, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **section}
+        else:
+            merged[name] = section
+    return merged
+
+
+def load_config(path: str | os.PathLike) -> XWinConfig:
+    """Read and validate a YAML config (optionally ``base: FILE`` plus overrides); any problem raises
+    ``XWinInputError(path, ...)``."""
+    data = _read_yaml(path)
     try:
         return XWinConfig.from_dict(data)
     except XWinInputError as exc:

@@ -96,6 +96,8 @@ class XWinWorldModel(nn.Module):
         ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; optional ``real`` (R, 1, H, W) CXRs.
         Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``total``, and
         with ``real`` the metric ``domain_cosine``. Masks are drawn from a generator seeded by (train.seed, step).
+        A loss whose weight is 0 is not computed (reported as 0); with view, contrastive and recon all 0 the view
+        predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
         """
         lc = self.cfg.loss
         ctx, tgt, real = batch["context"], batch["target"], batch.get("real")
@@ -103,26 +105,31 @@ class XWinWorldModel(nn.Module):
         d_lao, d_cran = _angles(batch["d_lao"], b, device), _angles(batch["d_cran"], b, device)
         group = batch.get("group") if lc.affinity_within_group else None
         images = ctx if real is None else torch.cat([ctx, real])  # simulated then real
+        zero = torch.zeros((), device=device)
+        views = any(getattr(lc, k) > 0 for k in ("view", "contrastive", "recon"))  # else skip the world-model path
 
         with torch.no_grad():
-            target_all = self.target_encoder(torch.cat([tgt, images]))
-        target_tokens, image_targets = target_all[:b], target_all[b:]
+            target_all = self.target_encoder(torch.cat([tgt, images]) if views else images)
+        target_tokens, image_targets = (target_all[:b], target_all[b:]) if views else (None, target_all)
 
         tokens = self.context_encoder(images)
-        pred_tokens = self.view_predictor(tokens[:b], d_lao, d_cran)
+        pred_tokens = self.view_predictor(tokens[:b], d_lao, d_cran) if views else None
+        emb = tokens.mean(1)
 
         out: dict[str, torch.Tensor] = {}
-        out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss)
-        out["contrastive"] = affinity_contrastive_loss(pred_tokens.mean(1), target_tokens.mean(1), lc.tau,
-                                                       lc.tau_affinity, None if group is None else group.to(device))
-        out["mim"] = self._mim(images, image_targets, step)
-        if real is None:
-            out["domain"] = torch.zeros((), device=device)
+        out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss) if lc.view > 0 else zero
+        out["contrastive"] = (affinity_contrastive_loss(pred_tokens.mean(1), target_tokens.mean(1), lc.tau,
+                                                        lc.tau_affinity, None if group is None else group.to(device))
+                              if lc.contrastive > 0 else zero)
+        out["mim"] = self._mim(images, image_targets, step) if lc.mim > 0 else zero
+        if real is None or lc.domain == 0:
+            out["domain"] = zero
         else:
-            emb = tokens.mean(1)
             logits = self.domain_classifier(grad_reverse(emb, grl_coefficient(step, total_steps, lc.grl)))
             out["domain"] = domain_loss(logits[b:], logits[:b])
-        if lc.recon_grad:  # pixels anchor the latent: decoding trains predictor and encoder too
+        if lc.recon == 0:
+            out["recon"] = zero
+        elif lc.recon_grad:  # pixels anchor the latent: decoding trains predictor and encoder too
             out["recon"] = (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
                             + reconstruction_loss(self.decoder(pred_tokens), tgt, lc.ssim_weight)
                             + reconstruction_loss(self.decoder(tokens[:b]), ctx, lc.ssim_weight)) / 3

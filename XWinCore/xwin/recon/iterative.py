@@ -11,7 +11,8 @@ on the grid ``[k, j, i]``; data b: line integrals (B, H, W), dimensionless. Upda
   ROF problem ``min_u ½‖u − x‖² + w·TV(u)`` in voxel units, ``w`` in μ per mm; CGLS restarts its search direction
   after every TV step (the prox changes the iterate outside the Krylov space).
 
-Each function returns an `IterativeResult` (μ and the relative data residual ‖b − Ax‖/‖b‖ after every iteration);
+Each function returns an `IterativeResult` (μ and the relative data residual ‖b − Ax‖/‖b‖ of every iteration: for
+SART the residual each subset met during the sweep, which costs no extra projection; for CGLS the residual after it);
 ``callback(iteration, mu, residual)`` is called after each iteration; ``progress=True`` shows a tqdm bar on stderr.
 """
 from __future__ import annotations
@@ -30,14 +31,23 @@ from .grid import Grid
 Callback = Callable[[int, torch.Tensor, float], None]
 
 
+NORMALISATION_BYTES = 1 << 30  # SART keeps its per-subset A_Sᵀ 1 volumes up to this size
+
+
 class IterativeResult(NamedTuple):
     mu: torch.Tensor  # [k, j, i] attenuation per mm
-    residuals: list[float]  # ‖b − A x‖ / ‖b‖ after each iteration
+    residuals: list[float]  # ‖b − A x‖ / ‖b‖ per iteration (SART: met by each subset during the sweep)
 
 
 def _subset(views: Views, idx) -> Views:
     idx = torch.as_tensor(np.asarray(idx), device=views.source.device)
     return Views(*(t[idx] for t in views[:4]), views.height, views.width)
+
+
+def _safe_inverse(t: torch.Tensor) -> torch.Tensor:
+    """1/t where t > 1e-6 (a ray or voxel with support), else 0; in place (t is a fresh projection)."""
+    unsupported = t <= 1e-6
+    return t.reciprocal_().masked_fill_(unsupported, 0.0)
 
 
 def _check(projections: torch.Tensor, views: Views, iters: int) -> None:
@@ -100,49 +110,48 @@ def tv_prox(x: torch.Tensor, weight: float, iters: int = 20) -> torch.Tensor:
     return x - weight * _div(p)
 
 
-def _residual(op: _Operator, x: torch.Tensor, b: torch.Tensor, bnorm: float) -> float:
-    return float(torch.linalg.vector_norm(b - op.forward(x)) / bnorm)
-
-
 def sart(projections: torch.Tensor, views: Views, grid: Grid, *, iters: int = 10, subsets: int | None = None,
          relaxation: float = 0.8, positivity: bool = True, tv: float = 0.0, tv_iters: int = 20,
          x0: torch.Tensor | None = None, backend: str = "auto", progress: bool = False,
          callback: Callback | None = None) -> IterativeResult:
-    """(OS-)SART. subsets: number of ordered subsets (interleaved views b ≡ s mod n; default min(B, 8); B = classic
-    SART, 1 = SIRT-like); relaxation λ ∈ (0, 2); positivity: clamp μ ≥ 0; tv: TV-prox weight (μ per mm) applied
-    after every iteration (0 = none)."""
+    """(OS-)SART. subsets: number of ordered subsets (interleaved views b ≡ s mod n; default B = classic SART, one
+    view per update, as RTK's SART; 1 = SIRT-like); relaxation λ ∈ (0, 2); positivity: clamp μ ≥ 0; tv: TV-prox weight
+    (μ per mm) applied after every iteration (0 = none). The per-subset normalisations A_S 1 and A_Sᵀ 1 are computed
+    once and kept (1/A_Sᵀ 1 in float16) while those volumes fit in ``NORMALISATION_BYTES``; beyond that A_Sᵀ 1 is recomputed at each use
+    (one more back-projection per subset)."""
     _check(projections, views, iters)
     if not 0 < relaxation < 2:
         raise XWinInputError(None, f"SART relaxation must lie in (0, 2), got {relaxation}")
-    n_sub = min(views.batch, 8) if subsets is None else int(subsets)
+    n_sub = views.batch if subsets is None else int(subsets)
     if not 1 <= n_sub <= views.batch:
         raise XWinInputError(None, f"subsets must lie in 1…{views.batch}, got {subsets}")
     b = projections.float()
     op = _Operator(grid, views, backend, b.device)
     x = torch.zeros(grid.shape_kji, dtype=b.dtype, device=b.device) if x0 is None else x0.clone().to(b)
-    ones = torch.ones(grid.shape_kji, dtype=b.dtype, device=b.device)
+    keep = n_sub * x.numel() * 2 <= NORMALISATION_BYTES  # kept as float16: a preconditioner needs no more
     groups = []
     for s in range(n_sub):
         idx = np.arange(s, views.batch, n_sub)
         v = _subset(views, idx)
-        row = op.forward(ones, v)  # ray lengths through the grid (mm)
-        inv_row = torch.where(row > 1e-6, 1.0 / row, torch.zeros_like(row))
-        col = op.adjoint(torch.ones_like(row), v)
-        inv_col = torch.where(col > 1e-6, 1.0 / col, torch.zeros_like(col))
-        groups.append((torch.as_tensor(idx, device=b.device), v, inv_row, inv_col))
+        row = op.forward(torch.ones_like(x), v)  # ray lengths through the grid (mm)
+        groups.append((torch.as_tensor(idx, device=b.device), v, _safe_inverse(row),
+                       _safe_inverse(op.adjoint(torch.ones_like(row), v)).clamp_(max=6e4).half() if keep else None))
     bnorm = float(torch.linalg.vector_norm(b)) or 1.0
     residuals = []
     for it in tqdm(range(iters), desc="sart", unit="it", disable=not progress):
+        sq = 0.0
         for idx, v, inv_row, inv_col in groups:
-            corr = (b[idx] - op.forward(x, v)) * inv_row
-            x = x + relaxation * op.adjoint(corr, v) * inv_col
+            diff = b[idx] - op.forward(x, v)
+            sq += float((diff * diff).sum())
+            col = _safe_inverse(op.adjoint(torch.ones_like(diff), v)) if inv_col is None else inv_col
+            x.add_(op.adjoint(diff.mul_(inv_row), v).mul_(col), alpha=relaxation)
             if positivity:
-                x = torch.clamp_(x, min=0)
+                x.clamp_(min=0)
         if tv > 0:
             x = tv_prox(x, tv, tv_iters)
             if positivity:
-                x = torch.clamp_(x, min=0)
-        residuals.append(_residual(op, x, b, bnorm))
+                x.clamp_(min=0)
+        residuals.append(sq ** 0.5 / bnorm)
         if callback is not None:
             callback(it, x, residuals[-1])
     return IterativeResult(x, residuals)
