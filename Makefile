@@ -35,6 +35,7 @@ test: $(TESTSTAMP)
 bench: $(STAMP)
 	$(PIP) install -e 'XWinCore[bench]'
 	$(PY) bench/drr.py --out docs/benchmarks.md
+	$(PY) bench/recon.py --write-docs
 
 clean:
 	rm -rf $(VENV) out

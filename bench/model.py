@@ -96,6 +96,11 @@ def predict_latency() -> dict:
     return {"predict_ms": 1e3 * float(np.median(times)), "drr_ms": 1e3 * float(np.median(drr))}
 
 
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bank", type=Path, default=ROOT / "runs/cpu_small/bank")
@@ -109,7 +114,8 @@ def main(argv=None) -> int:
     pr = predict_latency()
     text = "\n".join([
         "## World model: training throughput, memory and prediction latency (`bench/model.py`)", "",
-        f"Command: `.venv/bin/python bench/model.py --steps {ns.steps}`; {torch.get_num_threads()} CPU threads, "
+        f"Command: `.venv/bin/python bench/model.py --steps {ns.steps} --bank {_shown(ns.bank)}` (the bank of a "
+        f"cpu_small run; both cpu_small configs build the same one); {torch.get_num_threads()} CPU threads, "
         "config `XWinCore/xwin/configs/cpu_small.yaml` (ViT-Tiny width, 6 blocks, 64², batch "
         f"{tr['batch']} DRR pairs + {tr['real_per_batch']} real CXRs).", "",
         "| measure | value |", "|---|---:|",

@@ -1,7 +1,9 @@
-"""Data: CT volumes through MONAI transforms, the DRR bank, view-pair batches and real CXRs."""
+"""Data: CT volumes through MONAI transforms, the DRR bank, view-pair batches (from the bank or rendered on the fly)
+and real CXRs."""
 from .bank import Bank, BankSpec, build_bank, load_bank
 from .cxr import find_images, load_cxrs, to_model_input
+from .online import OnlineDrrSampler
 from .pairs import PairSampler
 
-__all__ = ["Bank", "BankSpec", "PairSampler", "build_bank", "find_images", "load_bank", "load_cxrs",
-           "to_model_input"]
+__all__ = ["Bank", "BankSpec", "OnlineDrrSampler", "PairSampler", "build_bank", "find_images", "load_bank",
+           "load_cxrs", "to_model_input"]

@@ -66,7 +66,7 @@ class Bank:
         return np.array([inst["ct_index"] for inst in self.manifest["instances"]], dtype=np.int64)
 
 
-def _roll_pose(lao: float, cran: float, roll_deg: float, shift: np.ndarray) -> torch.Tensor:
+def roll_pose(lao: float, cran: float, roll_deg: float, shift: np.ndarray) -> torch.Tensor:
     """4×4 pose: R = Rz(lao)·Rx(−cran)·R_y(roll) (roll about the PA beam axis), translation = isocenter shift (mm)."""
     r = rotation(lao, cran)[0]
     c, s = np.cos(np.radians(roll_deg)), np.sin(np.radians(roll_deg))
@@ -79,26 +79,20 @@ def _roll_pose(lao: float, cran: float, roll_deg: float, shift: np.ndarray) -> t
 
 def render_views(projector: Projector, spec: BankSpec, roll_deg: float, shift: np.ndarray) -> np.ndarray:
     """(views, img, img) radiograph-mode DRRs of one CT over the spec's pose grid."""
-    poses = torch.stack([_roll_pose(a, c, roll_deg, shift) for a, c in spec.poses()])
+    poses = torch.stack([roll_pose(a, c, roll_deg, shift) for a, c in spec.poses()])
     with torch.no_grad():
         images = projector.render(pose=poses, mode="radiograph")
         images = F.avg_pool2d(images[:, None].float(), spec.supersample)[:, 0]
     return images.numpy()
 
 
-def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: bool = False) -> Path:
-    """Render every CT in ``cts`` (dicts with ``path`` and ``patient_id``) into a bank folder ``out``.
-
-    Instance 0 of each CT is undeformed; instances 1..augmentations are random deformations (MONAI), each with a
-    random isocenter shift and detector roll, all drawn from ``spec.seed`` and recorded in the manifest.
-    """
-    out = Path(out)
-    if not cts:
-        raise XWinInputError(out, "no training CTs given for the DRR bank")
+def deformed_instances(cts: list[dict], spec: BankSpec, quiet: bool = False):
+    """Yield the training instances of ``cts`` (dicts with ``path`` and ``patient_id``): per CT the undeformed volume
+    then ``spec.augmentations`` random deformations (MONAI), each with a random isocenter shift (LPS mm) and detector
+    roll (degrees), all drawn from ``spec.seed``: dicts with ct_index, augmentation, seed, volume, shift, roll."""
     rng = np.random.default_rng(spec.seed)
     load, deform = ct_transforms(spacing_mm=spec.spacing_mm), deformation_transforms()
-    images, poses, instances = [], [], []
-    steps = tqdm(total=len(cts) * (spec.augmentations + 1), desc="DRR bank", unit="CT", disable=quiet)
+    steps = tqdm(total=len(cts) * (spec.augmentations + 1), desc="CT instances", unit="CT", disable=quiet)
     for ct_index, ct in enumerate(cts):
         base = load({"ct": ct["path"]})
         for aug in range(spec.augmentations + 1):
@@ -109,14 +103,25 @@ def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: b
                 deform.set_random_state(seed)
                 item = deform(dict(base))
                 shift, roll = rng.normal(0, spec.iso_shift_mm, 3), float(rng.normal(0, spec.roll_deg))
-            volume = to_volume(item["ct"])
-            projector = Projector(volume, spec.geometry())
-            images.append(render_views(projector, spec, roll, shift).astype(np.float16))
-            poses.append(spec.poses())
-            instances.append({"ct_index": ct_index, "augmentation": aug, "seed": seed,
-                              "isocenter_lps_mm": (projector.isocenter + shift).tolist(), "roll_deg": roll})
+            yield {"ct_index": ct_index, "augmentation": aug, "seed": seed, "volume": to_volume(item["ct"]),
+                   "shift": shift, "roll": roll}
             steps.update()
     steps.close()
+
+
+def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: bool = False) -> Path:
+    """Render every instance of `deformed_instances` over the spec's pose grid into a bank folder ``out``."""
+    out = Path(out)
+    if not cts:
+        raise XWinInputError(out, "no training CTs given for the DRR bank")
+    images, poses, instances = [], [], []
+    for inst in deformed_instances(cts, spec, quiet):
+        projector = Projector(inst["volume"], spec.geometry())
+        images.append(render_views(projector, spec, inst["roll"], inst["shift"]).astype(np.float16))
+        poses.append(spec.poses())
+        instances.append({"ct_index": inst["ct_index"], "augmentation": inst["augmentation"], "seed": inst["seed"],
+                          "isocenter_lps_mm": (projector.isocenter + inst["shift"]).tolist(),
+                          "roll_deg": inst["roll"]})
     manifest = {"spec": asdict(spec), "cts": [{k: str(v) for k, v in ct.items()} for ct in cts],
                 "instances": instances, "display": "radiograph mode: 1 - exp(-line/4)"}
     out.parent.mkdir(parents=True, exist_ok=True)

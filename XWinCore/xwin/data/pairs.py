@@ -1,4 +1,5 @@
-"""Training batches from a DRR bank: (context view, target view, action) pairs plus real CXRs.
+"""Training batches of (context view, target view, action) pairs plus real CXRs: from a DRR bank (`PairSampler`) or
+rendered on the fly (`xwin.data.online.OnlineDrrSampler`).
 
 The action is the relative rotation from the context to the target view: Δlao (yaw) and Δcran (pitch), degrees.
 Image augmentation (noise, blur) reuses MONAI's random intensity transforms.
@@ -18,31 +19,16 @@ def image_augmentation(noise_std: float = 0.02, blur_sigma: float = 0.8) -> Comp
                     RandGaussianNoise(prob=0.5, std=noise_std)])
 
 
-class PairSampler:
-    """Draws batches of view pairs from a bank (and real CXRs when given).
+class _Sampler:
+    """What every pair sampler shares: the random generator (checkpointed), image augmentation and real CXRs."""
 
-    context: 'any' (any view is a context) or 'pa' (context always the LAO = CRAN = 0 view, as at prediction time);
-    pa_fraction mixes the two. real: optional (R, H, W) array of real CXRs in [0, 1].
-    """
-
-    def __init__(self, bank: Bank, real: np.ndarray | None = None, pa_fraction: float = 0.5, augment: bool = True,
-                 seed: int = 0):
-        self.bank, self.real = bank, real
-        self.pa_fraction = pa_fraction
+    def __init__(self, real: np.ndarray | None, pa_fraction: float, augment: bool, seed: int):
+        self.real, self.pa_fraction, self.seed = real, pa_fraction, seed
         self.rng = np.random.default_rng(seed)
         self.draws = 0
         self.augment = image_augmentation() if augment else None
         if self.augment is not None:
             self.augment.set_random_state(seed)
-        nominal = bank.poses[0]
-        self.pa_view = int(np.argmin(np.abs(nominal).sum(axis=1)))
-        self.groups = bank.groups
-        self.seed = seed
-
-    @property
-    def epoch_size(self) -> int:
-        """Number of distinct images in the bank (one 'epoch' of samples)."""
-        return int(np.prod(self.bank.images.shape[:2]))
 
     def state(self) -> dict:
         """JSON-serialisable sampler state (the pair generator), for checkpoints."""
@@ -54,11 +40,39 @@ class PairSampler:
         if self.augment is not None:
             self.augment.set_random_state(self.seed + self.draws)
 
-    def _images(self, array: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(array, dtype=np.float32))[:, None]
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled."""
+        x = x.float()[:, None]
         if self.augment is not None:
             x = torch.stack([torch.as_tensor(self.augment(im)).clamp(0, 1) for im in x]).float()
         return x
+
+    def _add_real(self, batch: dict, real_size: int) -> dict:
+        if self.real is not None and len(self.real) and real_size > 0:
+            pick = self.rng.integers(len(self.real), size=real_size)
+            batch["real"] = self._images(torch.from_numpy(np.asarray(self.real[pick], np.float32)))
+        return batch
+
+
+class PairSampler(_Sampler):
+    """Draws batches of view pairs from a bank (and real CXRs when given).
+
+    The context is the PA view (LAO = CRAN = 0, as at prediction time) with probability ``pa_fraction``, else any
+    view of the grid. real: optional (R, H, W) array of real CXRs in [0, 1].
+    """
+
+    def __init__(self, bank: Bank, real: np.ndarray | None = None, pa_fraction: float = 0.5, augment: bool = True,
+                 seed: int = 0):
+        super().__init__(real, pa_fraction, augment, seed)
+        self.bank = bank
+        nominal = bank.poses[0]
+        self.pa_view = int(np.argmin(np.abs(nominal).sum(axis=1)))
+        self.groups = bank.groups
+
+    @property
+    def epoch_size(self) -> int:
+        """Number of distinct images in the bank (one 'epoch' of samples)."""
+        return int(np.prod(self.bank.images.shape[:2]))
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W), d_lao/d_cran (B,) degrees, group (B,), real (R, 1, H, W)."""
@@ -72,14 +86,12 @@ class PairSampler:
         d = poses[inst, tgt] - poses[inst, ctx]
         order = np.argsort(inst, kind="stable")  # memory-mapped reads in file order
         inst, ctx, tgt, d = inst[order], ctx[order], tgt[order], d[order]
+        images = lambda idx: torch.from_numpy(np.asarray(self.bank.images[inst, idx], np.float32))  # noqa: E731
         batch = {
-            "context": self._images(self.bank.images[inst, ctx]),
-            "target": self._images(self.bank.images[inst, tgt]),
+            "context": self._images(images(ctx)),
+            "target": self._images(images(tgt)),
             "d_lao": torch.from_numpy(d[:, 0].astype(np.float32)),
             "d_cran": torch.from_numpy(d[:, 1].astype(np.float32)),
             "group": torch.from_numpy(self.groups[inst]),
         }
-        if self.real is not None and len(self.real) and real_size > 0:
-            pick = self.rng.integers(len(self.real), size=real_size)
-            batch["real"] = self._images(self.real[pick])
-        return batch
+        return self._add_real(batch, real_size)

@@ -200,14 +200,16 @@ class MaskConfig(_Section):
 
 @dataclass
 class DataConfig(_Section):
-    """Training data: CTs rendered into the DRR bank (angles in degrees, lengths in mm), real CXR folders and the
-    patient split. Relative paths are relative to the working directory of `xwin train`."""
+    """Training data: CTs rendered into the DRR bank, or on the fly on the training device when ``online`` (angles in
+    degrees, lengths in mm), real CXR folders and the patient split. Relative paths are relative to the working
+    directory of `xwin train`."""
 
     section: ClassVar[str] = "data"
     ct: tuple[str, ...] = _f(())
     holdout: tuple[str, ...] = _f(())
     cxr: tuple[str, ...] = _f(())
     bank: str | None = _f(None)
+    online: bool = _f(False)
     lao: tuple[float, ...] = _f(tuple(float(a) for a in range(-90, 91, 15)), ge=-180.0, le=180.0)
     cran: tuple[float, ...] = _f((-20.0, -10.0, 0.0, 10.0, 20.0), ge=-90.0, le=90.0)
     augmentations: int = _f(4, ge=0)

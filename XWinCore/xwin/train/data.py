@@ -1,11 +1,12 @@
-"""Training data for `xwin train`: the DRR bank (built once by rank 0) and the real CXRs, as a pair sampler."""
+"""Training data for `xwin train`: the DRR bank (built once by rank 0) or on-the-fly rendering, and the real CXRs,
+as a pair sampler."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from ..data import BankSpec, PairSampler, build_bank, find_images, load_bank, load_cxrs
+from ..data import BankSpec, OnlineDrrSampler, PairSampler, build_bank, find_images, load_bank, load_cxrs
 from ..errors import XWinInputError
 from .distributed import Dist
 
@@ -41,14 +42,22 @@ def real_cxrs(cfg) -> np.ndarray | None:
     return load_cxrs(files, cfg.model.img_size) if files else None
 
 
-def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None) -> PairSampler:
-    """Load (or, on rank 0, build) the bank named by ``data.bank`` (default RUN/bank) and wrap it in a sampler."""
+def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None) -> PairSampler | OnlineDrrSampler:
+    """With ``data.online``: render pairs on this rank's device. Otherwise load (or, on rank 0, build) the bank named
+    by ``data.bank`` (default RUN/bank) and wrap it in a sampler. Each rank draws with its own seed."""
+    seed = cfg.train.seed + 1000 * d.rank
+    if cfg.data.online:
+        sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction,
+                                   seed=seed, device=d.device, quiet=not d.main)
+        if state is not None:
+            sampler.restore(state)
+        return sampler
     bank_dir = Path(cfg.data.bank) if cfg.data.bank else run_dir / "bank"
     if d.main and not (bank_dir / "manifest.json").is_file():
         build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=False)
     d.barrier()
     bank = load_bank(bank_dir)
-    sampler = PairSampler(bank, real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction, seed=cfg.train.seed + 1000 * d.rank)
+    sampler = PairSampler(bank, real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction, seed=seed)
     if state is not None:
         sampler.restore(state)
     return sampler

@@ -1,0 +1,64 @@
+"""View pairs rendered on the fly, on the training device: the GPU path of `xwin train` (config ``data.online``).
+
+The training CTs and their deformed copies (`deformed_instances`, the same instances a bank would hold) stay on the
+device as attenuation volumes; every draw renders its context and target views with the XWin projector (torch on
+CUDA, numba on the CPU) at continuous poses: target LAO and CRAN uniform over the config's angle ranges, context the
+PA view with probability ``pa_fraction`` else uniform too, and per pair a fresh isocenter shift (LPS mm, σ
+``iso_shift_mm``) and detector roll (degrees, σ ``roll_deg``) shared by its two views. Angles are in degrees; the
+action is target − context.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..drr import Projector
+from .bank import BankSpec, deformed_instances, roll_pose
+from .pairs import _Sampler
+
+
+class OnlineDrrSampler(_Sampler):
+    """Draws batches like `PairSampler`, rendering each pair on ``device`` instead of reading a bank."""
+
+    def __init__(self, cts: list[dict], spec: BankSpec, real: np.ndarray | None = None, pa_fraction: float = 0.5,
+                 augment: bool = True, seed: int = 0, device: str | torch.device = "cpu", quiet: bool = True):
+        super().__init__(real, pa_fraction, augment, seed)
+        self.spec = spec
+        self.geometry = spec.geometry()
+        instances = list(deformed_instances(cts, spec, quiet))
+        self.projectors = [Projector(i["volume"], self.geometry, device=device) for i in instances]
+        self.groups = np.array([i["ct_index"] for i in instances], dtype=np.int64)
+        self.lao_range = (min(spec.lao), max(spec.lao))
+        self.cran_range = (min(spec.cran), max(spec.cran))
+
+    @property
+    def epoch_size(self) -> int:
+        """Instances × the views of the nominal pose grid (the images a bank of this spec would hold)."""
+        return len(self.projectors) * len(self.spec.poses())
+
+    def _angles(self, n: int) -> np.ndarray:
+        return np.stack([self.rng.uniform(*self.lao_range, n), self.rng.uniform(*self.cran_range, n)], axis=1)
+
+    def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
+        """One batch: context/target (B, 1, H, W) on the device, d_lao/d_cran (B,) degrees, group (B,), real."""
+        self.draws += 1
+        inst = np.sort(self.rng.integers(len(self.projectors), size=batch_size))
+        ctx = np.where((self.rng.random(batch_size) < self.pa_fraction)[:, None], 0.0, self._angles(batch_size))
+        tgt = self._angles(batch_size)
+        roll = self.rng.normal(0.0, self.spec.roll_deg, batch_size)
+        shift = self.rng.normal(0.0, self.spec.iso_shift_mm, (batch_size, 3))
+        context, target = [], []
+        for i in np.unique(inst):
+            rows = np.flatnonzero(inst == i)
+            poses = torch.stack([roll_pose(*angles[r], roll[r], shift[r]) for angles in (ctx, tgt) for r in rows])
+            with torch.no_grad():
+                images = self.projectors[i].render(pose=poses, mode="radiograph")
+                images = F.avg_pool2d(images[:, None].float(), self.spec.supersample)[:, 0]
+            context.append(images[:len(rows)])
+            target.append(images[len(rows):])
+        d = (tgt - ctx).astype(np.float32)
+        batch = {"context": self._images(torch.cat(context)), "target": self._images(torch.cat(target)),
+                 "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
+                 "group": torch.from_numpy(self.groups[inst])}
+        return self._add_real(batch, real_size)
