@@ -186,18 +186,23 @@ ADJOINT_BUFFER_BYTES = 2 << 30  # at most this much for the per-worker accumulat
 
 
 def _buffers(workers: int, padded_shape: tuple[int, int, int], dtype) -> np.ndarray:
-    """Zeroed (workers, *padded_shape) accumulation buffers, reusing the previous call's when they match."""
+    """Zeroed (workers, *padded_shape) accumulation buffers: the previous call's when they match (`_reduce` leaves
+    their planes zero; the border planes it does not visit are cleared here), else new ones."""
     buf = getattr(_reusable, "buffers", None)
     if buf is None or buf.shape != (workers, *padded_shape) or buf.dtype != dtype:
         buf = _reusable.buffers = np.zeros((workers, *padded_shape), dtype)
-    else:
+    elif getattr(_reusable, "dirty", False):  # a call interrupted between scatter and reduce
         buf.fill(0)
+    else:
+        buf[:, :PAD_LO] = 0
+        buf[:, buf.shape[1] - PAD_HI:] = 0
     return buf
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _reduce(buffers, out):
-    """out += Σ_t interior of buffers[t]; ``out`` may be any strided view (e.g. a transpose of the caller's grid)."""
+    """out += Σ_t interior of buffers[t], zeroing each buffer plane once read (the buffers are reused, so the next
+    call needs no separate clearing pass); ``out`` may be any strided view (e.g. a transpose of the caller's grid)."""
     n0, n1, n2 = out.shape
     for a in prange(n0):
         for t in range(buffers.shape[0]):
@@ -205,6 +210,7 @@ def _reduce(buffers, out):
             for b in range(n1):
                 for c in range(n2):
                     out[a, b, c] += src[b + PAD_LO, c + PAD_LO]
+            src[:, :] = 0.0
 
 
 def adjoint(sino, out, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm) -> np.ndarray:
@@ -217,8 +223,10 @@ def adjoint(sino, out, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm) -> 
     one = int(np.prod(padded_shape)) * sino.dtype.itemsize
     workers = int(max(1, min(numba.get_num_threads(), ADJOINT_BUFFER_BYTES // one)))
     buffers = _buffers(workers, padded_shape, sino.dtype)
+    _reusable.dirty = True
     _scatter(buffers, np.ascontiguousarray(sino), src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm)
     _reduce(buffers, out)
+    _reusable.dirty = False
     return out
 
 
