@@ -595,9 +595,9 @@ def report(command: str, threads: int, rows: list[Row], accuracy, agreement, lim
         f"CPU paths (their fused Triton/Metal kernels need a GPU) with {PEER_SAMPLES} samples per ray (one per "
         "slice of the 256³ grid, as Joseph takes; their defaults are 500 and 256). Times are medians of the timed "
         "calls, made round by round across the projectors of a case (A, B, C, A, B, C, …, so a slow spell of the "
-        "shared machine hits all alike) after one warm-up call each (for the batch a 2-pose batch, same code path); the first-call column "
-        f"includes, for ours, {numba_first_call()}, and ITK's lazy module loading for RTK. Forward + "
-        "backward for ours (numba) rebuilds its padded μ copy every call, as when μ is the variable being "
+        "shared machine hits all alike) after one warm-up call each (for the batch a 2-pose batch, same code path); "
+        f"the first-call column includes, for ours, {numba_first_call()}, and ITK's lazy module loading for RTK. "
+        "Forward + backward for ours (numba) rebuilds its padded μ copy every call, as when μ is the variable being "
         "optimised; ours (torch) is left out of the batch (on the CPU it costs 16 single DRRs).", "",
         *times_table(rows), "",
         f"JIT compile of ours, cold numba cache (fresh process, 32³ volume): {jit_text(jit)}.", "",

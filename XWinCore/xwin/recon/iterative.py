@@ -116,9 +116,9 @@ def sart(projections: torch.Tensor, views: Views, grid: Grid, *, iters: int = 10
          callback: Callback | None = None) -> IterativeResult:
     """(OS-)SART. subsets: number of ordered subsets (interleaved views b ≡ s mod n; default B = classic SART, one
     view per update, as RTK's SART; 1 = SIRT-like); relaxation λ ∈ (0, 2); positivity: clamp μ ≥ 0; tv: TV-prox weight
-    (μ per mm) applied after every iteration (0 = none). The per-subset normalisations A_S 1 and A_Sᵀ 1 are computed
-    once and kept (1/A_Sᵀ 1 in float16) while those volumes fit in ``NORMALISATION_BYTES``; beyond that A_Sᵀ 1 is recomputed at each use
-    (one more back-projection per subset)."""
+    (μ per mm) applied after every iteration (0 = none). The normalisations A_S 1 (one projection of all views) and
+    A_Sᵀ 1 are computed once and kept (1/A_Sᵀ 1 in float16) while those volumes fit in ``NORMALISATION_BYTES``;
+    beyond that A_Sᵀ 1 is recomputed at each use (one more back-projection per subset)."""
     _check(projections, views, iters)
     if not 0 < relaxation < 2:
         raise XWinInputError(None, f"SART relaxation must lie in (0, 2), got {relaxation}")
@@ -129,13 +129,13 @@ def sart(projections: torch.Tensor, views: Views, grid: Grid, *, iters: int = 10
     op = _Operator(grid, views, backend, b.device)
     x = torch.zeros(grid.shape_kji, dtype=b.dtype, device=b.device) if x0 is None else x0.clone().to(b)
     keep = n_sub * x.numel() * 2 <= NORMALISATION_BYTES  # kept as float16: a preconditioner needs no more
+    rows = op.forward(torch.ones_like(x))  # ray lengths through the grid (mm), all views at once
     groups = []
     for s in range(n_sub):
-        idx = np.arange(s, views.batch, n_sub)
-        v = _subset(views, idx)
-        row = op.forward(torch.ones_like(x), v)  # ray lengths through the grid (mm)
-        groups.append((torch.as_tensor(idx, device=b.device), v, _safe_inverse(row),
-                       _safe_inverse(op.adjoint(torch.ones_like(row), v)).clamp_(max=6e4).half() if keep else None))
+        picked = np.arange(s, views.batch, n_sub)
+        idx, v = torch.as_tensor(picked, device=b.device), _subset(views, picked)
+        inv_col = _safe_inverse(op.adjoint(torch.ones_like(rows[idx]), v)).clamp_(max=6e4).half() if keep else None
+        groups.append((idx, v, _safe_inverse(rows[idx]), inv_col))
     bnorm = float(torch.linalg.vector_norm(b)) or 1.0
     residuals = []
     for it in tqdm(range(iters), desc="sart", unit="it", disable=not progress):
