@@ -163,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/ct"), help="folder holding the shared chest CTs")
     ap.add_argument("--quick", action="store_true", help="32³, 24 views, 64² detector, LIDC only")
     ap.add_argument("--iters", type=int, default=3, help="iterations timed for SART / CG (default 3)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="SART / CG runs of each method, round by round; the fastest counts (default 2)")
     ap.add_argument("--sparse", type=int, nargs="*", default=[2, 8, 30], help="sparse-view counts (default 2 8 30)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-rtk", action="store_true")
@@ -184,12 +186,18 @@ def main(argv=None) -> int:
         if n:
             continue
         render_seconds = case.render_seconds
-        main_rows = {"xwin_fdk": fdk_rows[name]["xwin_fdk"],
-                     "xwin_sart": case.ours("sart", iters=ns.iters),
-                     "xwin_cgls": case.ours("cgls", iters=ns.iters)}
+        main_rows = dict(fdk_rows[name])
+        runs = [("xwin_sart", lambda: case.ours("sart", iters=ns.iters)),
+                ("xwin_cgls", lambda: case.ours("cgls", iters=ns.iters))]
         if use_rtk:
-            main_rows.update(rtk_fdk=fdk_rows[name]["rtk_fdk"], rtk_sart=case.rtk("sart", iters=ns.iters),
-                             rtk_cg=case.rtk("cg", iters=ns.iters))
+            runs += [("rtk_sart", lambda: case.rtk("sart", iters=ns.iters)),
+                     ("rtk_cg", lambda: case.rtk("cg", iters=ns.iters))]
+        for _ in range(ns.rounds):  # round by round (A, B, C, D, A, …): a slow spell of the machine hits all alike
+            for key, run in runs:
+                row, inf = run(), float("inf")
+                best = main_rows.get(key, {}).get("seconds_per_iter", inf)
+                if key not in main_rows or row.get("seconds_per_iter", inf) < best:
+                    main_rows[key] = row
         for k in ns.sparse:
             proj, views, rtk_views = case.subset(k)
             rows = {"xwin_fdk": case.ours("fdk", proj, views),
@@ -201,7 +209,7 @@ def main(argv=None) -> int:
             sparse_rows[k] = rows
     setup = {"cts": cts, "grid": n_vox, "views": n_views, "detector": det, "arc_deg": 360,
              "device": ns.device, "cpu_threads": torch.get_num_threads(), "render_seconds": render_seconds,
-             "iters": ns.iters, "sparse_iters": SPARSE_ITERS, "sparse_tv_hu": SPARSE_TV_HU,
+             "iters": ns.iters, "rounds": ns.rounds, "sparse_iters": SPARSE_ITERS, "sparse_tv_hu": SPARSE_TV_HU,
              "machine": platform.processor() or platform.machine(), "note": rtk_note,
              "command": "python bench/recon.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps({"setup": setup, "results": main_rows, "fdk_all_cts": fdk_rows, "sparse": sparse_rows},
@@ -236,7 +244,8 @@ def write_docs(setup, rows, fdk_rows, sparse_rows) -> None:
              f"of each CT, reconstructed on the default {setup['grid']}³ grid; the same projections and geometry go to "
              "itk-rtk 2.7 (frame hand-over in the module docstring). PSNR/SSIM in the [−1000, 1000] HU window over the "
              "voxels every view sees (docs/reconstruction.md). SART is classic SART (one view per update) in both; "
-             f"iterative times are per iteration over {setup['iters']} iterations, set-up included.", ""]
+             f"iterative times are per iteration over {setup['iters']} iterations, set-up included, the fastest of "
+             f"{setup['rounds']} runs made round by round (XWin SART, XWin CGLS, RTK SART, RTK CG, again …).", ""]
     if setup["note"]:
         lines += [f"_{setup['note']}_", ""]
     lines += [f"### {lidc}, {setup['views']} views", "", "| method | time | PSNR (dB) | SSIM | RMSE (HU) |",
