@@ -110,6 +110,24 @@ def test_pair_sampler_actions_are_pose_differences(tiny_setup):
     torch.testing.assert_close(s.sample(4)["target"], again["target"])
 
 
+def test_pairs_per_instance_draws_runs_of_one_instance(tiny_setup):
+    """Hard negatives: with pairs_per_instance = k a batch holds runs of k pairs of one (deformed) CT, each pair at its
+    own angles; k = 1 draws exactly as before."""
+    root, _, _ = tiny_setup
+    bank = load_bank(root / "bank")
+    for k, batch in ((8, 16), (4, 12)):
+        s = PairSampler(bank, augment=False, seed=2, pairs_per_instance=k)
+        for _ in range(5):
+            b = s.sample(batch)
+            groups = b["group"].numpy()
+            runs = [groups[i:i + k] for i in range(0, batch, k)]
+            assert all(len(set(r)) == 1 for r in runs)  # a run shares its CT (its instance, a fortiori)
+            assert len(np.unique(b["d_lao"].numpy())) > 2  # at independent angles
+    one = PairSampler(bank, augment=False, seed=5).sample(16)
+    again = PairSampler(bank, augment=False, seed=5, pairs_per_instance=1).sample(16)
+    torch.testing.assert_close(one, again)
+
+
 def test_online_sampler_renders_pairs_like_the_bank(tiny_setup):
     """On-the-fly pairs: continuous angles inside the configured ranges, action = target − context, the same image
     as the bank at a grid pose (undeformed CT, no shift or roll), and a checkpointable generator."""

@@ -60,11 +60,6 @@ class Bank:
     poses: np.ndarray
     manifest: dict = field(default_factory=dict)
 
-    @property
-    def groups(self) -> np.ndarray:
-        """Per instance the index of its CT in ``manifest['cts']`` (instances of one CT share a group)."""
-        return np.array([inst["ct_index"] for inst in self.manifest["instances"]], dtype=np.int64)
-
 
 def roll_pose(lao: float, cran: float, roll_deg: float, shift: np.ndarray) -> torch.Tensor:
     """4×4 pose: R = Rz(lao)·Rx(−cran)·R_y(roll) (roll about the PA beam axis), translation = isocenter shift (mm)."""

@@ -22,13 +22,13 @@ class OnlineDrrSampler(_Sampler):
     """Draws batches like `PairSampler`, rendering each pair on ``device`` instead of reading a bank."""
 
     def __init__(self, cts: list[dict], spec: BankSpec, real: np.ndarray | None = None, pa_fraction: float = 0.5,
-                 augment: bool = True, seed: int = 0, device: str | torch.device = "cpu", quiet: bool = True):
-        super().__init__(real, pa_fraction, augment, seed)
+                 augment: bool = True, seed: int = 0, device: str | torch.device = "cpu", quiet: bool = True,
+                 pairs_per_instance: int = 1):
+        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance)
         self.spec = spec
         self.geometry = spec.geometry()
         instances = list(deformed_instances(cts, spec, quiet))
         self.projectors = [Projector(i["volume"], self.geometry, device=device) for i in instances]
-        self.groups = np.array([i["ct_index"] for i in instances], dtype=np.int64)
         self.lao_range = (min(spec.lao), max(spec.lao))
         self.cran_range = (min(spec.cran), max(spec.cran))
 
@@ -41,9 +41,10 @@ class OnlineDrrSampler(_Sampler):
         return np.stack([self.rng.uniform(*self.lao_range, n), self.rng.uniform(*self.cran_range, n)], axis=1)
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
-        """One batch: context/target (B, 1, H, W) on the device, d_lao/d_cran (B,) degrees, group (B,), real."""
+        """One batch: context/target (B, 1, H, W) on the device, d_lao/d_cran (B,) degrees, group (B,)
+        instance ids, real."""
         self.draws += 1
-        inst = np.sort(self.rng.integers(len(self.projectors), size=batch_size))
+        inst = np.sort(self._instances(len(self.projectors), batch_size))
         ctx = np.where((self.rng.random(batch_size) < self.pa_fraction)[:, None], 0.0, self._angles(batch_size))
         tgt = self._angles(batch_size)
         roll = self.rng.normal(0.0, self.spec.roll_deg, batch_size)
@@ -60,5 +61,5 @@ class OnlineDrrSampler(_Sampler):
         d = (tgt - ctx).astype(np.float32)
         batch = {"context": self._images(torch.cat(context)), "target": self._images(torch.cat(target)),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
-                 "group": torch.from_numpy(self.groups[inst])}
+                 "group": torch.from_numpy(inst)}
         return self._add_real(batch, real_size)

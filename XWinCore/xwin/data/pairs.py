@@ -22,8 +22,10 @@ def image_augmentation(noise_std: float = 0.02, blur_sigma: float = 0.8) -> Comp
 class _Sampler:
     """What every pair sampler shares: the random generator (checkpointed), image augmentation and real CXRs."""
 
-    def __init__(self, real: np.ndarray | None, pa_fraction: float, augment: bool, seed: int):
+    def __init__(self, real: np.ndarray | None, pa_fraction: float, augment: bool, seed: int,
+                 pairs_per_instance: int = 1):
         self.real, self.pa_fraction, self.seed = real, pa_fraction, seed
+        self.pairs_per_instance = pairs_per_instance
         self.rng = np.random.default_rng(seed)
         self.draws = 0
         self.augment = image_augmentation() if augment else None
@@ -39,6 +41,12 @@ class _Sampler:
         self.draws = state["draws"]
         if self.augment is not None:
             self.augment.set_random_state(self.seed + self.draws)
+
+    def _instances(self, count: int, batch_size: int) -> np.ndarray:
+        """(B,) instance indices among ``count``, in runs of ``pairs_per_instance`` equal ones: the other pairs of the
+        same anatomy at other angles are the alignment loss's hardest negatives (graded by their affinity)."""
+        k = self.pairs_per_instance
+        return np.repeat(self.rng.integers(count, size=-(-batch_size // k)), k)[:batch_size]
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled."""
@@ -58,16 +66,16 @@ class PairSampler(_Sampler):
     """Draws batches of view pairs from a bank (and real CXRs when given).
 
     The context is the PA view (LAO = CRAN = 0, as at prediction time) with probability ``pa_fraction``, else any
-    view of the grid. real: optional (R, H, W) array of real CXRs in [0, 1].
+    view of the grid; ``pairs_per_instance`` pairs share a (deformed) CT. real: optional (R, H, W) array of real CXRs
+    in [0, 1].
     """
 
     def __init__(self, bank: Bank, real: np.ndarray | None = None, pa_fraction: float = 0.5, augment: bool = True,
-                 seed: int = 0):
-        super().__init__(real, pa_fraction, augment, seed)
+                 seed: int = 0, pairs_per_instance: int = 1):
+        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance)
         self.bank = bank
         nominal = bank.poses[0]
         self.pa_view = int(np.argmin(np.abs(nominal).sum(axis=1)))
-        self.groups = bank.groups
 
     @property
     def epoch_size(self) -> int:
@@ -75,10 +83,11 @@ class PairSampler(_Sampler):
         return int(np.prod(self.bank.images.shape[:2]))
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
-        """One batch: context/target (B, 1, H, W), d_lao/d_cran (B,) degrees, group (B,), real (R, 1, H, W)."""
+        """One batch: context/target (B, 1, H, W), d_lao/d_cran (B,) degrees, group (B,) instance ids (one CT or one
+        deformed copy: the volume both views were rendered from), real (R, 1, H, W)."""
         n_inst, n_views = self.bank.images.shape[:2]
         self.draws += 1
-        inst = self.rng.integers(n_inst, size=batch_size)
+        inst = self._instances(n_inst, batch_size)
         ctx = np.where(self.rng.random(batch_size) < self.pa_fraction, self.pa_view,
                        self.rng.integers(n_views, size=batch_size))
         tgt = self.rng.integers(n_views, size=batch_size)
@@ -92,6 +101,6 @@ class PairSampler(_Sampler):
             "target": self._images(images(tgt)),
             "d_lao": torch.from_numpy(d[:, 0].astype(np.float32)),
             "d_cran": torch.from_numpy(d[:, 1].astype(np.float32)),
-            "group": torch.from_numpy(self.groups[inst]),
+            "group": torch.from_numpy(inst),
         }
         return self._add_real(batch, real_size)
