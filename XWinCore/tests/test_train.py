@@ -21,7 +21,7 @@ from xwin.drr import Projector
 from xwin.io import read_ct, write_volume
 from xwin.io.image import Volume
 from xwin.models import load_config
-from xwin.train.checkpoint import latest_checkpoint, load_checkpoint
+from xwin.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from xwin.train.data import bank_spec
 
 
@@ -282,3 +282,35 @@ def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, tmp_pat
     bad = tmp_path / "bad.nrrd"
     assert main(["reconstruct", str(root / "cxr" / "real0.png"), "--from-ct", str(out), "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+def test_outputs_get_the_permissions_of_new_files(tmp_path):
+    """Checkpoints, exported models, banks and DICOM series are written through private temporaries (tempfile: 0600
+    files, 0700 folders; safetensors: 0600 files); once published they carry the umask's permissions like any new file
+    (here umask 022: 0644 files, 0755 folders), so colleagues sharing a run folder can read them."""
+    from xwin.data import build_bank
+    from xwin.data.bank import BankSpec
+    from safetensors.torch import save_file
+    from xwin.export import write_ct_series
+    from xwin.io import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        torch.manual_seed(0)
+        folder = save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(2, 2), None, {"config": {}})
+        model_file = tmp_path / "model.safetensors"  # as `xwin export-model` writes it
+        with atomic_output(model_file) as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        series = write_ct_series(Volume(np.zeros((2, 3, 3), np.float32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)),
+                                 tmp_path / "ct")
+        bank = tmp_path / "bank"
+        ct = tmp_path / "ct.nrrd"
+        write_volume(Volume(np.full((8, 8, 8), 40.0, np.float32), spacing=(4.0, 4.0, 4.0), origin=(0.0, 0.0, 0.0)), ct)
+        build_bank([{"path": str(ct), "patient_id": "p"}], bank, BankSpec(img_size=16, lao=(0.0,), cran=(0.0,),
+                                                                            augmentations=0, spacing_mm=4.0))
+    finally:
+        os.umask(old)
+    files = [*folder.iterdir(), folder.parent / "latest.json", model_file, *series, *bank.iterdir()]
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in files), [oct(f.stat().st_mode) for f in files]
+    assert all(d.stat().st_mode & 0o777 == 0o755 for d in (folder, series[0].parent, bank))
+

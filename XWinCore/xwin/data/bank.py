@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..drr import Projector
 from ..errors import XWinInputError
+from ..io.writers import apply_umask
 from ..geometry import Geometry, rotation
 from .ct import ct_transforms, deformation_transforms, to_volume
 
@@ -125,6 +126,7 @@ def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: b
         np.save(tmp / "images.npy", np.stack(images))
         np.save(tmp / "poses.npy", np.stack(poses))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        apply_umask(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -21,6 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from ..errors import XWinInputError
+from ..io.writers import apply_umask
 from ..io.image import Volume
 
 INTERCEPT = -1024.0
@@ -95,6 +96,7 @@ def write_ct_series(volume: Volume, folder, *, patient_name: str = "XWin^Export"
             path = tmp / f"slice_{k:04d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             files.append(folder / path.name)
+        apply_umask(tmp)
         old = None
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))

@@ -24,6 +24,33 @@ def _suffix(name: str) -> str:
     return os.path.splitext(stem)[1] + ext if ext.lower() == ".gz" else ext
 
 
+def _umask() -> int:
+    """The process umask: read from /proc where there is one (no race), else set and restored."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the permissions of a new file or folder under the umask.
+
+    Written through a private temporary (``tempfile`` makes 0600 files and 0700 folders, safetensors writes 0600
+    files), an output would otherwise stay unreadable to the colleagues who share the folder.
+    """
+    mask = _umask()
+    path = Path(path)
+    items = [path] + (sorted(path.rglob("*")) if path.is_dir() else [])
+    for item in items:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path (same folder and suffix as ``path``) to write to; on success it replaces ``path``.
@@ -36,6 +63,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name)}")
     try:
         yield tmp
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import XWinInputError
+from ..io.writers import apply_umask
 
 LATEST = "latest.json"
 
@@ -31,6 +32,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +77,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         if torch.cuda.is_available():
             rng["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": meta, "rng": rng}))
+        apply_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
