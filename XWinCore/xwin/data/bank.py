@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ..drr import Projector
 from ..errors import XWinInputError
-from ..io.writers import apply_umask
 from ..geometry import Geometry, rotation
+from ..io.writers import apply_umask
 from .ct import ct_transforms, deformation_transforms, to_volume
 
 

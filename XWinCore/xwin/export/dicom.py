@@ -21,8 +21,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from ..errors import XWinInputError
-from ..io.writers import apply_umask
 from ..io.image import Volume
+from ..io.writers import apply_umask
 
 INTERCEPT = -1024.0
 

@@ -44,7 +44,7 @@ def affinity_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: flo
     With p, t the L2-normalised rows and S = p tᵀ/τ:
     L = ½[CE(softmax_row(S), A) + CE(softmax_row(Sᵀ), A)], CE(Q, A) = −(1/B) Σ_ij A_ij log Q_ij,
     A = ``affinity_matrix(target, τ̃, group)``. A is the right label for both directions because the target–target
-    similarity is symmetric, so the row-renormalised Aᵀ equals A. Projections of one CT at nearby angles (similar
+    similarity is symmetric, so the row-renormalised Aᵀ equals A. Projections of one volume at nearby angles (similar
     targets) are graded positives; ``group`` (B,) volume ids keep the positives within a volume, so others are pure
     negatives. As τ̃ → 0 with distinct targets this is the standard symmetric InfoNCE with labels ``arange(B)``.
     """
