@@ -104,13 +104,15 @@ def test_help_names_units():
     assert r.returncode == 0 and "mm" in r.stdout and "degrees" in r.stdout
 
 
-def test_demo_writes_sheet_and_gif(tmp_path, capsys):
+def test_demo_writes_sheets_and_gif(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--step", "45", "--quiet"]) == 0
     out = capsys.readouterr().out
-    sheet, gif = tmp_path / "drr_sweep.png", tmp_path / "drr_sweep.gif"
-    assert str(sheet) in out and str(gif) in out
+    sheet, gif, world = tmp_path / "drr_sweep.png", tmp_path / "drr_sweep.gif", tmp_path / "world_model.png"
+    assert str(sheet) in out and str(gif) in out and str(world) in out
     from PIL import Image
     with Image.open(gif) as im:
         assert im.n_frames == 5 + 3  # −90, −45, 0, 45, 90 and the way back
     with Image.open(sheet) as im:
         assert im.size[0] > 400
+    with Image.open(world) as im:  # 5 true DRRs over the 5 predicted views
+        assert im.size[0] > 2 * im.size[1]

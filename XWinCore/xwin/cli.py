@@ -76,10 +76,10 @@ def cmd_info(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    """Angle sweep of the embedded CT: a PNG contact sheet and an animated GIF."""
+    """Angle sweep of the embedded CT (PNG contact sheet, animated GIF) and the embedded model's predictions (PNG)."""
     from .demo import run_demo
-    sheet, gif = run_demo(Path(ns.out), step=ns.step, quiet=ns.quiet)
-    print(f"contact sheet: {sheet}\nanimation:     {gif}")
+    sheet, gif, world = run_demo(Path(ns.out), step=ns.step, quiet=ns.quiet)
+    print(f"contact sheet: {sheet}\nanimation:     {gif}\nworld model:   {world}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`xwin demo`: an LAO sweep of the embedded chest CT, as a labelled contact sheet (PNG) and an animation (GIF)."""
+"""`xwin demo`: an LAO sweep of the embedded chest CT, as a labelled contact sheet (PNG) and an animation (GIF), and the
+embedded world model's predictions of the same views from the PA DRR alone, under the true DRRs (PNG)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,13 +22,13 @@ def sweep(projector: Projector, lao: np.ndarray, cran: float = 0.0, quiet: bool 
     return np.stack(frames)
 
 
-def save_contact_sheet(frames: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
-    """Grid of frames with one label each, written atomically as PNG."""
+def save_contact_sheet(frames, labels: list[str], path: Path, title: str, cols: int | None = None) -> Path:
+    """Grid of frames (any sizes) with one label each, ``cols`` per row (default up to 7), written atomically as PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(len(frames), 7)
+    cols = cols or min(len(frames), 7)
     rows = -(-len(frames) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.2 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
@@ -54,12 +55,29 @@ def save_gif(frames: np.ndarray, path: Path, ms_per_frame: int = 120) -> Path:
     return path
 
 
-def run_demo(out: Path, step: float = 15.0, quiet: bool = False) -> tuple[Path, Path]:
-    """Sweep LAO −90…90° (CRAN 0) over the embedded LIDC-IDRI-0001 CT; returns (contact sheet, GIF) paths."""
+def world_model_sheet(frames: np.ndarray, lao: np.ndarray, path: Path) -> Path:
+    """True DRRs ``frames`` (N, H, W) at ``lao`` (degrees, CRAN 0; one of them 0) above the embedded world model's
+    predictions of the same views from the PA frame alone, as a two-row contact sheet."""
+    from .predict import load_predictor
+
+    predicted = load_predictor().predict(frames[int(np.argmin(np.abs(lao)))], lao, np.zeros_like(lao))
+    labels = [f"DRR {_angle(a)}" for a in lao] + [f"predicted {_angle(a)}" for a in lao]
+    title = "Embedded world model: every view predicted from the PA DRR alone (bottom) under the true DRRs (top)"
+    return save_contact_sheet(list(frames) + list(predicted), labels, path, title, cols=len(lao))
+
+
+def _angle(a: float) -> str:
+    return f"{'LAO' if a >= 0 else 'RAO'} {abs(a):.0f}°"
+
+
+def run_demo(out: Path, step: float = 15.0, quiet: bool = False) -> tuple[Path, Path, Path]:
+    """Sweep LAO −90…90° (CRAN 0) over the embedded LIDC-IDRI-0001 CT; returns the (contact sheet, GIF, world-model
+    sheet) paths."""
     out.mkdir(parents=True, exist_ok=True)
     projector = Projector(read_ct(demo_ct_path()))
     lao = np.arange(-90.0, 90.0 + 1e-6, step)
     frames = sweep(projector, lao, quiet=quiet)
-    labels = [f"{'LAO' if a >= 0 else 'RAO'} {abs(a):.0f}°" for a in lao]
+    labels = [_angle(a) for a in lao]
     title = "XWin DRR sweep of the embedded chest CT (LIDC-IDRI-0001, CC BY 3.0), PA reading convention"
-    return (save_contact_sheet(frames, labels, out / "drr_sweep.png", title), save_gif(frames, out / "drr_sweep.gif"))
+    return (save_contact_sheet(frames, labels, out / "drr_sweep.png", title), save_gif(frames, out / "drr_sweep.gif"),
+            world_model_sheet(frames, lao, out / "world_model.png"))
