@@ -165,6 +165,21 @@ def test_decoder_shape_and_range(model):
     assert img.min() >= 0 and img.max() <= 1
 
 
+def test_decoder_refinement_starts_as_the_identity_and_learns():
+    from xwin.models.decoder import ProjectionDecoder
+    torch.manual_seed(0)
+    refined = ProjectionDecoder(ModelConfig(**TINY, decoder_refine=4))
+    plain = ProjectionDecoder(ModelConfig(**TINY))
+    assert plain.load_state_dict(refined.state_dict(), strict=False).unexpected_keys  # only refine.* left out
+    tokens = torch.randn(2, 16, 32)
+    assert torch.equal(refined(tokens), plain(tokens))
+    refined(tokens).square().mean().backward()
+    assert refined.refine[-1].weight.grad.abs().sum() > 0  # the zero-initialised conv is trained
+    with torch.no_grad():
+        refined.refine[-1].bias.fill_(1.0)
+    assert not torch.allclose(refined(tokens), plain(tokens))
+
+
 # ---------------------------------------------------------------- the world model's objective
 
 def test_training_losses_gradients_reach_trainable_parts_only(model):

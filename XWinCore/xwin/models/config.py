@@ -132,6 +132,7 @@ class ModelConfig(_Section):
     decoder_depth: int = _f(2, ge=0)
     decoder_width: int = _f(256, ge=8)
     decoder_heads: int = _f(4, ge=1)
+    decoder_refine: int = _f(0, ge=0)
     domain_hidden: int = _f(256, ge=1)
 
     def _check(self) -> None:

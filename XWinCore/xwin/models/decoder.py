@@ -15,6 +15,8 @@ class ProjectionDecoder(nn.Module):
     Linear(width → p²·C) per patch → unpatchify (pixel shuffle) → sigmoid: image (B, C, H, W) in [0, 1].
 
     With ``decoder_depth = 0`` it is a per-token MLP head (no mixing between patches).
+    With ``decoder_refine = C > 0`` a residual conv pair (1 → C → 1 channels, 5 × 5, GELU) on the logits, zero-initialised
+    (starts as the identity), smooths the seams the per-patch head leaves at patch borders.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -28,11 +30,21 @@ class ProjectionDecoder(nn.Module):
                                       for _ in range(cfg.decoder_depth)])
         self.norm = nn.LayerNorm(cfg.decoder_width)
         self.head = nn.Linear(cfg.decoder_width, cfg.patch_size**2 * cfg.in_chans)
+        self.refine = None
+        if cfg.decoder_refine:
+            c = cfg.in_chans
+            self.refine = nn.Sequential(nn.Conv2d(c, cfg.decoder_refine, 5, padding=2), nn.GELU(),
+                                        nn.Conv2d(cfg.decoder_refine, c, 5, padding=2))
         self.apply(init_weights)
+        if self.refine is not None:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(tokens) + self.pos_embed.to(tokens.dtype)
         x = self.head(self.norm(self.blocks(x)))
         p = self.patch_size
         x = rearrange(x, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=self.grid_size[0], p1=p, p2=p)
+        if self.refine is not None:
+            x = x + self.refine(x)
         return torch.sigmoid(x)
