@@ -136,6 +136,7 @@ if parameterNodeWrapper is not None:
         train_cxr_dir: pathlib.Path
         train_config: pathlib.Path
         train_run_dir: pathlib.Path
+        train_init: pathlib.Path
 else:
     XWinSlicerParameterNode = None
 

@@ -105,10 +105,12 @@ def test_train_command():
         train_command("", "runs/a")
 
 
-def test_real_trainer_speaks_the_protocol():
-    """The installed ``xwin train`` has the options the panel passes."""
-    from xwin.viewer.training import _train_options
-    assert {"--config", "--out", "--resume", "--progress"} <= _train_options()
+def test_real_trainer_parses_every_option_the_panel_passes():
+    from xwin.cli import build_parser
+    cmd = train_command("cfg.yaml", "runs/a", False, "/data/ct", "/data/cxr", "/models/x.safetensors")
+    ns = build_parser().parse_args(cmd[3:])
+    assert (ns.config, ns.out, ns.resume, ns.progress) == ("cfg.yaml", "runs/a", False, "jsonl")
+    assert (ns.ct_dir, ns.cxr_dir, ns.init) == ("/data/ct", "/data/cxr", "/models/x.safetensors")
 
 
 def test_loss_plot_nodes():

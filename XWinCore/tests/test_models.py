@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from xwin.errors import XWinInputError
 from xwin.models import (GradientReversal, LossConfig, MaskConfig, ModelConfig, MultiBlockMaskGenerator,
                          XWinConfig, affinity_contrastive_loss, affinity_matrix, config_path, create_model,
-                         domain_cosine, load_config, momentum_at, reconstruction_loss)
+                         domain_cosine, load_config, momentum_at, reconstruction_loss, view_latent)
 
 torch.set_num_threads(2)
 
@@ -207,6 +207,25 @@ def test_zero_weight_losses_are_skipped_and_mim_only_trains_the_encoder():
         assert all(p.grad is None for p in getattr(model, name).parameters()), name
     for name in ("context_encoder", "mask_predictor"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, name).parameters()), name
+
+
+@pytest.mark.parametrize("kind", ["embedding", "tokens"])
+def test_contrastive_latent_selects_what_is_aligned(kind):
+    """`loss.contrastive_latent`: mean patch token, or the flattened layer-normed tokens `xwin eval world` retrieves."""
+    torch.manual_seed(0)
+    model = create_model(tiny_config(view=0.0, mim=0.0, domain=0.0, recon=0.0, recon_grad=False,
+                                     contrastive_latent=kind, tau=0.1, tau_affinity=0.05))
+    batch = tiny_batch(real=0)
+    out = model.training_losses(batch, step=0, total_steps=100)
+    with torch.no_grad():
+        pred = model.view_predictor(model.context_encoder(batch["context"]), batch["d_lao"], batch["d_cran"])
+        target = model.target_encoder(batch["target"])
+    latent = (lambda z: z.mean(1)) if kind == "embedding" else view_latent
+    expected = affinity_contrastive_loss(latent(pred), latent(target), 0.1, 0.05, batch["group"])
+    torch.testing.assert_close(out["contrastive"], expected)
+    swapped = target[:, torch.randperm(target.shape[1], generator=torch.Generator().manual_seed(0))]
+    assert torch.allclose(swapped.mean(1), target.mean(1), atol=1e-6)  # the embedding ignores where tokens are,
+    assert not torch.allclose(view_latent(swapped), view_latent(target))  # the token latent keeps the layout
 
 
 def test_training_losses_without_real_images(model):

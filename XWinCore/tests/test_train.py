@@ -267,6 +267,79 @@ def test_export_predict_and_world_eval(tiny_setup, tmp_path):
     assert with_mean["baselines"]["mean_projection"]["psnr"] > 5.0
 
 
+def test_fine_tuning_starts_from_a_model_file_or_checkpoint(tiny_setup, tmp_path):
+    root, cfg_path, _ = tiny_setup
+    run = root / "run_kill"
+    if latest_checkpoint(run) is None:
+        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    from xwin.errors import XWinInputError
+    from xwin.models import XWinConfig, create_model
+    from xwin.train.loop import load_initial_weights
+    cfg = load_config(cfg_path)
+    source, _, _ = load_checkpoint(latest_checkpoint(run))
+    model_file = tmp_path / "model.safetensors"
+    assert main(["export-model", str(run), "--out", str(model_file)]) == 0
+    model = create_model(cfg)
+    # an exported file holds the inference modules (fp16): the MIM predictor and domain classifier start fresh
+    assert load_initial_weights(model, model_file) == ["domain_classifier", "mask_predictor"]
+    for name, value in model.state_dict().items():
+        if name.startswith(("context_encoder.", "target_encoder.", "view_predictor.", "decoder.")):
+            torch.testing.assert_close(value, source[name].half().float(), msg=name)
+    model = create_model(cfg)
+    assert load_initial_weights(model, run) == []  # a run folder: its latest checkpoint, every module
+    assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items())
+    wider = XWinConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "embed_dim": 48}})
+    with pytest.raises(XWinInputError, match="other model sizes"):
+        load_initial_weights(create_model(wider), run)
+    # a fine-tuning run: step 0 is the source model (its recon loss is the trained one), the schedule starts afresh
+    data = yaml.safe_load(cfg_path.read_text())
+    data["train"].update({"init": str(model_file), "total_steps": 2, "checkpoint_every": 2})
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(data))
+    outs = {}
+    for name, config in (("finetune", path), ("scratch", cfg_path)):
+        r = _run(["train", "--config", str(config), "--out", str(tmp_path / name), "--progress", "jsonl",
+                  "--device", "cpu"], timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[name] = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    start = outs["finetune"][0]
+    assert start["event"] == "start" and start["init"] == str(model_file) and start["step"] == 0
+    first = {name: next(e for e in events if e.get("step") == 1 and "loss_recon" in e) for name, events in outs.items()}
+    assert first["finetune"]["loss_recon"] < first["scratch"]["loss_recon"]
+    assert first["finetune"]["lr"] == first["scratch"]["lr"]  # warm-up from step 0 again
+    data["train"]["init"] = str(tmp_path / "missing.safetensors")
+    path.write_text(yaml.safe_dump(data))
+    r = _run(["train", "--config", str(path), "--out", str(tmp_path / "bad"), "--device", "cpu"], timeout=120)
+    assert r.returncode == 2 and "missing.safetensors" in r.stderr and "model not found" in r.stderr
+
+
+def test_ct_and_cxr_folders_replace_the_configs_data(tiny_setup, tmp_path):
+    """`xwin train --ct-dir/--cxr-dir/--init` (what the Slicer panel's folder fields pass)."""
+    import shutil
+    from synthetic_dicom import ct_series
+    from xwin.errors import XWinInputError
+    from xwin.train import with_overrides
+    root, cfg_path, cts = tiny_setup
+    folder = tmp_path / "my_cts"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(cts[0], folder / "a.nrrd")
+    shutil.copy(cts[1], folder / "nested" / "b.nrrd")
+    ct_series(folder / "patient7")
+    (folder / "notes.txt").write_text("not a CT")
+    base = load_config(cfg_path)
+    cfg = with_overrides(base, str(folder), str(root / "cxr"), "model.safetensors")
+    assert cfg.data.ct == tuple(str(p) for p in (folder / "a.nrrd", folder / "nested" / "b.nrrd", folder / "patient7"))
+    assert cfg.data.cxr == (str(root / "cxr"),) and cfg.train.init == "model.safetensors"
+    assert cfg.data.holdout == base.data.holdout and cfg.model == base.model
+    assert with_overrides(base) == base
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(XWinInputError, match="contains no CT"):
+        with_overrides(base, str(tmp_path / "empty"))
+    r = _run(["train", "--config", str(cfg_path), "--out", str(tmp_path / "run"), "--ct-dir", str(tmp_path / "empty")])
+    assert r.returncode == 2 and "empty" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, tmp_path):
     root, _, _ = tiny_setup
     run = root / "run_kill"

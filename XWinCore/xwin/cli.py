@@ -86,9 +86,9 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 def cmd_train(ns: argparse.Namespace) -> int:
     """Train or resume the world model (one process, or one per GPU under torchrun)."""
     from .models import load_config
-    from .train import train
+    from .train import train, with_overrides
 
-    cfg = load_config(ns.config)
+    cfg = with_overrides(load_config(ns.config), ns.ct_dir, ns.cxr_dir, ns.init)
     run = Path(ns.out) if ns.out else Path("runs") / Path(ns.config).stem
     last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device)
     if ns.progress != "jsonl":
@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
                    help="progress bar (default), one JSON object per step on stdout, or nothing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--ct-dir", help="train on the CTs in this folder (NIfTI/NRRD/MHA files, DICOM series folders) "
+                                    "instead of the config's data.ct; data.holdout still applies")
+    p.add_argument("--cxr-dir", help="real CXRs from this folder instead of the config's data.cxr")
+    p.add_argument("--init", help="fine-tune: start from this model file or checkpoint/run folder (train.init)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-model", help="export a checkpoint's inference weights to one .safetensors file")

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .data.cxr import to_model_input
 from .errors import XWinInputError
 from .models import XWinConfig, create_model
-from .train.checkpoint import load_checkpoint
+from .train.checkpoint import MODEL_FORMAT, load_checkpoint, read_weights
 
-FORMAT = "xwin-world-model/1"
 INFERENCE_MODULES = ("context_encoder.", "target_encoder.", "view_predictor.", "decoder.")
 DEFAULT_NAME = "xwin_default.safetensors"
 
@@ -59,7 +57,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=Non
     if bank is not None:
         tensors["mean_projection.images"] = torch.from_numpy(np.asarray(bank.images, np.float32).mean(0)).half()
         tensors["mean_projection.poses"] = torch.from_numpy(np.asarray(bank.poses[0], np.float32))
-    meta = {"format": FORMAT, "config": json.dumps(state["config"]), "step": str(state["step"])}
+    meta = {"format": MODEL_FORMAT, "config": json.dumps(state["config"]), "step": str(state["step"])}
     out = Path(out)
     with atomic_output(out) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -69,24 +67,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=Non
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load an exported model file or a checkpoint/run folder (default: `default_checkpoint`)."""
     path = Path(path) if path is not None else default_checkpoint()
-    mean = poses = None
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several error types for foreign files
-            raise XWinInputError(path, f"not an XWin model file ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise XWinInputError(path, f"not an XWin model file (format {meta.get('format')!r}, expected {FORMAT})")
-        config = XWinConfig.from_dict(json.loads(meta["config"]))
-        mean, poses = tensors.pop("mean_projection.images", None), tensors.pop("mean_projection.poses", None)
-        weights = {k: v.float() for k, v in tensors.items()}
-    elif path.is_dir():
-        weights, _, state = load_checkpoint(path)
-        config = XWinConfig.from_dict(state["config"])
-    else:
-        raise XWinInputError(path, "model not found (expected an exported .safetensors file or a checkpoint folder)")
+    tensors, config = read_weights(path)
+    config = XWinConfig.from_dict(config)
+    mean, poses = tensors.pop("mean_projection.images", None), tensors.pop("mean_projection.poses", None)
+    weights = {k: v.float() for k, v in tensors.items()}
     model = create_model(config)
     missing = [k for k in model.load_state_dict(weights, strict=False).missing_keys if k.startswith(INFERENCE_MODULES)]
     if missing:

@@ -438,7 +438,7 @@ class XWinLogic:
     def trainingCommand(self, resume: bool = False) -> list[str]:
         """argv of the trainer from the parameter node's train_* settings."""
         s = self.parameters().settings()
-        return train_command(s.train_config, s.train_run_dir, resume, s.train_ct_dir, s.train_cxr_dir)
+        return train_command(s.train_config, s.train_run_dir, resume, s.train_ct_dir, s.train_cxr_dir, s.train_init)
 
     def updateLossPlot(self, state: TrainingState, chartNode=None):
         """Table + one plot series per loss + a chart node, refreshed from ``state`` (step on x); returns chart."""

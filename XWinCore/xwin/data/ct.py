@@ -6,6 +6,8 @@ reoriented. HU are shifted by +1024 while MONAI resamples so that zero padding m
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Hashable, Mapping
 
 import numpy as np
@@ -14,8 +16,29 @@ from monai.data import MetaTensor
 from monai.transforms import (Compose, MapTransform, Rand3DElasticd, RandAffined, ScaleIntensityRanged,
                               ShiftIntensityd, Spacingd)
 
+from ..errors import XWinInputError
 from ..io import read_ct
+from ..io.formats import ITK_EXTENSIONS, has_extension, is_dicom_file
 from ..io.image import Volume
+
+def find_cts(folder: str | os.PathLike) -> list[Path]:
+    """CTs under ``folder``, sorted: volume files (NIfTI, NRRD, MHA/MHD) and every folder that directly holds DICOM
+    files (one series each, its folder name the patient id). ``folder`` itself counts when it holds DICOM files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise XWinInputError(folder, "not a folder of CTs")
+    found = set()
+    for p in folder.rglob("*"):
+        if not p.is_file():
+            continue
+        if has_extension(p, ITK_EXTENSIONS):
+            found.add(p)
+        elif p.parent not in found and is_dicom_file(p):
+            found.add(p.parent)
+    if not found:
+        raise XWinInputError(folder, "contains no CT (NIfTI, NRRD, MHA files or DICOM series folders)")
+    return sorted(found)
+
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 HU_OFFSET = 1024.0

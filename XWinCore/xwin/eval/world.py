@@ -17,7 +17,7 @@ from monai.metrics import SSIMMetric
 
 from ..data.bank import BankSpec, render_views
 from ..drr import Projector
-from ..models import create_model
+from ..models import create_model, view_latent
 from ..predict import LoadedModel
 
 TARGET_LAO = tuple(float(a) for a in range(-90, 91, 15))
@@ -46,11 +46,6 @@ def image_scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
     return float(psnr), float(ssim)
 
 
-def latent(tokens: torch.Tensor) -> torch.Tensor:
-    """The latent of a view: its layer-normed patch tokens (N, P, D), flattened to (N, P·D) (spatial layout kept)."""
-    return F.layer_norm(tokens.float(), tokens.shape[-1:]).flatten(1)
-
-
 def latent_scores(pred_latent: torch.Tensor, target_latent: torch.Tensor) -> tuple[float, float]:
     """(retrieval top-1 among the targets by cosine similarity, mean cosine of matching pairs) of (N, F) latents."""
     p, t = F.normalize(pred_latent.float(), dim=-1), F.normalize(target_latent.float(), dim=-1)
@@ -62,14 +57,14 @@ def latent_scores(pred_latent: torch.Tensor, target_latent: torch.Tensor) -> tup
 def _model_case(model, context, targets, d_lao) -> dict:
     n = len(targets)
     tokens = model.predict_view(context.expand(n, -1, -1, -1), d_lao, torch.zeros_like(d_lao))
-    top1, cos = latent_scores(latent(tokens), latent(model.target_encoder(targets)))
+    top1, cos = latent_scores(view_latent(tokens), view_latent(model.target_encoder(targets)))
     psnr, ssim = image_scores(model.decode(tokens), targets)
     return {"retrieval_top1": top1, "cosine": cos, "psnr": psnr, "ssim": ssim}
 
 
 def _image_case(model, images, targets) -> dict:
     """Scores of a baseline that predicts images: its latent is the target encoder's latent of its image."""
-    top1, cos = latent_scores(latent(model.target_encoder(images)), latent(model.target_encoder(targets)))
+    top1, cos = latent_scores(view_latent(model.target_encoder(images)), view_latent(model.target_encoder(targets)))
     psnr, ssim = image_scores(images, targets)
     return {"retrieval_top1": top1, "cosine": cos, "psnr": psnr, "ssim": ssim}
 

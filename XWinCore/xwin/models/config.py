@@ -176,6 +176,7 @@ class LossConfig(_Section):
     tau: float = _f(0.1, gt=0.0)
     tau_affinity: float = _f(0.05, gt=0.0)
     affinity_within_group: bool = _f(True)
+    contrastive_latent: str = _f("embedding", choices=("embedding", "tokens"))
     grl: float = _f(1.0, ge=0.0)
     ssim_weight: float = _f(0.2, ge=0.0)
     ema_start: float = _f(0.996, ge=0.0, le=1.0)
@@ -246,6 +247,7 @@ class TrainConfig(_Section):
     amp: bool = _f(True)
     seed: int = _f(0, ge=0)
     checkpoint_every: int = _f(500, ge=1)
+    init: str | None = _f(None)
 
     def _check(self) -> None:
         self._require(self.warmup_steps <= self.total_steps, "warmup_steps",

@@ -23,6 +23,11 @@ def _ln(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:])
 
 
+def view_latent(tokens: torch.Tensor) -> torch.Tensor:
+    """The latent of a view: its layer-normed patch tokens (B, P, D), flattened to (B, P·D) (spatial layout kept)."""
+    return _ln(tokens).flatten(1)
+
+
 def affinity_matrix(target: torch.Tensor, tau_affinity: float, group: torch.Tensor | None = None) -> torch.Tensor:
     """Soft labels A (B, B): A_ij = softmax_j(cos(t_i, t_j)/τ̃), restricted to j in i's group when ``group`` is given.
 

@@ -9,7 +9,7 @@ from .decoder import ProjectionDecoder
 from .ema import ema_update, make_target, momentum_at
 from .encoder import XWinEncoder, gather_tokens
 from .losses import (DomainClassifier, affinity_contrastive_loss, domain_cosine, domain_loss, grad_reverse,
-                     grl_coefficient, mim_loss, reconstruction_loss, view_prediction_loss)
+                     grl_coefficient, mim_loss, reconstruction_loss, view_latent, view_prediction_loss)
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 
@@ -118,9 +118,12 @@ class XWinWorldModel(nn.Module):
 
         out: dict[str, torch.Tensor] = {}
         out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss) if lc.view > 0 else zero
-        out["contrastive"] = (affinity_contrastive_loss(pred_tokens.mean(1), target_tokens.mean(1), lc.tau,
-                                                        lc.tau_affinity, None if group is None else group.to(device))
-                              if lc.contrastive > 0 else zero)
+        if lc.contrastive > 0:
+            latent = (lambda z: z.mean(1)) if lc.contrastive_latent == "embedding" else view_latent
+            out["contrastive"] = affinity_contrastive_loss(latent(pred_tokens), latent(target_tokens), lc.tau,
+                                                           lc.tau_affinity, None if group is None else group.to(device))
+        else:
+            out["contrastive"] = zero
         out["mim"] = self._mim(images, image_targets, step) if lc.mim > 0 else zero
         if real is None or lc.domain == 0:
             out["domain"] = zero

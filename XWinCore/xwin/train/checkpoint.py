@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import XWinInputError
 from ..io.writers import apply_umask
 
 LATEST = "latest.json"
+MODEL_FORMAT = "xwin-world-model/1"  # metadata "format" of an exported inference file (`xwin export-model`)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -125,3 +127,26 @@ def restore_rng(rng: dict) -> None:
     torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, config dict) of an exported model file (``MODEL_FORMAT``) or a checkpoint/run folder.
+
+    An exported file also holds ``mean_projection.images`` / ``mean_projection.poses``; its weights may be fp16.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several error types for foreign files
+            raise XWinInputError(path, f"not an XWin model file ({exc})") from None
+        if meta.get("format") != MODEL_FORMAT:
+            raise XWinInputError(path, f"not an XWin model file (format {meta.get('format')!r}, "
+                                       f"expected {MODEL_FORMAT})")
+        return tensors, json.loads(meta["config"])
+    if path.is_dir():
+        weights, _, state = load_checkpoint(path)
+        return weights, state["config"]
+    raise XWinInputError(path, "model not found (expected an exported .safetensors file or a checkpoint folder)")

@@ -2,13 +2,30 @@
 as a pair sampler."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from ..data import BankSpec, OnlineDrrSampler, PairSampler, build_bank, find_images, load_bank, load_cxrs
+from ..data import (BankSpec, OnlineDrrSampler, PairSampler, build_bank, find_cts, find_images, load_bank,
+                    load_cxrs)
 from ..errors import XWinInputError
 from .distributed import Dist
+
+
+def with_overrides(cfg, ct_dir: str | None = None, cxr_dir: str | None = None, init: str | None = None):
+    """``cfg`` with ``data.ct`` = the CTs found in ``ct_dir`` (`xwin.data.find_cts`), ``data.cxr`` = [``cxr_dir``]
+    and ``train.init`` = ``init``, each only when given (`xwin train --ct-dir/--cxr-dir/--init`). Folders are checked
+    now, so a wrong one fails before any work."""
+    data, train = cfg.data, cfg.train
+    if ct_dir:
+        data = dataclasses.replace(data, ct=tuple(str(p) for p in find_cts(ct_dir)))
+    if cxr_dir:
+        find_images(cxr_dir)
+        data = dataclasses.replace(data, cxr=(str(cxr_dir),))
+    if init:
+        train = dataclasses.replace(train, init=str(init))
+    return dataclasses.replace(cfg, data=data, train=train)
 
 
 def bank_spec(cfg) -> BankSpec:

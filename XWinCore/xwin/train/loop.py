@@ -62,6 +62,32 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Fine-tuning: copy the weights of a model file or checkpoint/run folder into ``model``.
+
+    Every weight of the source must exist in ``model`` with the same shape, and the context encoder must be complete;
+    modules the source lacks (the mask predictor and domain classifier of an exported file, or a newly enabled
+    ``model.decoder_refine``) keep their fresh initialisation. Returns their names (``mask_predictor``,
+    ``decoder.refine``...).
+    """
+    tensors, _ = ckpt.read_weights(path)
+    weights = {k: v.float() for k, v in tensors.items() if not k.startswith("mean_projection.")}
+    own = model.state_dict()
+    for name, value in weights.items():
+        if name not in own:
+            raise XWinInputError(path, f"train.init: weight {name} has no place in this model (other architecture)")
+        if own[name].shape != value.shape:
+            raise XWinInputError(path, f"train.init: weight {name} is {tuple(value.shape)}, this model's is "
+                                       f"{tuple(own[name].shape)} (other model sizes)")
+    missing = model.load_state_dict(weights, strict=False).missing_keys
+    if any(k.startswith("context_encoder.") for k in missing):
+        raise XWinInputError(path, f"train.init: the source lacks encoder weights such as "
+                                   f"{next(k for k in missing if k.startswith('context_encoder.'))}")
+    partly_loaded = {k.split(".")[0] for k in weights}
+    return sorted({".".join(k.split(".")[:2]) if k.split(".")[0] in partly_loaded else k.split(".")[0]
+                   for k in missing})
+
+
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -97,7 +123,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         model = create_model(cfg).to(d.device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
-        step, sampler_state = 0, None
+        step, sampler_state, fresh = 0, None, None
         if resume and last is not None:
             weights, opt_tensors, state = ckpt.load_checkpoint(last)
             model.load_state_dict(weights)
@@ -106,6 +132,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             step, sampler_state = state["step"], state.get("sampler")
             if d.main:
                 trim_metrics(run_dir, step)
+        elif t.init is not None:
+            fresh = load_initial_weights(model, t.init)
         sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state)
         net = _Losses(model)
         if d.world > 1:
@@ -115,7 +143,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         flag = _StopFlag()
         per_step = t.batch_size * t.grad_accum * d.world
         log.event("start", step=step, total=t.total_steps, world=d.world, device=str(d.device),
-                  parameters=sum(p.numel() for p in params))
+                  parameters=sum(p.numel() for p in params),
+                  **({} if fresh is None else {"init": str(t.init), "fresh_modules": fresh}))
         saved = last
         while step < t.total_steps and not flag.stop:
             tick = time.perf_counter()

@@ -390,7 +390,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         f = self._group("Train")
         self.train_edits = {}
         for key, label in (("train_ct_dir", "CT folder:"), ("train_cxr_dir", "CXR folder:"),
-                           ("train_config", "Config:"), ("train_run_dir", "Run folder:")):
+                           ("train_config", "Config:"), ("train_run_dir", "Run folder:"),
+                           ("train_init", "Start from:")):
             e = QtWidgets.QLineEdit(getattr(self.session.settings, key))
             self.train_edits[key] = e
             f.addRow(label, e)
@@ -535,7 +536,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.session.update(**values)
         try:
             cmd = command or train_command(values["train_config"], values["train_run_dir"], resume,
-                                           values["train_ct_dir"], values["train_cxr_dir"])
+                                           values["train_ct_dir"], values["train_cxr_dir"], values["train_init"])
         except ValueError as exc:
             self.status.showMessage(str(exc))
             return

@@ -124,6 +124,7 @@ class Settings:
     train_cxr_dir: str = ""
     train_config: str = ""
     train_run_dir: str = ""
+    train_init: str = ""
 
     def geometry(self) -> Geometry:
         return Geometry(sid=self.sid, sdd=self.sdd, height=int(self.height), width=int(self.width), pixel=self.pixel)

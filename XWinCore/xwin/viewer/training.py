@@ -17,18 +17,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 GRACE_S = 30.0
 
 
 def train_command(config: str, run_dir: str, resume: bool = False, ct_dir: str = "", cxr_dir: str = "",
-                  python: str | None = None) -> list[str]:
-    """argv of ``python -m xwin train --config CFG --run DIR [--resume] --progress jsonl``.
-
-    ``ct_dir``/``cxr_dir`` are passed as ``--ct-dir``/``--cxr-dir`` only when this `xwin train` accepts them
-    (otherwise the config names the data and a non-empty folder is refused with a clear error).
-    """
+                  init: str = "", python: str | None = None) -> list[str]:
+    """argv of ``python -m xwin train --config CFG --out DIR [--resume] --progress jsonl`` plus, when given,
+    ``--ct-dir`` / ``--cxr-dir`` (train on the CTs and radiographs of these folders instead of the config's) and
+    ``--init`` (fine-tune: start from this model file or checkpoint)."""
     if not config:
         raise ValueError("choose a training config (YAML) first")
     if not run_dir:
@@ -37,26 +34,10 @@ def train_command(config: str, run_dir: str, resume: bool = False, ct_dir: str =
     if resume:
         cmd.append("--resume")
     cmd += ["--progress", "jsonl"]
-    accepted = _train_options()
-    for flag, value in (("--ct-dir", ct_dir), ("--cxr-dir", cxr_dir)):
+    for flag, value in (("--ct-dir", ct_dir), ("--cxr-dir", cxr_dir), ("--init", init)):
         if value:
-            if flag not in accepted:
-                raise ValueError(f"this xwin train takes its data from the config: it has no {flag} option "
-                                 f"(clear the folder field or name the folder in {Path(config).name})")
             cmd += [flag, str(value)]
     return cmd
-
-
-def _train_options() -> set[str]:
-    """Option strings of the installed ``xwin train`` sub-command (empty when it has none)."""
-    from ..cli import build_parser
-
-    parser = build_parser()
-    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public accessor
-        sub = action.choices.get("train") if hasattr(action, "choices") else None
-        if sub is not None:
-            return {s for a in sub._actions for s in a.option_strings}  # noqa: SLF001
-    return set()
 
 
 @dataclass
