@@ -340,6 +340,33 @@ def test_ct_and_cxr_folders_replace_the_configs_data(tiny_setup, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_domain_gap_of_noise_images_against_drrs(tiny_setup, capsys):
+    root, _, cts = tiny_setup
+    run = root / "run_kill"
+    if latest_checkpoint(run) is None:
+        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    from xwin.eval.domain import simulated_pa_views
+    from xwin.eval.world import _spec, render_targets
+    from xwin.predict import load_model
+    loaded = load_model(run)
+    spec = _spec(loaded)
+    still = type(spec)(**{**spec.__dict__, "iso_shift_mm": 0.0, "roll_deg": 0.0})
+    volume = read_ct(cts[0])
+    torch.testing.assert_close(simulated_pa_views(volume, still, 2), render_targets(volume, spec)[0].expand(2, -1, -1, -1))
+    jittered = simulated_pa_views(volume, spec, 2)
+    assert not torch.allclose(jittered[0], jittered[1])  # a fresh shift and roll per view
+    assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--ct", cts[1], "--views", "4",
+                 "--folds", "2", "--checkpoint", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["n_real"], result["n_simulated"]) == (3, 8)
+    assert result["separability_auroc"] > 0.9  # uniform noise "radiographs" are nothing like DRRs
+    cos = result["cosine"]
+    assert cos["within_simulated"] > cos["real_vs_simulated"]
+    for domain in ("real", "simulated"):
+        assert 0 < result["identity"][domain]["ssim"] <= 1 and result["identity"][domain]["psnr"] > 0
+    assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--folds", "1"]) == 2
+
+
 def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, tmp_path):
     root, _, _ = tiny_setup
     run = root / "run_kill"

@@ -144,6 +144,22 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_domain(ns: argparse.Namespace) -> int:
+    """Real-vs-simulated gap of a model: separability AUROC, embedding cosines, Δ = 0 identity PSNR/SSIM."""
+    import json
+
+    from .eval.domain import evaluate_domain
+    from .io import read_ct
+    from .predict import load_model
+
+    if ns.views < 1 or ns.folds < 2:
+        raise XWinInputError(None, f"--views must be >= 1 and --folds >= 2 (got {ns.views}, {ns.folds})")
+    volumes = {Path(p).name.split(".")[0]: read_ct(p) for p in ns.ct}
+    result = evaluate_domain(load_model(ns.checkpoint, ns.device), ns.cxr, volumes, views=ns.views, folds=ns.folds)
+    print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_eval_probe(ns: argparse.Namespace) -> int:
     """Linear probe and k-shot fine-tuning AUROC on labelled real CXRs (patient-level folds)."""
     import json
@@ -333,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     w.add_argument("--json", action="store_true", help="one-line JSON on stdout")
     w.set_defaults(func=cmd_eval_world)
+    dm = ev.add_parser("domain", help="how far real CXRs are from the model's DRRs (separability, cosine, identity)")
+    dm.add_argument("--cxr", required=True, help="folder of real radiographs (DICOM, PNG, JPEG)")
+    dm.add_argument("--ct", action="append", required=True, help="CT whose PA DRRs are the simulated side (repeat)")
+    dm.add_argument("--views", type=int, default=16, help="jittered PA DRRs per CT (default 16)")
+    dm.add_argument("--folds", type=int, default=5, help="folds of the real-vs-simulated probe (default 5)")
+    dm.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    dm.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    dm.add_argument("--json", action="store_true", help="one-line JSON on stdout")
+    dm.set_defaults(func=cmd_eval_domain)
     pr = ev.add_parser("probe", help="linear probe / k-shot AUROC on labelled real CXRs")
     pr.add_argument("--labels", required=True, help="CSV with columns filename, finding, patient_id")
     pr.add_argument("--images", required=True, help="folder the CSV's filenames are relative to")

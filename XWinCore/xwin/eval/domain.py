@@ -1,0 +1,86 @@
+"""`xwin eval domain`: how far are real radiographs from the DRRs the model learnt from?
+
+Real CXRs (a folder) against PA DRRs of CTs, each CT rendered ``views`` times with the training geometry and a fresh
+isocenter shift (σ ``data.iso_shift_mm``, LPS mm) and detector roll (σ ``data.roll_deg``, degrees) per view:
+
+* ``separability``: AUROC of a linear probe telling real from simulated context-encoder embeddings (mean patch token),
+  from out-of-fold scores (folds keep all views of one CT together); 0.5 = the encoder cannot tell them apart.
+* ``cosine``: mean cosine between real and simulated embeddings (the training metric ``domain_cosine``), beside the
+  mean cosine within each domain for scale.
+* ``identity``: PSNR / SSIM of the decoded Δ = 0 prediction (the PA view predicted from itself) against its input,
+  for each domain: how faithfully the prediction path carries an image of that domain.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.bank import BankSpec, render_views
+from ..data.cxr import find_images, load_cxrs
+from ..drr import Projector
+from ..models import domain_cosine
+from ..predict import LoadedModel
+from .probe import auroc, embeddings, logistic_probe, patient_folds
+from .world import _spec, image_scores
+
+
+def simulated_pa_views(volume, spec: BankSpec, views: int, seed: int = 0) -> torch.Tensor:
+    """(views, 1, S, S) PA DRRs in [0, 1] of one CT, each with a random isocenter shift (mm) and roll (degrees)."""
+    rng = np.random.default_rng(seed)
+    pa = BankSpec(**{**spec.__dict__, "lao": (0.0,), "cran": (0.0,)})
+    projector = Projector(volume, spec.geometry())
+    images = [render_views(projector, pa, float(rng.normal(0.0, spec.roll_deg)),
+                           rng.normal(0.0, spec.iso_shift_mm, 3)) for _ in range(views)]
+    return torch.from_numpy(np.concatenate(images))[:, None].float()
+
+
+def _mean_offdiagonal_cosine(emb: torch.Tensor) -> float:
+    e = torch.nn.functional.normalize(emb.float(), dim=-1)
+    sim = e @ e.T
+    n = len(e)
+    return float((sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1))
+
+
+@torch.no_grad()
+def _identity(model, images: torch.Tensor, batch: int = 64) -> dict:
+    zero = torch.zeros(len(images), device=images.device)
+    decoded = torch.cat([model.decode(model.predict_view(images[i:i + batch], zero[i:i + batch], zero[i:i + batch]))
+                         for i in range(0, len(images), batch)])
+    psnr, ssim = image_scores(decoded, images)
+    return {"psnr": round(psnr, 3), "ssim": round(ssim, 4)}
+
+
+def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int = 16, folds: int = 5,
+                    seed: int = 0) -> dict:
+    """Separability, cosine and identity scores of real CXRs in ``cxr_folder`` vs PA DRRs of ``volumes``
+    (name → `Volume`). Returns ``{"n_real", "n_simulated", "separability_auroc", "cosine": {...},
+    "identity": {"real": {psnr, ssim}, "simulated": {psnr, ssim}}}``."""
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    size = loaded.config.model.img_size
+    files = find_images(cxr_folder)
+    real = torch.from_numpy(load_cxrs(files, size))[:, None].to(device)
+    spec = _spec(loaded)
+    sims, groups = [], []
+    for n, (name, volume) in enumerate(volumes.items()):
+        sims.append(simulated_pa_views(volume, spec, views, seed + n))
+        groups += [f"ct:{name}"] * views
+    sim = torch.cat(sims).to(device)
+    encoder = model.context_encoder
+    emb_real, emb_sim = embeddings(encoder, real), embeddings(encoder, sim)
+    x = torch.cat([emb_real, emb_sim]).float().cpu()
+    y = np.r_[np.ones(len(real)), np.zeros(len(sim))]
+    fold = patient_folds(y, np.array([f"cxr:{f}" for f in files] + groups), folds, seed)
+    scores = np.zeros(len(y))
+    for k in range(folds):
+        test = fold == k
+        if test.any():
+            scores[test] = logistic_probe(x[~test], y[~test], x[test])
+    return {
+        "n_real": len(real), "n_simulated": len(sim),
+        "separability_auroc": round(auroc(y, scores), 4),
+        "cosine": {"real_vs_simulated": round(float(domain_cosine(emb_real, emb_sim)), 4),
+                   "within_real": round(_mean_offdiagonal_cosine(emb_real), 4),
+                   "within_simulated": round(_mean_offdiagonal_cosine(emb_sim), 4)},
+        "identity": {"real": _identity(model, real), "simulated": _identity(model, sim)},
+    }
