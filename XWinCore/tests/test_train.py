@@ -128,6 +128,26 @@ def test_pairs_per_instance_draws_runs_of_one_instance(tiny_setup):
     torch.testing.assert_close(one, again)
 
 
+def test_zoom_magnifies_both_views_of_a_pair_about_the_detector_centre():
+    """data.zoom: a pair's field becomes field / z; column c of the zoomed image shows column 31.5 + (c − 31.5) / z
+    (the step every sampler, bank or online, applies to its rendered pairs)."""
+    from xwin.data.pairs import _Sampler
+    s = _Sampler(None, 0.5, augment=False, seed=3, zoom=(1.0, 3.0))
+    ramp = torch.arange(64, dtype=torch.float32).expand(6, 64, 64)
+    context, target = s._zoomed(ramp, ramp.flip(-1))
+    cols = torch.arange(20, 44, dtype=torch.float32)  # interior: no padding reached
+    z = (cols[1] - cols[0]) / (context[:, 32, 21] - context[:, 32, 20])  # slope 1 / z per pair
+    assert ((z > 1.0) & (z < 3.0)).all() and z.std() > 0.05  # one factor per pair, drawn in the range
+    torch.testing.assert_close(context[:, 32, 20:44], 31.5 + (cols - 31.5) / z[:, None], atol=1e-3, rtol=0)
+    torch.testing.assert_close(target, context.flip(-1), atol=1e-3, rtol=0)  # the same factor for both views
+    off = _Sampler(None, 0.5, augment=False, seed=3)
+    assert off._zoomed(ramp, ramp)[0] is ramp and off.rng.random() == _Sampler(None, 0.5, False, 3).rng.random()
+    from xwin.errors import XWinInputError
+    from xwin.models import XWinConfig
+    with pytest.raises(XWinInputError, match="data.zoom"):
+        XWinConfig.from_dict({"data": {"zoom": [0.5, 1.0]}})
+
+
 def test_online_sampler_renders_pairs_like_the_bank(tiny_setup):
     """On-the-fly pairs: continuous angles inside the configured ranges, action = target − context, the same image
     as the bank at a grid pose (undeformed CT, no shift or roll), and a checkpointable generator."""

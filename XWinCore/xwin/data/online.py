@@ -23,8 +23,8 @@ class OnlineDrrSampler(_Sampler):
 
     def __init__(self, cts: list[dict], spec: BankSpec, real: np.ndarray | None = None, pa_fraction: float = 0.5,
                  augment: bool = True, seed: int = 0, device: str | torch.device = "cpu", quiet: bool = True,
-                 pairs_per_instance: int = 1):
-        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance)
+                 pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0)):
+        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom)
         self.spec = spec
         self.geometry = spec.geometry()
         instances = list(deformed_instances(cts, spec, quiet))
@@ -59,7 +59,8 @@ class OnlineDrrSampler(_Sampler):
             context.append(images[:len(rows)])
             target.append(images[len(rows):])
         d = (tgt - ctx).astype(np.float32)
-        batch = {"context": self._images(torch.cat(context)), "target": self._images(torch.cat(target)),
+        context, target = self._zoomed(torch.cat(context), torch.cat(target))
+        batch = {"context": self._images(context), "target": self._images(target),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
                  "group": torch.from_numpy(inst)}
         return self._add_real(batch, real_size)

@@ -2,12 +2,14 @@
 rendered on the fly (`xwin.data.online.OnlineDrrSampler`).
 
 The action is the relative rotation from the context to the target view: Δlao (yaw) and Δcran (pitch), degrees.
-Image augmentation (noise, blur) reuses MONAI's random intensity transforms.
+Image augmentation (noise, blur) reuses MONAI's random intensity transforms. The optional zoom narrows the detector
+field of a pair (both views alike) so that the DRRs also look like films collimated to the chest.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import Compose, RandGaussianNoise, RandGaussianSmooth
 
 from .bank import Bank
@@ -23,9 +25,9 @@ class _Sampler:
     """What every pair sampler shares: the random generator (checkpointed), image augmentation and real CXRs."""
 
     def __init__(self, real: np.ndarray | None, pa_fraction: float, augment: bool, seed: int,
-                 pairs_per_instance: int = 1):
+                 pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0)):
         self.real, self.pa_fraction, self.seed = real, pa_fraction, seed
-        self.pairs_per_instance = pairs_per_instance
+        self.pairs_per_instance, self.zoom = pairs_per_instance, zoom
         self.rng = np.random.default_rng(seed)
         self.draws = 0
         self.augment = image_augmentation() if augment else None
@@ -47,6 +49,23 @@ class _Sampler:
         same anatomy at other angles are the alignment loss's hardest negatives (graded by their affinity)."""
         k = self.pairs_per_instance
         return np.repeat(self.rng.integers(count, size=-(-batch_size // k)), k)[:batch_size]
+
+    def _zoomed(self, context: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W) view pairs magnified about the detector centre (the isocenter's projection) by one factor z per
+        pair, uniform in ``zoom``: the field of the pair becomes field_mm / z (bilinear resampling). Off (no random
+        draw) when ``zoom`` is (1, 1)."""
+        if self.zoom[1] <= 1.0:
+            return context, target
+        z = torch.from_numpy(self.rng.uniform(*self.zoom, size=len(context)).astype(np.float32))
+        theta = torch.zeros(len(z), 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / z
+        theta = theta.to(context.device)
+        out = []
+        for images in (context, target):
+            x = images.float()[:, None]
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            out.append(F.grid_sample(x, grid, mode="bilinear", align_corners=False)[:, 0])
+        return out[0], out[1]
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled."""
@@ -71,8 +90,8 @@ class PairSampler(_Sampler):
     """
 
     def __init__(self, bank: Bank, real: np.ndarray | None = None, pa_fraction: float = 0.5, augment: bool = True,
-                 seed: int = 0, pairs_per_instance: int = 1):
-        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance)
+                 seed: int = 0, pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0)):
+        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom)
         self.bank = bank
         nominal = bank.poses[0]
         self.pa_view = int(np.argmin(np.abs(nominal).sum(axis=1)))
@@ -96,9 +115,10 @@ class PairSampler(_Sampler):
         order = np.argsort(inst, kind="stable")  # memory-mapped reads in file order
         inst, ctx, tgt, d = inst[order], ctx[order], tgt[order], d[order]
         images = lambda idx: torch.from_numpy(np.asarray(self.bank.images[inst, idx], np.float32))  # noqa: E731
+        context, target = self._zoomed(images(ctx), images(tgt))
         batch = {
-            "context": self._images(images(ctx)),
-            "target": self._images(images(tgt)),
+            "context": self._images(context),
+            "target": self._images(target),
             "d_lao": torch.from_numpy(d[:, 0].astype(np.float32)),
             "d_cran": torch.from_numpy(d[:, 1].astype(np.float32)),
             "group": torch.from_numpy(inst),

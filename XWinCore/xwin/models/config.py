@@ -223,6 +223,7 @@ class DataConfig(_Section):
     field_mm: float = _f(435.2, gt=0.0)
     pa_fraction: float = _f(0.5, ge=0.0, le=1.0)
     pairs_per_instance: int = _f(1, ge=1)
+    zoom: tuple[float, float] = _f((1.0, 1.0), ge=1.0)
     real_per_batch: int = _f(0, ge=0)
 
     def _check(self) -> None:

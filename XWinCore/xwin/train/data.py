@@ -66,14 +66,14 @@ def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None) -> P
     if cfg.data.online:
         sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction,
                                    seed=seed, device=d.device, quiet=not d.main,
-                                   pairs_per_instance=cfg.data.pairs_per_instance)
+                                   pairs_per_instance=cfg.data.pairs_per_instance, zoom=cfg.data.zoom)
     else:
         bank_dir = Path(cfg.data.bank) if cfg.data.bank else run_dir / "bank"
         if d.main and not (bank_dir / "manifest.json").is_file():
             build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=False)
         d.barrier()
         sampler = PairSampler(load_bank(bank_dir), real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction, seed=seed,
-                              pairs_per_instance=cfg.data.pairs_per_instance)
+                              pairs_per_instance=cfg.data.pairs_per_instance, zoom=cfg.data.zoom)
     if state is not None:
         sampler.restore(state)
     return sampler
