@@ -228,6 +228,26 @@ def test_contrastive_latent_selects_what_is_aligned(kind):
     assert not torch.allclose(view_latent(swapped), view_latent(target))  # the token latent keeps the layout
 
 
+def test_real_identity_is_the_null_action_on_real_films():
+    """`loss.real_identity`: view loss + reconstruction of a real film predicted from itself at Δ = 0; off by default."""
+    torch.manual_seed(0)
+    model = create_model(tiny_config(real_identity=1.0))
+    batch = tiny_batch()
+    out = model.training_losses(batch, step=0, total_steps=100)
+    real = batch["real"]
+    with torch.no_grad():
+        none = torch.zeros(len(real))
+        pred = model.view_predictor(model.context_encoder(real), none, none)
+        target = model.target_encoder(real)
+    from xwin.models.losses import view_prediction_loss
+    expected = view_prediction_loss(pred, target) + reconstruction_loss(model.decoder(pred), real, 0.2)
+    torch.testing.assert_close(out["real_identity"], expected)
+    out["total"].backward()  # reaches the predictor and decoder through the real films too
+    assert all(torch.isfinite(p.grad).all() for p in model.view_predictor.parameters() if p.grad is not None)
+    assert create_model(tiny_config()).training_losses(batch, 0, 100)["real_identity"] == 0
+    assert model.training_losses(tiny_batch(real=0), 0, 100)["real_identity"] == 0
+
+
 def test_training_losses_without_real_images(model):
     out = model.training_losses(tiny_batch(real=0), step=0, total_steps=100)
     assert out["domain"] == 0 and "domain_cosine" not in out and torch.isfinite(out["total"])

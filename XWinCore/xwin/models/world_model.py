@@ -13,7 +13,7 @@ from .losses import (DomainClassifier, affinity_contrastive_loss, domain_cosine,
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 
-LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon")
+LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon", "real_identity")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -94,8 +94,8 @@ class XWinWorldModel(nn.Module):
 
         ``batch``: ``context`` and ``target`` (B, 1, H, W) DRRs of the same CT before/after the rotation
         ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; optional ``real`` (R, 1, H, W) CXRs.
-        Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``total``, and
-        with ``real`` the metric ``domain_cosine``. Masks are drawn from a generator seeded by (train.seed, step).
+        Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``real_identity``
+        (0 without ``real``), ``total``, and with ``real`` the metric ``domain_cosine``. Masks are drawn from a generator seeded by (train.seed, step).
         A loss whose weight is 0 is not computed (reported as 0); with view, contrastive and recon all 0 the view
         predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
         """
@@ -139,6 +139,13 @@ class XWinWorldModel(nn.Module):
         else:
             out["recon"] = 0.5 * (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
                                   + reconstruction_loss(self.decoder(pred_tokens.detach()), tgt, lc.ssim_weight))
+        if real is None or lc.real_identity == 0 or not views:
+            out["real_identity"] = zero
+        else:  # the null action on a real film: predict its own tokens and decode the film itself
+            none = torch.zeros(len(real), device=device)
+            pred_real = self.view_predictor(tokens[b:], none, none)
+            out["real_identity"] = (view_prediction_loss(pred_real, image_targets[b:], lc.view_loss)
+                                    + reconstruction_loss(self.decoder(pred_real), real, lc.ssim_weight))
         out["total"] = sum(getattr(lc, k) * out[k] for k in LOSS_KEYS)
         if real is not None:
             out["domain_cosine"] = domain_cosine(emb[b:], emb[:b])
