@@ -72,6 +72,15 @@ def tiny_setup(tmp_path_factory):
     return root, path, cts
 
 
+@pytest.fixture
+def trained_run(tiny_setup):
+    """The tiny run trained to step 12 by the SIGKILL test (skips when that test did not run first)."""
+    run = tiny_setup[0] / "run_kill"
+    if latest_checkpoint(run) is None:
+        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    return run
+
+
 def _run(args, **kw):
     return subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, text=True, **kw)
 
@@ -257,11 +266,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     assert r.returncode == 2 and "loss.tau" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_export_predict_and_world_eval(tiny_setup, tmp_path):
+def test_export_predict_and_world_eval(tiny_setup, trained_run, tmp_path):
     root, cfg_path, cts = tiny_setup
-    run = root / "run_kill"  # trained to step 12 by the SIGKILL test
-    if latest_checkpoint(run) is None:
-        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    run = trained_run
     model_file = tmp_path / "model.safetensors"
     assert main(["export-model", str(run), "--out", str(model_file)]) == 0
     from xwin.predict import load_model, load_predictor
@@ -287,11 +294,9 @@ def test_export_predict_and_world_eval(tiny_setup, tmp_path):
     assert with_mean["baselines"]["mean_projection"]["psnr"] > 5.0
 
 
-def test_fine_tuning_starts_from_a_model_file_or_checkpoint(tiny_setup, tmp_path):
+def test_fine_tuning_starts_from_a_model_file_or_checkpoint(tiny_setup, trained_run, tmp_path):
     root, cfg_path, _ = tiny_setup
-    run = root / "run_kill"
-    if latest_checkpoint(run) is None:
-        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    run = trained_run
     from xwin.errors import XWinInputError
     from xwin.models import XWinConfig, create_model
     from xwin.train.loop import load_initial_weights
@@ -360,11 +365,9 @@ def test_ct_and_cxr_folders_replace_the_configs_data(tiny_setup, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_domain_gap_of_noise_images_against_drrs(tiny_setup, capsys):
+def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys):
     root, _, cts = tiny_setup
-    run = root / "run_kill"
-    if latest_checkpoint(run) is None:
-        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    run = trained_run
     from xwin.eval.domain import simulated_pa_views
     from xwin.eval.world import _spec, render_targets
     from xwin.predict import load_model
@@ -387,11 +390,9 @@ def test_domain_gap_of_noise_images_against_drrs(tiny_setup, capsys):
     assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--folds", "1"]) == 2
 
 
-def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, tmp_path):
+def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, trained_run, tmp_path):
     root, _, _ = tiny_setup
-    run = root / "run_kill"
-    if latest_checkpoint(run) is None:
-        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
+    run = trained_run
     out = tmp_path / "estimate.nrrd"
     assert main(["reconstruct", str(root / "cxr" / "real0.png"), "--checkpoint", str(run), "--views", "5",
                  "--method", "sart", "--iters", "2", "--size", "16", "16", "16", "--out", str(out), "--json"]) == 0
