@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default=str(ROOT / "Resources/Models/xwin_default.safetensors"))
     ap.add_argument("--out", default=str(ROOT / "docs/results.md"))
     ap.add_argument("--no-probe", action="store_true")
+    ap.add_argument("--figure", default=str(ROOT / "docs/screenshots/domain_identity.png"),
+                    help="contact sheet of real films and DRRs through the model (PNG)")
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                     help="another model for the probe table, e.g. mim_only=runs/cpu_small_mim_only (repeatable)")
     ns = ap.parse_args(argv)
@@ -188,13 +190,14 @@ def main(argv=None) -> int:
     from xwin.eval.domain import simulated_pa_views
     figure = identity_figure(Predictor(loaded), find_images(SHARED / "cxr")[:4],
                              simulated_pa_views(held_cts[0], bank_spec(cfg), 2)[:, 0].numpy(),
-                             ROOT / "docs/screenshots/domain_identity.png")
+                             Path(ns.figure).resolve())
+    shown_figure = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
     lines += ["", "### Real films against DRRs (`xwin eval domain`)", "",
               f"{g['n_real']} real frontal CXRs against {g['n_simulated']} PA DRRs ({len(volumes)} CTs, training and "
               "held-out, 16 each with a random isocenter shift and roll). Separability: AUROC of a linear probe telling "
               "real from simulated context embeddings, out-of-fold (0.5 = indistinguishable). Cosine: mean over "
               "real–simulated pairs, then within each domain. Identity: the decoded Δ = 0 prediction against its "
-              f"input, PSNR (dB) / SSIM. Pictures: `{figure.relative_to(ROOT)}`.", "",
+              f"input, PSNR (dB) / SSIM. Pictures: `{shown_figure}`.", "",
               "| encoder | separability AUROC | cosine real–sim | within real | within sim "
               "| identity real | identity sim |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, g in gaps.items():
