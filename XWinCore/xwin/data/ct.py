@@ -21,6 +21,7 @@ from ..io import read_ct
 from ..io.formats import ITK_EXTENSIONS, has_extension, is_dicom_file
 from ..io.image import Volume
 
+
 def find_cts(folder: str | os.PathLike) -> list[Path]:
     """CTs under ``folder``, sorted: volume files (NIfTI, NRRD, MHA/MHD) and every folder that directly holds DICOM
     files (one series each, its folder name the patient id). ``folder`` itself counts when it holds DICOM files."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data.bank import BankSpec, render_views
 from ..data.cxr import find_images, load_cxrs
@@ -21,7 +22,8 @@ from ..drr import Projector
 from ..models import domain_cosine
 from ..predict import LoadedModel
 from .probe import auroc, embeddings, logistic_probe, patient_folds
-from .world import _spec, image_scores
+from ..train.data import bank_spec
+from .world import image_scores
 
 
 def simulated_pa_views(volume, spec: BankSpec, views: int, seed: int = 0) -> torch.Tensor:
@@ -35,7 +37,7 @@ def simulated_pa_views(volume, spec: BankSpec, views: int, seed: int = 0) -> tor
 
 
 def _mean_offdiagonal_cosine(emb: torch.Tensor) -> float:
-    e = torch.nn.functional.normalize(emb.float(), dim=-1)
+    e = F.normalize(emb.float(), dim=-1)
     sim = e @ e.T
     n = len(e)
     return float((sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1))
@@ -60,7 +62,7 @@ def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int =
     size = loaded.config.model.img_size
     files = find_images(cxr_folder)
     real = torch.from_numpy(load_cxrs(files, size))[:, None].to(device)
-    spec = _spec(loaded)
+    spec = bank_spec(loaded.config)
     sims, groups = [], []
     for n, (name, volume) in enumerate(volumes.items()):
         sims.append(simulated_pa_views(volume, spec, views, seed + n))
