@@ -59,13 +59,10 @@ class _Sampler:
         z = torch.from_numpy(self.rng.uniform(*self.zoom, size=len(context)).astype(np.float32))
         theta = torch.zeros(len(z), 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / z
-        theta = theta.to(context.device)
-        out = []
-        for images in (context, target):
-            x = images.float()[:, None]
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-            out.append(F.grid_sample(x, grid, mode="bilinear", align_corners=False)[:, 0])
-        return out[0], out[1]
+        pair = torch.stack([context, target], dim=1).float()  # (B, 2, H, W): one grid serves both views
+        grid = F.affine_grid(theta.to(pair.device), list(pair.shape), align_corners=False)
+        zoomed = F.grid_sample(pair, grid, mode="bilinear", align_corners=False)
+        return zoomed[:, 0], zoomed[:, 1]
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled."""
