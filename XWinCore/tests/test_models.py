@@ -248,6 +248,30 @@ def test_real_identity_is_the_null_action_on_real_films():
     assert model.training_losses(tiny_batch(real=0), 0, 100)["real_identity"] == 0
 
 
+def test_pose_loss_regresses_context_and_predicted_target_angles():
+    """`loss.pose`: one linear head reads the context's (lao, cran) from f_θ's embedding and the target's
+    (context + action) from the predicted tokens, smooth L1 on degrees / 90; off by default (no head)."""
+    torch.manual_seed(0)
+    model = create_model(tiny_config(pose=1.0))
+    batch = tiny_batch()
+    batch["pose"] = torch.tensor([[0.0, 0.0], [-30.0, 10.0], [15.0, -10.0], [0.0, 0.0]])
+    out = model.training_losses(batch, step=0, total_steps=100)
+    with torch.no_grad():
+        context = model.context_encoder(batch["context"]).mean(1)
+        pred = model.predict_view(batch["context"], batch["d_lao"], batch["d_cran"]).mean(1)
+    target = batch["pose"] + torch.stack([batch["d_lao"], batch["d_cran"]], 1)
+    expected = 0.5 * (F.smooth_l1_loss(model.pose_head(context), batch["pose"] / 90)
+                      + F.smooth_l1_loss(model.pose_head(pred), target / 90))
+    torch.testing.assert_close(out["pose"], expected)
+    out["pose"].backward()  # the pose term alone trains the head, the encoder and the predictor's action path
+    for module in (model.pose_head, model.context_encoder, model.view_predictor.action):
+        assert sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None) > 0
+    plain = create_model(tiny_config())
+    assert plain.pose_head is None and plain.training_losses(tiny_batch(), 0, 100)["pose"] == 0
+    with pytest.raises(KeyError, match="pose"):
+        model.training_losses(tiny_batch(), 0, 100)
+
+
 def test_training_losses_without_real_images(model):
     out = model.training_losses(tiny_batch(real=0), step=0, total_steps=100)
     assert out["domain"] == 0 and "domain_cosine" not in out and torch.isfinite(out["total"])

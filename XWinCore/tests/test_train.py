@@ -113,6 +113,11 @@ def test_pair_sampler_actions_are_pose_differences(tiny_setup):
     b = s.sample(16, real_size=2)
     assert b["context"].shape == (16, 1, 32, 32) and b["real"].shape == (2, 1, 32, 32)
     assert set(np.unique(b["d_lao"].numpy())) <= {-60.0, -30.0, 0.0, 30.0, 60.0}
+    grid = [tuple(p) for p in bank.poses[0]]  # the pose is the context view's; pose + action is the target's
+    for image, inst, pose, d in zip(b["context"][:, 0].numpy(), b["group"].numpy(), b["pose"].numpy(),
+                                    np.stack([b["d_lao"].numpy(), b["d_cran"].numpy()], 1)):
+        np.testing.assert_array_equal(image, bank.images[inst, grid.index(tuple(pose))].astype(np.float32))
+        assert tuple(pose + d) in grid
     state = s.state()
     again = s.sample(4)
     s.restore(state)
@@ -175,6 +180,7 @@ def test_online_sampler_renders_pairs_like_the_bank(tiny_setup):
     d_lao = b["d_lao"].numpy()
     assert np.all(np.abs(d_lao) <= 30.0) and len(np.unique(d_lao)) == 6  # continuous in [−30, 30]
     assert np.all(b["d_cran"].numpy() == 0.0) and np.all(b["group"].numpy() == 0)
+    assert np.all(b["pose"].numpy() == 0.0)  # every context is the PA view here
     pa = int(np.argmin(np.abs(bank.poses[0]).sum(axis=1)))
     for image in b["context"][:, 0].numpy():  # instance 0 of the bank is CT 0 undeformed, unshifted
         np.testing.assert_allclose(image, bank.images[0, pa], atol=2e-3)

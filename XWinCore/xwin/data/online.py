@@ -42,7 +42,7 @@ class OnlineDrrSampler(_Sampler):
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W) on the device, d_lao/d_cran (B,) degrees, group (B,)
-        instance ids, real."""
+        instance ids, pose (B, 2) the context view's nominal (lao, cran) degrees, real."""
         self.draws += 1
         inst = np.sort(self._instances(len(self.projectors), batch_size))
         ctx = np.where((self.rng.random(batch_size) < self.pa_fraction)[:, None], 0.0, self._angles(batch_size))
@@ -62,5 +62,5 @@ class OnlineDrrSampler(_Sampler):
         context, target = self._zoomed(torch.cat(context), torch.cat(target))
         batch = {"context": self._images(context), "target": self._images(target),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
-                 "group": torch.from_numpy(inst)}
+                 "group": torch.from_numpy(inst), "pose": torch.from_numpy(ctx.astype(np.float32))}
         return self._add_real(batch, real_size)

@@ -100,7 +100,8 @@ class PairSampler(_Sampler):
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W), d_lao/d_cran (B,) degrees, group (B,) instance ids (one CT or one
-        deformed copy: the volume both views were rendered from), real (R, 1, H, W)."""
+        deformed copy: the volume both views were rendered from), pose (B, 2) the context view's (lao, cran) degrees,
+        real (R, 1, H, W)."""
         n_inst, n_views = self.bank.images.shape[:2]
         self.draws += 1
         inst = self._instances(n_inst, batch_size)
@@ -119,5 +120,6 @@ class PairSampler(_Sampler):
             "d_lao": torch.from_numpy(d[:, 0].astype(np.float32)),
             "d_cran": torch.from_numpy(d[:, 1].astype(np.float32)),
             "group": torch.from_numpy(inst),
+            "pose": torch.from_numpy(poses[inst, ctx].astype(np.float32)),
         }
         return self._add_real(batch, real_size)

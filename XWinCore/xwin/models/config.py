@@ -173,6 +173,7 @@ class LossConfig(_Section):
     recon: float = _f(1.0, ge=0.0)
     recon_grad: bool = _f(True)
     real_identity: float = _f(0.0, ge=0.0)
+    pose: float = _f(0.0, ge=0.0)
     view_loss: str = _f("smooth_l1", choices=("smooth_l1", "mse"))
     tau: float = _f(0.1, gt=0.0)
     tau_affinity: float = _f(0.05, gt=0.0)

@@ -123,6 +123,12 @@ def domain_loss(real_logits: torch.Tensor, sim_logits: torch.Tensor) -> torch.Te
     return 0.5 * (real + sim)
 
 
+def pose_loss(pred: torch.Tensor, pose_deg: torch.Tensor) -> torch.Tensor:
+    """View-pose regression: smooth L1 between the pose head's output (B, 2) and the view's absolute C-arm angles
+    (lao, cran) in degrees, scaled by 1/90° (so ±90° LAO is ±1)."""
+    return F.smooth_l1_loss(pred.float(), pose_deg.float() / 90.0)
+
+
 @torch.no_grad()
 def domain_cosine(real_emb: torch.Tensor, sim_emb: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity over all (real, simulated) pairs: (1/RS) Σ_ij cos(r_i, s_j) (1 = aligned domains)."""

@@ -9,11 +9,11 @@ from .decoder import ProjectionDecoder
 from .ema import ema_update, make_target, momentum_at
 from .encoder import XWinEncoder, gather_tokens
 from .losses import (DomainClassifier, affinity_contrastive_loss, domain_cosine, domain_loss, grad_reverse,
-                     grl_coefficient, mim_loss, reconstruction_loss, view_latent, view_prediction_loss)
+                     grl_coefficient, mim_loss, pose_loss, reconstruction_loss, view_latent, view_prediction_loss)
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 
-LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon", "real_identity")
+LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon", "real_identity", "pose")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -27,8 +27,9 @@ def _angles(x: torch.Tensor | float, batch: int, device: torch.device) -> torch.
 
 
 class XWinWorldModel(nn.Module):
-    """Context encoder f_θ, EMA target encoder f_ξ, view predictor g_v, mask predictor g_m, domain classifier
-    and projection decoder, with the combined training objective of docs/model.md.
+    """Context encoder f_θ, EMA target encoder f_ξ, view predictor g_v, mask predictor g_m, domain classifier,
+    projection decoder and (with ``loss.pose`` > 0) a linear view-pose head, with the combined training objective of
+    docs/model.md.
 
     Images are (B, 1, H, W) radiographs in [0, 1] (H = W = ``model.img_size``); angles are in degrees.
     """
@@ -43,6 +44,7 @@ class XWinWorldModel(nn.Module):
         self.mask_predictor = MaskPredictor(m)
         self.domain_classifier = DomainClassifier(m.embed_dim, m.domain_hidden)
         self.decoder = ProjectionDecoder(m)
+        self.pose_head = nn.Linear(m.embed_dim, 2) if cfg.loss.pose > 0 else None
         self.mask_generator = MultiBlockMaskGenerator(m.grid_size, cfg.mask)
 
     def train(self, mode: bool = True) -> XWinWorldModel:
@@ -93,9 +95,10 @@ class XWinWorldModel(nn.Module):
         """All objectives for one batch, the weighted ``total`` and detached metrics.
 
         ``batch``: ``context`` and ``target`` (B, 1, H, W) DRRs of the same CT before/after the rotation
-        ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; optional ``real`` (R, 1, H, W) CXRs.
+        ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; ``pose`` (B, 2) the context view's (lao, cran)
+        degrees (needed with ``loss.pose`` > 0); optional ``real`` (R, 1, H, W) CXRs.
         Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``real_identity``
-        (0 without ``real``), ``total``, and with ``real`` the metric ``domain_cosine``. Masks are drawn from a
+        (0 without ``real``), ``pose``, ``total``, and with ``real`` the metric ``domain_cosine``. Masks are drawn from a
         generator seeded by (train.seed, step).
         A loss whose weight is 0 is not computed (reported as 0); with view, contrastive and recon all 0 the view
         predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
@@ -147,6 +150,15 @@ class XWinWorldModel(nn.Module):
             pred_real = self.view_predictor(tokens[b:], none, none)
             out["real_identity"] = (view_prediction_loss(pred_real, image_targets[b:], lc.view_loss)
                                     + reconstruction_loss(self.decoder(pred_real), real, lc.ssim_weight))
+        if lc.pose == 0 or not views:
+            out["pose"] = zero
+        else:  # both latents know their view: the context's pose from f_θ, the target's from g_v's prediction
+            if "pose" not in batch:
+                raise KeyError("loss.pose > 0 needs the batch's 'pose' (B, 2): the context view's (lao, cran)")
+            pose = batch["pose"].to(device).float()
+            target_pose = pose + torch.stack([d_lao, d_cran], dim=1)
+            out["pose"] = 0.5 * (pose_loss(self.pose_head(emb[:b]), pose)
+                                 + pose_loss(self.pose_head(pred_tokens.mean(1)), target_pose))
         out["total"] = sum(getattr(lc, k) * out[k] for k in LOSS_KEYS)
         if real is not None:
             out["domain_cosine"] = domain_cosine(emb[b:], emb[:b])
