@@ -98,8 +98,8 @@ class XWinWorldModel(nn.Module):
         ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; ``pose`` (B, 2) the context view's (lao, cran)
         degrees (needed with ``loss.pose`` > 0); optional ``real`` (R, 1, H, W) CXRs.
         Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``real_identity``
-        (0 without ``real``), ``pose``, ``total``, and with ``real`` the metric ``domain_cosine``. Masks are drawn from a
-        generator seeded by (train.seed, step).
+        (0 without ``real``), ``pose``, ``total``, and with ``real`` the metric ``domain_cosine``. Masks are drawn
+        from a generator seeded by (train.seed, step).
         A loss whose weight is 0 is not computed (reported as 0); with view, contrastive and recon all 0 the view
         predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
         """
