@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/results.py [--checkpoint Resources/Models/xwin_default.safetensors] [--out docs/results.md]
 
-1. `xwin eval world` on the held-out CT(s) (the model and its three baselines).
+1. `xwin eval world` on the held-out CT(s) (8 jittered renderings each; the model and its four baselines).
 2. Single-CXR path on the held-out CT: its PA DRR is the input "CXR"; the model predicts 13 views over LAO −90…90,
    SART reconstructs them; PSNR/SSIM/RMSE against the true CT on the voxels every view sees. Beside it: the "mean
    training CT" baseline (the training CTs, each centred on its grid centre, resampled and averaged) and the same
    reconstruction from the 13 *true* DRRs at the model's resolution (the ceiling of this geometry).
-3. `xwin eval probe` on ../shared/data/cxr/labels.csv (abnormal vs No Finding/Normal), model vs random init and any
+3. `xwin eval probe` on ../shared/data/cxr/labels.csv, its built-in tasks decided within one source each (sex on
+   MHH + NIH, PA vs AP view on MHH, pneumonia vs normal on Kermany), model vs random init and any
    `--ablation NAME=PATH` models (e.g. the MIM-only ablation trained by configs/cpu_small_mim_only.yaml).
 4. How patient-specific the latent is: the true target latents of one CT at LAO −90…90° used to retrieve the angle
    among another CT's 13 true target latents (no prediction involved).
@@ -67,13 +68,15 @@ def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96
 @torch.no_grad()
 def cross_patient_retrieval(loaded, volumes: dict) -> dict:
     """{(a, b): top-1} where CT a's true target latent at each of the 13 angles retrieves among CT b's 13."""
+    from xwin.data.bank import prepared_ct
     from xwin.eval.world import latent_scores, render_targets
     from xwin.models import view_latent
     from xwin.train.data import bank_spec
 
-    latents = {name: view_latent(loaded.model.target_encoder(render_targets(v, bank_spec(loaded.config))[1]))
+    spec = bank_spec(loaded.config)
+    latents = {name: view_latent(loaded.model.target_encoder(render_targets(prepared_ct(v, spec), spec)[1]))
                for name, v in volumes.items()}
-    return {(a, b): latent_scores(latents[a], latents[b])[0] for a in latents for b in latents}
+    return {(a, b): latent_scores(latents[a], latents[b])["retrieval_top1"] for a in latents for b in latents}
 
 
 def identity_figure(predictor, films: list[Path], drrs: np.ndarray, path: Path) -> Path:
@@ -103,7 +106,9 @@ def write_section(path: Path, text: str) -> None:
 
 def _row(name, m):
     f = lambda v, p: "—" if v is None else f"{v:.{p}f}"  # noqa: E731
-    return f"| {name} | {f(m['retrieval_top1'], 3)} | {f(m['cosine'], 3)} | {f(m['psnr'], 2)} | {f(m['ssim'], 3)} |"
+    ci = "" if m["retrieval_ci"] is None else f" [{m['retrieval_ci'][0]:.3f}, {m['retrieval_ci'][1]:.3f}]"
+    return (f"| {name} | {f(m['retrieval_top1'], 3)}{ci} | {f(m['within_15'], 3)} | {f(m['angular_error_deg'], 1)} | "
+            f"{f(m['psnr'], 2)} | {f(m['ssim'], 3)} | {f(m['effective_rank'], 1)} |")
 
 
 def main(argv=None) -> int:
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: results need the shared data")
     from xwin.eval.domain import evaluate_domain
-    from xwin.eval.probe import probe, read_labels
+    from xwin.eval.probe import TASKS, probe, read_rows, task_set
     from xwin.eval.world import evaluate_world
     from xwin.io import read_ct
     from xwin.models import create_model
@@ -131,7 +136,7 @@ def main(argv=None) -> int:
     cfg = loaded.config
     held = [p for p in cfg.data.ct if Path(p).name.split(".")[0] in cfg.data.holdout]
     held_cts = [read_ct(ROOT / p if not Path(p).is_absolute() else p) for p in held]
-    world = evaluate_world(loaded, held_cts)
+    world = evaluate_world(loaded, {Path(p).name: v for p, v in zip(held, held_cts)})
     train_cts = [read_ct(c["path"]) for c in training_cts(cfg)]
     volume = single_cxr(loaded, Predictor(loaded), held_cts[0], train_cts)
     shown = Path(ns.checkpoint).resolve()
@@ -141,13 +146,18 @@ def main(argv=None) -> int:
              + " ".join(argv if argv is not None else sys.argv[1:]) + "` (run from the "
              "repository root; the held-out CT and labels come from ../shared/data).", "",
              "### View prediction on CTs never trained on (`xwin eval world`)", "",
-             "PA context → 13 targets at LAO −90…90° (15° steps, CRAN 0); retrieval top-1 among the 13 target latents; "
-             "cosine of predicted vs true target latent; PSNR (dB) / SSIM of the decoded projection vs the true DRR "
-             f"({cfg.model.img_size}² radiograph-mode images in [0, 1]).", "",
-             "| | retrieval top-1 | cosine | PSNR | SSIM |", "|---|---:|---:|---:|---:|",
+             f"Each CT rendered {world['renderings']} times with the training jitter (isocenter shift, detector roll) "
+             "through the training resampling path; PA context → 13 targets at LAO −90…90° (15° steps, CRAN 0); "
+             "retrieval top-1 among the 13 target latents of the rendering [95 % bootstrap over CT × rendering], "
+             "share retrieved within 15°, mean angular error (°); PSNR (dB) / SSIM of the decoded projection vs the "
+             f"true DRR scored at {world['score_size']}² (the {cfg.model.img_size}² prediction upsampled, the truth "
+             "rendered at that size); effective rank of the target embeddings.", "",
+             "| | retrieval top-1 | within 15° | error (°) | PSNR | SSIM | eff. rank |",
+             "|---|---:|---:|---:|---:|---:|---:|",
              _row("**model**", world["model"])]
     lines += [_row(k, v) for k, v in world["baselines"].items()]
-    lines += ["", "```json", json.dumps(world), "```", "",
+    pooled = {k: world[k] for k in ("model", "baselines", "renderings", "score_size")}
+    lines += ["", "```json", json.dumps(pooled), "```", "",
               "### One CXR → volume (`xwin reconstruct CXR`), on the held-out CT", "",
               "Input: the held-out CT's PA DRR as the radiograph; 13 predicted views over LAO −90…90°, SART (one view per "
               "update, 10 iterations); scored on "
@@ -157,20 +167,30 @@ def main(argv=None) -> int:
              "true_drr_sart": "13 true DRRs, same SART (ceiling of this geometry)"}
     lines += [f"| {names[k]} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['rmse_hu']:.1f} |" for k, v in volume.items()]
     if not ns.no_probe:
-        files, labels, patients = read_labels(SHARED / "cxr/labels.csv", SHARED / "cxr")
+        rows = read_rows(SHARED / "cxr/labels.csv")
+        sets = [task_set(rows, t, SHARED / "cxr", SHARED / "cxr/labels.csv") for t in TASKS.values()]
         torch.manual_seed(0)
         encoders = {"model": loaded.model.context_encoder, "random_init": create_model(cfg).context_encoder}
+        seen = {"model": cfg.data.cxr, "random_init": ()}
         for item in ns.ablation:
             name, _, path = item.partition("=")
-            encoders[name] = load_model(path).model.context_encoder
-        pr = probe(encoders, files, labels, patients, cfg.model.img_size, folds=5, shots=(5, 10))
+            other = load_model(path)
+            encoders[name], seen[name] = other.model.context_encoder, other.config.data.cxr
+        pr = probe(encoders, sets, cfg.model.img_size, folds=5, shots=(5, 10), seen=seen)
         lines += ["", "### Linear probing and k-shot fine-tuning (`xwin eval probe`)", "",
-                  f"{pr['n_images']} labelled frontal CXRs, {pr['n_positive']} abnormal, {pr['n_patients']} patients, "
-                  f"{pr['folds']} patient-level folds; AUROC of pooled out-of-fold scores [95 % bootstrap interval].",
-                  "", "| encoder | linear | 5-shot | 10-shot |", "|---|---|---|---|"]
-        for name, r in pr["encoders"].items():
-            cell = lambda m: f"{m['auroc']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"  # noqa: E731
-            lines.append(f"| {name} | {cell(r['linear'])} | {cell(r['5_shot'])} | {cell(r['10_shot'])} |")
+                  "Each task decides its label within one image source, so the source cannot predict it: "
+                  + "; ".join(f"`{k}` {t['description']}" for k, t in pr["tasks"].items())
+                  + f". {pr['folds']} patient-level folds; AUROC of pooled out-of-fold scores [95 % interval, "
+                  "bootstrap over patients]. Source-only: AUROC of a score that knows only the film's source. "
+                  "Transductive: the encoder was trained on these films (its `data.cxr` holds them).",
+                  "", "| task | images / patients / positives | source-only | encoder | transductive | linear | "
+                  "5-shot | 10-shot |", "|---|---|---:|---|---|---|---|---|"]
+        cell = lambda m: f"{m['auroc']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"  # noqa: E731
+        for task, t in pr["tasks"].items():
+            for name, r in t["encoders"].items():
+                lines.append(f"| {task} | {t['n_images']} / {t['n_patients']} / {t['n_positive']} | "
+                             f"{t['source_auroc']:.3f} | {name} | {'yes' if r['transductive'] else 'no'} | "
+                             f"{cell(r['linear'])} | {cell(r['5_shot'])} | {cell(r['10_shot'])} |")
     torch.manual_seed(0)
     untrained = LoadedModel(create_model(cfg).eval(), cfg)
     names = [Path(p).name.split(".")[0] for p in held] + [c["patient_id"] for c in training_cts(cfg)]

@@ -288,15 +288,16 @@ def test_export_predict_and_world_eval(tiny_setup, trained_run, tmp_path):
     assert main(["predict", str(png), "--lao", "0", "30", "--cran", "0", "0", "--checkpoint", str(model_file),
                  "--out", str(out)]) == 0
     assert len(list(out.iterdir())) == 2
-    from xwin.eval.world import evaluate_world
-    result = evaluate_world(load_model(run), [read_ct(cts[2])])
-    assert set(result) == {"model", "baselines"}
-    assert set(result["baselines"]) == {"copy_context", "mean_projection", "random_init"}
+    from xwin.eval.world import KEYS, evaluate_world
+    result = evaluate_world(load_model(run), [read_ct(cts[2])], renderings=1, train_cts=cts[:2], score_size=32)
+    assert set(result) == {"model", "baselines", "per_angle", "per_ct", "renderings", "score_size"}
+    assert set(result["baselines"]) == {"copy_context", "mean_projection", "random_init", "nearest_training_patient"}
     for m in [result["model"], *result["baselines"].values()]:
-        assert set(m) == {"retrieval_top1", "cosine", "psnr", "ssim"}
-    assert result["baselines"]["copy_context"]["retrieval_top1"] == pytest.approx(1 / 13, abs=1e-4)
+        assert set(KEYS) <= set(m)
+    assert result["baselines"]["copy_context"]["retrieval_top1"] is None  # no latent retrieval for a copy
     assert result["baselines"]["mean_projection"]["psnr"] is None  # a checkpoint folder carries no mean projection
-    with_mean = evaluate_world(loaded, [read_ct(cts[2])])
+    assert result["baselines"]["nearest_training_patient"]["psnr"] > 5.0
+    with_mean = evaluate_world(loaded, [read_ct(cts[2])], renderings=1, train_cts=cts[:2], score_size=32)
     assert with_mean["baselines"]["mean_projection"]["psnr"] > 5.0
 
 
@@ -375,10 +376,10 @@ def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys
     root, _, cts = tiny_setup
     run = trained_run
     from xwin.eval.domain import simulated_pa_views
-    from xwin.eval.world import _spec, render_targets
+    from xwin.eval.world import render_targets
     from xwin.predict import load_model
     loaded = load_model(run)
-    spec = _spec(loaded)
+    spec = bank_spec(loaded.config)
     still = type(spec)(**{**spec.__dict__, "iso_shift_mm": 0.0, "roll_deg": 0.0})
     volume = read_ct(cts[0])
     torch.testing.assert_close(simulated_pa_views(volume, still, 2), render_targets(volume, spec)[0].expand(2, -1, -1, -1))

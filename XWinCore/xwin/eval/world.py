@@ -1,106 +1,384 @@
 """`xwin eval world`: does the model predict the view after a rotation, on CTs it never saw?
 
-For each CT: render the PA context and the targets at LAO −90…90° in 15° steps (CRAN 0) with the training geometry;
-predict every target from the context; measure latent retrieval top-1 (is the predicted latent's nearest target latent,
-among the 13 angles, the right one, by cosine similarity), the cosine similarity of predicted and true target latents
-(a view's latent: the target encoder's layer-normed patch tokens, flattened, so the spatial layout counts), and
-PSNR (pooled MSE) / SSIM of the decoded projection against the true DRR (images in [0, 1]).
-Baselines: ``copy_context`` (the PA view as the prediction), ``mean_projection`` (the training bank's mean image at that
-angle) and ``random_init`` (the same architecture, untrained).
+Protocol. Every CT goes through the training resampling path (`xwin.data.bank.prepared_ct`) and is rendered K times
+with the training jitter: per rendering an isocenter shift ~ N(0, ``data.iso_shift_mm``) per LPS axis (mm) and a
+detector roll ~ N(0, ``data.roll_deg``) (degrees), shared by the context and its targets; the K jitters are drawn from
+``seed`` and are the same for every CT. Context: the PA view (LAO 0, CRAN 0); targets: LAO −90…90° in 15° steps
+(CRAN 0), at the model's size and geometry.
+
+* Retrieval: a view's latent is `view_latent` (the layer-normed patch tokens, flattened, so the layout counts). The
+  predicted latent of each target looks for its nearest (cosine) true target latent among the 13 of that rendering:
+  top-1, within 15° (|retrieved − true| ≤ 15°) and the mean absolute angular error (degrees); a 95 % interval of
+  top-1 from a bootstrap over the (CT, rendering) units.
+* Images are scored at 128 × 128 (``SCORE_SIZE``) whatever the model's size, so that blur does not pay: with a smaller
+  model the truth is rendered at 128 (same field of view) and predictions are upsampled (bilinear); with a larger one
+  truth and prediction are both resampled to 128. PSNR (data range 1) from the MSE pooled over units, per angle and
+  overall; SSIM (window 7) averaged, per angle and overall.
+* Effective rank of the target embeddings (mean patch token of the target encoder) over all units × 13 views.
+
+Baselines on the same renderings: ``copy_context`` (the context as every prediction; no latent retrieval),
+``mean_projection`` (the model file's mean training DRR at the nearest pose), ``random_init`` (the architecture
+untrained) and ``nearest_training_patient`` (the unjittered views of the training CT whose PA DRR is closest to the
+context, in MSE). Image baselines are encoded by the model's target encoder (retrieval, effective rank).
 """
 from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import SSIMMetric
+from tqdm import tqdm
 
-from ..data.bank import BankSpec, render_views
+from ..data.bank import BankSpec, prepared_ct, render_views
 from ..drr import Projector
+from ..errors import XWinInputError
+from ..io.image import Volume
 from ..models import create_model, view_latent
+from ..models.losses import effective_rank
 from ..predict import LoadedModel
 
 TARGET_LAO = tuple(float(a) for a in range(-90, 91, 15))
+SCORE_SIZE = 128
+BASELINES = ("copy_context", "mean_projection", "random_init", "nearest_training_patient")
+WITHIN_DEG = 15.0  # a retrieved angle this close (degrees) counts for within_15
+KEYS = ("retrieval_top1", "retrieval_ci", "within_15", "angular_error_deg", "psnr", "ssim", "effective_rank")
 
 
-def _spec(loaded: LoadedModel) -> BankSpec:
-    from ..train.data import bank_spec
-    return bank_spec(loaded.config)
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+def view_spec(spec: BankSpec, lao=(0.0,) + TARGET_LAO, img_size: int | None = None) -> BankSpec:
+    """``spec`` posed at ``lao`` (CRAN 0) and, when given, rendered at ``img_size`` (same field of view)."""
+    return dataclasses.replace(spec, lao=tuple(float(a) for a in lao), cran=(0.0,),
+                               img_size=img_size or spec.img_size)
 
 
-def render_targets(volume, spec: BankSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(context (1, 1, S, S) PA view, targets (13, 1, S, S) at TARGET_LAO, CRAN 0) of one CT, [0, 1]."""
-    lao_spec = BankSpec(**{**spec.__dict__, "lao": (0.0,) + TARGET_LAO, "cran": (0.0,)})
-    images = torch.from_numpy(render_views(Projector(volume, spec.geometry()), lao_spec, 0.0, np.zeros(3)))
-    return images[:1, None].float(), images[1:, None].float()
+def jitters(spec: BankSpec, renderings: int, seed: int = 0) -> list[tuple[float, np.ndarray]]:
+    """``renderings`` (detector roll degrees, isocenter shift (3,) LPS mm) drawn like the training jitter."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(renderings):
+        shift = rng.normal(0.0, spec.iso_shift_mm, 3)
+        out.append((float(rng.normal(0.0, spec.roll_deg)), shift))
+    return out
+
+
+def render_targets(volume: Volume, spec: BankSpec, roll: float = 0.0,
+                   shift: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context (1, 1, S, S) PA view, targets (13, 1, S, S) at TARGET_LAO, CRAN 0) of ``volume`` as given (pass it
+    through `prepared_ct` for the training path), in [0, 1]."""
+    posed = view_spec(spec)
+    images = render_views(Projector(volume, posed.geometry()), posed, roll, np.zeros(3) if shift is None else shift)
+    images = torch.from_numpy(images)[:, None].float()
+    return images[:1], images[1:]
+
+
+def to_score_size(images: torch.Tensor, size: int = SCORE_SIZE) -> torch.Tensor:
+    """(N, 1, s, s) images resampled to ``size`` (bilinear, align_corners=False; antialiased when shrinking)."""
+    s = images.shape[-1]
+    if s == size:
+        return images.float()
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=s > size)
+
+
+@dataclass
+class Unit:
+    """One jittered rendering of one CT: the context and targets at the model's size, the targets as scored."""
+
+    context: torch.Tensor  # (1, 1, S, S)
+    targets: torch.Tensor  # (13, 1, S, S)
+    truth: torch.Tensor  # (13, 1, SCORE_SIZE, SCORE_SIZE)
+
+    def to(self, device) -> Unit:
+        return Unit(self.context.to(device), self.targets.to(device), self.truth.to(device))
+
+
+def render_units(volume: Volume, spec: BankSpec, renderings: int, seed: int = 0,
+                 score_size: int = SCORE_SIZE) -> list[Unit]:
+    """The jittered renderings of one prepared CT (`prepared_ct`): targets at the model's size and, when the model is
+    smaller than ``score_size``, rendered again at ``score_size`` as the truth."""
+    posed = view_spec(spec)
+    projector = Projector(volume, posed.geometry())
+    fine = view_spec(spec, TARGET_LAO, score_size) if spec.img_size < score_size else None
+    fine_projector = Projector(volume, fine.geometry()) if fine else None
+    units = []
+    for roll, shift in jitters(spec, renderings, seed):
+        images = torch.from_numpy(render_views(projector, posed, roll, shift))[:, None].float()
+        if fine:
+            truth = torch.from_numpy(render_views(fine_projector, fine, roll, shift))[:, None].float()
+        else:
+            truth = to_score_size(images[1:], score_size)
+        units.append(Unit(images[:1], images[1:], truth))
+    return units
+
+
+# --- scores of one unit ------------------------------------------------------------------------------------------
+
+def retrieval(pred_latent: torch.Tensor, true_latent: torch.Tensor,
+              lao=TARGET_LAO) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 retrieval by cosine of each predicted latent (N, F) among the true ones (N, F) at angles ``lao``:
+    (correct (N,) bool, |retrieved − true angle| (N,) degrees)."""
+    sim = F.normalize(pred_latent.float(), dim=-1) @ F.normalize(true_latent.float(), dim=-1).T
+    idx = sim.argmax(dim=1).cpu().numpy()
+    angles = np.asarray(lao, dtype=np.float64)
+    return idx == np.arange(len(idx)), np.abs(angles[idx] - angles)
+
+
+def latent_scores(pred_latent: torch.Tensor, true_latent: torch.Tensor, lao=TARGET_LAO) -> dict:
+    """``retrieval_top1``, ``within_15`` and ``angular_error_deg`` of `retrieval`."""
+    correct, error = retrieval(pred_latent, true_latent, lao)
+    return {"retrieval_top1": float(correct.mean()), "within_15": float((error <= WITHIN_DEG + 1e-6).mean()),
+            "angular_error_deg": float(error.mean())}
+
+
+def per_image_scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(MSE (N,), SSIM (N,)) of (N, 1, S, S) images in [0, 1] (predictions clamped to [0, 1])."""
+    pred, true = pred.clamp(0, 1).float(), true.float()
+    mse = (pred - true).square().flatten(1).mean(1)
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7)(pred, true).reshape(-1)
+    return mse.cpu().numpy().astype(np.float64), ssim.cpu().numpy().astype(np.float64)
+
+
+def psnr(mse: float) -> float:
+    """PSNR (dB, data range 1) of an MSE (floored at 1e-10, i.e. at most 100 dB)."""
+    return float(10.0 * np.log10(1.0 / max(float(mse), 1e-10)))
 
 
 def image_scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
-    """PSNR (dB, data range 1) of the MSE pooled over the N images, and mean SSIM, of (N, 1, S, S) images in [0, 1].
+    """PSNR of the MSE pooled over the N images, and mean SSIM, of (N, 1, S, S) images in [0, 1] (same size).
 
-    Pooling the MSE keeps PSNR finite when one prediction is exact (the PA target of ``copy_context``).
-    """
-    pred = pred.clamp(0, 1).float()
-    psnr = 10.0 * torch.log10(1.0 / F.mse_loss(pred, true.float()).clamp_min(1e-12))
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7)(pred, true).mean()
-    return float(psnr), float(ssim)
+    Pooling the MSE keeps PSNR finite when one prediction is exact."""
+    mse, ssim = per_image_scores(pred, true)
+    return psnr(mse.mean()), float(ssim.mean())
 
 
-def latent_scores(pred_latent: torch.Tensor, target_latent: torch.Tensor) -> tuple[float, float]:
-    """(retrieval top-1 among the targets by cosine similarity, mean cosine of matching pairs) of (N, F) latents."""
-    p, t = F.normalize(pred_latent.float(), dim=-1), F.normalize(target_latent.float(), dim=-1)
-    sim = p @ t.T
-    top1 = float((sim.argmax(dim=1) == torch.arange(len(p))).float().mean())
-    return top1, float(sim.diagonal().mean())
+def _scores(unit: Unit, images: torch.Tensor, embed: torch.Tensor | None,
+            hit: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """One unit's record: retrieval (correct, error) or None, per-image MSE and SSIM at the score size, embeddings."""
+    mse, ssim = per_image_scores(to_score_size(images, unit.truth.shape[-1]), unit.truth)
+    correct, error = hit if hit is not None else (None, None)
+    return {"correct": correct, "error": error, "mse": mse, "ssim": ssim,
+            "embed": None if embed is None else embed.float().cpu()}
 
 
-def _model_case(model, context, targets, d_lao) -> dict:
-    n = len(targets)
-    tokens = model.predict_view(context.expand(n, -1, -1, -1), d_lao, torch.zeros_like(d_lao))
-    top1, cos = latent_scores(view_latent(tokens), view_latent(model.target_encoder(targets)))
-    psnr, ssim = image_scores(model.decode(tokens), targets)
-    return {"retrieval_top1": top1, "cosine": cos, "psnr": psnr, "ssim": ssim}
+def model_unit(model, unit: Unit, lao: torch.Tensor, true_tokens: torch.Tensor | None = None) -> dict:
+    """A world model on one unit: predicted tokens from the context, retrieval among its own target encoder's
+    latents of the true targets (``true_tokens`` when already known), the decoded prediction, and those true target
+    embeddings."""
+    n, zero = len(lao), torch.zeros_like(lao)
+    context = unit.context.expand(n, -1, -1, -1)
+    tokens = model.predict_view(context, lao, zero)
+    true_tokens = model.target_encoder(unit.targets) if true_tokens is None else true_tokens
+    hit = retrieval(view_latent(tokens), view_latent(true_tokens))
+    return _scores(unit, model.decode(tokens, context, lao, zero), true_tokens.mean(1), hit)
 
 
-def _image_case(model, images, targets) -> dict:
-    """Scores of a baseline that predicts images: its latent is the target encoder's latent of its image."""
-    top1, cos = latent_scores(view_latent(model.target_encoder(images)), view_latent(model.target_encoder(targets)))
-    psnr, ssim = image_scores(images, targets)
-    return {"retrieval_top1": top1, "cosine": cos, "psnr": psnr, "ssim": ssim}
+def image_unit(model, unit: Unit, images: torch.Tensor, true_latent: torch.Tensor | None,
+               tokens: torch.Tensor | None = None) -> dict:
+    """A baseline that predicts images (13, 1, S, S): encoded by the model's target encoder (``tokens`` when
+    already known) for the effective rank and, given the true targets' latents, for retrieval among them."""
+    tokens = model.target_encoder(images) if tokens is None else tokens
+    hit = None if true_latent is None else retrieval(view_latent(tokens), true_latent)
+    return _scores(unit, images, tokens.mean(1), hit)
+
+
+# --- training CTs (nearest_training_patient) ---------------------------------------------------------------------
+
+@dataclass
+class References:
+    """Unjittered PA views (T, 1, S, S), target views (T, 13, 1, S, S) and their target-encoder tokens of T
+    training CTs named ``names``."""
+
+    names: list[str]
+    pa: torch.Tensor
+    targets: torch.Tensor
+    tokens: torch.Tensor
+
+    def nearest(self, context: torch.Tensor) -> int:
+        """Index of the training CT whose PA view is closest (MSE) to ``context`` (1, 1, S, S)."""
+        return int((self.pa - context).square().flatten(1).mean(1).argmin())
+
+
+def training_references(model, spec: BankSpec, cts: list[tuple[str, object]], device="cpu",
+                        quiet: bool = True) -> References:
+    """`References` of the training CTs ``cts`` ((name, path or `Volume`) pairs), each through `prepared_ct`."""
+    pas, targets = [], []
+    for _, ct in tqdm(cts, desc="training CTs", unit="CT", disable=_quiet(quiet)):
+        context, views = render_targets(prepared_ct(ct, spec), spec)
+        pas.append(context[0])
+        targets.append(views)
+    targets = torch.stack(targets).to(device)
+    tokens = torch.stack([model.target_encoder(t) for t in targets])
+    return References([name for name, _ in cts], torch.stack(pas).to(device), targets, tokens)
+
+
+def _training_cts(loaded: LoadedModel, train_cts) -> tuple[list[tuple[str, object]], str | None]:
+    """(name, CT) pairs of ``train_cts`` or else of the model's config (`training_cts`), or ([], why not)."""
+    if train_cts:
+        return _named(train_cts, "train"), None
+    from ..train.data import training_cts
+    try:
+        return [(c["path"], c["path"]) for c in training_cts(loaded.config)], None
+    except XWinInputError as exc:
+        return [], f"no training CTs: {exc} (give them with --train-ct)"
+
+
+# --- pooling -----------------------------------------------------------------------------------------------------
+
+def bootstrap_ci(values, draws: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile interval of the mean of ``values`` (one per unit) over ``draws`` resamples with replacement."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(draws, len(v)))
+    lo, hi = np.percentile(v[idx].mean(axis=1), [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _r(x):
+    return None if x is None else round(float(x), 4)
+
+
+def summarize(records: list[dict] | None, seed: int = 0) -> dict:
+    """The pooled scores (``KEYS``) of unit records (None: an unavailable baseline, every value null)."""
+    if not records:
+        return dict.fromkeys(KEYS)
+    mse, ssim = np.stack([r["mse"] for r in records]), np.stack([r["ssim"] for r in records])
+    out = {"retrieval_top1": None, "retrieval_ci": None, "within_15": None, "angular_error_deg": None,
+           "psnr": _r(psnr(mse.mean())), "ssim": _r(ssim.mean()), "effective_rank": None}
+    if records[0]["correct"] is not None:
+        correct, error = np.stack([r["correct"] for r in records]), np.stack([r["error"] for r in records])
+        out.update(retrieval_top1=_r(correct.mean()), within_15=_r((error <= WITHIN_DEG + 1e-6).mean()),
+                   retrieval_ci=[_r(x) for x in bootstrap_ci(correct.mean(axis=1), seed=seed)],
+                   angular_error_deg=_r(error.mean()))
+    if records[0]["embed"] is not None:
+        out["effective_rank"] = _r(effective_rank(torch.cat([r["embed"] for r in records])))
+    return out
+
+
+def per_angle(records: dict[str, list[dict] | None]) -> list[dict]:
+    """Per target angle: ``{"lao", name: {"psnr", "ssim"}}`` pooled over units (null for unavailable names)."""
+    rows = []
+    for j, a in enumerate(TARGET_LAO):
+        row = {"lao": a}
+        for name, recs in records.items():
+            row[name] = ({"psnr": _r(psnr(np.mean([r["mse"][j] for r in recs]))),
+                          "ssim": _r(np.mean([r["ssim"][j] for r in recs]))} if recs else
+                         {"psnr": None, "ssim": None})
+        rows.append(row)
+    return rows
+
+
+# --- the evaluation ----------------------------------------------------------------------------------------------
+
+def _quiet(quiet: bool) -> bool:
+    return quiet or not sys.stderr.isatty()
+
+
+def _named(cts, prefix: str = "ct") -> list[tuple[str, object]]:
+    """(name, path or `Volume`) pairs of a dict or list: a path is its own name, a `Volume` gets ``prefix`` + index."""
+    if isinstance(cts, dict):
+        return [(str(k), v) for k, v in cts.items()]
+    return [(f"{prefix}{i}" if isinstance(c, Volume) else str(c), c) for i, c in enumerate(cts)]
 
 
 def _mean_images(loaded: LoadedModel, lao: torch.Tensor) -> torch.Tensor | None:
+    """The model file's mean training DRR at the pose nearest each (lao, 0), (13, 1, S, S), or None."""
     if loaded.mean_projection is None:
         return None
-    poses = loaded.mean_poses.float()
     want = torch.stack([lao, torch.zeros_like(lao)], dim=1)
-    idx = torch.cdist(want, poses).argmin(dim=1)
-    return loaded.mean_projection[idx][:, None].float()
+    idx = torch.cdist(want, loaded.mean_poses.float().to(lao.device)).argmin(dim=1)
+    return loaded.mean_projection.to(lao.device)[idx][:, None].float()
 
 
-def _average(cases: list[dict]) -> dict:
-    keys = cases[0].keys()
-    return {k: (None if any(c[k] is None for c in cases) else round(float(np.mean([c[k] for c in cases])), 4))
-            for k in keys}
+def _unit_records(model, untrained, unit: Unit, lao, mean, refs: References | None) -> tuple[dict, str | None]:
+    """Every method's record on one unit, and the name of the nearest training CT (None without references)."""
+    true_tokens = model.target_encoder(unit.targets)
+    true_latent = view_latent(true_tokens)
+    out = {"model": model_unit(model, unit, lao, true_tokens), "random_init": model_unit(untrained, unit, lao),
+           "copy_context": image_unit(model, unit, unit.context.expand(len(lao), -1, -1, -1), None),
+           "mean_projection": None if mean is None else image_unit(model, unit, mean, true_latent),
+           "nearest_training_patient": None}
+    if refs is None:
+        return out, None
+    k = refs.nearest(unit.context)
+    out["nearest_training_patient"] = image_unit(model, unit, refs.targets[k], true_latent, refs.tokens[k])
+    return out, refs.names[k]
+
+
+def _result(records: dict[str, list], seed: int, notes: dict) -> dict:
+    out = {name: summarize(records[name], seed) for name in ("model",) + BASELINES}
+    for name, note in notes.items():
+        if note:
+            out[name]["note"] = note
+    return {"model": out.pop("model"), "baselines": out}
 
 
 @torch.no_grad()
-def evaluate_world(loaded: LoadedModel, volumes: list, seed: int = 0) -> dict:
-    """``{"model": M, "baselines": {"copy_context": M, "mean_projection": M, "random_init": M}}`` averaged over CTs."""
+def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0, train_cts=None,
+                   quiet: bool = True, score_size: int = SCORE_SIZE) -> dict:
+    """The evaluation of the module docstring on ``cts`` (paths or `Volume`s, or a dict name → either).
+
+    ``train_cts`` (same forms) are the candidates of ``nearest_training_patient``; default: the model config's
+    training CTs (`xwin.train.data.training_cts`; paths relative to the working directory). Returns ``{"model",
+    "baselines", "per_angle", "per_ct", "renderings", "score_size"}`` (see ``xwin eval world --help``)."""
+    from ..train.data import bank_spec
+    if renderings < 1:
+        raise XWinInputError(None, f"renderings must be >= 1 (got {renderings})")
     model = loaded.model.eval()
     device = next(model.parameters()).device
+    spec = bank_spec(loaded.config)
+    lao = torch.tensor(TARGET_LAO, device=device)
     torch.manual_seed(seed)
     untrained = create_model(loaded.config).eval().to(device)
-    spec = _spec(loaded)
-    lao = torch.tensor(TARGET_LAO, device=device)
-    results = {"model": [], "copy_context": [], "mean_projection": [], "random_init": []}
-    for volume in volumes:
-        context, targets = (t.to(device) for t in render_targets(volume, spec))
-        results["model"].append(_model_case(model, context, targets, lao))
-        results["random_init"].append(_model_case(untrained, context, targets, lao))
-        results["copy_context"].append(_image_case(model, context.expand_as(targets), targets))
-        mean = _mean_images(loaded, lao)
-        results["mean_projection"].append(_image_case(model, mean, targets) if mean is not None else
-                                          {"retrieval_top1": None, "cosine": None, "psnr": None, "ssim": None})
-    out = {k: _average(v) for k, v in results.items()}
-    return {"model": out.pop("model"), "baselines": out}
+    mean = _mean_images(loaded, lao)
+    named, note = _training_cts(loaded, train_cts)
+    refs = training_references(model, spec, named, device, quiet) if named else None
+    notes = {"mean_projection": None if mean is not None else "the model file holds no mean projection",
+             "nearest_training_patient": note}
+    names = ("model",) + BASELINES
+    pooled = {name: [] for name in names}
+    per_ct = []
+    steps = tqdm(total=len(_named(cts)) * renderings, desc="eval world", unit="rendering", disable=_quiet(quiet))
+    for name, ct in _named(cts):
+        mine, picked = {n: [] for n in names}, []
+        for unit in render_units(prepared_ct(ct, spec), spec, renderings, seed, score_size):
+            recs, nearest = _unit_records(model, untrained, unit.to(device), lao, mean, refs)
+            for n in names:
+                mine[n].append(recs[n])
+            picked.append(nearest)
+            steps.update()
+        mine = {n: None if any(r is None for r in v) else v for n, v in mine.items()}
+        per_ct.append({"ct": name, **_result(mine, seed, {}), "nearest_training_ct": picked})
+        for n in names:
+            pooled[n] = None if pooled[n] is None or mine[n] is None else pooled[n] + mine[n]
+    steps.close()
+    return {**_result(pooled, seed, notes), "per_angle": per_angle(pooled), "per_ct": per_ct,
+            "renderings": renderings, "score_size": score_size}
+
+
+# --- text --------------------------------------------------------------------------------------------------------
+
+def _f(v, p: int = 3) -> str:
+    return "—" if v is None else f"{v:.{p}f}"
+
+
+def format_table(result: dict) -> str:
+    """A readable report of `evaluate_world`: pooled scores, then PSNR / SSIM per target angle."""
+    methods = {"model": result["model"], **result["baselines"]}
+    lines = [f"{result['renderings']} jittered renderings per CT, {len(result['per_ct'])} CT(s); images scored at "
+             f"{result['score_size']}²", "",
+             f"{'':26} {'top-1':>6} {'95% CI':>15} {'≤15°':>6} {'err°':>6} {'PSNR':>6} {'SSIM':>6} {'eff.rank':>8}"]
+    for name, m in methods.items():
+        ci = "—" if m["retrieval_ci"] is None else f"[{m['retrieval_ci'][0]:.3f}, {m['retrieval_ci'][1]:.3f}]"
+        lines.append(f"{name:26} {_f(m['retrieval_top1']):>6} {ci:>15} {_f(m['within_15']):>6} "
+                     f"{_f(m['angular_error_deg'], 1):>6} {_f(m['psnr'], 2):>6} {_f(m['ssim']):>6} "
+                     f"{_f(m['effective_rank'], 2):>8}" + (f"  ({m['note']})" if m.get("note") else ""))
+    lines += ["", "PSNR / SSIM per target angle (LAO°, CRAN 0)",
+              f"{'LAO':>5} " + " ".join(f"{n:>24}" for n in methods)]
+    for row in result["per_angle"]:
+        cells = [f"{_f(row[n]['psnr'], 2)} / {_f(row[n]['ssim'])}" for n in methods]
+        lines.append(f"{row['lao']:>5.0f} " + " ".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
