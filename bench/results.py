@@ -178,7 +178,8 @@ def main(argv=None) -> int:
             encoders[name], seen[name] = other.model.context_encoder, other.config.data.cxr
         pr = probe(encoders, sets, cfg.model.img_size, folds=5, shots=(5, 10), seen=seen)
         lines += ["", "### Linear probing and k-shot fine-tuning (`xwin eval probe`)", "",
-                  "Each task decides its label within one image source, so the source cannot predict it: "
+                  "Each task decides its label within one image source (two for `sex`), so that the source "
+                  "predicts little of it (the source-only column says how much): "
                   + "; ".join(f"`{k}` {t['description']}" for k, t in pr["tasks"].items())
                   + f". {pr['folds']} patient-level folds; AUROC of pooled out-of-fold scores [95 % interval, "
                   "bootstrap over patients]. Source-only: AUROC of a score that knows only the film's source. "

@@ -168,26 +168,48 @@ def cmd_eval_domain(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval_probe(ns: argparse.Namespace) -> int:
-    """Linear probe and k-shot fine-tuning AUROC on labelled real CXRs (patient-level folds)."""
+    """Linear probe and k-shot fine-tuning AUROC per probe task (label decided within a source), patient-level folds
+    and patient bootstrap, for the model, a random initialisation and any --ablation models."""
     import json
 
     import torch
 
-    from .eval.probe import probe, read_labels
+    from .eval.probe import TASKS, ProbeTask, format_table, probe, read_rows, task_set
     from .models import create_model
     from .predict import load_model
 
+    if ns.folds < 2 or any(k < 0 for k in ns.shots) or ns.resamples < 1:
+        raise XWinInputError(None, f"--folds must be >= 2, --shots >= 0 and --resamples >= 1 "
+                                   f"(got {ns.folds}, {ns.shots}, {ns.resamples})")
+    unknown = [t for t in ns.task if t not in TASKS]
+    if unknown:
+        raise XWinInputError(None, f"unknown probe task {unknown[0]!r} (built-in: {', '.join(TASKS)})")
+    bad = [item for item in ns.where + ns.ablation if "=" not in item]
+    if bad:
+        raise XWinInputError(None, f"expected NAME=VALUE, got {bad[0]!r}")
+    tasks = [TASKS[t] for t in dict.fromkeys(ns.task)]
+    if ns.positive is not None:
+        tasks.append(ProbeTask("custom", tuple(ns.source), ns.column, ns.positive, ns.negative,
+                               f"{ns.column} matching {ns.positive}"))
+    elif ns.source or ns.negative is not None:
+        raise XWinInputError(None, "--source, --negative and --column define a custom task: give --positive too")
+    if not tasks:
+        tasks = list(TASKS.values())
     where = dict(item.split("=", 1) for item in ns.where)
-    files, labels, patients = read_labels(ns.labels, ns.images, ns.positive, where)
+    rows = read_rows(ns.labels, where)
+    sets = [task_set(rows, t, ns.images, ns.labels) for t in tasks]
     loaded = load_model(ns.checkpoint)
     torch.manual_seed(0)
     encoders = {"model": loaded.model.context_encoder,
                 "random_init": create_model(loaded.config).context_encoder}
+    seen = {"model": loaded.config.data.cxr, "random_init": ()}
     for item in ns.ablation:
         name, path = item.split("=", 1)
-        encoders[name] = load_model(path).model.context_encoder
-    result = probe(encoders, files, labels, patients, loaded.config.model.img_size, ns.folds, tuple(ns.shots))
-    print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
+        other = load_model(path)
+        encoders[name], seen[name] = other.model.context_encoder, other.config.data.cxr
+    result = probe(encoders, sets, loaded.config.model.img_size, ns.folds, tuple(ns.shots), seen=seen,
+                   resamples=ns.resamples)
+    print(json.dumps(result) if ns.json else format_table(result))
     return 0
 
 
@@ -378,17 +400,33 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     dm.add_argument("--json", action="store_true", help="one-line JSON on stdout")
     dm.set_defaults(func=cmd_eval_domain)
-    pr = ev.add_parser("probe", help="linear probe / k-shot AUROC on labelled real CXRs")
-    pr.add_argument("--labels", required=True, help="CSV with columns filename, finding, patient_id")
+    pr = ev.add_parser("probe", help="linear probe / k-shot AUROC per anatomy task on labelled real CXRs",
+                       description="Probe tasks decide their label within one image source, so that the source "
+                                   "cannot predict it: sex (M vs F, MHH + NIH films), view (PA vs AP, MHH only), "
+                                   "pneumonia (pneumonia vs normal, Kermany only). Patient-level folds; 95 % "
+                                   "intervals from a bootstrap over patients.")
+    pr.add_argument("--labels", required=True,
+                    help="CSV with columns filename, source, patient_id and the label columns (sex, view, finding)")
     pr.add_argument("--images", required=True, help="folder the CSV's filenames are relative to")
+    pr.add_argument("--task", action="append", default=[], metavar="NAME",
+                    help="built-in probe task: sex, view or pneumonia (repeatable; default: all three)")
     pr.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
     pr.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                     help="another model to compare, e.g. mim_only=runs/mim/ (repeatable)")
-    pr.add_argument("--positive", help="regex on the finding column for positives (default: not No Finding/Normal)")
-    pr.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE", help="keep matching rows only")
+    pr.add_argument("--positive", metavar="REGEX",
+                    help="add a custom task: rows whose --column matches REGEX are positive")
+    pr.add_argument("--negative", metavar="REGEX", help="custom task: negatives match REGEX (default: all other rows)")
+    pr.add_argument("--column", default="finding", help="custom task: the label column (default finding)")
+    pr.add_argument("--source", action="append", default=[], metavar="SUBSTRING",
+                    help="custom task: keep rows whose source contains SUBSTRING (repeatable; default: all rows, "
+                         "which lets the source predict the label)")
+    pr.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                    help="keep matching rows only (every task)")
     pr.add_argument("--folds", type=int, default=5, help="patient-level folds (default 5)")
-    pr.add_argument("--shots", type=int, nargs="+", default=[5], help="k for k-shot fine-tuning (default 5)")
-    pr.add_argument("--json", action="store_true", help="one-line JSON on stdout")
+    pr.add_argument("--shots", type=int, nargs="+", default=[5],
+                    help="k for k-shot fine-tuning (default 5; 0: linear probe only)")
+    pr.add_argument("--resamples", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
+    pr.add_argument("--json", action="store_true", help="one-line JSON on stdout (default: a table)")
     pr.set_defaults(func=cmd_eval_probe)
     p = sub.add_parser("viewer", help="the XWin panel outside Slicer: DRRs, prediction, reconstruction, training")
     p.add_argument("--ct", help="CT to open (DICOM folder, NIfTI, NRRD, MHA)")

@@ -1,16 +1,33 @@
-"""`xwin eval probe`: how useful are the encoder's features for a finding on real labelled CXRs?
+"""`xwin eval probe`: how much anatomy do the encoder's features carry, measured on real labelled CXRs?
 
-Linear probing (frozen mean-token embeddings → L2-regularised logistic regression) and k-shot fine-tuning (encoder +
-linear head, k positives and k negatives per fold), both with patient-level folds (no patient in two folds); AUROC of
-the pooled out-of-fold scores with a percentile bootstrap interval. Compared across encoders: the model, a random
-initialisation and any extra checkpoints (e.g. an MIM-only ablation).
+A probe task is a binary label decided *within* one image source (or a set of sources), so that the source itself
+cannot predict the label: across the whole shared labels CSV, "abnormal vs normal" is almost a function of the
+source (every MHH film is COVID-19 positive, the normals come from other collections), and a probe on it measures
+which collection a film came from, not what it shows. Built-in tasks (`TASKS`):
+
+* ``sex``: male vs female (``sex`` column, M positive) on the MHH and NIH adult films;
+* ``view``: PA vs AP projection (``view`` column, PA positive) on the MHH films only;
+* ``pneumonia``: pneumonia vs normal (``finding`` column) on the Kermany paediatric films only.
+
+Each task reports ``source_auroc``, the AUROC of a score that knows only a film's source (the share of positives in
+its source, in-sample): 0.5 when the source carries no information about the label within the task.
+
+Per task and encoder: linear probing (frozen mean-token embeddings → L2-regularised logistic regression) and k-shot
+fine-tuning (encoder + linear head, k positives and k negatives per fold), both with patient-level folds (no patient
+in two folds); AUROC of the pooled out-of-fold scores with a percentile bootstrap interval that resamples *patients*
+(all films of a drawn patient together; a row without a patient id is its own patient). Encoders compared: the
+model, a random initialisation and any extra checkpoints (e.g. an MIM-only ablation). ``transductive`` marks an
+encoder that saw the probe films in training: one of them lies under a folder of its config's ``data.cxr``.
 """
 from __future__ import annotations
 
 import copy
 import csv
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +37,58 @@ from scipy.stats import rankdata
 from ..data.cxr import load_cxrs
 from ..errors import XWinInputError
 
-NORMAL = r"^(No Finding|Normal)$"
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """A binary probe label decided within a set of image sources.
+
+    A row is kept when its ``source`` column contains one of ``sources`` (case-sensitive substrings; empty: every
+    row) and its ``column`` value is not empty. It is positive when ``positive`` (a regex, ``re.search``) matches
+    that value, negative when ``negative`` matches (``None``: any other value); rows matching neither are dropped.
+    """
+
+    name: str
+    sources: tuple[str, ...]
+    column: str
+    positive: str
+    negative: str | None = None
+    description: str = ""
+
+    def select(self, rows: Sequence[dict]) -> tuple[list[int], np.ndarray]:
+        """Indices of the rows this task keeps and their boolean labels."""
+        keep, labels = [], []
+        for i, row in enumerate(rows):
+            if self.sources and not any(s in (row.get("source") or "") for s in self.sources):
+                continue
+            value = (row.get(self.column) or "").strip()
+            if not value:
+                continue
+            if re.search(self.positive, value):
+                keep.append(i)
+                labels.append(True)
+            elif self.negative is None or re.search(self.negative, value):
+                keep.append(i)
+                labels.append(False)
+        return keep, np.array(labels, dtype=bool)
+
+
+TASKS: dict[str, ProbeTask] = {t.name: t for t in (
+    ProbeTask("sex", ("MHH", "NIH"), "sex", r"^M$", r"^F$", "male vs female, MHH + NIH adult films"),
+    ProbeTask("view", ("MHH",), "view", r"^PA$", r"^AP$", "PA vs AP projection, MHH films only"),
+    ProbeTask("pneumonia", ("Kermany",), "finding", r"(?i)pneumonia", r"(?i)^normal$",
+              "pneumonia vs normal, Kermany paediatric films only"),
+)}
+
+
+@dataclass
+class ProbeSet:
+    """The films of one task: files, labels, patient ids and sources (one entry per image)."""
+
+    task: ProbeTask
+    files: list[Path]
+    labels: np.ndarray
+    patients: np.ndarray
+    sources: np.ndarray
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -33,48 +101,90 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap_ci(labels, scores, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUROC (resampling images)."""
+def source_auroc(labels: np.ndarray, sources: np.ndarray) -> float:
+    """AUROC of a score that knows only the source: each image scored by the share of positives in its source."""
+    labels, sources = np.asarray(labels, bool), np.asarray(sources)
+    share = {s: labels[sources == s].mean() for s in np.unique(sources)}
+    return auroc(labels, np.array([share[s] for s in sources]))
+
+
+def patient_bootstrap(patients: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Image indices of one bootstrap resample by patient: as many patients as there are, drawn with replacement,
+    each bringing all of its images (a patient drawn twice brings them twice)."""
+    patients = np.asarray(patients)
+    unique, inverse = np.unique(patients, return_inverse=True)
+    members = [np.flatnonzero(inverse == j) for j in range(len(unique))]
+    drawn = rng.integers(len(unique), size=len(unique))
+    return np.concatenate([members[j] for j in drawn])
+
+
+def bootstrap_ci(labels, scores, patients=None, n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUROC, resampling patients (``None``: each image is its own patient)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    patients = np.arange(len(labels)) if patients is None else np.asarray(patients)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n):
-        idx = rng.integers(len(labels), size=len(labels))
+        idx = patient_bootstrap(patients, rng)
         v = auroc(labels[idx], scores[idx])
         if np.isfinite(v):
             values.append(v)
+    if not values:
+        return float("nan"), float("nan")
     lo, hi = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(lo), float(hi)
 
 
-def read_labels(csv_path: str | Path, images: str | Path, positive: str | None = None,
-                where: dict[str, str] | None = None) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """(files, binary labels, patient ids) from a labels CSV (columns filename, finding, patient_id).
-
-    A row is positive when its finding matches the regex ``positive`` (default: anything but No Finding/Normal).
-    Rows without a patient id get their own (one image = one patient).
-    """
-    rows = []
+def read_rows(csv_path: str | os.PathLike, where: dict[str, str] | None = None) -> list[dict]:
+    """Rows of a labels CSV (columns filename, source, patient_id and the label columns), filtered by ``where``."""
     try:
         with open(csv_path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise XWinInputError(csv_path, f"cannot read labels: {exc.strerror or exc}") from None
-    for key in ("filename", "finding"):
+    if rows and "filename" not in rows[0]:
+        raise XWinInputError(csv_path, "labels CSV lacks the column 'filename'")
+    for key in where or {}:
         if rows and key not in rows[0]:
-            raise XWinInputError(csv_path, f"labels CSV lacks the column '{key}'")
-    rows = [r for r in rows if all(r.get(k) == v for k, v in (where or {}).items())]
-    if not rows:
-        raise XWinInputError(csv_path, "no labelled images left to probe")
-    files = [Path(images) / r["filename"] for r in rows]
+            raise XWinInputError(csv_path, f"labels CSV lacks the column '{key}' (from --where)")
+    return [r for r in rows if all(r.get(k) == v for k, v in (where or {}).items())]
+
+
+def task_set(rows: Sequence[dict], task: ProbeTask, images: str | os.PathLike,
+             csv_path: str | os.PathLike = "labels") -> ProbeSet:
+    """The films, labels, patients and sources a task keeps; patient ids default to one per image."""
+    if rows:
+        for key in ("source",) * bool(task.sources) + (task.column,):
+            if key not in rows[0]:
+                raise XWinInputError(csv_path, f"labels CSV lacks the column '{key}' (task {task.name})")
+    keep, labels = task.select(rows)
+    kept = [rows[i] for i in keep]
+    if labels.sum() == 0 or (~labels).sum() == 0:
+        raise XWinInputError(csv_path, f"task {task.name}: needs positives and negatives, kept {labels.sum()} "
+                                       f"positive and {(~labels).sum()} negative rows")
+    files = [Path(images) / r["filename"] for r in kept]
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise XWinInputError(missing[0], f"image listed in {Path(csv_path).name} not found")
-    if positive is None:
-        labels = np.array([re.match(NORMAL, r["finding"]) is None for r in rows])
-    else:
-        labels = np.array([re.search(positive, r["finding"]) is not None for r in rows])
-    patients = np.array([r.get("patient_id") or f"image:{r['filename']}" for r in rows])
-    return files, labels, patients
+    patients = np.array([(r.get("patient_id") or "").strip() or f"image:{r['filename']}" for r in kept])
+    sources = np.array([r.get("source") or "" for r in kept])
+    return ProbeSet(task, files, labels, patients, sources)
+
+
+def is_transductive(files: Sequence[str | os.PathLike], folders: Sequence[str | os.PathLike] | None,
+                    cwd: str | os.PathLike | None = None) -> bool | None:
+    """Whether any of ``files`` lies under one of ``folders`` (an encoder's training ``data.cxr``). Both are resolved
+    to absolute paths, relative ones against ``cwd`` (default: the working directory). ``None`` folders: unknown."""
+    if folders is None:
+        return None
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    roots = [(base / Path(d).expanduser()).resolve() for d in folders]
+    for f in files:
+        path = (base / Path(f).expanduser()).resolve()
+        if any(path == r or path.is_relative_to(r) for r in roots):
+            return True
+    return False
 
 
 def patient_folds(labels: np.ndarray, patients: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -132,34 +242,93 @@ def finetune_scores(encoder, train_x, train_y, test_x, steps: int = 30, lr: floa
         return head(embeddings(enc, test_x))[:, 0].numpy()
 
 
-def probe(encoders: dict[str, torch.nn.Module], files, labels, patients, size: int, folds: int = 5,
-          shots: tuple[int, ...] = (5,), seed: int = 0) -> dict:
-    """AUROC (+ 95 % bootstrap interval) per encoder: linear probe and k-shot fine-tuning, patient-level folds."""
-    images = torch.from_numpy(load_cxrs(files, size))[:, None]
-    fold = patient_folds(labels, patients, folds, seed)
-    rng = np.random.default_rng(seed)
-    out = {"n_images": int(len(labels)), "n_positive": int(labels.sum()), "n_patients": int(len(set(patients))),
-           "folds": folds, "encoders": {}}
+def probe(encoders: dict[str, torch.nn.Module], sets: Sequence[ProbeSet], size: int, folds: int = 5,
+          shots: Sequence[int] = (5,), seed: int = 0, seen: dict[str, Sequence[str] | None] | None = None,
+          resamples: int = 1000) -> dict:
+    """Per task and encoder: AUROC [95 % patient-bootstrap interval] of the linear probe and k-shot fine-tuning
+    (patient-level folds), with the task's image, patient and positive counts and its source-only AUROC.
+
+    ``seen`` maps an encoder name to the real-CXR folders it was trained on (its config's ``data.cxr``; ``()`` for
+    a random initialisation, ``None`` or absent: unknown) for the ``transductive`` flag.
+    """
+    seen = seen or {}
+    shots = tuple(k for k in shots if k > 0)
+    index: dict[Path, int] = {}
+    for s in sets:
+        for f in s.files:
+            index.setdefault(Path(f).resolve(), len(index))
+    images = torch.from_numpy(load_cxrs(list(index), size))[:, None]
+    rows = {s.task.name: np.array([index[Path(f).resolve()] for f in s.files]) for s in sets}
+    out = {"folds": folds, "shots": list(shots), "bootstrap": {"resamples": resamples, "unit": "patient"},
+           "encoders": {}, "tasks": {}}
+    for s in sets:
+        t = s.task
+        out["tasks"][t.name] = {
+            "description": t.description, "sources": list(t.sources), "column": t.column, "positive": t.positive,
+            "negative": t.negative, "n_images": int(len(s.labels)), "n_patients": int(len(set(s.patients))),
+            "n_positive": int(s.labels.sum()), "n_positive_patients": int(len(set(s.patients[s.labels]))),
+            "source_auroc": round(source_auroc(s.labels, s.sources), 4), "encoders": {}}
+    all_files = [f for s in sets for f in s.files]
     for name, enc in encoders.items():
         enc = enc.eval()
         feats = embeddings(enc, images)
-        results = {}
-        scores = np.zeros(len(labels))
-        for f in range(folds):
-            tr, te = fold != f, fold == f
-            scores[te] = logistic_probe(feats[tr], labels[tr], feats[te])
-        results["linear"] = _summary(labels, scores, seed)
-        for k in shots:
+        folders = seen.get(name)
+        out["encoders"][name] = {"transductive": is_transductive(all_files, folders),
+                                 "training_cxr": None if folders is None else [str(d) for d in folders]}
+        for s in sets:
+            labels, patients, idx = s.labels, s.patients, rows[s.task.name]
+            k_folds = min(folds, len(set(patients)))
+            if k_folds < 2:
+                raise XWinInputError(None, f"task {s.task.name}: needs at least 2 patients and 2 folds")
+            fold = patient_folds(labels, patients, k_folds, seed)
+            x = feats[idx]
+            result = {"transductive": is_transductive(s.files, folders)}
             scores = np.zeros(len(labels))
-            for f in range(folds):
-                tr, te = np.flatnonzero(fold != f), fold == f
-                pick = np.concatenate([rng.permutation(tr[labels[tr]])[:k], rng.permutation(tr[~labels[tr]])[:k]])
-                scores[te] = finetune_scores(enc, images[pick], labels[pick], images[te], seed=seed)
-            results[f"{k}_shot"] = _summary(labels, scores, seed)
-        out["encoders"][name] = results
+            for f in range(k_folds):
+                tr, te = fold != f, fold == f
+                scores[te] = logistic_probe(x[tr], labels[tr], x[te])
+            result["linear"] = _summary(labels, scores, patients, seed, resamples)
+            rng = np.random.default_rng(seed)
+            for k in shots:
+                scores = np.zeros(len(labels))
+                for f in range(k_folds):
+                    tr, te = np.flatnonzero(fold != f), fold == f
+                    pick = np.concatenate([rng.permutation(tr[labels[tr]])[:k],
+                                           rng.permutation(tr[~labels[tr]])[:k]])
+                    scores[te] = finetune_scores(enc, images[idx[pick]], labels[pick], images[idx[te]], seed=seed)
+                result[f"{k}_shot"] = _summary(labels, scores, patients, seed, resamples)
+            out["tasks"][s.task.name]["encoders"][name] = result
     return out
 
 
-def _summary(labels, scores, seed) -> dict:
-    lo, hi = bootstrap_ci(labels, scores, seed=seed)
+def _summary(labels, scores, patients, seed, resamples) -> dict:
+    lo, hi = bootstrap_ci(labels, scores, patients, n=resamples, seed=seed)
     return {"auroc": round(auroc(labels, scores), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def format_table(result: dict) -> str:
+    """A readable table: one row per task, encoder and probe (AUROC, 95 % interval, counts, transductive)."""
+    head = ("task", "encoder", "probe", "AUROC", "95% CI", "images", "patients", "positives", "transductive")
+    lines = []
+    for name, t in result["tasks"].items():
+        for enc, r in t["encoders"].items():
+            trans = {True: "yes", False: "no", None: "unknown"}[r["transductive"]]
+            for key, m in r.items():
+                if key == "transductive":
+                    continue
+                lines.append((name, enc, key.replace("_", "-"), f"{m['auroc']:.3f}",
+                              f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", str(t["n_images"]),
+                              str(t["n_patients"]), str(t["n_positive"]), trans))
+    widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(head)]
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    text = [fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(row) for row in lines]
+    text.append("")
+    for name, t in result["tasks"].items():
+        where = "sources containing " + " or ".join(t["sources"]) if t["sources"] else "all sources"
+        neg = t["negative"] or f"not {t['positive']}"
+        text.append(f"{name}: {t['description'] or name} (column {t['column']}: {t['positive']} vs {neg}; {where}); "
+                    f"source-only AUROC {t['source_auroc']:.3f}")
+    text.append(f"AUROC of pooled out-of-fold scores, {result['folds']} patient-level folds; 95 % interval from "
+                f"{result['bootstrap']['resamples']} bootstrap resamples of patients. transductive: the encoder "
+                "was trained on real films from a folder holding probe films.")
+    return "\n".join(text)
