@@ -100,7 +100,7 @@ class Predictor:
         cran = torch.as_tensor(np.atleast_1d(np.asarray(cran, np.float32)), device=self.device)
         ctx = self.context(image01).expand(lao.shape[0], -1, -1, -1)
         tokens = self.model.predict_view(ctx, lao, cran)
-        return self.model.decode(tokens)[:, 0].float().cpu().numpy()
+        return self.model.decode(tokens, ctx, lao, cran)[:, 0].float().cpu().numpy()
 
 
 def load_predictor(checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> Predictor:

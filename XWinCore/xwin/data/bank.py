@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import Compose
 from tqdm import tqdm
 
 from ..drr import Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, rotation
 from ..io.writers import apply_umask
-from .ct import ct_transforms, deformation_transforms, to_volume
+from ..io.image import Volume
+from .ct import FeatherBordersd, RandCropZd, ct_transforms, deformation_transforms, to_volume
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class BankSpec:
     sdd: float = 1800.0
     field_mm: float = 435.2  # detector side (256 × 1.7 mm by default)
     supersample: int = 2  # render at supersample × img_size, then average-pool
+    feather_mm: float = 0.0  # every CT fades to air over this width at its faces (no scan box in the DRRs)
+    crop_z: tuple[float, float] = (1.0, 1.0)  # deformed copies keep a random run of this fraction of their slices
+    habitus: float = 0.08  # deformed copies: independent scale factor per axis in 1 ± habitus
     seed: int = 0
 
     def geometry(self) -> Geometry:
@@ -82,22 +87,34 @@ def render_views(projector: Projector, spec: BankSpec, roll_deg: float, shift: n
     return images.numpy()
 
 
+def prepared_ct(ct, spec: BankSpec) -> Volume:
+    """The volume every DRR of XWin's world model sees: a CT (path or `Volume`) resampled to ``spec.spacing_mm``
+    isotropic (LPS mm, HU clipped) with its faces feathered to air over ``spec.feather_mm``. Training instances start
+    from it; `xwin eval world` renders it."""
+    item = ct_transforms(spacing_mm=spec.spacing_mm)({"ct": ct})
+    return to_volume(FeatherBordersd("ct", spec.feather_mm)(item)["ct"])
+
+
 def deformed_instances(cts: list[dict], spec: BankSpec, quiet: bool = False):
     """Yield the training instances of ``cts`` (dicts with ``path`` and ``patient_id``): per CT the undeformed volume
-    then ``spec.augmentations`` random deformations (MONAI), each with a random isocenter shift (LPS mm) and detector
-    roll (degrees), all drawn from ``spec.seed``: dicts with ct_index, augmentation, seed, volume, shift, roll."""
+    then ``spec.augmentations`` random deformations (MONAI: habitus scale per axis, rotation, elastic, random z-crop),
+    each with a random isocenter shift (LPS mm) and detector roll (degrees), all drawn from ``spec.seed``; every
+    volume's faces are feathered to air (`prepared_ct`). Yields dicts with ct_index, augmentation, seed, volume,
+    shift, roll."""
     rng = np.random.default_rng(spec.seed)
-    load, deform = ct_transforms(spacing_mm=spec.spacing_mm), deformation_transforms()
+    load = ct_transforms(spacing_mm=spec.spacing_mm)
+    deform = Compose([deformation_transforms(scale=spec.habitus), RandCropZd("ct", spec.crop_z)])
+    feather = FeatherBordersd("ct", spec.feather_mm)
     steps = tqdm(total=len(cts) * (spec.augmentations + 1), desc="CT instances", unit="CT", disable=quiet)
     for ct_index, ct in enumerate(cts):
         base = load({"ct": ct["path"]})
         for aug in range(spec.augmentations + 1):
             seed = int(rng.integers(2**31))
             if aug == 0:
-                item, shift, roll = base, np.zeros(3), 0.0
+                item, shift, roll = feather(base), np.zeros(3), 0.0
             else:
                 deform.set_random_state(seed)
-                item = deform(dict(base))
+                item = feather(deform(dict(base)))
                 shift, roll = rng.normal(0, spec.iso_shift_mm, 3), float(rng.normal(0, spec.roll_deg))
             yield {"ct_index": ct_index, "augmentation": aug, "seed": seed, "volume": to_volume(item["ct"]),
                    "shift": shift, "roll": roll}

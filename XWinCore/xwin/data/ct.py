@@ -13,8 +13,8 @@ from typing import Hashable, Mapping
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (Compose, MapTransform, Rand3DElasticd, RandAffined, ScaleIntensityRanged,
-                              ShiftIntensityd, Spacingd)
+from monai.transforms import (Compose, MapTransform, Rand3DElasticd, RandAffined, RandomizableTransform,
+                              ScaleIntensityRanged, ShiftIntensityd, SpatialCrop, Spacingd)
 
 from ..errors import XWinInputError
 from ..io import read_ct
@@ -63,12 +63,13 @@ def to_volume(image: torch.Tensor, meta: dict | None = None) -> Volume:
 
 
 class LoadCTd(MapTransform):
-    """Read the CT whose path is under ``keys`` with `xwin.io.read_ct` into a MetaTensor (HU)."""
+    """Read the CT whose path is under ``keys`` with `xwin.io.read_ct` (or take the `Volume` given) into a
+    MetaTensor (HU)."""
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = from_volume(read_ct(d[key]))
+            d[key] = from_volume(d[key] if isinstance(d[key], Volume) else read_ct(d[key]))
         return d
 
 
@@ -83,10 +84,63 @@ def ct_transforms(key: str = "ct", spacing_mm: float = 2.0) -> Compose:
     ])
 
 
+class FeatherBordersd(MapTransform):
+    """Fade a resampled CT to air over ``width_mm`` at each of its six faces, so that no DRR shows the scan box.
+
+    On a MetaTensor ``[1, i, j, k]`` in HU: (HU + 1024) is multiplied by w(d) = sin²(π d / 2 width) for the distance d
+    (mm, voxel centres, spacing from the affine) to the nearest face along each axis, 1 beyond ``width_mm``.
+    """
+
+    def __init__(self, keys, width_mm: float):
+        super().__init__(keys)
+        self.width_mm = width_mm
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if self.width_mm <= 0:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            spacing = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
+            weight = torch.ones(image.shape[1:], dtype=torch.float32)
+            for axis, (n, step) in enumerate(zip(image.shape[1:], spacing)):
+                edge = (np.minimum(np.arange(n), np.arange(n)[::-1]) + 0.5) * step  # mm from the nearest face
+                ramp = np.sin(np.pi / 2 * np.clip(edge / self.width_mm, 0.0, 1.0)) ** 2
+                shape = [1, 1, 1]
+                shape[axis] = n
+                weight = weight * torch.from_numpy(ramp.astype(np.float32)).reshape(shape)
+            d[key] = (image + HU_OFFSET) * weight - HU_OFFSET
+        return d
+
+
+class RandCropZd(MapTransform, RandomizableTransform):
+    """Keep a random run of the slices along k (the CT's z), a fraction uniform in ``fraction`` of them: the DRRs of one
+    patient then end at many heights, so no scan border is a constant of the patient."""
+
+    def __init__(self, keys, fraction: tuple[float, float] = (0.8, 1.0)):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.fraction = fraction
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if self.fraction[0] >= 1.0:
+            return d
+        f = self.R.uniform(*self.fraction)
+        for key in self.key_iterator(d):
+            n = d[key].shape[-1]
+            keep = max(1, int(round(f * n)))
+            start = int(self.R.randint(0, n - keep + 1))
+            d[key] = SpatialCrop(roi_start=(0, 0, start), roi_end=(d[key].shape[1], d[key].shape[2], start + keep))(
+                d[key])
+        return d
+
+
 def deformation_transforms(key: str = "ct", scale: float = 0.08, rotate_deg: float = 4.0,
                            elastic_sigma: tuple[float, float] = (6.0, 9.0),
                            elastic_magnitude: tuple[float, float] = (20.0, 60.0)) -> Compose:
-    """Random anatomy: isotropic-ish scaling (±scale), small rotation and a smooth 3D elastic deformation.
+    """Random anatomy: body habitus (an independent scale factor per axis, uniform in 1 ± ``scale``), a small rotation
+    and a smooth 3D elastic deformation.
 
     Sigma and magnitude are in voxels of the resampled grid (2 mm by default). Multiplies the few patients we have.
     """

@@ -3,7 +3,8 @@
 The training CTs and their deformed copies (`deformed_instances`, the same instances a bank would hold) stay on the
 device as attenuation volumes; every draw renders its context and target views with the XWin projector (torch on
 CUDA, numba on the CPU) at continuous poses: target LAO and CRAN uniform over the config's angle ranges, context the
-PA view with probability ``pa_fraction`` else uniform too, and per pair a fresh isocenter shift (LPS mm, σ
+PA view with probability ``pa_fraction`` else uniform too (CRAN 0 with probability ``context_cran0_fraction``; the
+target's CRAN is 0 with probability ``target_cran0_fraction``), and per pair a fresh isocenter shift (LPS mm, σ
 ``iso_shift_mm``) and detector roll (degrees, σ ``roll_deg``) shared by its two views. Angles are in degrees; the
 action is target − context.
 """
@@ -23,12 +24,15 @@ class OnlineDrrSampler(_Sampler):
 
     def __init__(self, cts: list[dict], spec: BankSpec, real: np.ndarray | None = None, pa_fraction: float = 0.5,
                  augment: bool = True, seed: int = 0, device: str | torch.device = "cpu", quiet: bool = True,
-                 pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0)):
-        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom)
+                 pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0),
+                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0):
+        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom, context_cran0_fraction,
+                         target_cran0_fraction)
         self.spec = spec
         self.geometry = spec.geometry()
         instances = list(deformed_instances(cts, spec, quiet))
         self.projectors = [Projector(i["volume"], self.geometry, device=device) for i in instances]
+        self.patient = np.array([i["ct_index"] for i in instances], dtype=np.int64)
         self.lao_range = (min(spec.lao), max(spec.lao))
         self.cran_range = (min(spec.cran), max(spec.cran))
 
@@ -37,16 +41,19 @@ class OnlineDrrSampler(_Sampler):
         """Instances × the views of the nominal pose grid (the images a bank of this spec would hold)."""
         return len(self.projectors) * len(self.spec.poses())
 
-    def _angles(self, n: int) -> np.ndarray:
-        return np.stack([self.rng.uniform(*self.lao_range, n), self.rng.uniform(*self.cran_range, n)], axis=1)
+    def _angles(self, n: int, cran0_fraction: float) -> np.ndarray:
+        """(n, 2) (lao, cran) degrees, uniform over the ranges; CRAN 0 with probability ``cran0_fraction``."""
+        cran = np.where(self.rng.random(n) < cran0_fraction, 0.0, self.rng.uniform(*self.cran_range, n))
+        return np.stack([self.rng.uniform(*self.lao_range, n), cran], axis=1)
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W) on the device, d_lao/d_cran (B,) degrees, group (B,)
         instance ids, pose (B, 2) the context view's nominal (lao, cran) degrees, real."""
         self.draws += 1
         inst = np.sort(self._instances(len(self.projectors), batch_size))
-        ctx = np.where((self.rng.random(batch_size) < self.pa_fraction)[:, None], 0.0, self._angles(batch_size))
-        tgt = self._angles(batch_size)
+        ctx = np.where((self.rng.random(batch_size) < self.pa_fraction)[:, None], 0.0,
+                       self._angles(batch_size, self.context_cran0_fraction))
+        tgt = self._angles(batch_size, self.target_cran0_fraction)
         roll = self.rng.normal(0.0, self.spec.roll_deg, batch_size)
         shift = self.rng.normal(0.0, self.spec.iso_shift_mm, (batch_size, 3))
         context, target = [], []
@@ -62,5 +69,6 @@ class OnlineDrrSampler(_Sampler):
         context, target = self._zoomed(torch.cat(context), torch.cat(target))
         batch = {"context": self._images(context), "target": self._images(target),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
-                 "group": torch.from_numpy(inst), "pose": torch.from_numpy(ctx.astype(np.float32))}
+                 "group": torch.from_numpy(inst), "patient": torch.from_numpy(self.patient[inst]),
+                 "pose": torch.from_numpy(ctx.astype(np.float32))}
         return self._add_real(batch, real_size)

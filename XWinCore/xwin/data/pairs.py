@@ -25,9 +25,11 @@ class _Sampler:
     """What every pair sampler shares: the random generator (checkpointed), image augmentation and real CXRs."""
 
     def __init__(self, real: np.ndarray | None, pa_fraction: float, augment: bool, seed: int,
-                 pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0)):
+                 pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0),
+                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0):
         self.real, self.pa_fraction, self.seed = real, pa_fraction, seed
         self.pairs_per_instance, self.zoom = pairs_per_instance, zoom
+        self.context_cran0_fraction, self.target_cran0_fraction = context_cran0_fraction, target_cran0_fraction
         self.rng = np.random.default_rng(seed)
         self.draws = 0
         self.augment = image_augmentation() if augment else None
@@ -81,17 +83,28 @@ class _Sampler:
 class PairSampler(_Sampler):
     """Draws batches of view pairs from a bank (and real CXRs when given).
 
-    The context is the PA view (LAO = CRAN = 0, as at prediction time) with probability ``pa_fraction``, else any
-    view of the grid; ``pairs_per_instance`` pairs share a (deformed) CT. real: optional (R, H, W) array of real CXRs
-    in [0, 1].
+    The context is the PA view (LAO = CRAN = 0, as at prediction time) with probability ``pa_fraction``, else a view
+    at CRAN 0 with probability ``context_cran0_fraction``, else any view of the grid; the target is a view at CRAN 0
+    with probability ``target_cran0_fraction``, else any view. ``pairs_per_instance`` pairs share a (deformed) CT.
+    real: optional (R, H, W) array of real CXRs in [0, 1].
     """
 
     def __init__(self, bank: Bank, real: np.ndarray | None = None, pa_fraction: float = 0.5, augment: bool = True,
-                 seed: int = 0, pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0)):
-        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom)
+                 seed: int = 0, pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0),
+                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0):
+        super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom, context_cran0_fraction,
+                         target_cran0_fraction)
         self.bank = bank
         nominal = bank.poses[0]
         self.pa_view = int(np.argmin(np.abs(nominal).sum(axis=1)))
+        self.cran0_views = np.flatnonzero(nominal[:, 1] == 0)
+        instances = bank.manifest.get("instances") or [{"ct_index": i} for i in range(len(bank.images))]
+        self.patient = np.array([inst["ct_index"] for inst in instances], dtype=np.int64)
+
+    def _views(self, n_views: int, size: int, cran0_fraction: float) -> np.ndarray:
+        """(size,) view indices: at CRAN 0 with probability ``cran0_fraction``, else any view."""
+        return np.where(self.rng.random(size) < cran0_fraction, self.rng.choice(self.cran0_views, size=size),
+                        self.rng.integers(n_views, size=size))
 
     @property
     def epoch_size(self) -> int:
@@ -100,14 +113,14 @@ class PairSampler(_Sampler):
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W), d_lao/d_cran (B,) degrees, group (B,) instance ids (one CT or one
-        deformed copy: the volume both views were rendered from), pose (B, 2) the context view's (lao, cran) degrees,
-        real (R, 1, H, W)."""
+        deformed copy: the volume both views were rendered from), patient (B,) the CT's index, pose (B, 2) the context
+        view's (lao, cran) degrees, real (R, 1, H, W)."""
         n_inst, n_views = self.bank.images.shape[:2]
         self.draws += 1
         inst = self._instances(n_inst, batch_size)
         ctx = np.where(self.rng.random(batch_size) < self.pa_fraction, self.pa_view,
-                       self.rng.integers(n_views, size=batch_size))
-        tgt = self.rng.integers(n_views, size=batch_size)
+                       self._views(n_views, batch_size, self.context_cran0_fraction))
+        tgt = self._views(n_views, batch_size, self.target_cran0_fraction)
         poses = self.bank.poses
         d = poses[inst, tgt] - poses[inst, ctx]
         order = np.argsort(inst, kind="stable")  # memory-mapped reads in file order
@@ -120,6 +133,7 @@ class PairSampler(_Sampler):
             "d_lao": torch.from_numpy(d[:, 0].astype(np.float32)),
             "d_cran": torch.from_numpy(d[:, 1].astype(np.float32)),
             "group": torch.from_numpy(inst),
+            "patient": torch.from_numpy(self.patient[inst]),
             "pose": torch.from_numpy(poses[inst, ctx].astype(np.float32)),
         }
         return self._add_real(batch, real_size)

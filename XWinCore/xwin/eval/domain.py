@@ -46,7 +46,8 @@ def _mean_offdiagonal_cosine(emb: torch.Tensor) -> float:
 @torch.no_grad()
 def _identity(model, images: torch.Tensor, batch: int = 64) -> dict:
     zero = torch.zeros(len(images), device=images.device)
-    decoded = torch.cat([model.decode(model.predict_view(images[i:i + batch], zero[i:i + batch], zero[i:i + batch]))
+    decoded = torch.cat([model.decode(model.predict_view(images[i:i + batch], zero[i:i + batch], zero[i:i + batch]),
+                                        images[i:i + batch])
                          for i in range(0, len(images), batch)])
     psnr, ssim = image_scores(decoded, images)
     return {"psnr": round(psnr, 3), "ssim": round(ssim, 4)}

@@ -42,6 +42,37 @@ def affinity_matrix(target: torch.Tensor, tau_affinity: float, group: torch.Tens
     return logits.softmax(dim=-1)
 
 
+def beam_directions(pose_deg: torch.Tensor) -> torch.Tensor:
+    """Unit beam directions (B, 3) of C-arm views at (lao, cran) degrees (B, 2): (sin a cos c, cos a cos c, sin c);
+    the angle between two views is the arccos of their dot product (roll and isocenter shift are ignored)."""
+    a, c = torch.deg2rad(pose_deg.float()).unbind(-1)
+    return torch.stack([a.sin() * c.cos(), a.cos() * c.cos(), c.sin()], dim=-1)
+
+
+def geometry_labels(pose_deg: torch.Tensor, patient: torch.Tensor, sigma_deg: float) -> torch.Tensor:
+    """Soft labels A (B, B) that follow the geometry: A_ij ∝ exp(−θ_ij² / 2σ²) for views i, j of the same patient
+    (any deformed copy: copies are never each other's negatives at the same angle), 0 across patients; θ_ij is the
+    angle (degrees) between the views' beam directions (`beam_directions`). Rows sum to 1."""
+    d = beam_directions(pose_deg)
+    theta = torch.rad2deg(torch.arccos((d @ d.T).clamp(-1.0, 1.0)))
+    logits = -theta**2 / (2 * sigma_deg**2)
+    logits = logits.masked_fill(patient[:, None] != patient[None, :], float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def soft_info_nce(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE between predicted and target embeddings (B, D) with soft labels ``labels`` (B, B) (rows sum
+    to 1, symmetric up to row normalisation): with p, t the L2-normalised rows and S = p tᵀ/τ,
+    L = ½[CE(softmax_row(S), A) + CE(softmax_row(Sᵀ), A)], CE(Q, A) = −(1/B) Σ_ij A_ij log Q_ij."""
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    with _no_autocast(p):
+        logits = p @ t.T / tau
+    loss_pt = -(labels * logits.log_softmax(dim=-1)).sum(-1).mean()
+    loss_tp = -(labels * logits.T.log_softmax(dim=-1)).sum(-1).mean()
+    return 0.5 * (loss_pt + loss_tp)
+
+
 def affinity_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.1,
                               tau_affinity: float = 0.05, group: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between predicted and target embeddings (B, D) with affinity soft labels.
@@ -53,14 +84,30 @@ def affinity_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: flo
     targets) are graded positives; ``group`` (B,) volume ids keep the positives within a volume, so others are pure
     negatives. As τ̃ → 0 with distinct targets this is the standard symmetric InfoNCE with labels ``arange(B)``.
     """
-    p = F.normalize(pred.float(), dim=-1)
-    t = F.normalize(target.float(), dim=-1)
-    a = affinity_matrix(target, tau_affinity, group)
-    with _no_autocast(p):
-        logits = p @ t.T / tau
-    loss_pt = -(a * logits.log_softmax(dim=-1)).sum(-1).mean()
-    loss_tp = -(a * logits.T.log_softmax(dim=-1)).sum(-1).mean()
-    return 0.5 * (loss_pt + loss_tp)
+    return soft_info_nce(pred, target, affinity_matrix(target, tau_affinity, group), tau)
+
+
+def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """VICReg's collapse guards (Bardes et al., 2022) on embeddings z (n, D): variance = mean_d max(0, 1 − √(var_d +
+    ε)), covariance = Σ_{d≠e} C_de² / D with C the covariance matrix of the n rows."""
+    z = z.float()
+    z = z - z.mean(dim=0)
+    n, dim = z.shape
+    variance = F.relu(1.0 - torch.sqrt(z.var(dim=0) + eps)).mean()
+    with _no_autocast(z):
+        cov = z.T @ z / max(n - 1, 1)
+    covariance = (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / dim
+    return variance, covariance
+
+
+@torch.no_grad()
+def effective_rank(z: torch.Tensor) -> torch.Tensor:
+    """Effective rank (Roy & Vetterli, 2007) of embeddings z (n, D): exp of the entropy of the normalised singular
+    values of the centred matrix; 1 when all rows lie on one line, min(n, D) when the spectrum is flat."""
+    z = z.float()
+    s = torch.linalg.svdvals(z - z.mean(dim=0))
+    p = s / s.sum().clamp_min(1e-12)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 
 def view_prediction_loss(pred_tokens: torch.Tensor, target_tokens: torch.Tensor,

@@ -8,12 +8,13 @@ from .config import ModelConfig, XWinConfig
 from .decoder import ProjectionDecoder
 from .ema import ema_update, make_target, momentum_at
 from .encoder import XWinEncoder, gather_tokens
-from .losses import (DomainClassifier, affinity_contrastive_loss, domain_cosine, domain_loss, grad_reverse,
-                     grl_coefficient, mim_loss, pose_loss, reconstruction_loss, view_latent, view_prediction_loss)
+from .losses import (DomainClassifier, affinity_matrix, domain_cosine, domain_loss, effective_rank, geometry_labels,
+                     grad_reverse, grl_coefficient, mim_loss, pose_loss, reconstruction_loss, soft_info_nce,
+                     variance_covariance, view_latent, view_prediction_loss)
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 
-LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon", "real_identity", "pose")
+LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon", "real_identity", "pose", "variance", "covariance")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -69,9 +70,14 @@ class XWinWorldModel(nn.Module):
         tokens = self.context_encoder(context_images)
         return self.view_predictor(tokens, _angles(d_lao, b, device), _angles(d_cran, b, device))
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, N, D) → radiograph (B, 1, H, W) in [0, 1]."""
-        return self.decoder(tokens)
+    def decode(self, tokens: torch.Tensor, context: torch.Tensor | None = None, d_lao: torch.Tensor | float = 0.0,
+               d_cran: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """Tokens (B, N, D) → radiograph (B, 1, H, W) in [0, 1]. With ``model.decoder_context`` the decoder also sees
+        the context radiograph (B, 1, H, W) the tokens were predicted from and the action (Δlao, Δcran)°; without a
+        context it decodes from the tokens alone."""
+        b, device = tokens.shape[0], tokens.device
+        action = torch.stack([_angles(d_lao, b, device), _angles(d_cran, b, device)], dim=1)
+        return self.decoder(tokens, context, action)
 
     @torch.no_grad()
     def update_target(self, step: int, total_steps: int) -> float:
@@ -95,11 +101,13 @@ class XWinWorldModel(nn.Module):
         """All objectives for one batch, the weighted ``total`` and detached metrics.
 
         ``batch``: ``context`` and ``target`` (B, 1, H, W) DRRs of the same CT before/after the rotation
-        ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) CT ids; ``pose`` (B, 2) the context view's (lao, cran)
-        degrees (needed with ``loss.pose`` > 0); optional ``real`` (R, 1, H, W) CXRs.
+        ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) volume ids; ``patient`` (B,) CT ids and ``pose`` (B, 2) the
+        context view's (lao, cran) degrees (needed with ``loss.pose`` > 0 or ``loss.alignment_labels: geometry``);
+        optional ``real`` (R, 1, H, W) CXRs.
         Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``real_identity``
-        (0 without ``real``), ``pose``, ``total``, and with ``real`` the metric ``domain_cosine``. Masks are drawn
-        from a generator seeded by (train.seed, step).
+        (0 without ``real``), ``pose``, ``variance``, ``covariance``, ``total``, the metric ``effective_rank`` (of
+        the batch's target-view embeddings) and with ``real`` the metric ``domain_cosine``. Masks are drawn from a
+        generator seeded by (train.seed, step).
         A loss whose weight is 0 is not computed (reported as 0); with view, contrastive and recon all 0 the view
         predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
         """
@@ -124,11 +132,20 @@ class XWinWorldModel(nn.Module):
         out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss) if lc.view > 0 else zero
         if lc.contrastive > 0:
             latent = (lambda z: z.mean(1)) if lc.contrastive_latent == "embedding" else view_latent
-            out["contrastive"] = affinity_contrastive_loss(latent(pred_tokens), latent(target_tokens), lc.tau,
-                                                           lc.tau_affinity, None if group is None else group.to(device))
+            pred_latent, target_latent = latent(pred_tokens), latent(target_tokens)
+            if lc.alignment_labels == "geometry":
+                target_pose = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1)
+                labels = geometry_labels(target_pose, batch["patient"].to(device), lc.label_sigma_deg)
+            else:
+                labels = affinity_matrix(target_latent, lc.tau_affinity, None if group is None else group.to(device))
+            out["contrastive"] = soft_info_nce(pred_latent, target_latent, labels, lc.tau)
         else:
             out["contrastive"] = zero
-        out["mim"] = self._mim(images, image_targets, step) if lc.mim > 0 else zero
+        if lc.mim == 0 or (lc.mim_on == "real" and real is None):
+            out["mim"] = zero
+        else:  # on every image, or (``loss.mim_on: real``) on the real films only: MIM is what the films teach
+            first = b if lc.mim_on == "real" else 0
+            out["mim"] = self._mim(images[first:], image_targets[first:], step)
         if real is None or lc.domain == 0:
             out["domain"] = zero
         else:
@@ -137,32 +154,44 @@ class XWinWorldModel(nn.Module):
         if lc.recon == 0:
             out["recon"] = zero
         elif lc.recon_grad:  # pixels anchor the latent: decoding trains predictor and encoder too
+            # the context refiner (model.decoder_context) learns on the predicted view only: CPU budget
             out["recon"] = (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
-                            + reconstruction_loss(self.decoder(pred_tokens), tgt, lc.ssim_weight)
+                            + reconstruction_loss(self.decode(pred_tokens, ctx, d_lao, d_cran), tgt, lc.ssim_weight)
                             + reconstruction_loss(self.decoder(tokens[:b]), ctx, lc.ssim_weight)) / 3
         else:
-            out["recon"] = 0.5 * (reconstruction_loss(self.decoder(target_tokens), tgt, lc.ssim_weight)
-                                  + reconstruction_loss(self.decoder(pred_tokens.detach()), tgt, lc.ssim_weight))
+            out["recon"] = 0.5 * (
+                reconstruction_loss(self.decode(target_tokens, ctx, d_lao, d_cran), tgt, lc.ssim_weight)
+                + reconstruction_loss(self.decode(pred_tokens.detach(), ctx, d_lao, d_cran), tgt, lc.ssim_weight))
         if real is None or lc.real_identity == 0 or not views:
             out["real_identity"] = zero
         else:  # the null action on a real film: predict its own tokens and decode the film itself
             none = torch.zeros(len(real), device=device)
             pred_real = self.view_predictor(tokens[b:], none, none)
             out["real_identity"] = (view_prediction_loss(pred_real, image_targets[b:], lc.view_loss)
-                                    + reconstruction_loss(self.decoder(pred_real), real, lc.ssim_weight))
+                                    + reconstruction_loss(self.decode(pred_real, real), real, lc.ssim_weight))
         if lc.pose == 0 or not views:
             out["pose"] = zero
         else:  # both latents know their view: the context's pose from f_θ, the target's from g_v's prediction
-            if "pose" not in batch:
-                raise KeyError("loss.pose > 0 needs the batch's 'pose' (B, 2): the context view's (lao, cran)")
-            pose = batch["pose"].to(device).float()
+            pose = self._pose(batch, device)
             target_pose = pose + torch.stack([d_lao, d_cran], dim=1)
             out["pose"] = 0.5 * (pose_loss(self.pose_head(emb[:b]), pose)
                                  + pose_loss(self.pose_head(pred_tokens.mean(1)), target_pose))
+        if lc.variance > 0 or lc.covariance > 0:  # collapse guard on the image embeddings (simulated and real)
+            out["variance"], out["covariance"] = variance_covariance(emb)
+        else:
+            out["variance"] = out["covariance"] = zero
         out["total"] = sum(getattr(lc, k) * out[k] for k in LOSS_KEYS)
+        out["effective_rank"] = effective_rank((target_tokens if views else image_targets).mean(1))
         if real is not None:
             out["domain_cosine"] = domain_cosine(emb[b:], emb[:b])
         return out
+
+    @staticmethod
+    def _pose(batch: dict, device: torch.device) -> torch.Tensor:
+        if "pose" not in batch:
+            raise KeyError("loss.pose > 0 and geometry alignment labels need the batch's 'pose' (B, 2): the context "
+                           "view's (lao, cran)")
+        return batch["pose"].to(device).float()
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component, and the trainable total (everything but the EMA target)."""

@@ -2,6 +2,7 @@
 as a pair sampler."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -33,17 +34,38 @@ def bank_spec(cfg) -> BankSpec:
     c = cfg.data
     return BankSpec(img_size=cfg.model.img_size, lao=tuple(c.lao), cran=tuple(c.cran),
                     augmentations=c.augmentations, iso_shift_mm=c.iso_shift_mm, roll_deg=c.roll_deg,
-                    spacing_mm=c.spacing_mm, sid=c.sid, sdd=c.sdd, field_mm=c.field_mm, seed=cfg.train.seed)
+                    spacing_mm=c.spacing_mm, sid=c.sid, sdd=c.sdd, field_mm=c.field_mm, feather_mm=c.feather_mm,
+                    crop_z=tuple(c.crop_z), habitus=c.habitus, seed=cfg.train.seed)
+
+
+def split_cts(cases: str | Path, split: str) -> list[Path]:
+    """The CT files of a cases CSV (columns ``file``, ``split``; files relative to the CSV's folder) whose split is
+    ``split`` (e.g. ../shared/data/ct/cases.csv: ``train`` may train a shipped model, ``eval`` only evaluates)."""
+    cases = Path(cases)
+    try:
+        with open(cases, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise XWinInputError(cases, f"cannot read the cases CSV: {exc.strerror or exc}") from None
+    if not rows or not {"file", "split"} <= set(rows[0]):
+        raise XWinInputError(cases, "a cases CSV needs the columns 'file' and 'split'")
+    files = [cases.parent / r["file"] for r in rows if r["split"] == split]
+    if not files:
+        raise XWinInputError(cases, f"no CT has split '{split}'")
+    return files
 
 
 def training_cts(cfg) -> list[dict]:
-    """CTs to train on: every listed path, minus held-out patients (splits are by patient)."""
+    """CTs to train on: every path of ``data.ct`` and, with ``data.cases``, every CT of split ``data.split``, minus
+    held-out patients (splits are by patient)."""
     held = set(cfg.data.holdout)
+    listed = [Path(p) for p in cfg.data.ct]
+    if cfg.data.cases:
+        listed += [p for p in split_cts(cfg.data.cases, cfg.data.split) if p not in listed]
     cts = []
-    for path in cfg.data.ct:
-        p = Path(path)
+    for p in listed:
         if not p.exists():
-            raise XWinInputError(p, "training CT not found (config key 'data.ct')")
+            raise XWinInputError(p, "training CT not found (config key 'data.ct' or 'data.cases')")
         patient = p.name.split(".")[0]
         if patient in held or str(p) in held:
             continue
@@ -63,17 +85,18 @@ def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None) -> P
     """With ``data.online``: render pairs on this rank's device. Otherwise load (or, on rank 0, build) the bank named
     by ``data.bank`` (default RUN/bank) and wrap it in a sampler. Each rank draws with its own seed."""
     seed = cfg.train.seed + 1000 * d.rank
+    c = cfg.data
+    mix = dict(pa_fraction=c.pa_fraction, pairs_per_instance=c.pairs_per_instance, zoom=c.zoom,
+               context_cran0_fraction=c.context_cran0_fraction, target_cran0_fraction=c.target_cran0_fraction)
     if cfg.data.online:
-        sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction,
-                                   seed=seed, device=d.device, quiet=not d.main,
-                                   pairs_per_instance=cfg.data.pairs_per_instance, zoom=cfg.data.zoom)
+        sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real_cxrs(cfg), seed=seed, device=d.device,
+                                   quiet=not d.main, **mix)
     else:
         bank_dir = Path(cfg.data.bank) if cfg.data.bank else run_dir / "bank"
         if d.main and not (bank_dir / "manifest.json").is_file():
             build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=False)
         d.barrier()
-        sampler = PairSampler(load_bank(bank_dir), real_cxrs(cfg), pa_fraction=cfg.data.pa_fraction, seed=seed,
-                              pairs_per_instance=cfg.data.pairs_per_instance, zoom=cfg.data.zoom)
+        sampler = PairSampler(load_bank(bank_dir), real_cxrs(cfg), seed=seed, **mix)
     if state is not None:
         sampler.restore(state)
     return sampler

@@ -1,6 +1,6 @@
 """`xwin train`: the world model's training loop, from one CPU to many GPUs (torchrun + DDP).
 
-AdamW, cosine learning rate with linear warm-up, gradient accumulation, gradient clipping, AMP (bfloat16) on GPUs,
+AdamW, cosine learning rate with linear warm-up, gradient accumulation, gradient clipping, AMP (bfloat16, GPU or CPU),
 EMA target update after each step, atomic checkpoints, clean stop on SIGTERM/SIGINT (a checkpoint is written first).
 """
 from __future__ import annotations
@@ -21,6 +21,15 @@ from . import checkpoint as ckpt
 from .data import prepare_sampler
 from .distributed import Dist, setup, teardown
 from .progress import ProgressLog, plot_loss_curve, trim_metrics
+
+
+def use_bf16(amp: bool, device: torch.device) -> bool:
+    """Whether ``train.amp`` autocasts to bfloat16 here: on CUDA, and on CPUs with native bfloat16 (AVX-512 BF16 or
+    AMX: 1.4–1.7× faster on a ViT); a CPU without it emulates bfloat16 ~8× slower than float32, so it stays float32.
+    Losses compute in float32 either way."""
+    if not amp:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.01) -> float:
@@ -138,11 +147,12 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         net = _Losses(model)
         if d.world > 1:
             net = DistributedDataParallel(net, find_unused_parameters=True)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (t.amp and d.device.type == "cuda") else nullcontext()
+        amp = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16(t.amp, d.device) else nullcontext()
         log = ProgressLog(run_dir, t.total_steps, step, progress, enabled=d.main)
         flag = _StopFlag()
         per_step = t.batch_size * t.grad_accum * d.world
         log.event("start", step=step, total=t.total_steps, world=d.world, device=str(d.device),
+                  bf16=use_bf16(t.amp, d.device),
                   parameters=sum(p.numel() for p in params),
                   **({} if fresh is None else {"init": str(t.init), "fresh_modules": fresh}))
         saved = last

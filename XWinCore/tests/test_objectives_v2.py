@@ -1,0 +1,138 @@
+"""World model v2: geometry alignment labels, collapse guards, effective rank, the context-aware decoder, MIM on
+real films, and CPU bfloat16 only where the CPU has it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from xwin.models import LossConfig, MaskConfig, ModelConfig, XWinConfig, create_model
+from xwin.models.losses import beam_directions, effective_rank, geometry_labels, variance_covariance
+from xwin.train.loop import use_bf16
+
+torch.set_num_threads(1)
+
+TINY = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, predictor_depth=1, predictor_width=32,
+            predictor_heads=2, mask_predictor_depth=1, mask_predictor_width=32, mask_predictor_heads=2,
+            decoder_depth=1, decoder_width=32, decoder_heads=2, domain_hidden=16)
+
+
+def tiny(**kw) -> XWinConfig:
+    model = {k: kw.pop(k) for k in list(kw) if k in ModelConfig.__dataclass_fields__}
+    return XWinConfig(model=ModelConfig(**{**TINY, **model}), loss=LossConfig(**kw),
+                      mask=MaskConfig(num_targets=1, min_keep=1))
+
+
+def test_beam_directions_are_perpendicular_90_degrees_apart():
+    d = beam_directions(torch.tensor([[0.0, 0.0], [90.0, 0.0], [0.0, 90.0], [45.0, 0.0]]))
+    assert torch.allclose(d.norm(dim=1), torch.ones(4))
+    assert abs(float(d[0] @ d[1])) < 1e-6 and abs(float(d[0] @ d[2])) < 1e-6
+    assert float(d[0] @ d[3]) == pytest.approx(math.cos(math.radians(45)), abs=1e-6)
+
+
+def test_geometry_labels_share_mass_over_copies_at_one_angle_and_never_cross_patients():
+    """Views 0, 1: one patient at LAO 0 (two deformed copies); view 2: same patient at LAO 15; view 3: another
+    patient at LAO 0. σ = 7.5°: 15° off weighs exp(−2) of an exact match."""
+    pose = torch.tensor([[0.0, 0.0], [0.0, 0.0], [15.0, 0.0], [0.0, 0.0]])
+    a = geometry_labels(pose, torch.tensor([0, 0, 0, 1]), 7.5)
+    w = math.exp(-2.0)
+    assert a[0].tolist() == pytest.approx([1 / (2 + w), 1 / (2 + w), w / (2 + w), 0.0], abs=1e-4)
+    assert a[3].tolist() == pytest.approx([0, 0, 0, 1.0])
+    assert torch.allclose(a.sum(1), torch.ones(4))
+
+
+def test_variance_covariance_hand_cases():
+    g = torch.Generator().manual_seed(0)
+    wide = 3.0 * torch.randn(20000, 4, generator=g)
+    v, c = variance_covariance(wide)
+    assert float(v) == 0.0  # every std ≈ 3 > 1: no hinge
+    assert float(c) < 0.05 * 9  # independent columns: off-diagonal covariance ≈ 0
+    v, _ = variance_covariance(torch.ones(10, 4))
+    assert float(v) == pytest.approx(1 - math.sqrt(1e-4), abs=1e-6)  # collapsed: full hinge
+    x = torch.randn(20000, 1, generator=g)
+    _, c = variance_covariance(torch.cat([x, x], dim=1))  # C = [[1, 1], [1, 1]]: Σ off-diag² / D = 2 / 2
+    assert float(c) == pytest.approx(1.0, rel=0.05)
+
+
+def test_effective_rank_of_a_line_and_of_a_flat_spectrum():
+    line = torch.arange(10.0)[:, None] * torch.tensor([[1.0, 2.0, -1.0]])
+    assert float(effective_rank(line)) == pytest.approx(1.0, abs=1e-3)
+    flat = torch.cat([torch.eye(4), -torch.eye(4)])  # centred rows ±e_i: four equal singular values
+    assert float(effective_rank(flat)) == pytest.approx(4.0, abs=1e-4)
+
+
+def batch(b=4, s=32, real=2):
+    g = torch.Generator().manual_seed(1)
+    out = dict(context=torch.rand(b, 1, s, s, generator=g), target=torch.rand(b, 1, s, s, generator=g),
+               d_lao=torch.tensor([0.0, 30.0, -20.0, 45.0]), d_cran=torch.zeros(4), group=torch.tensor([0, 0, 1, 1]),
+               patient=torch.tensor([0, 0, 0, 1]), pose=torch.zeros(4, 2))
+    if real:
+        out["real"] = torch.rand(real, 1, s, s, generator=g)
+    return out
+
+
+def test_geometry_alignment_uses_the_target_poses_and_needs_them():
+    torch.manual_seed(0)
+    model = create_model(tiny(alignment_labels="geometry", contrastive_latent="tokens"))
+    out = model.training_losses(batch(), 0, 10)
+    from xwin.models.losses import soft_info_nce, view_latent
+    b = batch()
+    pred = model.predict_view(b["context"], b["d_lao"], b["d_cran"])
+    with torch.no_grad():
+        tgt = model.target_encoder(b["target"])
+    labels = geometry_labels(torch.stack([b["d_lao"], b["d_cran"]], 1), b["patient"], 7.5)
+    expected = soft_info_nce(view_latent(pred), view_latent(tgt), labels, 0.1)
+    assert float(out["contrastive"]) == pytest.approx(float(expected), rel=1e-4)
+    b.pop("pose")
+    with pytest.raises(KeyError, match="pose"):
+        model.training_losses(b, 0, 10)
+
+
+def test_collapse_guards_and_effective_rank_in_the_losses():
+    torch.manual_seed(0)
+    model = create_model(tiny(variance=1.0, covariance=0.1))
+    out = model.training_losses(batch(), 0, 10)
+    emb = model.context_encoder(torch.cat([batch()["context"], batch()["real"]])).mean(1)
+    v, c = variance_covariance(emb)
+    assert float(out["variance"]) == pytest.approx(float(v), rel=1e-4)
+    assert float(out["covariance"]) == pytest.approx(float(c), rel=1e-4)
+    assert 1.0 <= float(out["effective_rank"]) <= 4.0
+    out["variance"].backward()
+    assert model.context_encoder.vit.patch_embed.proj.weight.grad.abs().sum() > 0
+    off = create_model(tiny()).training_losses(batch(), 0, 10)
+    assert float(off["variance"]) == 0.0 and float(off["covariance"]) == 0.0
+
+
+def test_mim_on_real_films_only():
+    torch.manual_seed(0)
+    model = create_model(tiny(mim_on="real"))
+    assert float(model.training_losses(batch(real=0), 0, 10)["mim"]) == 0.0
+    b = batch()
+    out = model.training_losses(b, 3, 10)
+    with torch.no_grad():
+        targets = model.target_encoder(b["real"])
+    assert float(out["mim"]) == pytest.approx(float(model._mim(b["real"], targets, 3)), rel=1e-4)
+
+
+def test_context_decoder_starts_as_the_token_decoder_and_then_uses_the_context():
+    torch.manual_seed(0)
+    model = create_model(tiny(decoder_context=4))
+    tokens = torch.randn(2, 4, 32)
+    context = torch.rand(2, 1, 32, 32)
+    plain = model.decode(tokens)
+    assert torch.equal(model.decode(tokens, context, 30.0), plain)  # zero-initialised last conv
+    torch.nn.init.normal_(model.decoder.context.out.weight, std=0.1)
+    a, b = model.decode(tokens, context, 30.0), model.decode(tokens, 1 - context, 30.0)
+    assert (a - b).abs().max() > 1e-3  # the context now shapes the output
+    assert (a - model.decode(tokens, context, -30.0)).abs().max() > 1e-4  # and so does the action
+    assert torch.equal(model.decode(tokens), plain)  # without a context: the tokens-only decode
+
+
+def test_bf16_autocast_only_where_the_cpu_has_it(monkeypatch):
+    assert not use_bf16(False, torch.device("cpu"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not use_bf16(True, torch.device("cpu"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert use_bf16(True, torch.device("cpu"))
+    assert use_bf16(True, torch.device("cuda"))
