@@ -76,7 +76,8 @@ def test_json_keys_per_angle_and_renderings_through_the_cli(chests, tmp_path, ca
     assert main(["eval", "world", "--ct", chests[2], "--renderings", "2", "--checkpoint", str(model_file),
                  "--train-ct", chests[0], "--train-ct", chests[1], "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"model", "baselines", "per_angle", "per_ct", "renderings", "score_size"}
+    assert set(result) == {"model", "baselines", "decoder_ceiling", "per_angle", "per_ct", "renderings", "score_size"}
+    assert set(result["decoder_ceiling"]) == {"psnr", "ssim"} and 0 < result["decoder_ceiling"]["ssim"] <= 1
     assert (result["renderings"], result["score_size"]) == (2, 128)
     assert set(result["model"]) == set(KEYS) and set(result["baselines"]) == set(BASELINES)
     assert set(result["baselines"]["mean_projection"]) == set(KEYS) | {"note"}  # the file holds no mean projection
@@ -90,7 +91,7 @@ def test_json_keys_per_angle_and_renderings_through_the_cli(chests, tmp_path, ca
     assert 0 <= m["retrieval_ci"][0] <= m["retrieval_top1"] <= m["retrieval_ci"][1] <= 1
     assert 0 <= m["angular_error_deg"] <= 180 and 0 <= m["ssim"] <= 1
     assert [row["lao"] for row in result["per_angle"]] == list(TARGET_LAO)
-    assert all(set(row) == {"lao", "model", *BASELINES} for row in result["per_angle"])
+    assert all(set(row) == {"lao", "model", *BASELINES, "decoder_ceiling"} for row in result["per_angle"])
     assert result["per_angle"][0]["model"]["psnr"] > 0
     (ct,) = result["per_ct"]
     assert ct["ct"] == chests[2] and set(ct["model"]) == set(KEYS) and set(ct["baselines"]) == set(BASELINES)

@@ -15,6 +15,8 @@ detector roll ~ N(0, ``data.roll_deg``) (degrees), shared by the context and its
   truth and prediction are both resampled to 128. PSNR (data range 1) from the MSE pooled over units, per angle and
   overall; SSIM (window 7) averaged, per angle and overall.
 * Effective rank of the target embeddings (mean patch token of the target encoder) over all units × 13 views.
+* ``decoder_ceiling``: PSNR / SSIM of the decoder fed the true views' target-encoder tokens (with the context and the
+  action, as for a prediction), pooled and per angle: what a perfect latent prediction would score.
 
 Baselines on the same renderings: ``copy_context`` (the context as every prediction; no latent retrieval),
 ``mean_projection`` (the model file's mean training DRR at the nearest pose), ``random_init`` (the architecture
@@ -44,6 +46,7 @@ from ..predict import LoadedModel
 TARGET_LAO = tuple(float(a) for a in range(-90, 91, 15))
 SCORE_SIZE = 128
 BASELINES = ("copy_context", "mean_projection", "random_init", "nearest_training_patient")
+CEILING = "decoder_ceiling"  # the decoder fed the target encoder's tokens of the true view (+ context, action)
 WITHIN_DEG = 15.0  # a retrieved angle this close (degrees) counts for within_15
 KEYS = ("retrieval_top1", "retrieval_ci", "within_15", "angular_error_deg", "psnr", "ssim", "effective_rank")
 
@@ -297,7 +300,9 @@ def _unit_records(model, untrained, unit: Unit, lao, mean, refs: References | No
     """Every method's record on one unit, and the name of the nearest training CT (None without references)."""
     true_tokens = model.target_encoder(unit.targets)
     true_latent = view_latent(true_tokens)
+    context, zero = unit.context.expand(len(lao), -1, -1, -1), torch.zeros_like(lao)
     out = {"model": model_unit(model, unit, lao, true_tokens), "random_init": model_unit(untrained, unit, lao),
+           "decoder_ceiling": _scores(unit, model.decode(true_tokens, context, lao, zero), None, None),
            "copy_context": image_unit(model, unit, unit.context.expand(len(lao), -1, -1, -1), None),
            "mean_projection": None if mean is None else image_unit(model, unit, mean, true_latent),
            "nearest_training_patient": None}
@@ -313,7 +318,8 @@ def _result(records: dict[str, list], seed: int, notes: dict) -> dict:
     for name, note in notes.items():
         if note:
             out[name]["note"] = note
-    return {"model": out.pop("model"), "baselines": out}
+    ceiling = summarize(records[CEILING], seed)
+    return {"model": out.pop("model"), "baselines": out, CEILING: {k: ceiling[k] for k in ("psnr", "ssim")}}
 
 
 @torch.no_grad()
@@ -338,7 +344,7 @@ def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0,
     refs = training_references(model, spec, named, device, quiet) if named else None
     notes = {"mean_projection": None if mean is not None else "the model file holds no mean projection",
              "nearest_training_patient": note}
-    names = ("model",) + BASELINES
+    names = ("model",) + BASELINES + (CEILING,)
     pooled = {name: [] for name in names}
     per_ct = []
     steps = tqdm(total=len(_named(cts)) * renderings, desc="eval world", unit="rendering", disable=_quiet(quiet))
@@ -368,6 +374,7 @@ def _f(v, p: int = 3) -> str:
 def format_table(result: dict) -> str:
     """A readable report of `evaluate_world`: pooled scores, then PSNR / SSIM per target angle."""
     methods = {"model": result["model"], **result["baselines"]}
+    ceiling = {**dict.fromkeys(KEYS), **result[CEILING]}
     lines = [f"{result['renderings']} jittered renderings per CT, {len(result['per_ct'])} CT(s); images scored at "
              f"{result['score_size']}²", "",
              f"{'':26} {'top-1':>6} {'95% CI':>15} {'≤15°':>6} {'err°':>6} {'PSNR':>6} {'SSIM':>6} {'eff.rank':>8}"]
@@ -376,6 +383,9 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:26} {_f(m['retrieval_top1']):>6} {ci:>15} {_f(m['within_15']):>6} "
                      f"{_f(m['angular_error_deg'], 1):>6} {_f(m['psnr'], 2):>6} {_f(m['ssim']):>6} "
                      f"{_f(m['effective_rank'], 2):>8}" + (f"  ({m['note']})" if m.get("note") else ""))
+    lines.append(f"{CEILING + ' (true tokens)':26} {'':>6} {'':>15} {'':>6} {'':>6} {_f(ceiling['psnr'], 2):>6} "
+                 f"{_f(ceiling['ssim']):>6}")
+    methods[CEILING] = ceiling
     lines += ["", "PSNR / SSIM per target angle (LAO°, CRAN 0)",
               f"{'LAO':>5} " + " ".join(f"{n:>24}" for n in methods)]
     for row in result["per_angle"]:
