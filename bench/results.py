@@ -129,20 +129,20 @@ def main(argv=None) -> int:
     from xwin.io import read_ct
     from xwin.models import create_model
     from xwin.predict import LoadedModel, Predictor, load_model
-    from xwin.train.data import bank_spec, training_cts
+    from xwin.train.data import bank_spec, split_cts, training_cts
 
     t0 = time.time()
     loaded = load_model(ns.checkpoint)
     cfg = loaded.config
-    held = [p for p in cfg.data.ct if Path(p).name.split(".")[0] in cfg.data.holdout]
-    held_cts = [read_ct(ROOT / p if not Path(p).is_absolute() else p) for p in held]
+    held = [str(p) for p in split_cts(SHARED / "ct" / "cases.csv", "eval")]  # never trained on (CC BY-NC)
+    held_cts = [read_ct(p) for p in held]
     world = evaluate_world(loaded, {Path(p).name: v for p, v in zip(held, held_cts)})
     train_cts = [read_ct(c["path"]) for c in training_cts(cfg)]
     volume = single_cxr(loaded, Predictor(loaded), held_cts[0], train_cts)
     shown = Path(ns.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
-    lines = [f"Model: `{shown}`. Held-out CT(s): {', '.join(f'`{Path(p).name}`' for p in held)}"
-             " (never rendered into the training bank). Command: `.venv/bin/python bench/results.py "
+    lines = [f"Model: `{shown}`. Held-out CT(s): the eval split of ../shared/data/ct/cases.csv, "
+             f"{', '.join(f'`{Path(p).name}`' for p in held)} (patients never trained on). Command: `.venv/bin/python bench/results.py "
              + " ".join(argv if argv is not None else sys.argv[1:]) + "` (run from the "
              "repository root; the held-out CT and labels come from ../shared/data).", "",
              "### View prediction on CTs never trained on (`xwin eval world`)", "",
@@ -156,7 +156,23 @@ def main(argv=None) -> int:
              "|---|---:|---:|---:|---:|---:|---:|",
              _row("**model**", world["model"])]
     lines += [_row(k, v) for k, v in world["baselines"].items()]
-    pooled = {k: world[k] for k in ("model", "baselines", "renderings", "score_size")}
+    ceiling = world["decoder_ceiling"]
+    lines += [f"| decoder fed the true tokens (ceiling) | | | | {ceiling['psnr']:.2f} | {ceiling['ssim']:.3f} | |"]
+    shown_names = ("model", "copy_context", "nearest_training_patient", "mean_projection", "decoder_ceiling")
+    lines += ["", "SSIM (PSNR dB) per target angle, pooled over CTs × renderings:", "",
+              "| LAO | " + " | ".join(shown_names) + " |", "|---:|" + "---:|" * len(shown_names)]
+    for row in world["per_angle"]:
+        cells = ["—" if row[n]["ssim"] is None else f"{row[n]['ssim']:.3f} ({row[n]['psnr']:.1f})" for n in shown_names]
+        lines.append(f"| {row['lao']:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "Per CT (model: retrieval top-1 / within 15° / error ° / SSIM; copy_context SSIM; nearest training "
+              "patient SSIM):", ""]
+    for ct in world["per_ct"]:
+        m, b = ct["model"], ct["baselines"]
+        lines.append(f"* `{ct['ct']}`: {m['retrieval_top1']:.3f} / {m['within_15']:.3f} / {m['angular_error_deg']:.1f}"
+                     f" / {m['ssim']:.3f}; copy_context {b['copy_context']['ssim']:.3f}; nearest training patient "
+                     + ("—" if b['nearest_training_patient']['ssim'] is None
+                        else f"{b['nearest_training_patient']['ssim']:.3f}"))
+    pooled = {k: world[k] for k in ("model", "baselines", "decoder_ceiling", "renderings", "score_size")}
     lines += ["", "```json", json.dumps(pooled), "```", "",
               "### One CXR → volume (`xwin reconstruct CXR`), on the held-out CT", "",
               "Input: the held-out CT's PA DRR as the radiograph; 13 predicted views over LAO −90…90°, SART (one view per "
