@@ -1,11 +1,14 @@
-"""World-model speed on this machine: training throughput, share of time spent rendering, memory, prediction latency.
+"""World-model speed on this machine: training throughput (float32 and bfloat16), share of time spent rendering,
+memory, prediction latency.
 
-    .venv/bin/python bench/model.py [--bank runs/cpu_small/bank] [--steps 40] [--out docs/benchmarks.md]
+    .venv/bin/python bench/model.py [--bank runs/v2/bank] [--steps 20] [--out docs/benchmarks.md]
 
 Training: `xwin train` with the committed CPU config for ``--steps`` steps on an existing DRR bank (a child process;
-samples/s from its JSONL progress after 5 warm-up steps; peak RSS from /proc VmHWM). Rendering share: the time to
-render one bank instance (65 poses at 128² pooled to 64², as the bank builder does) against the training time that
-instance's images feed at the same samples/s. Prediction: one pose of the embedded model after loading, median of 30,
+samples/s from its JSONL progress after 5 warm-up steps; peak RSS from /proc VmHWM). Precision: the same model's
+training step (all losses, forward + backward + AdamW) on a synthetic batch of the config's size, float32 against
+bfloat16 autocast, alternating, median of 5 each (whether this CPU has native bfloat16 is printed: `train.amp` uses it
+only then). Rendering share: the time to render one bank instance (the config's poses at 2× the input size, pooled, as
+the bank builder does) against the training time that instance's images feed at the same samples/s. Prediction: one pose of the embedded model after loading, median of 30,
 against one full-quality 256² DRR of the embedded CT in the same run.
 Replaces the section between `<!-- model-bench:start -->` and `<!-- model-bench:end -->`.
 """
@@ -50,6 +53,35 @@ def train_throughput(bank: Path, steps: int) -> dict:
     peak = int(re.search(r"VmHWM (\d+)", r.stderr).group(1)) / 1024
     return {"samples_per_s": float(np.median(rates[5:])), "steps": steps, "wall_s": wall, "peak_rss_mb": peak,
             "batch": cfg["train"]["batch_size"], "real_per_batch": cfg["data"]["real_per_batch"]}
+
+
+def precision_step(repeats: int = 5) -> dict:
+    """DRR pairs / s of one training step in float32 and under bfloat16 autocast (same model, same batch)."""
+    from xwin.models import create_model, load_config
+
+    cfg = load_config(CONFIG)
+    b, s = cfg.train.batch_size, cfg.model.img_size
+    g = torch.Generator().manual_seed(0)
+    batch = {"context": torch.rand(b, 1, s, s, generator=g), "target": torch.rand(b, 1, s, s, generator=g),
+             "d_lao": torch.randn(b, generator=g) * 45, "d_cran": torch.zeros(b), "group": torch.arange(b) // 6,
+             "patient": torch.arange(b) // 12, "pose": torch.zeros(b, 2),
+             "real": torch.rand(cfg.data.real_per_batch, 1, s, s, generator=g)}
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    times = {False: [], True: []}
+    for i in range(repeats + 1):
+        for bf16 in (False, True):
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model.training_losses(batch, i, 100)
+            out["total"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:
+                times[bf16].append(time.perf_counter() - t)
+    return {"fp32": b / float(np.median(times[False])), "bf16": b / float(np.median(times[True])),
+            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
 
 def render_share(samples_per_s: float) -> dict:
@@ -103,25 +135,32 @@ def _shown(path: Path) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bank", type=Path, default=ROOT / "runs/cpu_small/bank")
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--bank", type=Path, default=ROOT / "runs/v2/bank")
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     ns = ap.parse_args(argv)
     if not (ns.bank / "manifest.json").is_file():
         sys.exit(f"{ns.bank}: no DRR bank (run `xwin train --config {CONFIG.relative_to(ROOT)}` first)")
     tr = train_throughput(ns.bank, ns.steps)
     rs = render_share(tr["samples_per_s"])
+    pc = precision_step()
+    from xwin.models import load_config
+    m = load_config(CONFIG).model
     pr = predict_latency()
     text = "\n".join([
         "## World model: training throughput, memory and prediction latency (`bench/model.py`)", "",
         f"Command: `.venv/bin/python bench/model.py --steps {ns.steps} --bank {_shown(ns.bank)}` (the bank of a "
-        f"cpu_small run; both cpu_small configs build the same one); {torch.get_num_threads()} CPU threads, "
-        "config `XWinCore/xwin/configs/cpu_small.yaml` (ViT-Tiny width, 6 blocks, 64², batch "
+        f"cpu_small run); {torch.get_num_threads()} CPU threads, config `XWinCore/xwin/configs/cpu_small.yaml` "
+        f"({m.embed_dim} wide, {m.depth} blocks, {m.img_size}², {m.grid_size[0]}×{m.grid_size[1]} tokens, batch "
         f"{tr['batch']} DRR pairs + {tr['real_per_batch']} real CXRs).", "",
         "| measure | value |", "|---|---:|",
         f"| training throughput (DRR pairs / s, median after 5 warm-up steps) | {tr['samples_per_s']:.1f} |",
         f"| training peak RSS | {tr['peak_rss_mb']:.0f} MB |",
-        f"| rendering one bank instance ({rs['views']} poses, 128² → 64²) | {rs['render_s_per_instance'] * 1e3:.0f} ms |",
+        f"| one training step, float32 (DRR pairs / s, synthetic batch, median of 5) | {pc['fp32']:.1f} |",
+        f"| the same step under bfloat16 autocast | {pc['bf16']:.1f} ({pc['bf16'] / pc['fp32']:.2f}×; native "
+        f"bfloat16 on this CPU: {'yes' if pc['native_bf16'] else 'no, so `train.amp` trains in float32 here'}) |",
+        f"| rendering one bank instance ({rs['views']} poses, {2 * m.img_size}² → {m.img_size}²) | "
+        f"{rs['render_s_per_instance'] * 1e3:.0f} ms |",
         f"| share of time spent rendering (bank render ÷ (render + training on those images)) | "
         f"{100 * rs['render_share']:.1f} % |",
         f"| prediction, one pose, embedded model, after loading (median of 30) | {pr['predict_ms']:.1f} ms |",
