@@ -42,19 +42,21 @@ def _pose_targets(out: Path, lao, cran, prefix: str, ext: str) -> list[Path]:
 
 def cmd_render(ns: argparse.Namespace) -> int:
     """Render DRRs of one CT at paired (LAO, CRAN) poses; one file, or one file per pose in a folder."""
+    from .io import read_ct, write_image
+
+    volume = read_ct(ns.ct)  # first: a bad CT is refused before torch is loaded (fast, small)
+
     from tqdm import tqdm
 
     from .drr import Projector
     from .geometry import parse_angles
-    from .io import read_ct, write_image
 
     lao, cran = parse_angles(ns.lao, ns.cran)
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "drr", ns.ext)
     single = targets == [out]
     geometry = _geometry(ns)
-    projector = Projector(read_ct(ns.ct), geometry, isocenter=ns.isocenter, mu_water=ns.mu_water,
-                          device=ns.device)
+    projector = Projector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water, device=ns.device)
     if not single:
         out.mkdir(parents=True, exist_ok=True)
     poses = list(zip(lao, cran, targets))

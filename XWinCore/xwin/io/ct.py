@@ -19,6 +19,7 @@ from ..errors import XWinInputError
 from .formats import (ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, itk_reason,
                       nifti_truncated)
 from .image import Volume
+from .validate import check_regular_file, itk_reading, open_header, reason, validate_header
 
 _POSITION_TOL_MM = 0.01
 _SPACING_TOL = 0.01
@@ -34,6 +35,7 @@ def read_ct(path: str | os.PathLike) -> Volume:
         raise XWinInputError(p, "does not exist")
     if p.is_dir():
         return _read_dicom_series(p)
+    check_regular_file(p)  # a FIFO or a device would block or never end
     if not os.access(p, os.R_OK):
         raise XWinInputError(p, "cannot be read: permission denied")
     if has_extension(p, ITK_EXTENSIONS):
@@ -48,32 +50,22 @@ def read_ct(path: str | os.PathLike) -> Volume:
 
 
 def _read_image_file(p: Path) -> Volume:
-    """NIfTI / NRRD / MetaImage via SimpleITK: one scalar component, exactly 3 dimensions of ≥ 2 voxels."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise XWinInputError(p, f"is truncated, corrupt or not an image file ({itk_reason(e)})") from None
-    size, spacing = reader.GetSize(), reader.GetSpacing()
-    if reader.GetDimension() > 3:
-        raise XWinInputError(p, f"is a {reader.GetDimension()}D image (size {size}); XWin needs a single 3D CT volume")
-    if reader.GetDimension() < 3 or min(size[:3]) < 2:
-        raise XWinInputError(p, f"is a 2D image (size {size}), not a 3D CT volume")
-    if reader.GetNumberOfComponents() != 1:
-        raise XWinInputError(p, f"has {reader.GetNumberOfComponents()} components per voxel (vector or colour "
-                                "image); a CT needs one HU value per voxel")
-    if min(spacing) <= 0:
-        raise XWinInputError(p, f"voxel spacing must be positive, got {spacing} mm")
+    """NIfTI / NRRD / MetaImage via SimpleITK, once `validate` has passed its header (no voxel read before)."""
+    reader = open_header(p)
+    validate_header(p, reader)
     if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
         raise XWinInputError(p, "is truncated: the file holds fewer voxels than its header announces")
-    try:
-        image = reader.Execute()
-    except RuntimeError as e:
-        raise XWinInputError(p, f"is truncated or corrupt ({itk_reason(e)})") from None
-    return Volume(sitk.GetArrayFromImage(image).astype(np.float32), np.array(image.GetSpacing()),
-                  np.array(image.GetOrigin()), np.array(image.GetDirection()).reshape(3, 3),
-                  {"source": str(p), "format": file_format(p)})
+    error = None
+    with itk_reading() as stray:
+        try:
+            image = reader.Execute()
+        except RuntimeError as e:
+            error = e
+    if error is not None:
+        raise XWinInputError(p, f"is truncated or corrupt ({reason(error, stray)})")
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32)  # one copy: the view shares ITK's buffer
+    return Volume(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()),
+                  np.array(image.GetDirection()).reshape(3, 3), {"source": str(p), "format": file_format(p)})
 
 
 def _read_dicom_series(folder: Path) -> Volume:

@@ -5,24 +5,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
+from ..errors import XWinInputError
 from .ct import read_ct
 from .cxr import read_radiograph
 from .formats import ITK_EXTENSIONS, has_extension
+from .validate import file_problem, open_header
 
 
 def _is_volume(p: Path) -> bool:
     """A folder (DICOM series) or a 3D image file (every axis ≥ 2 voxels) is a CT; anything else a radiograph."""
-    if p.is_dir() or not p.exists():
-        return True
+    if p.is_dir() or file_problem(p):
+        return True  # read_ct reports why (a FIFO or a device is never opened)
     if not has_extension(p, ITK_EXTENSIONS):
         return False
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+        reader = open_header(p)
+    except XWinInputError:
         return True  # read_ct reports why
     return reader.GetDimension() >= 3 and min(reader.GetSize()[:3]) >= 2
 

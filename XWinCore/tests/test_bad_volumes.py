@@ -1,0 +1,304 @@
+"""A generated corpus of bad volume files (NIfTI, NRRD, MetaImage), each run through the CLI in a subprocess.
+
+Every bad case must end in exit status 2 with exactly one line on stderr naming the culprit file, no traceback, no
+new file anywhere (the output folder stays empty), within 30 s and a 2 GiB address space — for `xwin info` and for
+`xwin render`. The files near the edge beside them must still be read. Classes (issue 16): values or geometry that
+ITK silently repairs or ignores, data files outside the header's folder, files that are not regular files, declared
+sizes beyond the memory budget, and ITK's own chatter on stderr (checked on every case: one line, nothing else).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import resource
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from xwin.io import read_ct
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, /dev/zero and RLIMIT_AS are POSIX")
+
+ADDRESS_SPACE = 2 << 30  # bytes: every CLI run must stay within this much virtual memory
+TIMEOUT_S = 30
+
+# NIfTI-1 header offsets (nifti1.h)
+DIM, PIXDIM, VOX_OFFSET, SCL, QFORM_CODE, SFORM_CODE, QUATERN, QOFFSET, SROW = 40, 76, 108, 112, 252, 254, 256, 268, 280
+SPACING, ORIGIN = (0.7, 0.8, 2.5), (-10.0, 20.0, 30.0)
+
+
+# --- file makers: each writes under the folder it is given and returns the path to hand to the CLI ---------------
+
+def _voxels() -> np.ndarray:
+    return np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)  # [k, j, i]: 6 × 5 × 4 voxels
+
+
+def nifti(path: Path, *patches: tuple[int, str, object]) -> Path:
+    """A SimpleITK-written 6×5×4 int16 NIfTI (qform and sform codes 1), then header fields patched in place."""
+    image = sitk.GetImageFromArray(_voxels())
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    plain = path.with_name("_plain.nii")
+    sitk.WriteImage(image, str(plain))
+    data = bytearray(plain.read_bytes())
+    plain.unlink()
+    for offset, fmt, value in patches:
+        struct.pack_into("<" + fmt, data, offset, *(value if isinstance(value, tuple) else (value,)))
+    (gzip.open if path.name.endswith(".gz") else open)(path, "wb").write(bytes(data))
+    return path
+
+
+def sheared_sform(path: Path, degrees: float, qform: bool = True) -> Path:
+    """The j axis of the sform tilted ``degrees`` towards i (RAS rows, lengths kept equal to pixdim)."""
+    t = np.deg2rad(degrees)
+    patches = [(SROW, "4f", (-SPACING[0], SPACING[1] * np.sin(t), 0.0, 10.0)),
+               (SROW + 16, "4f", (0.0, -SPACING[1] * np.cos(t), 0.0, -20.0))]
+    return nifti(path, *patches, *([] if qform else [(QFORM_CODE, "h", 0)]))
+
+
+def rotated_sform(path: Path, degrees: float) -> Path:
+    """A proper rotation about z stored in float32 (off orthonormal by rounding only), no qform."""
+    t = np.deg2rad(degrees)
+    r = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]) * np.array(SPACING)
+    rows = [(SROW + 16 * n, "4f", (*r[n], (10.0, -20.0, 30.0)[n])) for n in range(3)]
+    return nifti(path, *rows, (QFORM_CODE, "h", 0))
+
+
+def nrrd(path: Path, fields: str = "", data: bytes | None = None, sizes: str = "6 5 4") -> Path:
+    """A hand-written int16 NRRD; ``data`` None: the voxels attached after the blank line, else a detached header."""
+    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nencoding: raw\nendian: little\n{fields}"
+    path.write_bytes(header.encode() + (b"\n" + _voxels().tobytes() if data is None else data))
+    return path
+
+
+def nrrd_geometry(path: Path, directions: str, origin: str = "(1,2,3)", extra: str = "") -> Path:
+    return nrrd(path, f"space: left-posterior-superior\nspace directions: {directions}\nspace origin: {origin}\n"
+                      + extra)
+
+
+def metaimage(path: Path, fields: str = "", data_file: str = "LOCAL", data: bytes | None = None,
+              sizes: str = "6 5 4") -> Path:
+    """A hand-written int16 MetaImage; LOCAL: the voxels (or ``data``) follow the header."""
+    header = (f"ObjectType = Image\nNDims = 3\nDimSize = {sizes}\nElementType = MET_SHORT\n{fields}"
+              f"ElementDataFile = {data_file}\n")
+    body = (_voxels().tobytes() if data is None else data) if data_file == "LOCAL" else b""
+    path.write_bytes(header.encode() + body)
+    return path
+
+
+def raw(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_voxels().tobytes())
+    return path
+
+
+def detached(folder: Path, kind: str, data_file: str, name: str = "ct") -> Path:
+    """A detached header ``folder/hdr/ct.nhdr`` or ``.mhd`` naming ``data_file`` (relative to its own folder)."""
+    (folder / "hdr").mkdir(exist_ok=True)
+    if kind == "nhdr":
+        return nrrd(folder / "hdr" / f"{name}.nhdr", f"data file: {data_file}\n", data=b"")
+    return metaimage(folder / "hdr" / f"{name}.mhd", data_file=data_file)
+
+
+def symlinked_data(folder: Path) -> Path:
+    raw(folder / "secret.raw")
+    (folder / "hdr").mkdir()
+    os.symlink(folder / "secret.raw", folder / "hdr" / "ct.raw")
+    return detached(folder, "nhdr", "ct.raw")
+
+
+def fifo_data(folder: Path) -> Path:
+    (folder / "hdr").mkdir()
+    os.mkfifo(folder / "hdr" / "ct.raw")
+    return detached(folder, "nhdr", "ct.raw")
+
+
+def listed(folder: Path, kind: str, names: list[str]) -> Path:
+    for name in names:
+        raw(folder / "hdr" / name) if not name.startswith("..") else raw(folder / name[3:])
+    return detached(folder, kind, "LIST\n" + "\n".join(names))
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def device(path: Path) -> Path:
+    os.symlink("/dev/zero", path)
+    return path
+
+
+def huge_nifti(path: Path) -> Path:
+    """A .nii.gz of a few hundred bytes whose header declares 1024 × 1024 × 1536 int16 (3 GiB of voxels)."""
+    return nifti(path, (DIM, "4h", (3, 1024, 1024, 1536)))
+
+
+def truncated_metaimage(path: Path) -> Path:
+    """MetaIO prints 'data not read completely' on stderr itself before ITK's exception."""
+    return metaimage(path, data=_voxels().tobytes()[:100])
+
+
+# (id, make(folder) -> path given to the CLI, words the message must hold (lower case), extra environment)
+NAN, INF = float("nan"), float("inf")
+BAD = [
+    # silently wrong today: ITK says 1 mm, origin 0, ignores the scaling, or takes the qform over a sheared sform
+    ("nifti_pixdim_zero", lambda d: nifti(d / "ct.nii", (PIXDIM + 8, "f", 0.0)), ["pixdim", "spacing"], {}),
+    ("nifti_pixdim_nan", lambda d: nifti(d / "ct.nii.gz", (PIXDIM + 4, "f", NAN)), ["pixdim", "nan"], {}),
+    ("nifti_pixdim_negative", lambda d: nifti(d / "ct.nii", (PIXDIM + 8, "f", -0.8)), ["pixdim", "-0.8"], {}),
+    ("nifti_qoffset_nan", lambda d: nifti(d / "ct.nii", (QOFFSET, "f", NAN), (SFORM_CODE, "h", 0)),
+     ["qform", "not finite"], {}),
+    ("nifti_srow_nan", lambda d: nifti(d / "ct.nii", (SROW + 12, "f", NAN)), ["sform", "not finite"], {}),
+    ("nifti_quatern_not_rotation", lambda d: nifti(d / "ct.nii", (QUATERN, "3f", (0.9, 0.9, 0.9)),
+                                                   (SFORM_CODE, "h", 0)), ["qform", "not a rotation"], {}),
+    ("nifti_slope_inf", lambda d: nifti(d / "ct.nii", (SCL, "f", INF)), ["scl_slope", "inf"], {}),
+    ("nifti_inter_inf", lambda d: nifti(d / "ct.nii.gz", (SCL, "2f", (1.0, -INF))), ["scl_inter", "inf"], {}),
+    ("nifti_slope_zero_with_intercept", lambda d: nifti(d / "ct.nii", (SCL, "2f", (0.0, -1024.0))),
+     ["ambiguous", "scl_slope"], {}),
+    ("nifti_vox_offset_nan", lambda d: nifti(d / "ct.nii", (VOX_OFFSET, "f", NAN)), ["vox_offset"], {}),
+    ("nifti_sform_shear_2deg", lambda d: sheared_sform(d / "ct.nii", 2.0), ["sform", "not orthonormal", "92.000"],
+     {}),
+    ("nifti_sform_shear_2deg_no_qform", lambda d: sheared_sform(d / "ct.nii.gz", 2.0, qform=False),
+     ["sform", "not orthonormal"], {}),
+    ("nifti_sform_scale_vs_pixdim", lambda d: nifti(d / "ct.nii", (PIXDIM + 8, "f", 1.0)),
+     ["contradictory", "pixdim"], {}),
+    ("nrrd_shear_2deg", lambda d: nrrd_geometry(d / "ct.nrrd", f"(1,0,0) ({np.sin(np.deg2rad(2))},"
+                                                 f"{np.cos(np.deg2rad(2))},0) (0,0,2)"), ["not orthonormal"], {}),
+    ("nrrd_spacing_nan", lambda d: nrrd(d / "ct.nrrd", "spacings: 1 nan 2\n"), ["spacing", "nan"], {}),
+    ("nrrd_origin_nan", lambda d: nrrd_geometry(d / "ct.nrrd", "(1,0,0) (0,1,0) (0,0,2)", "(nan,2,3)"),
+     ["origin", "not finite"], {}),
+    ("nrrd_units_metres", lambda d: nrrd_geometry(d / "ct.nrrd", "(1,0,0) (0,1,0) (0,0,2)",
+                                                  extra='space units: "m" "m" "m"\n'), ["units", "millimetres"], {}),
+    ("mha_shear_2deg", lambda d: metaimage(d / "ct.mha", f"TransformMatrix = 1 0 0 {np.sin(np.deg2rad(2))} "
+                                                         f"{np.cos(np.deg2rad(2))} 0 0 0 1\n"),
+     ["not orthonormal"], {}),
+    ("mha_offset_nan", lambda d: metaimage(d / "ct.mha", "Offset = nan 0 0\n"), ["origin", "not finite"], {}),
+    ("mha_spacing_nan", lambda d: metaimage(d / "ct.mha", "ElementSpacing = 1 nan 1\n"), ["spacing", "nan"], {}),
+    # detached data files: never outside the header's folder, never a pipe, and present
+    ("nhdr_data_etc_passwd", lambda d: detached(d, "nhdr", "../" * 30 + "etc/passwd"),
+     ["outside the header's folder", "/etc/passwd"], {}),
+    ("mhd_data_absolute_outside", lambda d: detached(d, "mhd", "/etc/passwd"), ["outside the header's folder"], {}),
+    ("nhdr_data_symlink_outside", symlinked_data, ["ct.raw", "outside the header's folder"], {}),
+    ("nhdr_data_list_outside", lambda d: listed(d, "nhdr", ["s0.raw", "../s1.raw", "s2.raw", "s3.raw"]),
+     ["../s1.raw", "outside"], {}),
+    ("mhd_data_pattern_outside", lambda d: detached(d, "mhd", "../slices/s%d.raw 0 3 1"), ["s0.raw", "outside"],
+     {}),
+    ("nhdr_data_fifo", fifo_data, ["ct.raw", "fifo", "not a regular file"], {}),
+    ("mhd_data_missing", lambda d: detached(d, "mhd", "gone.raw"), ["gone.raw", "does not exist"], {}),
+    # not a regular file: refused before anything opens it
+    ("fifo", lambda d: fifo(d / "ct.nii.gz"), ["fifo", "not a regular file"], {}),
+    ("dev_zero", lambda d: device(d / "ct.nrrd"), ["character device", "not a regular file"], {}),
+    # memory: the declared size is checked against the budget before any voxel is read or decompressed
+    ("nifti_gz_declares_3gib", lambda d: huge_nifti(d / "ct.nii.gz"), ["xwin_max_volume_gb", "1024 x 1024 x 1536"],
+     {}),
+    ("nrrd_declares_32gib", lambda d: nrrd(d / "ct.nrrd", sizes="4096 4096 1024"), ["xwin_max_volume_gb"], {}),
+    ("mha_declares_32gib", lambda d: metaimage(d / "ct.mha", sizes="4096 4096 1024"), ["xwin_max_volume_gb"], {}),
+    ("budget_from_environment", lambda d: nrrd(d / "ct.nrrd"), ["xwin_max_volume_gb", "1e-07 gib"],
+     {"XWIN_MAX_VOLUME_GB": "0.0000001"}),
+    # ITK chatter: MetaIO prints on stderr by itself; the CLI line must still be the only one
+    ("mha_truncated", lambda d: truncated_metaimage(d / "ct.mha"), ["truncated", "data not read completely"], {}),
+]
+
+# (id, make(folder) -> path, expected spacing (i, j, k) mm, expected HU range, extra environment)
+EDGE = [
+    ("nifti_sform_shear_0.01deg_no_qform", lambda d: sheared_sform(d / "ct.nii", 0.01, qform=False), SPACING,
+     (0, 119), {}),
+    ("nifti_sform_rotated_30deg_float32", lambda d: rotated_sform(d / "ct.nii.gz", 30.0), SPACING, (0, 119), {}),
+    ("nifti_slope_zero_no_scaling", lambda d: nifti(d / "ct.nii", (SCL, "2f", (0.0, 0.0))), SPACING, (0, 119), {}),
+    ("nifti_slope_nan_nibabel", lambda d: nifti(d / "ct.nii", (SCL, "2f", (NAN, NAN))), SPACING, (0, 119), {}),
+    ("nifti_slope_2_intercept", lambda d: nifti(d / "ct.nii", (SCL, "2f", (2.0, -1024.0))), SPACING,
+     (-1024, -786), {}),
+    ("nrrd_shear_0.01deg", lambda d: nrrd_geometry(d / "ct.nrrd", f"(1,0,0) ({np.sin(np.deg2rad(0.01))},"
+                                                    f"{np.cos(np.deg2rad(0.01))},0) (0,0,2)"), (1, 1, 2), (0, 119),
+     {}),
+    ("nhdr_data_beside", lambda d: raw(d / "hdr" / "ct.raw") and detached(d, "nhdr", "ct.raw"), (1, 1, 1),
+     (0, 119), {}),
+    ("mhd_data_in_subfolder", lambda d: raw(d / "hdr" / "raw" / "ct.raw") and detached(d, "mhd", "raw/ct.raw"),
+     (1, 1, 1), (0, 119), {}),
+    ("mhd_data_absolute_inside", lambda d: raw(d / "hdr" / "ct.raw") and detached(d, "mhd", str(d / "hdr/ct.raw")),
+     (1, 1, 1), (0, 119), {}),
+    ("nhdr_data_list_beside", lambda d: listed(d, "nhdr", ["s0.raw", "s1.raw", "s2.raw", "s3.raw"]), (1, 1, 1),
+     (0, 29), {}),  # each slice file holds 0..119; the first 6 × 5 voxels of each are read
+    ("symlink_to_regular_file", lambda d: os.symlink(nrrd(d / "real.nrrd"), d / "ct.nrrd") or d / "ct.nrrd",
+     (1, 1, 1), (0, 119), {}),
+    ("budget_raised", lambda d: nrrd(d / "ct.nrrd"), (1, 1, 1), (0, 119), {"XWIN_MAX_VOLUME_GB": "0.001"}),
+]
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+
+def _xwin(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, text=True, cwd=cwd,
+                       timeout=TIMEOUT_S, preexec_fn=_limit_memory,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "XWIN_MAX_VOLUME_GB": "", **env})
+    return r, time.monotonic() - start
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("command", ["info", "render"])
+@pytest.mark.parametrize("name, make, words, env", BAD, ids=[c[0] for c in BAD])
+def test_bad_volume_is_one_line_exit_2(tmp_path, command, name, make, words, env):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    target = make(inputs)
+    before = _tree(tmp_path)
+    args = ["info", str(target)] if command == "info" else \
+        ["render", str(target), "--lao", "0", "--cran", "0", "--size", "8", "8", "--out", str(out / "drr.png")]
+    r, seconds = _xwin(args, cwd=out, env=env)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f"xwin {command}: error: ") and target.name in lines[0], lines[0]
+    assert str(target.parent) in lines[0], lines[0]
+    for word in words:
+        assert word in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert _tree(tmp_path) == before and not any(out.iterdir())
+    assert seconds < TIMEOUT_S
+
+
+@pytest.mark.parametrize("name, make, spacing, hu, env", EDGE, ids=[c[0] for c in EDGE])
+def test_edge_volume_is_read(tmp_path, monkeypatch, name, make, spacing, hu, env):
+    target = make(tmp_path)
+    r, _ = _xwin(["info", str(target)], cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    assert "CT volume" in r.stdout
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    volume = read_ct(target)
+    np.testing.assert_allclose(volume.spacing, spacing, rtol=1e-5)
+    assert (volume.array.min(), volume.array.max()) == hu
+    assert np.allclose(volume.direction.T @ volume.direction, np.eye(3), atol=1e-3)
+
+
+def test_bad_budget_variable_is_named(tmp_path):
+    r, _ = _xwin(["info", str(nrrd(tmp_path / "ct.nrrd"))], cwd=tmp_path, env={"XWIN_MAX_VOLUME_GB": "lots"})
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert "XWIN_MAX_VOLUME_GB" in r.stderr and "'lots'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_itk_state_is_restored(tmp_path):
+    """Warnings display, fd 2 and ITK_NIFTI_SFORM_PERMISSIVE are back as they were after a good and a bad read."""
+    display = sitk.ProcessObject.GetGlobalWarningDisplay()
+    permissive = os.environ.get("ITK_NIFTI_SFORM_PERMISSIVE")
+    fd_target = os.readlink("/proc/self/fd/2") if os.path.exists("/proc/self/fd/2") else None
+    read_ct(nifti(tmp_path / "good.nii"))
+    with pytest.raises(Exception):
+        read_ct(truncated_metaimage(tmp_path / "bad.mha"))
+    assert sitk.ProcessObject.GetGlobalWarningDisplay() == display
+    assert os.environ.get("ITK_NIFTI_SFORM_PERMISSIVE") == permissive
+    if fd_target is not None:
+        assert os.readlink("/proc/self/fd/2") == fd_target

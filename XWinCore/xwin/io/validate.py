@@ -1,0 +1,406 @@
+"""Checks on a volume file (NIfTI, NRRD, MetaImage) before any voxel is read: one layer for every volume reader path.
+
+`open_header` refuses anything that is not a regular file, checks the raw header fields that ITK would silently
+repair or ignore (NIfTI pixdim, qform, sform, scl_slope/scl_inter, vox_offset; NRRD spacings and space fields;
+MetaImage spacing, offset and matrix), refuses detached data files outside the header's folder, and then reads the
+header (never the voxels) with SimpleITK. `validate_header` checks what SimpleITK reports against what XWin accepts:
+a 3D scalar grid, positive finite spacing, a finite origin, orthonormal direction cosines (one tolerance,
+`ORTHONORMAL_TOL`, for every format) and a declared size whose reading fits the memory budget
+(``XWIN_MAX_VOLUME_GB``, GiB, default 4). `itk_reading` is the state every SimpleITK read runs in: no ITK warnings,
+and whatever ITK's C/C++ libraries print to stderr is captured instead of shown (the CLI's only output is its line).
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import re
+import stat
+import struct
+import sys
+import tempfile
+import threading
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import XWinInputError
+from .formats import has_extension, itk_reason
+
+ORTHONORMAL_TOL = 1e-3  # max |cos| between two axes (0.057° off 90°); also the relative pixdim vs sform scale
+MEMORY_ENV = "XWIN_MAX_VOLUME_GB"
+DEFAULT_MEMORY_GB = 4.0
+_MAX_HEADER_BYTES = 1 << 20  # NRRD / MetaImage text headers larger than this are not parsed further
+_MAX_DATA_FILES = 100_000
+_NIFTI = (".nii", ".nii.gz")
+_NRRD = (".nrrd", ".nhdr")
+_META = (".mha", ".mhd")
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (after symlinks) is not a regular file, or None. Only stats it: opening a FIFO or a device
+    would block or stream forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if not stat.S_ISREG(mode):
+        return f"is {_KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a regular file"
+    return None
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular file before it is opened."""
+    problem = file_problem(path)
+    if problem:
+        raise XWinInputError(path, problem)
+
+
+class _Stray:
+    """What ITK's libraries printed to stderr inside `itk_reading` (filled in when the block ends)."""
+    text = ""
+
+
+_lock = threading.Lock()
+_readers = 0  # threads inside itk_reading: the first one saves ITK's global state, the last one restores it
+_saved: dict = {}
+_capturing = False
+
+
+@contextmanager
+def itk_reading() -> Iterator[_Stray]:
+    """Run SimpleITK reads with ITK warnings off and, in the main thread, fd 2 captured; all restored afterwards.
+
+    ITK_NIFTI_SFORM_PERMISSIVE is on meanwhile: XWin checks the sform itself (`ORTHONORMAL_TOL`, one tolerance for
+    every format) before ITK sees it, so ITK only has to accept float rounding it would otherwise refuse.
+    """
+    global _readers, _capturing
+    stray = _Stray()
+    with _lock:
+        if _readers == 0:
+            _saved["display"] = sitk.ProcessObject.GetGlobalWarningDisplay()
+            _saved["permissive"] = os.environ.get("ITK_NIFTI_SFORM_PERMISSIVE")
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+            os.environ["ITK_NIFTI_SFORM_PERMISSIVE"] = "1"
+        _readers += 1
+        capture = threading.current_thread() is threading.main_thread() and not _capturing
+        _capturing = _capturing or capture
+    saved_fd = sink = None
+    try:
+        if capture:
+            try:
+                sys.stderr.flush()
+                saved_fd = os.dup(2)
+                sink = tempfile.TemporaryFile()
+                os.dup2(sink.fileno(), 2)
+            except (OSError, ValueError, AttributeError):  # no usable fd 2 (some GUIs): nothing to protect
+                pass
+        yield stray
+    finally:
+        if saved_fd is not None:
+            if sink is not None:
+                os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        if sink is not None:
+            sink.seek(0)
+            stray.text = " ".join(sink.read(4096).decode("utf-8", "replace").split())
+            sink.close()
+        with _lock:
+            _capturing = _capturing and not capture
+            _readers -= 1
+            if _readers == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(_saved["display"])
+                if _saved["permissive"] is None:
+                    os.environ.pop("ITK_NIFTI_SFORM_PERMISSIVE", None)
+                else:
+                    os.environ["ITK_NIFTI_SFORM_PERMISSIVE"] = _saved["permissive"]
+
+
+def open_header(path: Path) -> sitk.ImageFileReader:
+    """A SimpleITK reader whose header (only) has been read, after the raw checks of this module."""
+    check_regular_file(path)
+    if has_extension(path, _NIFTI):
+        _check_nifti(path)
+    elif has_extension(path, _NRRD):
+        _check_nrrd(path)
+    elif has_extension(path, _META):
+        _check_metaimage(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    error = None
+    with itk_reading() as stray:
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            error = e
+    if error is not None:
+        raise XWinInputError(path, f"is truncated, corrupt or not an image file ({reason(error, stray)})")
+    return reader
+
+
+def reason(error: RuntimeError, stray: _Stray) -> str:
+    """The readable cause of a failed SimpleITK read: ITK's message, plus what its libraries printed."""
+    text = itk_reason(error)
+    if not stray.text or stray.text in text:
+        return text
+    if text.startswith("Reason:"):  # only a stale errno (e.g. MetaIO): what the library printed says more
+        return stray.text[:300]
+    return f"{text}; {stray.text[:300]}"
+
+
+def validate_header(path: Path, reader: sitk.ImageFileReader) -> None:
+    """What SimpleITK read from the header must be a 3D scalar CT grid with sane geometry that fits in memory."""
+    size, dim = reader.GetSize(), reader.GetDimension()
+    if dim > 3:
+        raise XWinInputError(path, f"is a {dim}D image (size {size}); XWin needs a single 3D CT volume")
+    if dim < 3 or min(size[:3]) < 2:
+        raise XWinInputError(path, f"is a 2D image (size {size}), not a 3D CT volume")
+    if reader.GetNumberOfComponents() != 1:
+        raise XWinInputError(path, f"has {reader.GetNumberOfComponents()} components per voxel (vector or colour "
+                                   "image); a CT needs one HU value per voxel")
+    spacing = np.array(reader.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise XWinInputError(path, f"voxel spacing must be positive, got {_fmt(spacing)} mm")
+    if not np.all(np.isfinite(reader.GetOrigin())):
+        raise XWinInputError(path, f"origin is not finite: {_fmt(reader.GetOrigin())}")
+    check_orthonormal(path, np.array(reader.GetDirection(), dtype=float).reshape(3, 3), "direction cosines")
+    check_memory(path, size, reader.GetPixelID(), reader.GetNumberOfComponents())
+
+
+def check_orthonormal(path: Path, axes: np.ndarray, what: str) -> None:
+    """The columns of ``axes`` (one per grid axis, any length) must be at right angles within `ORTHONORMAL_TOL`."""
+    if not np.all(np.isfinite(axes)):
+        raise XWinInputError(path, f"{what} are not finite: {_fmt(axes.T.ravel())}")
+    norms = np.linalg.norm(axes, axis=0)
+    if np.any(norms == 0):
+        raise XWinInputError(path, f"{what}: axis {'ijk'[int(np.argmin(norms))]} has length 0")
+    unit = axes / norms
+    cos = unit.T @ unit - np.eye(axes.shape[1])
+    a, b = np.unravel_index(int(np.argmax(np.abs(cos))), cos.shape)
+    if abs(cos[a, b]) > ORTHONORMAL_TOL:
+        angle = math.degrees(math.acos(float(np.clip(cos[a, b], -1.0, 1.0))))
+        raise XWinInputError(path, f"{what} are not orthonormal: axes {'ijk'[a]} and {'ijk'[b]} are {angle:.3f}° "
+                                   f"apart (tolerance {math.degrees(ORTHONORMAL_TOL):.3f}° off 90°); a sheared grid "
+                                   "(gantry tilt?) must be resampled first")
+
+
+def memory_budget() -> float:
+    """Bytes XWin may spend reading one volume: ``XWIN_MAX_VOLUME_GB`` GiB (default 4)."""
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_GB * 2**30
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise XWinInputError(None, f"{MEMORY_ENV} must be a positive number of GiB, got {text!r}")
+    return value * 2**30
+
+
+def check_memory(path: Path, size, pixel_id: int, components: int = 1) -> None:
+    """Refuse a declared grid whose reading would need more than the budget (checked before any voxel is read).
+
+    Reading holds the file's buffer (NIfTI: twice, nifti_clib's and ITK's) and the float32 HU copy at once.
+    """
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    bits = re.search(r"(\d+)-bit", name)
+    nbytes = (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in name else 1) * max(components, 1)
+    voxels = math.prod(int(s) for s in size)
+    need = voxels * (2 * nbytes + 4)
+    budget = memory_budget()
+    if need > budget:
+        raise XWinInputError(path, f"declares {' x '.join(str(int(s)) for s in size)} voxels of {name} "
+                                   f"({voxels * nbytes / 2**30:.1f} GiB); reading it needs about {need / 2**30:.1f} "
+                                   f"GiB of memory, more than the {budget / 2**30:g} GiB allowed (set {MEMORY_ENV} "
+                                   "to raise the limit)")
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in np.ravel(values)) + ")"
+
+
+# --- NIfTI-1 -------------------------------------------------------------------------------------------------------
+
+def _nifti_header(path: Path) -> bytes:
+    """The first 348 bytes, decompressed as a stream (never more); b"" when they cannot be read (ITK says why)."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            return f.read(348)
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def _check_nifti(path: Path) -> None:
+    """NIfTI-1 fields that ITK replaces or ignores without a word (NIfTI-2 and non-NIfTI data are left to ITK)."""
+    h = _nifti_header(path)
+    order = next((o for o in "<>" if len(h) == 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
+    if order is None:
+        return
+
+    def get(fmt: str, offset: int):
+        return struct.unpack_from(order + fmt, h, offset)
+
+    dim = get("8h", 40)
+    if not 1 <= dim[0] <= 7 or min(dim[1 : dim[0] + 1]) < 1:
+        raise XWinInputError(path, f"is corrupt: NIfTI dim is {dim}")
+    pixdim = np.array(get("8f", 76), dtype=float)
+    spatial = min(dim[0], 3)
+    if not np.all(np.isfinite(pixdim[1 : spatial + 1])) or np.any(pixdim[1 : spatial + 1] <= 0):
+        raise XWinInputError(path, f"voxel spacing (NIfTI pixdim) must be positive and finite, got "
+                                   f"{_fmt(pixdim[1 : spatial + 1])} mm")
+    (vox_offset,) = get("f", 108)
+    if not math.isfinite(vox_offset) or vox_offset < 0:
+        raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset}")
+    slope, inter = get("2f", 112)
+    if math.isinf(slope) or math.isinf(inter):
+        raise XWinInputError(path, f"scaling must be finite: scl_slope {slope}, scl_inter {inter}")
+    if (slope == 0 or math.isnan(slope)) and not (inter == 0 or math.isnan(inter)):
+        # NIfTI: slope 0 (or nibabel's NaN) means "no scaling"; ITK still adds the intercept. Which did the writer mean?
+        raise XWinInputError(path, f"ambiguous scaling: scl_slope is {slope} (no scaling in NIfTI) but scl_inter is "
+                                   f"{inter}; the HU values cannot be known")
+    if not math.isnan(slope) and math.isnan(inter):
+        raise XWinInputError(path, f"scaling must be finite: scl_slope {slope}, scl_inter {inter}")
+    qform_code, sform_code = get("2h", 252)
+    if qform_code > 0:
+        quatern, qoffset = np.array(get("3f", 256), dtype=float), np.array(get("3f", 268), dtype=float)
+        if not np.all(np.isfinite(quatern)) or not np.all(np.isfinite(qoffset)):
+            raise XWinInputError(path, f"NIfTI qform is not finite: quatern_bcd {_fmt(quatern)}, qoffset "
+                                       f"{_fmt(qoffset)}")
+        if float(quatern @ quatern) > 1 + ORTHONORMAL_TOL:
+            raise XWinInputError(path, f"NIfTI qform is not a rotation: quatern_b² + c² + d² = "
+                                       f"{float(quatern @ quatern):.4f} > 1")
+    if sform_code > 0:
+        srow = np.array(get("12f", 280), dtype=float).reshape(3, 4)
+        if not np.all(np.isfinite(srow)):
+            raise XWinInputError(path, f"NIfTI sform is not finite: srow {_fmt(srow)}")
+        axes = srow[:, :spatial]
+        check_orthonormal(path, axes, "NIfTI sform axes")
+        norms, step = np.linalg.norm(axes, axis=0), pixdim[1 : spatial + 1]
+        if np.any(np.abs(norms - step) > ORTHONORMAL_TOL * step):
+            raise XWinInputError(path, f"voxel spacing is contradictory: NIfTI pixdim says {_fmt(step)} mm, the "
+                                       f"sform {_fmt(norms)} mm")
+
+
+# --- NRRD and MetaImage text headers -------------------------------------------------------------------------------
+
+def _header_lines(path: Path, last: re.Pattern) -> tuple[list[str], list[str]]:
+    """(header lines up to and including the one matching ``last`` or a blank line, the lines after it that are not
+    blank: file names of a LIST). Reads at most `_MAX_HEADER_BYTES`; stops at the first undecodable byte."""
+    with open(path, "rb") as f:
+        raw = f.read(_MAX_HEADER_BYTES)
+    lines, rest = [], []
+    chunks = raw.split(b"\n")
+    for n, chunk in enumerate(chunks):
+        line = chunk.decode("latin-1").rstrip("\r")
+        if not line.strip() or last.match(line):
+            if line.strip():
+                lines.append(line)
+            for more in chunks[n + 1 :]:
+                name = more.decode("latin-1").strip()
+                if not name or not name.isprintable():
+                    break
+                rest.append(name)
+            return lines, rest
+        lines.append(line)
+    return lines, []
+
+
+def _numbers(path: Path, field: str, text: str) -> np.ndarray:
+    try:
+        return np.array([float(t) for t in text.split()], dtype=float)
+    except ValueError:
+        raise XWinInputError(path, f"is corrupt: {field} is {text.strip()!r}") from None
+
+
+def _check_nrrd(path: Path) -> None:
+    lines, rest = _header_lines(path, re.compile(r"^data ?file\s*:\s*LIST\b"))
+    if not lines or not lines[0].startswith("NRRD"):
+        return  # not NRRD: ITK says why
+    fields = {}
+    for line in lines[1:]:
+        key, colon, value = line.partition(": ")
+        if colon and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip()
+    kinds = fields.get("kinds", "").split()
+    spatial = [n for n, kind in enumerate(kinds) if kind.lower() in ("domain", "space")] if kinds else None
+    if "spacings" in fields:  # teem reads "nan" as "unknown" and ITK then says 1 mm
+        spacings = _numbers(path, "spacings", fields["spacings"])
+        on_grid = spacings if spatial is None else spacings[[n for n in spatial if n < spacings.size]]
+        if not np.all(np.isfinite(on_grid)) or np.any(on_grid <= 0):
+            raise XWinInputError(path, f"voxel spacing (NRRD spacings) must be positive and finite, got "
+                                       f"{_fmt(spacings)} mm")
+    for key in ("space directions", "space origin"):
+        if re.search(r"nan|inf", fields.get(key, ""), re.IGNORECASE):
+            raise XWinInputError(path, f"NRRD {key} is not finite: {fields[key]}")
+    units = re.findall(r'"([^"]*)"', fields.get("space units", ""))
+    if any(u.strip().lower() not in ("", "mm") for u in units):
+        raise XWinInputError(path, f"space units are {units}; XWin reads millimetres only")
+    data = fields.get("data file", fields.get("datafile"))
+    if data is not None:
+        _check_data_files(path, _data_file_names(path, data, rest))
+
+
+def _check_metaimage(path: Path) -> None:
+    lines, rest = _header_lines(path, re.compile(r"^\s*ElementDataFile\s*=", re.IGNORECASE))
+    fields = {}
+    for line in lines:
+        key, eq, value = line.partition("=")
+        if eq:
+            fields[key.strip().lower()] = value.strip()
+    if "elementdatafile" not in fields:
+        return  # not a MetaImage header: ITK says why
+    for key in ("elementspacing", "elementsize"):  # MetaIO reads "nan" as 0
+        if key in fields:
+            spacing = _numbers(path, key, fields[key])
+            if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+                raise XWinInputError(path, f"voxel spacing (MetaImage {key}) must be positive and finite, got "
+                                           f"{_fmt(spacing)} mm")
+    for key, what in (("offset", "origin"), ("origin", "origin"), ("position", "origin"),
+                      ("transformmatrix", "direction"), ("rotation", "direction"), ("orientation", "direction")):
+        if key in fields and not np.all(np.isfinite(_numbers(path, key, fields[key]))):  # MetaIO: nan becomes 0
+            raise XWinInputError(path, f"{what} (MetaImage {key}) is not finite: {fields[key]}")
+    data = fields["elementdatafile"]
+    if data.upper() != "LOCAL":
+        _check_data_files(path, _data_file_names(path, data, rest))
+
+
+def _data_file_names(path: Path, value: str, listed: list[str]) -> list[str]:
+    """Data files a detached header names: one file, ``LIST`` (names on the following lines) or a printf pattern
+    ``fmt min max step [subdim]`` (NRRD and MetaIO agree on these three forms)."""
+    tokens = value.split()
+    if tokens and tokens[0].upper() == "LIST":
+        if not listed:
+            raise XWinInputError(path, "is corrupt: data file LIST names no files")
+        return listed
+    if len(tokens) >= 4 and "%" in tokens[0] and all(re.fullmatch(r"-?\d+", t) for t in tokens[1:4]):
+        first, last, step = (int(t) for t in tokens[1:4])
+        if step == 0 or (last - first) / step + 1 > _MAX_DATA_FILES:
+            raise XWinInputError(path, f"is corrupt: data file pattern {value!r}")
+        try:
+            return [tokens[0] % n for n in range(first, last + (1 if step > 0 else -1), step)]
+        except (TypeError, ValueError):
+            raise XWinInputError(path, f"is corrupt: data file pattern {value!r}") from None
+    return [value]
+
+
+def _check_data_files(path: Path, names: list[str]) -> None:
+    """Every data file must be a regular file inside the header's folder (after symlinks): a header must not make
+    XWin read ../../etc/passwd, a device or a pipe as voxels."""
+    folder = os.path.realpath(path.parent)
+    for name in names:
+        target = os.path.realpath(os.path.join(path.parent, name))
+        if os.path.commonpath([folder, target]) != folder:
+            raise XWinInputError(path, f"data file {name!r} is outside the header's folder ({target}); keep the "
+                                       "voxel data beside its header")
+        problem = file_problem(target)
+        if problem:
+            raise XWinInputError(path, f"data file {name!r} {problem}")
