@@ -34,7 +34,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96) -> dict:
     """PSNR/SSIM/RMSE (HU) vs the true CT of: the model's volume, the mean training CT, the true-DRR ceiling."""
-    from xwin.data.bank import BankSpec, render_views
+    from xwin.data.bank import BankSpec, prepared_ct, render_views
     from xwin.drr import Projector
     from xwin.geometry import carm_views
     from xwin.recon import (compare, coverage, default_grid, model_geometry, orbit_angles, radiograph_to_line,
@@ -43,8 +43,8 @@ def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96
     from xwin.train.data import bank_spec
 
     spec = bank_spec(loaded.config)
-    pa = render_views(Projector(ct, spec.geometry()), BankSpec(**{**spec.__dict__, "lao": (0.0,), "cran": (0.0,)}),
-                      0.0, np.zeros(3))[0]
+    pa = render_views(Projector(prepared_ct(ct, spec), spec.geometry()),  # the training path, as the model saw DRRs
+                      BankSpec(**{**spec.__dict__, "lao": (0.0,), "cran": (0.0,)}), 0.0, np.zeros(3))[0]
     iso = ct.center
     geometry = model_geometry(loaded.config)
     lao = orbit_angles(views, arc)
@@ -224,9 +224,11 @@ def main(argv=None) -> int:
             "random_init": evaluate_domain(untrained, SHARED / "cxr", volumes)}
     g = gaps["model"]
     from xwin.data.cxr import find_images
+    from xwin.data.bank import prepared_ct
     from xwin.eval.domain import simulated_pa_views
+    spec = bank_spec(cfg)
     figure = identity_figure(Predictor(loaded), find_images(SHARED / "cxr")[:4],
-                             simulated_pa_views(held_cts[0], bank_spec(cfg), 2)[:, 0].numpy(),
+                             simulated_pa_views(prepared_ct(held_cts[0], spec), spec, 2)[:, 0].numpy(),
                              Path(ns.figure).resolve())
     shown_figure = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
     lines += ["", "### Real films against DRRs (`xwin eval domain`)", "",

@@ -8,7 +8,11 @@ isocenter shift (σ ``data.iso_shift_mm``, LPS mm) and detector roll (σ ``data.
 * ``cosine``: mean cosine between real and simulated embeddings (the training metric ``domain_cosine``), beside the
   mean cosine within each domain for scale.
 * ``identity``: PSNR / SSIM of the decoded Δ = 0 prediction (the PA view predicted from itself) against its input,
-  for each domain: how faithfully the prediction path carries an image of that domain.
+  for each domain, scored at 128² like `xwin eval world` (films loaded at 128², DRRs and predictions resampled): how
+  faithfully the prediction path carries an image of that domain. With ``model.decoder_context`` the decoder sees the
+  input itself, so identity then also measures how much of the image the refiner passes through.
+
+DRRs go through the training resampling path (`prepared_ct`).
 """
 from __future__ import annotations
 
@@ -16,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.bank import BankSpec, render_views
+from ..data.bank import BankSpec, prepared_ct, render_views
 from ..data.cxr import find_images, load_cxrs
 from ..drr import Projector
 from ..models import domain_cosine
 from ..predict import LoadedModel
 from .probe import auroc, embeddings, logistic_probe, patient_folds
 from ..train.data import bank_spec
-from .world import image_scores
+from .world import SCORE_SIZE, image_scores, to_score_size
 
 
 def simulated_pa_views(volume, spec: BankSpec, views: int, seed: int = 0) -> torch.Tensor:
@@ -44,12 +48,13 @@ def _mean_offdiagonal_cosine(emb: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _identity(model, images: torch.Tensor, batch: int = 64) -> dict:
+def _identity(model, images: torch.Tensor, truth: torch.Tensor, batch: int = 64) -> dict:
+    """Δ = 0 prediction of ``images`` (model input size) against ``truth`` (the same images at the score size)."""
     zero = torch.zeros(len(images), device=images.device)
     decoded = torch.cat([model.decode(model.predict_view(images[i:i + batch], zero[i:i + batch], zero[i:i + batch]),
-                                        images[i:i + batch])
+                                      images[i:i + batch])
                          for i in range(0, len(images), batch)])
-    psnr, ssim = image_scores(decoded, images)
+    psnr, ssim = image_scores(to_score_size(decoded, truth.shape[-1]), truth)
     return {"psnr": round(psnr, 3), "ssim": round(ssim, 4)}
 
 
@@ -63,10 +68,11 @@ def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int =
     size = loaded.config.model.img_size
     files = find_images(cxr_folder)
     real = torch.from_numpy(load_cxrs(files, size))[:, None].to(device)
+    real_truth = real if size == SCORE_SIZE else torch.from_numpy(load_cxrs(files, SCORE_SIZE))[:, None].to(device)
     spec = bank_spec(loaded.config)
     sims, groups = [], []
     for n, (name, volume) in enumerate(volumes.items()):
-        sims.append(simulated_pa_views(volume, spec, views, seed + n))
+        sims.append(simulated_pa_views(prepared_ct(volume, spec), spec, views, seed + n))
         groups += [f"ct:{name}"] * views
     sim = torch.cat(sims).to(device)
     encoder = model.context_encoder
@@ -85,5 +91,6 @@ def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int =
         "cosine": {"real_vs_simulated": round(float(domain_cosine(emb_real, emb_sim)), 4),
                    "within_real": round(_mean_offdiagonal_cosine(emb_real), 4),
                    "within_simulated": round(_mean_offdiagonal_cosine(emb_sim), 4)},
-        "identity": {"real": _identity(model, real), "simulated": _identity(model, sim)},
+        "identity": {"real": _identity(model, real, real_truth),
+                     "simulated": _identity(model, sim, to_score_size(sim))},
     }
