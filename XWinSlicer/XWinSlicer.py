@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import sys
+from typing import Annotated
 
 import ctk
 import qt
@@ -23,7 +24,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 try:  # Slicer ≥ 5.2
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 except ImportError:  # older Slicer: the logic's ParameterStore alone
     parameterNodeWrapper = None
 
@@ -112,7 +113,15 @@ class XWinSlicer(ScriptedLoadableModule):
 if parameterNodeWrapper is not None:
     @parameterNodeWrapper
     class XWinSlicerParameterNode:
-        """Same names as `xwin.viewer.model.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them)."""
+        """Same names as `xwin.viewer.model.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them).
+
+        Each annotation must be one that Slicer's GUI connector for the bound widget of Resources/UI/XWinSlicer.ui
+        accepts (Slicer/Slicer, tag v5.8.1, Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): a QComboBox
+        needs ``Choice`` on a str (QComboBoxToStringableConnector raises "requires the Choice annotation"), a
+        ctkSliderWidget needs bounds (QDoubleSpinBoxCtkSliderWidgetToFloatConnector raises on an unbounded float),
+        and the connectors overwrite a spin box's range with the annotation's (±inf / ±2³¹ without one), so the
+        bounds here are the .ui's minimum/maximum. Testing/Python/test_slicer_ui_binding.py checks every pair.
+        """
 
         ctVolume: slicer.vtkMRMLScalarVolumeNode
         cxrVolume: slicer.vtkMRMLScalarVolumeNode
@@ -120,18 +129,18 @@ if parameterNodeWrapper is not None:
         predictionVolume: slicer.vtkMRMLScalarVolumeNode
         reconVolume: slicer.vtkMRMLScalarVolumeNode
         segmentation: slicer.vtkMRMLSegmentationNode
-        sid: float = 1600.0
-        sdd: float = 1800.0
-        height: int = 256
-        width: int = 256
-        pixel: float = 1.7
-        lao: float = 0.0
-        cran: float = 0.0
+        sid: Annotated[float, WithinRange(100.0, 5000.0)] = 1600.0
+        sdd: Annotated[float, WithinRange(100.0, 5000.0)] = 1800.0
+        height: Annotated[int, WithinRange(16, 2048)] = 256
+        width: Annotated[int, WithinRange(16, 2048)] = 256
+        pixel: Annotated[float, WithinRange(0.05, 20.0)] = 1.7
+        lao: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
+        cran: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
         checkpoint: pathlib.Path
-        recon_method: str = "fdk"
-        recon_source: str = "ct"
-        recon_views: int = 120
-        recon_arc: float = 360.0
+        recon_method: Annotated[str, Choice(["fdk", "sart", "cgls"])] = "fdk"
+        recon_source: Annotated[str, Choice(["ct", "cxr"])] = "ct"
+        recon_views: Annotated[int, WithinRange(4, 720)] = 120
+        recon_arc: Annotated[float, WithinRange(30.0, 360.0)] = 360.0
         train_ct_dir: pathlib.Path
         train_cxr_dir: pathlib.Path
         train_config: pathlib.Path
@@ -409,7 +418,6 @@ class XWinSlicerLogic(ScriptedLoadableModuleLogic):
         self.core = XWinLogic(slicer.mrmlScene, volumesLogic=slicer.modules.volumes.logic(),
                               volumeRenderingLogic=slicer.modules.volumerendering.logic(),
                               applicationLogic=slicer.app.applicationLogic())
-        self._wlLink = None
 
     def __getattr__(self, name):
         core = self.__dict__.get("core")
@@ -422,8 +430,8 @@ class XWinSlicerLogic(ScriptedLoadableModuleLogic):
 
     def showSideBySide(self, cxr, prediction, drr, recon, fit: bool = True) -> None:
         """CXR | predicted | DRR on top (each slice view turned face-on to its image), 3D | reconstruction below;
-        window/level linked across the three projections."""
-        from XWinSlicerLib.logic import WindowLevelLink
+        window/level linked across the predicted image and the DRR (both [0, 1]); the CXR keeps its own
+        (`XWinLogic.linkWindowLevel`)."""
         lm = slicer.app.layoutManager()
         if not lm.layoutLogic().GetLayoutNode().IsLayoutDescription(LAYOUT_ID):
             lm.layoutLogic().GetLayoutNode().AddLayoutDescription(LAYOUT_ID, _layoutXml())
@@ -439,11 +447,7 @@ class XWinSlicerLogic(ScriptedLoadableModuleLogic):
             if node is not None and key != "recon" and fit:
                 logic.GetSliceNode().RotateToVolumePlane(node)
                 logic.FitSliceToAll()
-        nodes = [n for n in (cxr, prediction, drr) if n is not None]
-        if self._wlLink is None:
-            self._wlLink = WindowLevelLink()
-        if [n.GetID() for n in nodes] != [n.GetID() for n in self._wlLink.nodes]:
-            self._wlLink.set(nodes)
+        self.core.linkWindowLevel(cxr, prediction, drr)
 
 
 def _layoutXml() -> str:

@@ -169,6 +169,77 @@ def test_window_level_link(scene, logic, ct_path):
     link.clear()
 
 
+class _FakePredictor:
+    """Stands in for the world model (no weights loaded): a [0, 1] ramp at any pose."""
+
+    def predict(self, cxr, lao, cran):
+        return np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (len(lao), 64, 1))
+
+
+def _windowLevel(node) -> tuple[float, float]:
+    d = node.GetDisplayNode()
+    return d.GetWindow(), d.GetLevel()
+
+
+def test_renders_leave_the_cxr_window_level_alone(logic, ct_path, monkeypatch):
+    """Issue 14: the CXR (raw values 6255–31964) keeps the window/level the Volumes logic gave it across renders,
+    and the user's; only the [0, 1] DRR and predicted images get 1/0.5 and are linked to each other."""
+    import xwin.predict
+    from xwin.sample_data import demo_cxr_path
+
+    monkeypatch.setattr(xwin.predict, "load_predictor", lambda checkpoint=None, device="cpu": _FakePredictor())
+    ct = logic.loadVolume(ct_path, "ct")
+    cxr = logic.loadVolume(demo_cxr_path(), "cxr")
+    values = arrayFromNode(cxr)
+    own = _windowLevel(cxr)
+    assert own[0] > 1.0 and values.min() <= own[1] <= values.max(), (own, values.min(), values.max())
+
+    p = logic.parameters()
+    for lao in (0.0, 30.0, 45.0):  # what the panel's updateViews does on each pose change
+        logic.applySettings()
+        p.setNodeRef("drrVolume", logic.renderDrr(ct, lao, 0.0, outputNode=p.nodeRef("drrVolume")))
+        p.setNodeRef("predictionVolume", logic.predictProjection(cxr, lao, 0.0,
+                                                                 outputNode=p.nodeRef("predictionVolume")))
+        logic.linkWindowLevel(cxr, p.nodeRef("predictionVolume"), p.nodeRef("drrVolume"))
+        drr, pred = p.nodeRef("drrVolume"), p.nodeRef("predictionVolume")
+        drr.GetDisplayNode().Modified()  # any display change of a linked image (slice views do this)
+        assert _windowLevel(cxr) == pytest.approx(own), f"render at LAO {lao} changed the CXR's window"
+        assert _windowLevel(drr) == pytest.approx((1.0, 0.5)) and _windowLevel(pred) == pytest.approx((1.0, 0.5))
+
+    drr.GetDisplayNode().SetWindowLevel(0.6, 0.4)  # the user windows the DRR: the prediction follows, not the CXR
+    assert _windowLevel(pred) == pytest.approx((0.6, 0.4))
+    assert _windowLevel(cxr) == pytest.approx(own)
+    cxr.GetDisplayNode().AutoWindowLevelOff()  # the user windows the CXR (as Slicer's W/L tools do): it keeps it
+    cxr.GetDisplayNode().SetWindowLevel(12000.0, 20000.0)
+    logic.renderDrr(ct, 60.0, 0.0, outputNode=drr)
+    logic.linkWindowLevel(cxr, pred, drr)
+    assert _windowLevel(cxr) == pytest.approx((12000.0, 20000.0))
+    assert _windowLevel(drr) == pytest.approx((1.0, 0.5)) and _windowLevel(pred) == pytest.approx((1.0, 0.5))
+
+
+def test_apply_settings_loads_the_world_model_once_per_checkpoint(logic, monkeypatch):
+    """Issue 14 (measured in Slicer: 4 loads for 4 predictions): applySettings passes every key, checkpoint included,
+    before each prediction; the model is loaded once, and again only when the checkpoint changes."""
+    import xwin.predict
+    from xwin.sample_data import demo_cxr_path
+
+    loads = []
+    monkeypatch.setattr(xwin.predict, "load_predictor",
+                        lambda checkpoint=None, device="cpu": loads.append(checkpoint) or _FakePredictor())
+    cxr = logic.loadVolume(demo_cxr_path(), "cxr")
+    p = logic.parameters()
+    p.setSettings(Settings(checkpoint="/models/a.safetensors"))
+    for lao in (0.0, 15.0, 30.0, 45.0):
+        logic.applySettings()
+        logic.predictProjection(cxr, lao, 0.0)
+    assert loads == ["/models/a.safetensors"]
+    p.setSettings(Settings(checkpoint="/models/b.safetensors"))
+    for lao in (0.0, 15.0):
+        logic.applySettings()
+        logic.predictProjection(cxr, lao, 0.0)
+    assert loads == ["/models/a.safetensors", "/models/b.safetensors"]
+
+
 # --- segmentation -----------------------------------------------------------------------------------------------
 def _masks(logic, node) -> dict[str, np.ndarray]:
     """Masks from `xwin.export` when it exists; else a threshold here, so the MRML save/reload is still tested."""

@@ -122,7 +122,8 @@ def nodeFromVolume(scene, volume: Volume, name: str, node=None):
 
 
 def nodeFromProjection(scene, projection: Projection, name: str, node=None):
-    """A single-slice volume node on the detector plane (pixel (r, c) → voxel (c, r, 0)), window/level 1/0.5."""
+    """A single-slice volume node on the detector plane (pixel (r, c) → voxel (c, r, 0)), window/level 1/0.5 (the
+    image is in [0, 1]; a real CXR node is never given this window, see `XWinLogic.linkWindowLevel`)."""
     node = nodeFromArray(scene, projection.image, projection.lps_from_ijk, name, node=node)
     for key, value in (("xwin.lao_deg", projection.lao), ("xwin.cran_deg", projection.cran),
                        ("xwin.preview", int(projection.preview))):
@@ -230,6 +231,7 @@ class XWinLogic:
         self._volumeRenderingLogic = volumeRenderingLogic
         self._ctKey = None
         self._cxrKey = None
+        self._wlLink: WindowLevelLink | None = None
 
     # helpers ---------------------------------------------------------------------------------------------------
     @property
@@ -311,6 +313,21 @@ class XWinLogic:
         if key != self._cxrKey:
             self.session.set_cxr(radiographFromNode(cxrNode) if cxrNode is not None else None)
             self._cxrKey = key
+
+    def linkWindowLevel(self, cxrNode, predictionNode, drrNode) -> WindowLevelLink:
+        """Link window/level across the side-by-side projections that are in [0, 1]: the predicted image and the DRR
+        (both rendered at 1/0.5 by `nodeFromProjection`; changing one changes the other).
+
+        ``cxrNode`` is never linked: a real radiograph has its own range (the demo CXR: 6255–31964), and its window
+        is the one the Volumes logic gave it (auto W/L, or the DICOM window) or the one the user sets. Linking it made
+        each render force 1/0.5 on it, a fully saturated film (issue 14).
+        """
+        nodes = [n for n in (predictionNode, drrNode) if n is not None]
+        if self._wlLink is None:
+            self._wlLink = WindowLevelLink()
+        if [n.GetID() for n in nodes] != [n.GetID() for n in self._wlLink.nodes]:
+            self._wlLink.set(nodes)
+        return self._wlLink
 
     # actions ---------------------------------------------------------------------------------------------------
     def renderDrr(self, ctNode, lao: float, cran: float, preview: bool = False, outputNode=None, **geometry):

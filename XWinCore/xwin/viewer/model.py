@@ -161,12 +161,18 @@ class Session:
             raise XWinInputError(None, f"a chest X-ray must be one 2D image, got shape {self.cxr.shape}")
 
     def update(self, **changes) -> None:
-        """Change settings; a new geometry is applied to the projector without recomputing μ."""
+        """Change settings; a new geometry is applied to the projector without recomputing μ.
+
+        The world model is dropped only when the checkpoint *value* changes: the panels push every setting on each
+        update (the Slicer logic's ``applySettings``), and a key that is merely present must not reload the model.
+        """
+        old_checkpoint = self.settings.checkpoint or ""
         self.settings = replace(self.settings, **changes)
         if self._projector is not None:
             self._projector.geometry = self.geometry
-        if "checkpoint" in changes:
+        if (self.settings.checkpoint or "") != old_checkpoint:
             self._predictor = None
+            self._predictor_key = None
 
     @property
     def geometry(self) -> Geometry:
