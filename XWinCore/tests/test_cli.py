@@ -1,6 +1,7 @@
 """The `xwin` command line as a contract: render/info/demo, exact outputs, one-line errors with exit status 2."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -94,9 +95,12 @@ def test_bad_ct_is_one_line_exit_2_subprocess(tmp_path):
 
 def test_info_reports_geometry(small_ct, capsys):
     assert main(["info", str(small_ct)]) == 0
-    text = capsys.readouterr().out
-    assert "40" in text and "36" in text and "30" in text  # size
-    assert "2.5" in text  # spacing
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert rows["kind"] == "CT volume" and rows["format"] == "NRRD"
+    assert rows["size ijk"] == "(40, 36, 30)"  # i, j, k: not the array's [k, j, i] order
+    assert rows["spacing mm"] == "(2, 2.5, 3)" and rows["origin lps mm"] == "(-40, -45, -45)"
+    # the i axis is the first column of the direction matrix: (cos 0.3, sin 0.3, 0)
+    assert rows["direction axes ijk"] == "((0.955336, 0.29552, 0), (-0.29552, 0.955336, 0), (0, 0, 1))"
 
 
 def test_help_names_units():

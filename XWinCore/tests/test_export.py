@@ -11,8 +11,10 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from xwin.cli import main
+from xwin.errors import XWinInputError
 from xwin.export import export_segmentation, labelmap, read_seg_nrrd_header, segment, write_ct_series
 from xwin.export.dicom_seg import available as highdicom_available
+from xwin.io import write_volume
 from xwin.io.image import Volume
 
 
@@ -58,10 +60,15 @@ def test_lungs_joined_by_a_trachea_are_split():
     assert dice(masks["lung_right"], truth["lung_right"]) > 0.95
 
 
-def test_unknown_segment_is_refused(tmp_path):
+def test_unknown_segment_is_refused(tmp_path, capsys):
+    """A readable volume with an unknown segment name: exit 2, the message names the segment, nothing is written."""
     vol, _ = torso()
-    assert main(["export", "x.nrrd", "--segment", "liver", "--out", str(tmp_path / "o")]) == 2
-    with pytest.raises(Exception, match="unknown segment"):
+    path = write_volume(vol, tmp_path / "torso.nrrd")
+    assert main(["export", str(path), "--segment", "lungs,liver", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown segment(s) liver;" in err and "lungs" in err.split("choose from")[1]  # the valid names offered
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    with pytest.raises(XWinInputError, match=r"unknown segment\(s\) liver;"):
         segment(vol, ["liver"])
 
 

@@ -49,6 +49,44 @@ def test_rotation_formula():
     np.testing.assert_allclose(rotation(25.0, 10.0)[0].numpy(), rz @ rx, atol=1e-12)
 
 
+def test_lao_then_cran_worked_by_hand():
+    """Independent of the formula's transcription: LAO 90 + CRAN 30 tilts the left-lateral beam toward the head by 30°.
+    By hand: d = (cos 30°, 0, sin 30°) (toward the patient's left and head), u = (0, 1, 0) (columns still run
+    posterior: the tilt is about the lateral beam's column axis), v = (sin 30°, 0, −cos 30°). The other order,
+    Rx(−cran)·Rz(lao), would give d = (1, 0, 0), u = (0, cos 30°, sin 30°). LAO 45: d = (sin 45°, −cos 45°, 0)."""
+    h = np.sqrt(3) / 2
+    d, u, w = _axes(carm_views(G, np.zeros(3), 90.0, 30.0))
+    np.testing.assert_allclose(d, [h, 0, 0.5], atol=1e-12)
+    np.testing.assert_allclose(u, [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(w, [0.5, 0, -h], atol=1e-12)
+    d, u, _ = _axes(carm_views(G, np.zeros(3), 45.0, 0.0))
+    np.testing.assert_allclose(d, [0.5 ** 0.5, -(0.5 ** 0.5), 0], atol=1e-12)
+    np.testing.assert_allclose(u, [0.5 ** 0.5, 0.5 ** 0.5, 0], atol=1e-12)
+    r = rotation([90.0, 45.0, -20.0], [30.0, 0.0, -15.0])
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3, dtype=r.dtype).expand(3, 3, 3))  # a rotation,
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(3, dtype=r.dtype))  # not a reflection
+
+
+def _projected_rows(views, points) -> np.ndarray:
+    p = projection_matrices(views)[0]
+    h = torch.cat([torch.as_tensor(points, dtype=p.dtype), torch.ones(len(points), 1, dtype=p.dtype)], 1) @ p.T
+    return (h[:, 1] / h[:, 2]).numpy()
+
+
+@pytest.mark.parametrize("lao,near,far", [(90.0, [50, 0, 0], [-50, 0, 0]),  # left lateral: the left side nearest
+                                          (-90.0, [-50, 0, 0], [50, 0, 0]),  # right lateral (RAO 90): the right
+                                          (0.0, [0, -50, 0], [0, 50, 0])])  # PA: the anterior chest (the heart)
+def test_the_side_nearest_the_detector_is_magnified_least(lao, near, far):
+    """A 20 mm vertical segment 50 mm from the isocenter toward the detector lies 1650 mm from the source, one 50 mm
+    toward the source 1550 mm: magnifications 1800/1650 and 1800/1550, i.e. 20·1800/1650/1.7 = 12.834 and
+    20·1800/1550/1.7 = 13.662 detector rows (SID 1600, SDD 1800, 1.7 mm pixels)."""
+    views = carm_views(G, np.zeros(3), lao, 0.0)
+    seg = lambda x: np.array([np.add(x, [0, 0, 10]), np.add(x, [0, 0, -10])], dtype=float)  # noqa: E731
+    near_rows, far_rows = np.diff(_projected_rows(views, seg(near))), np.diff(_projected_rows(views, seg(far)))
+    np.testing.assert_allclose(near_rows, 20 * 1800 / 1650 / 1.7, rtol=1e-12)  # rows grow toward the feet (+)
+    np.testing.assert_allclose(far_rows, 20 * 1800 / 1550 / 1.7, rtol=1e-12)
+
+
 def test_pixel_positions_and_projection_matrix_agree():
     g = Geometry(sid=1000, sdd=1500, height=5, width=7, pixel=2.0)
     iso = np.array([3.0, 4.0, -5.0])

@@ -47,6 +47,31 @@ def test_volume_round_trip_keeps_geometry(tmp_path, ext):
     assert [p.name for p in tmp_path.iterdir()] == [f"oblique{ext}"]
 
 
+@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".nii", ".nii.gz"])
+def test_volume_metadata_is_written_and_read_back_by_simpleitk(tmp_path, ext):
+    """Volume.meta reaches the file: NRRD/MHA key/value fields, the NIfTI descrip field (``description``); DICOM
+    patient identifiers, reserved keys and line breaks do not."""
+    import SimpleITK as sitk
+    meta = {"description": "learned estimate, not a CT", "method": "sart", "views": 5, "note": "two\nlines",
+            "patient_id": "JOHN^DOE", "series_uid": "1.2.3", "NRRD_space": "RAS"}
+    path = write_volume(Volume(np.zeros((2, 3, 4), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), meta=meta),
+                        tmp_path / f"v{ext}")
+    image = sitk.ReadImage(str(path))
+    keys = set(image.GetMetaDataKeys())
+    if ext.startswith(".nii"):
+        assert image.GetMetaData("descrip") == "learned estimate, not a CT"
+    else:
+        assert {k: image.GetMetaData(k) for k in ("description", "method", "views", "note")} == {
+            "description": "learned estimate, not a CT", "method": "sart", "views": "5", "note": "two lines"}
+        assert not keys & {"patient_id", "series_uid"}
+    np.testing.assert_array_equal(image.GetDirection(), np.eye(3).ravel())  # NRRD_space did not become LPS → RAS
+    assert "JOHN" not in path.read_bytes().decode("latin-1")
+    # without a description, NIfTI's descrip lists the entries (cut to the field's 79 characters)
+    nii = write_volume(Volume(np.zeros((2, 2, 2), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                              meta={"method": "fdk", "views": "180", "long": "x" * 100}), tmp_path / "plain.nii")
+    assert sitk.ReadImage(str(nii)).GetMetaData("descrip") == ("method=fdk; views=180; long=" + "x" * 100)[:79]
+
+
 def test_dicom_series_hu_sorting_and_geometry(tmp_path):
     iop = np.concatenate(_rotation(0.2, 0.1, -0.4)[:, :2].T)  # oblique row and column cosines
     names = [f"{n}.dcm" for n in random.Random(7).sample(range(100, 200), 5)]  # name order ≠ slice order
@@ -190,7 +215,12 @@ def test_real_cxr_dicoms(shared):
     assert mono2.pixel_spacing == (0.168, 0.168) and mono2.meta["view_position"] == "PA"
     rg1 = read_radiograph(folder / "nema_wg04_RG1_UNCR.dcm")
     assert rg1.pixel_spacing is None and rg1.array.shape == (1955, 1841)  # header says PixelSpacing 0\0
-    assert 0.0 <= rg1.array.min() and rg1.array.max() <= 1.0
+    # MONOCHROME1 under its window (centre 15000, width 30000), worked by hand from the stored values with the linear
+    # VOI function of DICOM PS3.3 C.11.2.1.2.1, y = (x − (c − 0.5)) / (w − 1) + 0.5, then inverted
+    stored = pydicom.dcmread(folder / "nema_wg04_RG1_UNCR.dcm").pixel_array.astype(np.float64)
+    assert stored[0, 0] == 18889 and (stored.min(), stored.max()) == (874, 26479)
+    np.testing.assert_allclose(rg1.array, 1.0 - ((stored - 14999.5) / 29999 + 0.5), atol=1e-6)
+    assert float(rg1.array[0, 0]) == pytest.approx(1 - (3889.5 / 29999 + 0.5), abs=1e-6)  # 0.370346
 
 
 # ------------------------------------------------------------------------------------------------------ demo data

@@ -1,6 +1,8 @@
 """xwin.models: losses, masks, encoder, EMA, predictors, decoder, the world model's objective and the config schema."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,20 @@ def test_contrastive_loss_reduces_to_symmetric_infonce_as_affinity_temperature_v
     labels = torch.arange(5)
     expected = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
     torch.testing.assert_close(affinity_contrastive_loss(pred, target, tau, tau_affinity=1e-6), expected)
+
+
+def test_contrastive_loss_of_a_two_by_two_case_worked_by_hand():
+    """p = (1, 0), (0, 1); t = (1, 0), (1, 1)/√2; τ = 1, distinct targets so A = I. With c = 1/√2 the similarities
+    are S = [[1, c], [0, c]]: pred→target rows cost ln(1 + e^(c−1)) = 0.557386 and ln(1 + e^(−c)) = 0.400834,
+    target→pred rows (Sᵀ = [[1, 0], [c, c]]) ln(1 + e^(−1)) = 0.313262 and ln 2 = 0.693147; L = ½(½·0.958220 +
+    ½·1.006409) = 0.491157."""
+    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([[1.0, 0.0], [3.0, 3.0]])  # not unit length: the loss normalises
+    loss = affinity_contrastive_loss(pred, target, tau=1.0, tau_affinity=1e-6)
+    assert float(loss) == pytest.approx(0.491157, abs=1e-6)
+    # τ = 0.5 doubles the logits: ln(1 + e^(2c−2)) = 0.442548, ln(1 + e^(−2c)) = 0.217622, ln(1 + e^(−2)) = 0.126928,
+    # ln 2 → L = 0.370061
+    assert float(affinity_contrastive_loss(pred, target, 0.5, 1e-6)) == pytest.approx(0.370061, abs=1e-6)
 
 
 def test_affinity_spreads_mass_over_identical_targets():
@@ -147,6 +163,35 @@ def test_ema_target(model):
         torch.testing.assert_close(t, m * b + (1 - m) * c)
 
 
+def test_ema_with_momentum_one_half_is_the_average_worked_by_hand():
+    """Independent of the formula: at momentum 0.5 one EMA step lands halfway (target 2, online 4 → 3; once more →
+    3.5), momentum 1 keeps the target, momentum 0 copies the online weights; the model's schedule is cosine from
+    0.996 (step 0) through 0.998 (half-way) to 1 (end)."""
+    from xwin.models.ema import ema_update
+    target, online = torch.nn.Linear(1, 1).requires_grad_(False), torch.nn.Linear(1, 1).requires_grad_(False)
+    with torch.no_grad():
+        target.weight.fill_(2.0), target.bias.fill_(-1.0), online.weight.fill_(4.0), online.bias.fill_(1.0)
+    ema_update(target, online, 0.5)
+    assert (float(target.weight), float(target.bias)) == (3.0, 0.0)
+    ema_update(target, online, 0.5)
+    assert (float(target.weight), float(target.bias)) == (3.5, 0.5)
+    ema_update(target, online, 1.0)
+    assert float(target.weight) == 3.5
+    ema_update(target, online, 0.0)
+    assert float(target.weight) == 4.0
+    assert momentum_at(50, 100) == pytest.approx(0.998) and momentum_at(25, 100) == pytest.approx(0.996 + 0.004 * 0.5
+                                                                                                  * (1 - 0.5 ** 0.5))
+    torch.manual_seed(0)
+    model = create_model(tiny_config(ema_start=0.5, ema_end=0.5))  # the model's own update, pinned at 0.5
+    with torch.no_grad():
+        for p in model.context_encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    assert model.update_target(3, 10) == 0.5
+    for t, b in zip(model.target_encoder.parameters(), before):
+        torch.testing.assert_close(t, b + 0.5)  # the context encoder was the target + 1 everywhere
+
+
 def test_view_predictor_depends_on_action(model):
     model.eval()
     x = torch.rand(2, 1, 64, 64)
@@ -162,7 +207,34 @@ def test_view_predictor_depends_on_action(model):
 def test_decoder_shape_and_range(model):
     img = model.decode(torch.randn(3, 16, 32) * 10)
     assert img.shape == (3, 1, 64, 64)
-    assert img.min() >= 0 and img.max() <= 1
+    # hand case: with the head's weights at zero every patch shows sigmoid(head bias), unpatchified row-major within
+    # the 16 × 16 patch: pixel (r, c) = sigmoid(bias[16·(r mod 16) + (c mod 16)]), whatever the tokens
+    bias = torch.linspace(-4.0, 4.0, 256)
+    with torch.no_grad():
+        model.decoder.head.weight.zero_()
+        model.decoder.head.bias.copy_(bias)
+        img = model.decode(torch.randn(2, 16, 32) * 10)
+    patch = torch.sigmoid(bias).reshape(16, 16)
+    torch.testing.assert_close(img[:, 0], patch.repeat(4, 4).expand(2, 64, 64))
+    assert float(img[0, 0, 0, 0]) == pytest.approx(0.0179862, abs=1e-6)  # sigmoid(−4) = 1 / (1 + e⁴)
+    assert float(img[0, 0, 0, 1]) == pytest.approx(1 / (1 + math.exp(4 - 8 / 255)), abs=1e-6)  # the next bias
+    assert float(img[0, 0, 15, 15]) == pytest.approx(0.9820138, abs=1e-6)  # sigmoid(4)
+
+
+def test_decoder_token_n_paints_patch_n_row_major():
+    """``decoder_depth = 0``: a per-token head, so changing token 6 of the 4 × 4 grid (row 1, column 2) changes
+    exactly the pixels of that patch, rows 16-31 and columns 32-47."""
+    from xwin.models.decoder import ProjectionDecoder
+    torch.manual_seed(0)
+    decoder = ProjectionDecoder(ModelConfig(**{**TINY, "decoder_depth": 0})).eval()
+    tokens = torch.randn(1, 16, 32)
+    changed = tokens.clone()
+    changed[0, 6] += 3.0
+    with torch.no_grad():
+        diff = (decoder(changed) - decoder(tokens)).abs()[0, 0]
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[16:32, 32:48] = True
+    assert float(diff[inside].min()) > 0 and float(diff[~inside].max()) == 0.0
 
 
 def test_decoder_refinement_starts_as_the_identity_and_learns():
@@ -226,6 +298,24 @@ def test_contrastive_latent_selects_what_is_aligned(kind):
     swapped = target[:, torch.randperm(target.shape[1], generator=torch.Generator().manual_seed(0))]
     assert torch.allclose(swapped.mean(1), target.mean(1), atol=1e-6)  # the embedding ignores where tokens are,
     assert not torch.allclose(view_latent(swapped), view_latent(target))  # the token latent keeps the layout
+    # the same property through the model, not through a copy of its formula: shuffle the target encoder's tokens
+    perm = torch.randperm(target.shape[1], generator=torch.Generator().manual_seed(1))
+    encode = model.target_encoder.forward
+    model.target_encoder.forward = lambda *a, **k: encode(*a, **k)[:, perm]
+    shuffled = model.training_losses(batch, step=0, total_steps=100)["contrastive"]
+    if kind == "embedding":
+        torch.testing.assert_close(shuffled, out["contrastive"])
+    else:
+        assert abs(float(shuffled.detach()) - float(out["contrastive"].detach())) > 1e-3
+
+
+def test_view_latent_of_a_hand_case():
+    """Each token layer-normed over its features (no affine: mean 0, variance 1), then flattened in token order:
+    (1, 3) → (−1, 1), (−1, 1) → (−1, 1), (0, 4) → (−1, 1), (2, 2) → (0, 0)."""
+    tokens = torch.tensor([[[1.0, 3.0], [-1.0, 1.0]], [[0.0, 4.0], [2.0, 2.0]]])
+    scale = 1 / (1 + 1e-5) ** 0.5  # LayerNorm's ε = 1e-5 under the unit variance
+    torch.testing.assert_close(view_latent(tokens), torch.tensor([[-1.0, 1.0, -1.0, 1.0], [-1.0, 1.0, 0.0, 0.0]])
+                               * torch.tensor([[scale] * 4, [scale, scale, 1.0, 1.0]]))
 
 
 def test_real_identity_is_the_null_action_on_real_films():

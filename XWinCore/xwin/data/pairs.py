@@ -37,14 +37,39 @@ class _Sampler:
             self.augment.set_random_state(seed)
 
     def state(self) -> dict:
-        """JSON-serialisable sampler state (the pair generator), for checkpoints."""
-        return {"rng": self.rng.bit_generator.state, "draws": self.draws}
+        """JSON-serialisable sampler state, for checkpoints: the seed, the pair generator, the number of batches drawn
+        and, with augmentation, the numpy RandomState (MT19937) of the MONAI Compose and of each of its random
+        transforms, so that a restored sampler draws exactly what this one draws next."""
+        state = {"seed": self.seed, "rng": self.rng.bit_generator.state, "draws": self.draws}
+        if self.augment is not None:
+            state["augment"] = []
+            for transform in (self.augment, *self.augment.transforms):
+                name, key, pos, has_gauss, cached = transform.R.get_state()
+                state["augment"].append([name, key.tolist(), int(pos), int(has_gauss), float(cached)])
+        return state
 
     def restore(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        """Continue from a `state()`: the next batches equal those the saved sampler would have drawn.
+
+        A state saved by a sampler of another seed (another DDP rank's: a checkpoint holds rank 0's) is not copied,
+        so ranks keep distinct streams: the generators are reseeded from (own seed, draws). A checkpoint written
+        before the augmentation state was saved reseeds the augmentation at seed + draws, as then."""
         self.draws = state["draws"]
-        if self.augment is not None:
+        if state.get("seed", self.seed) != self.seed:
+            self.rng = np.random.default_rng([self.seed, self.draws])
+            if self.augment is not None:
+                self.augment.set_random_state(int(np.random.default_rng([self.seed, self.draws, 1]).integers(2**31)))
+            return
+        self.rng.bit_generator.state = state["rng"]
+        if self.augment is None:
+            return
+        saved = state.get("augment")
+        transforms = (self.augment, *self.augment.transforms)
+        if saved is None or len(saved) != len(transforms):
             self.augment.set_random_state(self.seed + self.draws)
+            return
+        for transform, (name, key, pos, has_gauss, cached) in zip(transforms, saved):
+            transform.R.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
 
     def _instances(self, count: int, batch_size: int) -> np.ndarray:
         """(B,) instance indices among ``count``, in runs of ``pairs_per_instance`` equal ones: the other pairs of the

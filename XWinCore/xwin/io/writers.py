@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,10 +76,27 @@ def _itk_extension(path: Path) -> None:
         raise XWinInputError(path, "unknown extension for a volume; use " + ", ".join(ITK_WRITE_EXTENSIONS))
 
 
+NOT_WRITTEN_META = ("patient_id", "series_uid")  # identifiers read from DICOM headers stay out of written volumes
+NIFTI_DESCRIP_CHARS = 79  # the NIfTI-1 header's descrip field holds 80 bytes, NUL included
+
+
+def _volume_meta(meta: dict[str, Any]) -> dict[str, str]:
+    """``Volume.meta`` as the key/value strings a volume file keeps: one line each, keys of letters, digits, ``_``,
+    ``-`` and ``.``; ITK's and NRRD's reserved prefixes and the patient identifiers of `NOT_WRITTEN_META` dropped."""
+    text = {}
+    for key, value in meta.items():
+        key = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key))
+        if key and key not in NOT_WRITTEN_META and not key.startswith(("ITK_", "NRRD_")):
+            text[key] = " ".join(str(value).split())
+    return text
+
+
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     """Write a `Volume` (float32 HU) to .nrrd / .nii / .nii.gz / .mha with its spacing (mm), LPS origin and direction.
 
-    Returns ``path``. NIfTI stores the geometry in float32, the other formats in full precision.
+    ``volume.meta`` is kept (as strings, see `_volume_meta`): NRRD and MHA store each entry as a key/value field;
+    NIfTI has one free-text field, ``descrip`` (79 characters), which gets ``meta["description"]`` or else the entries
+    as ``key=value; ...``. Returns ``path``. NIfTI stores the geometry in float32, the other formats in full precision.
     """
     path = Path(path)
     _itk_extension(path)
@@ -86,6 +104,15 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     image.SetSpacing(tuple(float(s) for s in volume.spacing))
     image.SetOrigin(tuple(float(o) for o in volume.origin))
     image.SetDirection(tuple(float(d) for d in volume.direction.ravel()))
+    meta = _volume_meta(volume.meta)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        descrip = meta.get("description") or "; ".join(f"{k}={v}" for k, v in meta.items())
+        if descrip:
+            ascii_text = descrip.encode("ascii", "replace")[:NIFTI_DESCRIP_CHARS].decode("ascii")
+            image.SetMetaData("ITK_FileNotes", ascii_text)  # ITK's NIfTI writer puts it in descrip
+    else:
+        for key, value in meta.items():
+            image.SetMetaData(key, value)
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return path

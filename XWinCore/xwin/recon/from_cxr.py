@@ -15,6 +15,8 @@ from ..io.image import Volume
 from .grid import default_grid, to_volume
 from .roundtrip import orbit_angles, reconstruct
 
+ESTIMATE_DESCRIPTION = "XWin world-model estimate from one CXR (learned, not a CT)"  # metadata of the output volume
+
 
 def model_geometry(config) -> Geometry:
     """The detector the model predicts on: the training bank's distances and field at ``img_size`` pixels (mm)."""
@@ -43,5 +45,6 @@ def reconstruct_from_cxr(predictor, image01: np.ndarray, views: int = 13, arc: f
     line = torch.from_numpy(radiograph_to_line(images).astype(np.float32))
     mu = reconstruct(line, carm_views(geometry, iso, lao, np.zeros_like(lao)), grid, method, iters=iters,
                      tv=tv * MU_WATER / 1000.0, progress=progress)
-    return to_volume(grid, mu, MU_WATER, meta={"method": method, "source": "world-model prediction from one CXR",
+    return to_volume(grid, mu, MU_WATER, meta={"description": ESTIMATE_DESCRIPTION, "method": method,
+                                               "source": "world-model prediction from one CXR",
                                                "views": str(views), "arc_deg": str(arc)})
