@@ -50,7 +50,8 @@ def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96
     lao = orbit_angles(views, arc)
     grid = default_grid(geometry, iso, size)
     seen = coverage(carm_views(geometry, iso, lao, np.zeros_like(lao)), grid).numpy() >= views - 0.5
-    model_vol = reconstruct_from_cxr(predictor, pa, views=views, arc=arc, method="sart", size=size, isocenter=iso)
+    model_vol = reconstruct_from_cxr(predictor, pa, views=views, arc=arc, method="sart", size=size, isocenter=iso,
+                                     simulated=True)
     true = render_views(Projector(ct, spec.geometry()),
                         BankSpec(**{**spec.__dict__, "lao": tuple(lao), "cran": (0.0,)}), 0.0, np.zeros(3))
     mu = reconstruct(torch.from_numpy(radiograph_to_line(true)), carm_views(geometry, iso, lao, np.zeros_like(lao)),
@@ -87,7 +88,8 @@ def identity_figure(predictor, films: list[Path], drrs: np.ndarray, path: Path) 
 
     size = predictor.size
     inputs = [to_model_input(read_radiograph(f).array, size) for f in films] + list(drrs)
-    predicted = [predictor.predict(x, [0.0, 45.0], [0.0, 0.0]) for x in inputs]
+    predicted = [predictor.predict(x, [0.0, 45.0], [0.0, 0.0], simulated=i >= len(films))
+                 for i, x in enumerate(inputs)]
     names = [f"film {f.stem[:10]}" for f in films] + [f"held-out DRR {i + 1}" for i in range(len(drrs))]
     frames = inputs + [p[0] for p in predicted] + [p[1] for p in predicted]
     labels = names + ["Δ = 0 decoded"] * len(inputs) + ["LAO 45° predicted"] * len(inputs)

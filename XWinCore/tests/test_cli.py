@@ -120,3 +120,26 @@ def test_demo_writes_sheets_and_gif(tmp_path, capsys):
         assert im.size[0] > 400
     with Image.open(world) as im:  # 5 true DRRs over the 5 predicted views
         assert im.size[0] > 2 * im.size[1]
+
+
+def test_predict_reads_an_xwin_drr_in_the_training_convention(tmp_path):
+    """A DRR written by `xwin render` goes into the model unstretched (as the training DRRs did): the embedded model's
+    Δ = 0 prediction then keeps the DRR's brightness; contrast-stretched like a film, it comes out ~0.04 brighter."""
+    from xwin.io import read_radiograph
+    from xwin.predict import load_predictor
+    from xwin.recon import model_geometry
+    from xwin.sample_data import demo_ct_path
+
+    predictor = load_predictor()
+    g = model_geometry(predictor.loaded.config)
+    drr = tmp_path / "pa.nrrd"
+    assert main(["render", str(demo_ct_path()), "--lao", "0", "--cran", "0", "--sid", str(g.sid), "--sdd",
+                 str(g.sdd), "--size", str(g.height), str(g.width), "--pixel", str(g.pixel), "--out", str(drr)]) == 0
+    image = read_radiograph(drr)
+    assert image.simulated
+    assert main(["predict", str(drr), "--lao", "0", "--cran", "0", "--out", str(tmp_path / "p.nrrd")]) == 0
+    predicted = read_radiograph(tmp_path / "p.nrrd")
+    assert not predicted.simulated  # a prediction is not a DRR
+    as_film = predictor.predict(image.array, [0.0], [0.0], simulated=False)[0]
+    assert abs(predicted.array.mean() - image.array.mean()) < 0.02
+    assert as_film.mean() - image.array.mean() > 0.02

@@ -123,7 +123,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     targets = _pose_targets(out, lao, cran, "pred", ns.ext)
     single = targets == [out]
     predictor = load_predictor(ns.checkpoint, device=ns.device)
-    images = predictor.predict(read_radiograph(ns.cxr).array, lao, cran)
+    radiograph = read_radiograph(ns.cxr)
+    images = predictor.predict(radiograph.array, lao, cran, simulated=radiograph.simulated)
     if not single:
         out.mkdir(parents=True, exist_ok=True)
     for image, a, c, target in zip(images, lao, cran, targets):
@@ -266,10 +267,10 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         from .predict import load_predictor
         from .recon import reconstruct_from_cxr
 
-        image = read_radiograph(ns.cxr).array
-        volume = reconstruct_from_cxr(load_predictor(ns.checkpoint, ns.device), image, views=views, arc=arc,
-                                      method=ns.method, iters=ns.iters, size=ns.size, spacing=ns.spacing, tv=ns.tv,
-                                      progress=not ns.json)
+        radiograph = read_radiograph(ns.cxr)
+        volume = reconstruct_from_cxr(load_predictor(ns.checkpoint, ns.device), radiograph.array, views=views,
+                                      arc=arc, method=ns.method, iters=ns.iters, size=ns.size, spacing=ns.spacing,
+                                      tv=ns.tv, progress=not ns.json, simulated=radiograph.simulated)
         _write_any_volume(volume, out, "XWin world-model estimate from one CXR (not a CT)")
         print(json.dumps({"views": views, "arc": arc, "method": ns.method}) if ns.json else out)
         return 0
@@ -362,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predicted projections of a CXR at new C-arm poses",
                        description="Encode CXR as the canonical PA view and write the decoded predicted projection "
                                    "at each paired --lao/--cran target pose (degrees).")
-    p.add_argument("cxr", help="radiograph: DICOM, PNG or JPEG (or a DRR image)")
+    p.add_argument("cxr", help="radiograph: DICOM, PNG or JPEG, or a DRR written by `xwin render` as NRRD/MHA/NIfTI "
+                               "(read in the training's DRR convention, not contrast-stretched like a film)")
     p.add_argument("--lao", type=float, nargs="+", required=True, metavar="DEG", help="target LAO angle(s), degrees")
     p.add_argument("--cran", type=float, nargs="+", required=True, metavar="DEG", help="target CRAN angle(s), degrees")
     p.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")

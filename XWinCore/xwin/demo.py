@@ -60,7 +60,8 @@ def world_model_sheet(frames: np.ndarray, lao: np.ndarray, path: Path) -> Path:
     predictions of the same views from the PA frame alone, as a two-row contact sheet."""
     from .predict import load_predictor
 
-    predicted = load_predictor().predict(frames[int(np.argmin(np.abs(lao)))], lao, np.zeros_like(lao))
+    pa = frames[int(np.argmin(np.abs(lao)))]
+    predicted = load_predictor().predict(pa, lao, np.zeros_like(lao), simulated=True)
     labels = [f"DRR {_angle(a)}" for a in lao] + [f"predicted {_angle(a)}" for a in lao]
     title = "Embedded world model: every view predicted from the PA DRR alone (bottom) under the true DRRs (top)"
     return save_contact_sheet(list(frames) + list(predicted), labels, path, title, cols=len(lao))

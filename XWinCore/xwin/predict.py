@@ -89,16 +89,21 @@ class Predictor:
         self.size = loaded.config.model.img_size
         self.device = next(self.model.parameters()).device
 
-    def context(self, image01: np.ndarray) -> torch.Tensor:
-        """(1, 1, S, S) model input from a [0, 1] radiograph (H, W)."""
-        return torch.from_numpy(to_model_input(np.asarray(image01, np.float32), self.size))[None, None].to(self.device)
+    def context(self, image01: np.ndarray, simulated: bool = False) -> torch.Tensor:
+        """(1, 1, S, S) model input from a [0, 1] radiograph (H, W): a film is contrast-stretched, a DRR
+        (``simulated``) keeps its display map, as in training."""
+        image = to_model_input(np.asarray(image01, np.float32), self.size, stretch=not simulated)
+        return torch.from_numpy(image)[None, None].to(self.device)
 
     @torch.no_grad()
-    def predict(self, image01: np.ndarray, lao, cran) -> np.ndarray:
-        """(B, S, S) decoded projections in [0, 1] at the paired target angles (degrees) relative to the PA input."""
+    def predict(self, image01: np.ndarray, lao, cran, simulated: bool = False) -> np.ndarray:
+        """(B, S, S) decoded projections in [0, 1] at the paired target angles (degrees) relative to the PA input.
+
+        simulated: the input is a DRR in the radiograph display map (from `xwin render` or the projector), not a film.
+        """
         lao = torch.as_tensor(np.atleast_1d(np.asarray(lao, np.float32)), device=self.device)
         cran = torch.as_tensor(np.atleast_1d(np.asarray(cran, np.float32)), device=self.device)
-        ctx = self.context(image01).expand(lao.shape[0], -1, -1, -1)
+        ctx = self.context(image01, simulated).expand(lao.shape[0], -1, -1, -1)
         tokens = self.model.predict_view(ctx, lao, cran)
         return self.model.decode(tokens, ctx, lao, cran)[:, 0].float().cpu().numpy()
 

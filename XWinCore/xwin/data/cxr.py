@@ -19,13 +19,19 @@ from ..io import read_radiograph
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 
 
-def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
-    """[0, 1] image (H, W) → (size, size) float32: centre square crop, area resize, 1–99 % percentile stretch."""
+def to_model_input(image: np.ndarray, size: int, stretch: bool = True) -> np.ndarray:
+    """[0, 1] image (H, W) → (size, size) float32: centre square crop, area resize, 1–99 % percentile stretch.
+
+    stretch=False for DRRs: the training pairs keep the radiograph display map 1 − exp(−∫μ/4) unstretched, and the
+    decoder predicts in that map (stretching a DRR brightens it, and its predicted views, by ~0.04 on average).
+    """
     h, w = image.shape
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
     square = torch.from_numpy(np.ascontiguousarray(image[top:top + s, left:left + s], dtype=np.float32))
     small = F.interpolate(square[None, None], size=(size, size), mode="area")[0, 0].numpy()
+    if not stretch:
+        return np.clip(small, 0, 1).astype(np.float32)
     lo, hi = np.percentile(small, [1, 99])
     return np.clip((small - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 

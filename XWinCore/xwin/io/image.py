@@ -124,3 +124,8 @@ class Radiograph:
             if len(sp) != 2 or not all(np.isfinite(sp)) or min(sp) <= 0:
                 raise XWinInputError(source, f"pixel spacing must be two positive numbers in mm, got {sp}")
             object.__setattr__(self, "pixel_spacing", sp)
+
+    @property
+    def simulated(self) -> bool:
+        """True for a DRR written by `xwin render` (its file carries the C-arm distances), False for a film."""
+        return "xwin_sid_mm" in self.meta

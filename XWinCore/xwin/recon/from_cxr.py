@@ -31,14 +31,15 @@ def radiograph_to_line(images: np.ndarray) -> np.ndarray:
 
 def reconstruct_from_cxr(predictor, image01: np.ndarray, views: int = 13, arc: float = 180.0, method: str = "sart",
                          iters: int | None = None, size=None, spacing=None, isocenter=(0.0, 0.0, 0.0),
-                         tv: float = 0.0, progress: bool = False) -> Volume:
+                         tv: float = 0.0, progress: bool = False, simulated: bool = False) -> Volume:
     """Volume in HU (LPS, centred on ``isocenter`` mm) from one radiograph taken as the PA view.
 
     views over LAO −arc/2…+arc/2 at CRAN 0 (the model was trained on LAO −90…90, hence the 180° default);
-    method 'fdk', 'sart' or 'cgls'; size/spacing: output grid (default 128³ over the field of view); tv in HU.
+    method 'fdk', 'sart' or 'cgls'; size/spacing: output grid (default 128³ over the field of view); tv in HU;
+    simulated: the radiograph is a DRR (see `Predictor.predict`).
     """
     lao = orbit_angles(views, arc)
-    images = predictor.predict(image01, lao, np.zeros_like(lao))
+    images = predictor.predict(image01, lao, np.zeros_like(lao), simulated)
     geometry = model_geometry(predictor.loaded.config)
     iso = np.asarray(isocenter, dtype=np.float64)
     grid = default_grid(geometry, iso, size, spacing)
