@@ -92,7 +92,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     cfg = with_overrides(load_config(ns.config), ns.ct_dir, ns.cxr_dir, ns.init)
     run = Path(ns.out) if ns.out else Path("runs") / Path(ns.config).stem
-    last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device)
+    last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device, stop_file=ns.stop_file)
     if ns.progress != "jsonl":
         print(f"checkpoint: {last}")
     return 0
@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "instead of the config's data.ct; data.holdout still applies")
     p.add_argument("--cxr-dir", help="real CXRs from this folder instead of the config's data.cxr")
     p.add_argument("--init", help="fine-tune: start from this model file or checkpoint/run folder (train.init)")
+    p.add_argument("--stop-file", metavar="PATH",
+                   help="when this file appears (checked after every step), write a checkpoint and stop, as on "
+                        "SIGTERM (how the Slicer panel stops a trainer started through a launcher)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-model", help="export a checkpoint's inference weights to one .safetensors file")

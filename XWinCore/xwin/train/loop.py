@@ -1,7 +1,8 @@
 """`xwin train`: the world model's training loop, from one CPU to many GPUs (torchrun + DDP).
 
 AdamW, cosine learning rate with linear warm-up, gradient accumulation, gradient clipping, AMP (bfloat16, GPU or CPU),
-EMA target update after each step, atomic checkpoints, clean stop on SIGTERM/SIGINT (a checkpoint is written first).
+EMA target update after each step, atomic checkpoints, clean stop on SIGTERM/SIGINT or when a stop file appears
+(``--stop-file``; a checkpoint is written first).
 """
 from __future__ import annotations
 
@@ -52,10 +53,19 @@ class _Losses(torch.nn.Module):
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop finishes its step, writes a checkpoint and returns."""
+    """Stop requests: SIGTERM/SIGINT, or ``stop_file`` appearing (``xwin train --stop-file``: how a panel stops a
+    trainer that runs under a launcher forwarding no signal, e.g. Slicer's PythonSlicer, and on Windows).
 
-    def __init__(self):
+    `check` runs once per step, after the step and before the checkpoint decision, and latches `stop`; the loop tests
+    only the latched value, so a request arriving at any moment ends the run after a step that writes a checkpoint.
+    Under DDP the ranks agree (any rank's request stops all of them at the same step).
+    """
+
+    def __init__(self, stop_file: str | Path | None = None, dist: Dist | None = None):
         self.stop = False
+        self._requested = False
+        self.stop_file = Path(stop_file) if stop_file else None
+        self._dist = dist
         self._old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -64,7 +74,18 @@ class _StopFlag:
                 pass
 
     def _handle(self, signum, frame):
-        self.stop = True
+        self._requested = True
+
+    def check(self) -> bool:
+        """Take in a signal or the stop file (latched); True once the run must stop."""
+        if not self.stop:
+            requested = self._requested or (self.stop_file is not None and self.stop_file.exists())
+            if self._dist is not None and self._dist.world > 1:
+                flag = torch.tensor([1.0 if requested else 0.0], device=self._dist.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                requested = bool(flag.item() > 0)
+            self.stop = requested
+        return self.stop
 
     def restore(self):
         for sig, handler in self._old.items():
@@ -115,8 +136,11 @@ def replica_spread(model: torch.nn.Module, d: Dist) -> float:
 
 
 def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progress: str = "bar",
-          device: str = "auto") -> Path:
-    """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder."""
+          device: str = "auto", stop_file: str | Path | None = None) -> Path:
+    """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder.
+
+    stop_file: when this file appears (checked after every step), finish the step, write a checkpoint, log a
+    "stopped" event and return (as on SIGTERM/SIGINT)."""
     run_dir = Path(run_dir)
     d: Dist = setup(device)
     t = cfg.train
@@ -149,7 +173,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             net = DistributedDataParallel(net, find_unused_parameters=True)
         amp = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16(t.amp, d.device) else nullcontext()
         log = ProgressLog(run_dir, t.total_steps, step, progress, enabled=d.main)
-        flag = _StopFlag()
+        flag = _StopFlag(stop_file, d)
         per_step = t.batch_size * t.grad_accum * d.world
         log.event("start", step=step, total=t.total_steps, world=d.world, device=str(d.device),
                   bf16=use_bf16(t.amp, d.device),
@@ -181,7 +205,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             record.update({(f"loss_{k}" if k in LOSS_KEYS + ("total",) else f"metric_{k}"): round(v, 6)
                            for k, v in sums.items()})
             log.step(record)
-            if step % t.checkpoint_every == 0 or step == t.total_steps or flag.stop:
+            stopping = flag.check()  # every step (a collective under DDP), before the checkpoint decision
+            if step % t.checkpoint_every == 0 or step == t.total_steps or stopping:
                 if d.world > 1:
                     log.event("replicas", step=step, world=d.world, max_abs_diff=replica_spread(model, d))
                 if d.main:

@@ -1,10 +1,15 @@
 """Training from a panel: the ``xwin train --progress jsonl`` protocol, without Qt.
 
 The trainer prints one JSON object per optimisation step on stdout (keys step, epoch, lr, samples_per_s, eta_s,
-loss_total, loss_* ...) and event lines ``{"event": "start"|"checkpoint"|"finished"|"stopped", ...}``. On SIGTERM it
-finishes its step, writes a checkpoint and exits. `ProgressParser` turns the stream into a `TrainingState`;
-`TrainingProcess` runs the trainer, feeds the parser from reader threads, and stops it with SIGTERM, then SIGKILL
-after a grace period, so no process outlives the panel. A GUI polls `TrainingProcess.poll()` from a timer.
+loss_total, loss_* ...) and event lines ``{"event": "start"|"checkpoint"|"finished"|"stopped", ...}``. When its stop
+file appears (``--stop-file``, checked after every step) or on SIGTERM it finishes its step, writes a checkpoint and
+exits. `ProgressParser` turns the stream into a `TrainingState`; `TrainingProcess` runs the trainer, feeds the parser
+from reader threads, and stops it by creating the stop file, then, as a last resort after a grace period, kills the
+whole process tree, so no process outlives the panel. A GUI polls `TrainingProcess.poll()` from a timer.
+
+Why a file and not a signal: in 3D Slicer the trainer runs under ``PythonSlicer``, a CTKAppLauncher that starts the
+real Python as a child and forwards no signal (a SIGTERM stops the launcher and leaves the trainer running), and on
+Windows SIGTERM is TerminateProcess (no checkpoint). A file works through any launcher, on every platform.
 """
 from __future__ import annotations
 
@@ -14,18 +19,28 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 GRACE_S = 30.0
+#: Windows: start the trainer (and the launcher) without a console window.
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+
+
+def new_stop_file() -> str:
+    """A fresh path (in a new private temporary folder, not yet created) for ``xwin train --stop-file``."""
+    return str(Path(tempfile.mkdtemp(prefix="xwin-stop-")) / "stop")
 
 
 def train_command(config: str, run_dir: str, resume: bool = False, ct_dir: str = "", cxr_dir: str = "",
-                  init: str = "", python: str | None = None) -> list[str]:
+                  init: str = "", python: str | None = None, stop_file: str = "") -> list[str]:
     """argv of ``python -m xwin train --config CFG --out DIR [--resume] --progress jsonl`` plus, when given,
-    ``--ct-dir`` / ``--cxr-dir`` (train on the CTs and radiographs of these folders instead of the config's) and
-    ``--init`` (fine-tune: start from this model file or checkpoint)."""
+    ``--ct-dir`` / ``--cxr-dir`` (train on the CTs and radiographs of these folders instead of the config's),
+    ``--init`` (fine-tune: start from this model file or checkpoint) and ``--stop-file`` (the trainer checkpoints and
+    stops when this file appears: how `TrainingProcess.stop` stops it; `new_stop_file` gives a fresh path)."""
     if not config:
         raise ValueError("choose a training config (YAML) first")
     if not run_dir:
@@ -34,7 +49,8 @@ def train_command(config: str, run_dir: str, resume: bool = False, ct_dir: str =
     if resume:
         cmd.append("--resume")
     cmd += ["--progress", "jsonl"]
-    for flag, value in (("--ct-dir", ct_dir), ("--cxr-dir", cxr_dir), ("--init", init)):
+    for flag, value in (("--ct-dir", ct_dir), ("--cxr-dir", cxr_dir), ("--init", init),
+                        ("--stop-file", stop_file)):
         if value:
             cmd += [flag, str(value)]
     return cmd
@@ -142,17 +158,57 @@ def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
             pass
 
 
+def kill_process_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started (the launcher *and* the Python it runs).
+
+    ``proc.kill()`` alone would only stop a launcher such as PythonSlicer (CTKAppLauncher) and leave its child running;
+    SlicerMONAIAuto3DSeg kills the launcher's children for the same reason (lassoan/SlicerMONAIAuto3DSeg,
+    MONAIAuto3DSeg/MONAIAuto3DSegLib/process.py, ``BackgroundProcess._killProcess``: "proc.kill() does not work, that
+    would only stop the launcher"; it uses psutil ``children(recursive=True)``). Here: POSIX kills the process group
+    (`TrainingProcess.start` gives the trainer its own session, so the group also holds grandchildren whose parent
+    already died); Windows uses psutil when Slicer has it, else ``taskkill /T /F`` (no console window)."""
+    if os.name == "nt":  # pragma: no cover - Windows
+        try:
+            import psutil
+            try:
+                parent = psutil.Process(proc.pid)
+                for child in parent.children(recursive=True):
+                    child.kill()
+                parent.kill()
+            except psutil.NoSuchProcess:
+                pass
+        except ImportError:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True,
+                           creationflags=CREATE_NO_WINDOW)
+        if proc.poll() is None:
+            proc.kill()
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer's session: the group id is the launcher's pid
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.kill()
+
+
 class TrainingProcess:
-    """One trainer process: `start`, `poll` from a GUI timer (never blocks), `stop` (SIGTERM, SIGKILL after
-    ``grace_s``), `wait`. stdout feeds `parser`; stderr lines go to the state's log."""
+    """One trainer process: `start`, `poll` from a GUI timer (never blocks), `stop`, `wait`, `terminate` (closing the
+    panel: never blocks). stdout feeds `parser`; stderr lines go to the state's log.
+
+    Stop: when the command names a ``--stop-file`` (`train_command`), `stop` creates that file and the trainer, through
+    any launcher, finishes its step, writes a checkpoint, prints a "stopped" event and exits; without one (other
+    trainers) it sends SIGTERM on POSIX. Either way, a process tree still alive ``grace_s`` later is killed
+    (`kill_process_tree`)."""
 
     def __init__(self, grace_s: float = GRACE_S):
         self.grace_s = grace_s
         self.parser = ProgressParser()
         self.proc: subprocess.Popen | None = None
+        self.stop_file: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._kill_at: float | None = None
+        self._killed = False
 
     @property
     def state(self) -> TrainingState:
@@ -162,14 +218,28 @@ class TrainingProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def active(self) -> bool:
+        """The process runs or its output is still arriving (a trainer outliving a dead launcher keeps the pipes)."""
+        return self.running or any(t.is_alive() for t in self._threads)
+
     def start(self, cmd: list[str], cwd: str | None = None, env: dict | None = None) -> None:
-        if self.running:
+        if self.active:
             raise RuntimeError("a training process is already running")
         self.parser = ProgressParser(TrainingState(status="running", checkpoint=self.state.checkpoint))
         self._kill_at = None
+        self._killed = False
+        self.stop_file = cmd[cmd.index("--stop-file") + 1] if "--stop-file" in cmd[:-1] else None
+        if self.stop_file:
+            Path(self.stop_file).unlink(missing_ok=True)  # a stale request must not stop the new run
+        options: dict = {}
+        if os.name == "nt":  # pragma: no cover - Windows: no console window, own process group
+            options["creationflags"] = CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
+        else:  # own session: `kill_process_tree` reaches the launcher's children too
+            options.update(start_new_session=True, preexec_fn=_set_parent_death_signal)
         self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                                     preexec_fn=_set_parent_death_signal if os.name == "posix" else None)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1, **options)
         self.state.log.append("$ " + " ".join(cmd))
         self._threads = [threading.Thread(target=self._pump, args=(s, k), daemon=True)
                          for s, k in ((self.proc.stdout, "out"), (self.proc.stderr, "err"))]
@@ -197,9 +267,9 @@ class TrainingProcess:
                 self.state.log.append(line.rstrip())
         if self.proc is None:
             return records
-        if self._kill_at is not None and self.proc.poll() is None and time.monotonic() >= self._kill_at:
-            self.proc.kill()
-            self.state.log.append(f"no exit {self.grace_s:g} s after SIGTERM: killed")
+        if self._kill_at is not None and not self._killed and self.active and time.monotonic() >= self._kill_at:
+            self.kill()
+            self.state.log.append(f"no exit {self.grace_s:g} s after Stop: process tree killed")
         code = self.proc.poll()
         if code is not None and not any(t.is_alive() for t in self._threads) and self._queue.empty():
             records += self.parser.flush()
@@ -208,14 +278,26 @@ class TrainingProcess:
                     "finished" if code == 0 else "failed")
                 if code != 0:
                     self.state.log.append(f"trainer exited with status {code}")
+            self._remove_stop_file()
         return records
 
     def stop(self) -> None:
-        """SIGTERM now (the trainer checkpoints and exits); `poll` sends SIGKILL after ``grace_s``."""
-        if self.running and self._kill_at is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """Ask the trainer to checkpoint and exit (stop file, else SIGTERM on POSIX); returns at once. `poll` kills the
+        process tree if it is still alive ``grace_s`` later."""
+        if self.active and self._kill_at is None:
+            if self.stop_file:
+                Path(self.stop_file).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.stop_file).write_text("stop\n")
+            elif os.name != "nt" and self.running:
+                self.proc.send_signal(signal.SIGTERM)
             self._kill_at = time.monotonic() + self.grace_s
             self.state.status = "stopping"
+
+    def kill(self) -> None:
+        """Last resort: kill the trainer's whole process tree now (no checkpoint)."""
+        if self.proc is not None:
+            self._killed = True
+            kill_process_tree(self.proc)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the process ended and its output is parsed (tests, shutdown); None on timeout."""
@@ -230,9 +312,28 @@ class TrainingProcess:
             time.sleep(0.02)
         return None
 
-    def terminate(self, timeout: float | None = None) -> None:
-        """Stop and wait (at most ``grace_s``, then kill): for closing the panel."""
+    def terminate(self) -> None:
+        """Closing the panel, without blocking it: `stop` (the trainer checkpoints and exits on its own, even if the
+        panel is gone by then), and a watchdog thread kills the process tree if it is still alive ``grace_s`` later."""
+        if not self.active:
+            return
         self.stop()
-        if self.wait(self.grace_s if timeout is None else timeout) is None and self.running:
-            self.proc.kill()
-            self.wait(5.0)
+        watchdog = threading.Thread(target=self._watchdog, name="xwin-training-watchdog", daemon=True)
+        watchdog.start()
+
+    def _watchdog(self) -> None:
+        end = time.monotonic() + self.grace_s
+        while self.active and time.monotonic() < end:
+            time.sleep(0.1)
+        if self.active:
+            self.kill()
+
+    def _remove_stop_file(self) -> None:
+        if self.stop_file:
+            path = Path(self.stop_file)
+            path.unlink(missing_ok=True)
+            if path.parent.name.startswith("xwin-stop-"):
+                try:
+                    path.parent.rmdir()
+                except OSError:
+                    pass
