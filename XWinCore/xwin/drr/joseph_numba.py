@@ -19,6 +19,44 @@ import numpy as np
 from numba import njit, prange
 
 PAD_LO, PAD_HI = 1, 2
+
+#: Held around every launch of a numba ``parallel=True`` kernel of XWin (here and `xwin.recon.fdk`), process-wide.
+#: numba's ``workqueue`` threading layer, the one always present (Slicer's Python may have neither TBB nor OpenMP),
+#: aborts the whole process ("Concurrent access has been detected", exit 134) when two Python threads launch parallel
+#: kernels at once, e.g. a slider preview on the GUI thread while a reconstruction runs on the panel's worker thread
+#: (issue 14). A kernel already uses every core, so serialising launches costs no throughput. With a threadsafe layer
+#: (``tbb``, ``omp``: https://numba.readthedocs.io/en/stable/user/threading-layer.html) launches are not serialised.
+PARALLEL_LOCK = threading.RLock()
+_THREADSAFE_LAYERS = ("tbb", "omp")
+
+
+def _threadsafe_layer() -> bool:
+    """Whether the threading layer numba chose (at the first parallel launch) accepts concurrent launches."""
+    try:
+        return numba.threading_layer() in _THREADSAFE_LAYERS
+    except ValueError:  # no parallel kernel has run yet in this process: the layer is not chosen
+        return False
+
+
+class parallel_kernel:  # noqa: N801 - used as a decorator
+    """Wraps a numba ``parallel=True`` dispatcher so each call holds `PARALLEL_LOCK` (unless the layer in use is
+    threadsafe). Attributes (``stats``, ``signatures``, ``py_func``...) are the dispatcher's. Only for calls from
+    Python: a jitted caller must call ``.dispatcher``."""
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+        self.__doc__ = dispatcher.__doc__
+        self.__name__ = dispatcher.__name__
+        self.__wrapped__ = dispatcher.py_func
+
+    def __call__(self, *args):
+        if _threadsafe_layer():
+            return self.dispatcher(*args)
+        with PARALLEL_LOCK:
+            return self.dispatcher(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
 EDGE = 1e-4  # rays keep 1e-4 voxel inside the bilinear support (-1, n) so padded reads never leave the array
 _reusable = threading.local()  # per calling thread: scratch padding and adjoint buffers, reused between calls
 
@@ -102,6 +140,7 @@ def _ray(b, r, c, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, n0, n1, 
             weight)
 
 
+@parallel_kernel
 @njit(parallel=True, fastmath=True, cache=True)
 def forward(vol_padded, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, out):
     """Line integrals (Σ μ · mm) of B views into ``out`` (B, H, W).
@@ -141,6 +180,7 @@ def forward(vol_padded, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm, ou
 ROW_BLOCK = 8  # detector rows a worker takes at a time in the adjoint (neighbouring rows share cache lines)
 
 
+@parallel_kernel
 @njit(parallel=True, fastmath=True, cache=True)
 def _scatter(buffers, sino, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm):
     """Adjoint into ``buffers`` (T, padded k, j, i): worker t spreads the rays of its row blocks (t, t + T, …) into
@@ -199,6 +239,7 @@ def _buffers(workers: int, padded_shape: tuple[int, int, int], dtype) -> np.ndar
     return buf
 
 
+@parallel_kernel
 @njit(parallel=True, fastmath=True, cache=True)
 def _reduce(buffers, out):
     """out += Σ_t interior of buffers[t], zeroing each buffer plane once read (the buffers are reused, so the next

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
+from ..drr.joseph_numba import parallel_kernel
 from ..errors import XWinInputError
 from ..geometry import Views, projection_matrices
 from .grid import Grid
@@ -218,6 +219,7 @@ def weighted_filtered(projections: torch.Tensor, orbit: Orbit, window: Window = 
 
 
 # ------------------------------------------------------------------------------------------------ back-projection
+@parallel_kernel  # one launch at a time process-wide (workqueue layer): see `xwin.drr.joseph_numba.PARALLEL_LOCK`
 @njit(parallel=True, fastmath=True, cache=True)
 def _backproject_numba(img, pm, q2, out, weighted):  # pragma: no cover - compiled
     nb, h, w = img.shape
