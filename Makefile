@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.xwin-installed
 TESTSTAMP := $(VENV)/.xwin-test-installed
-# system libraries for the Qt/VTK viewer tests under Xvfb (CI runs as root or a password-less sudoer)
-APT_TEST := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0 \
+# system libraries for the Qt/VTK viewer tests under Xvfb, and dicom3tools (dciodvfy checks the DICOM we write)
+# (CI runs as root or a password-less sudoer)
+APT_TEST := dicom3tools xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0 \
   libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-shape0 libgl1 libegl1 libglx-mesa0 \
   libgl1-mesa-dri libosmesa6 libfontconfig1 libdbus-1-3
 
@@ -20,7 +21,7 @@ $(STAMP): XWinCore/pyproject.toml
 
 $(TESTSTAMP): $(STAMP) Resources/requirements-test-slicer.txt
 	$(PIP) install -r Resources/requirements-test-slicer.txt
-	command -v xvfb-run >/dev/null || (SUDO=; sudo -n true 2>/dev/null && SUDO=sudo; \
+	command -v xvfb-run >/dev/null && command -v dciodvfy >/dev/null || (SUDO=; sudo -n true 2>/dev/null && SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(APT_TEST))
 	touch $@
 

@@ -3,6 +3,8 @@ round trip (SimpleITK and pydicom against the original), DICOM SEG (when highdic
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -126,17 +128,37 @@ def test_nifti_seg_nrrd_and_dicom_seg(tmp_path):
     header = read_seg_nrrd_header(tmp_path / "segmentation.seg.nrrd")
     assert [header[f"Segment{n}_Name"] for n in range(3)] == ["lungs", "body", "bone"]
     assert [header[f"Segment{n}_LabelValue"] for n in range(3)] == ["1", "2", "3"]
-    assert all(header[f"Segment{n}_Layer"] == "0" for n in range(3))
+    # overlapping segments kept whole: lungs and bone (disjoint) share layer 0, body (which contains both) has layer 1
+    assert [header[f"Segment{n}_Layer"] for n in range(3)] == ["0", "1", "0"]
     assert header["Segmentation_MasterRepresentation"] == "Binary labelmap"
     seg = sitk.ReadImage(str(tmp_path / "segmentation.seg.nrrd"))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), lab)
-    kk, jj, ii = np.nonzero(lab == 1)
+    assert seg.GetNumberOfComponentsPerPixel() == 2 and seg.GetSize() == vol.array.shape[::-1]
+    np.testing.assert_allclose(seg.GetOrigin(), vol.origin, atol=1e-9)
+    layer = sitk.GetArrayFromImage(seg)  # [k, j, i, layer]
+    masks = segment(vol, ["lungs", "body", "bone"])
+    np.testing.assert_array_equal(layer[..., 1] == 2, masks["body"])  # the whole body, lungs and bone included
+    np.testing.assert_array_equal(layer[..., 0] == 1, masks["lungs"])
+    np.testing.assert_array_equal(layer[..., 0] == 3, masks["bone"])
+    assert (masks["body"] & masks["lungs"]).sum() == masks["lungs"].sum() > 0
+    assert result["voxels"] == {n: int(m.sum()) for n, m in masks.items()}
+    # the NIfTI (one label per voxel) keeps the more specific segment where they overlap
+    assert (lab[masks["lungs"]] == 1).all() and (lab[masks["bone"]] == 3).all()
+    kk, jj, ii = np.nonzero(masks["lungs"])
     assert header["Segment0_Extent"] == f"{ii.min()} {ii.max()} {jj.min()} {jj.max()} {kk.min()} {kk.max()}"
     if highdicom_available():
+        import highdicom as hd
         ds = pydicom.dcmread(str(tmp_path / "segmentation.dcm"))
         assert ds.Modality == "SEG" and [s.SegmentLabel for s in ds.SegmentSequence] == ["lungs", "body", "bone"]
         ct0 = pydicom.dcmread(str(sorted((tmp_path / "dicom").iterdir())[0]))
         assert ds.FrameOfReferenceUID == ct0.FrameOfReferenceUID and ds.StudyInstanceUID == ct0.StudyInstanceUID
+        assert ds.PatientID == ct0.PatientID and ds.PatientName == ct0.PatientName
+        # the SEG's body segment is the whole body mask (overlapping the lungs), frame by frame in CT slice order
+        sop_uids = [(pydicom.dcmread(str(f)).SOPInstanceUID) for f in sorted((tmp_path / "dicom").iterdir())]
+        planes = hd.seg.Segmentation.from_dataset(ds).get_pixels_by_source_instance(
+            source_sop_instance_uids=sop_uids, segment_numbers=[1, 2, 3], combine_segments=False,
+            assert_missing_frames_are_empty=True)
+        for number, name in enumerate(["lungs", "body", "bone"]):
+            np.testing.assert_array_equal(planes[..., number].astype(bool), masks[name])
 
 
 def test_cli_export(tmp_path, capsys):
@@ -171,3 +193,117 @@ def test_real_chest_ct_has_two_lungs(shared_data):
     assert all(1000 <= v <= 4000 for v in volumes.values()), volumes
     _, values = labelmap(masks)
     assert values == {"lung_left": 1, "lung_right": 2}
+
+
+# ---- DICOM a PACS accepts: identity carried over or given or fresh, every Type 1/2 attribute, dciodvfy clean ----
+
+SOURCE_IDENTITY = {"PatientID": "PAT-0042", "PatientName": "Doe^Jane", "PatientBirthDate": "19600101",
+                   "PatientSex": "F", "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.111", "StudyID": "S7",
+                   "AccessionNumber": "ACC99", "FrameOfReferenceUID": "1.2.826.0.1.3680043.8.498.222",
+                   "PatientPosition": "FFS"}
+
+
+def _series(folder):
+    return sorted((pydicom.dcmread(str(f)) for f in folder.glob("*.dcm")), key=lambda s: int(s.InstanceNumber))
+
+
+@pytest.fixture(scope="module")
+def dicom_source(tmp_path_factory):
+    """The torso as a DICOM CT series of a known patient and study (head-first would be HFS; this one is FFS)."""
+    from xwin.export import dicom_identity
+    vol, _ = torso()
+    folder = tmp_path_factory.mktemp("src") / "ct"
+    identity = {**dicom_identity(), **SOURCE_IDENTITY}
+    write_ct_series(vol, folder, identity=identity)
+    return folder
+
+
+def test_export_carries_the_dicom_source_identity(tmp_path, dicom_source, capsys):
+    out = tmp_path / "out"
+    args = ["export", str(dicom_source), "--out", str(out), "--dicom"] + (["--dicom-seg"] if highdicom_available()
+                                                                          else [])
+    assert main(args) == 0, capsys.readouterr().err
+    src = _series(dicom_source)[0]
+    written = _series(out / "dicom")
+    for ds in written + ([pydicom.dcmread(str(out / "segmentation.dcm"))] if highdicom_available() else []):
+        for key, value in SOURCE_IDENTITY.items():
+            if key != "PatientPosition" or ds.Modality == "CT":
+                assert str(ds.get(key)) == value, (ds.Modality, key)
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID  # a new, derived series of the same study
+    assert len({ds.SeriesInstanceUID for ds in written}) == 1
+
+
+def test_export_identity_given_on_the_command_line(tmp_path, dicom_source, capsys):
+    out = tmp_path / "out"
+    study = "1.2.826.0.1.3680043.8.498.777"
+    assert main(["export", str(dicom_source), "--out", str(out), "--dicom", "--patient-id", "NEW1",
+                 "--patient-name", "Roe^Richard", "--study-uid", study]) == 0, capsys.readouterr().err
+    ds = _series(out / "dicom")[0]
+    assert (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID) == ("NEW1", "Roe^Richard", study)
+    assert ds.FrameOfReferenceUID == SOURCE_IDENTITY["FrameOfReferenceUID"]  # still the source's grid
+    assert ds.get("AccessionNumber", "") != "ACC99"  # another study: the source's accession does not apply
+
+
+@pytest.mark.parametrize("flag,value", [("--study-uid", "1.2.abc"), ("--study-uid", "1." + "2" * 70),
+                                        ("--patient-id", "a\\b"), ("--patient-id", "x" * 65),
+                                        ("--patient-name", "A\x01B")])
+def test_bad_identity_flags_are_refused_before_work(tmp_path, dicom_source, capsys, flag, value):
+    out = tmp_path / "out"
+    assert main(["export", str(dicom_source), "--out", str(out), "--dicom", flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+
+
+def test_identity_flags_need_dicom_output(tmp_path, dicom_source, capsys):
+    assert main(["export", str(dicom_source), "--out", str(tmp_path / "o"), "--patient-id", "P"]) == 2
+    assert "add --dicom" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_exports_of_unknown_patients_are_never_merged(tmp_path):
+    """No DICOM source, nothing given: each export is a new patient with a new study (never XWIN / XWin^Export)."""
+    vol = _oblique()
+    seen = []
+    for n in range(2):
+        ds = _series_of(write_ct_series(vol, tmp_path / f"ct{n}"))
+        seen.append((ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID, ds.FrameOfReferenceUID))
+        assert ds.PatientID not in ("XWIN", "") and str(ds.PatientName) not in ("XWin^Export", "")
+    assert all(a != b for a, b in zip(*seen))
+
+
+def _series_of(files):
+    return pydicom.dcmread(str(files[0]))
+
+
+def test_every_type_1_and_2_attribute_is_present(tmp_path):
+    ds = _series_of(write_ct_series(_oblique(), tmp_path / "ct"))
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "Modality", "SeriesInstanceUID",
+                "SeriesNumber", "Laterality", "PatientPosition", "FrameOfReferenceUID", "PositionReferenceIndicator",
+                "Manufacturer", "InstanceNumber", "ImageType", "KVP", "AcquisitionNumber", "RescaleIntercept",
+                "RescaleSlope", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
+        assert key in ds, key
+
+
+def _dciodvfy(path) -> list[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [ln for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("Error")]
+
+
+@pytest.mark.parametrize("source", ["nrrd", "dicom"])
+def test_dciodvfy_finds_no_error_in_the_series_and_seg(tmp_path, dicom_source, source):
+    """dciodvfy (apt package dicom3tools, installed by `make test`) on every slice of the series and on the SEG."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not found: install the apt package dicom3tools (make test does) to validate the DICOM "
+                    "XWin writes")
+    if source == "nrrd":
+        src = write_volume(torso()[0], tmp_path / "torso.nrrd")
+    else:
+        src = dicom_source
+    out = tmp_path / "out"
+    assert main(["export", str(src), "--out", str(out), "--dicom"]
+                + (["--dicom-seg"] if highdicom_available() else [])) == 0
+    files = sorted((out / "dicom").glob("*.dcm")) + ([out / "segmentation.dcm"] if highdicom_available() else [])
+    errors = {f.name: _dciodvfy(f) for f in files}
+    assert not any(errors.values()), {k: v for k, v in errors.items() if v}

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import XWinInputError
@@ -40,9 +42,28 @@ def _pose_targets(out: Path, lao, cran, prefix: str, ext: str) -> list[Path]:
     return [out / f"{prefix}_lao{a:+07.2f}_cran{c:+07.2f}.{ext}" for a, c in zip(lao, cran)]
 
 
+def _staged_targets(publication, out: Path, targets: list[Path]) -> list[Path]:
+    """Where to write ``targets`` inside a `publish_together` block: a new folder ``out`` is itself staged (so that
+    a failed or terminated run leaves no folder and no file behind), an existing one gets each file staged."""
+    if targets == [out] or out.is_dir():
+        return targets
+    base = publication.stage(out, folder=True, make_parents=True)
+    return [base / t.name for t in targets]
+
+
+def _check_pose_targets(out: Path, targets: list[Path]) -> None:
+    """Refuse an unusable --out before any work (a plain file given as the folder for several poses...)."""
+    from .io.writers import check_target
+    if targets == [out]:
+        check_target(out)
+    else:
+        check_target(out, folder=True, make_parents=True)
+
+
 def cmd_render(ns: argparse.Namespace) -> int:
     """Render DRRs of one CT at paired (LAO, CRAN) poses; one file, or one file per pose in a folder."""
     from .io import read_ct, write_image
+    from .io.writers import publish_together
 
     volume = read_ct(ns.ct)  # first: a bad CT is refused before torch is loaded (fast, small)
 
@@ -55,16 +76,17 @@ def cmd_render(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "drr", ns.ext)
     single = targets == [out]
+    _check_pose_targets(out, targets)
     geometry = _geometry(ns)
     projector = Projector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water, device=ns.device)
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
-    poses = list(zip(lao, cran, targets))
-    for a, c, target in tqdm(poses, desc="render", unit="DRR", disable=len(poses) < 2 or ns.quiet):
-        image = projector.render(float(a), float(c), mode=ns.mode)[0].cpu().numpy()
-        meta = {"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
-                "xwin_mode": ns.mode, "xwin_isocenter_lps_mm": " ".join(f"{x:.3f}" for x in projector.isocenter)}
-        write_image(image, target, spacing=(geometry.pixel, geometry.pixel), meta=meta)
+    with publish_together() as publication:  # all DRRs, or none (failure, Ctrl-C, SIGTERM)
+        poses = list(zip(lao, cran, _staged_targets(publication, out, targets)))
+        for a, c, target in tqdm(poses, desc="render", unit="DRR", disable=len(poses) < 2 or ns.quiet):
+            image = projector.render(float(a), float(c), mode=ns.mode)[0].cpu().numpy()
+            meta = {"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
+                    "xwin_mode": ns.mode,
+                    "xwin_isocenter_lps_mm": " ".join(f"{x:.3f}" for x in projector.isocenter)}
+            write_image(image, target, spacing=(geometry.pixel, geometry.pixel), meta=meta)
     if not ns.quiet:
         print(targets[0] if single else f"{len(targets)} DRRs in {out}")
     return 0
@@ -116,20 +138,21 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     """Decoded predicted projections of a CXR (taken as the PA view) at paired target poses."""
     from .geometry import parse_angles
     from .io import read_radiograph, write_image
+    from .io.writers import publish_together
     from .predict import load_predictor
 
     lao, cran = parse_angles(ns.lao, ns.cran)
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "pred", ns.ext)
     single = targets == [out]
+    _check_pose_targets(out, targets)
     predictor = load_predictor(ns.checkpoint, device=ns.device)
     radiograph = read_radiograph(ns.cxr)
     images = predictor.predict(radiograph.array, lao, cran, simulated=radiograph.simulated)
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
-    for image, a, c, target in zip(images, lao, cran, targets):
-        write_image(image, target, meta={"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_source": str(ns.cxr),
-                                         "xwin_kind": "world-model prediction (learned estimate, not a DRR)"})
+    with publish_together() as publication:  # all predictions, or none
+        for image, a, c, target in zip(images, lao, cran, _staged_targets(publication, out, targets)):
+            write_image(image, target, meta={"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_source": str(ns.cxr),
+                                             "xwin_kind": "world-model prediction (learned estimate, not a DRR)"})
     print(targets[0] if single else f"{len(targets)} predicted projections in {out}")
     return 0
 
@@ -233,6 +256,9 @@ def _check_volume_target(out: Path) -> None:
     """Refuse an --out that is neither a volume file (.nrrd .nii.gz .nii .mha) nor a folder for a DICOM series."""
     if not out.name.lower().endswith(VOLUME_EXTENSIONS) and out.suffix:
         raise XWinInputError(out, "--out must end in .nrrd, .nii.gz, .nii or .mha, or name a folder for a DICOM series")
+    from .io.writers import check_target
+    series = not out.name.lower().endswith(VOLUME_EXTENSIONS)
+    check_target(out, folder=series, make_parents=series)  # refused before the reconstruction, not after
 
 
 def _write_any_volume(volume, out: Path, description: str) -> None:
@@ -294,14 +320,23 @@ def cmd_export(ns: argparse.Namespace) -> int:
     """Segment a volume (body, lungs, bone) and write label maps for segmentation tools (and DICOM)."""
     import json
 
-    from .export import export_segmentation
+    from .export import dicom_identity, export_segmentation, export_targets
     from .io import read_ct
 
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise XWinInputError(out, "--out must be a folder")
+    given = {"patient_id": ns.patient_id, "patient_name": ns.patient_name, "study_uid": ns.study_uid}
+    dicom = ns.dicom or ns.dicom_seg
+    if dicom:
+        dicom_identity(None, **given)  # bad --patient-id/--patient-name/--study-uid refused before any work
+    elif any(v is not None for v in given.values()):
+        raise XWinInputError(None, "--patient-id, --patient-name and --study-uid apply to DICOM output: add --dicom")
+    export_targets(out, dicom=ns.dicom, dicom_seg=ns.dicom_seg)  # every output checked before the CT is read
     names = [n for n in ns.segment.split(",") if n.strip()]
-    result = export_segmentation(read_ct(ns.volume), names, out, dicom=ns.dicom, dicom_seg=ns.dicom_seg)
+    volume = read_ct(ns.volume)
+    identity = dicom_identity(ns.volume, **given) if dicom else None  # the DICOM source's patient and study
+    result = export_segmentation(volume, names, out, dicom=ns.dicom, dicom_seg=ns.dicom_seg, identity=identity)
     print(json.dumps(result) if ns.json else "\n".join(result["files"]))
     return 0
 
@@ -485,18 +520,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true", help="also write the volume as a DICOM CT series (OUT/dicom/)")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM SEG (OUT/segmentation.dcm; needs highdicom, implies --dicom)")
+    p.add_argument("--patient-id", help="DICOM PatientID of the series and SEG (default: the DICOM source's, else "
+                                        "a new unique ID)")
+    p.add_argument("--patient-name", help="DICOM PatientName, Family^Given (default: the DICOM source's, else the ID)")
+    p.add_argument("--study-uid", help="StudyInstanceUID to file the series under (default: the DICOM source's, "
+                                       "else a new study)")
     p.add_argument("--json", action="store_true", help="print labels, voxel counts and files as JSON")
     p.set_defaults(func=cmd_export)
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (a job scheduler, the Slicer panel) raised as an exception, so that every output being written is
+    cleaned up on the way out exactly as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM (main thread only); returns the previous handler, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends in one readable line on stderr and exit status 2 (no traceback)."""
     ns = build_parser().parse_args(argv)
+    previous = _on_sigterm(_raise_terminated)
     try:
+        _check_device(ns)
         return ns.func(ns)
     except XWinInputError as exc:
-        print(f"xwin {ns.command}: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split())  # one line, whatever the message quotes
+        print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
@@ -505,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"xwin {ns.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"xwin {ns.command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            _on_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from tqdm import tqdm
 from ..drr import Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, rotation
-from ..io.writers import apply_umask
+from ..io.writers import atomic_output
 from ..io.image import Volume
 from .ct import FeatherBordersd, RandCropZd, ct_transforms, deformation_transforms, to_volume
 
@@ -137,19 +135,10 @@ def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: b
                           "roll_deg": inst["roll"]})
     manifest = {"spec": asdict(spec), "cts": [{k: str(v) for k, v in ct.items()} for ct in cts],
                 "instances": instances, "display": "radiograph mode: 1 - exp(-line/4)"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_output(out, folder=True, make_parents=True) as tmp:  # replaces an older bank as a whole
         np.save(tmp / "images.npy", np.stack(images))
         np.save(tmp / "poses.npy", np.stack(poses))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        apply_umask(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -7,35 +7,64 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import XWinInputError
 from ..io.image import Volume
-from .dicom import right_handed, write_ct_series
+from ..io.writers import check_target, publish_together
+from .dicom import (ct_series_datasets, dicom_identity, right_handed, source_identity, write_ct_series,
+                    write_datasets)
 from .labelmaps import read_seg_nrrd_header, write_nifti_labels, write_seg_nrrd
 from .masks import SEGMENTS, labelmap, segment
 
-__all__ = ["SEGMENTS", "export_segmentation", "labelmap", "read_seg_nrrd_header", "segment", "write_ct_series",
-           "write_nifti_labels", "write_seg_nrrd"]
+__all__ = ["SEGMENTS", "dicom_identity", "export_segmentation", "labelmap", "read_seg_nrrd_header", "segment",
+           "source_identity", "write_ct_series", "write_nifti_labels", "write_seg_nrrd"]
+
+OUTPUT_FILES = ("segmentation.nii.gz", "labels.json", "segmentation.seg.nrrd")
 
 
-def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> dict:
+def export_targets(out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> list[tuple[Path, bool]]:
+    """(path, is folder) of every output of `export_segmentation`, each checked: a name taken by the wrong kind
+    (the DICOM folder name taken by a file, a folder named like a file...) is refused before anything is written."""
+    out = Path(out_dir)
+    targets = [(out / name, False) for name in OUTPUT_FILES]
+    if dicom or dicom_seg:
+        targets.append((out / "dicom", True))
+    if dicom_seg:
+        targets.append((out / "segmentation.dcm", False))
+    check_target(out, folder=True, make_parents=True)
+    if out.is_dir():
+        for path, folder in targets:
+            check_target(path, folder)
+    return targets
+
+
+def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, dicom_seg: bool = False,
+                        identity: dict[str, str] | None = None) -> dict:
     """Segment ``volume`` (HU) and write ``out_dir``/segmentation.nii.gz, labels.json, segmentation.seg.nrrd,
     optionally the CT series (``dicom/``) and a DICOM SEG (``segmentation.dcm``, implies the series).
 
+    All outputs are checked before the work and published together at the end: on any failure (or SIGTERM in the
+    CLI) none of them is left, nor ``out_dir`` when this call created it. The NIfTI holds one label per voxel; the
+    .seg.nrrd and the SEG keep overlapping segments whole (body includes lungs and bone). identity: DICOM patient /
+    study / frame of reference (`dicom_identity`; fresh unique values when None).
+
     Returns {"labels": {name: value}, "voxels": {name: count}, "files": [paths]}."""
     from .dicom_seg import available, write_dicom_seg
-    from ..errors import XWinInputError
 
     if dicom_seg and not available():
         raise XWinInputError(None, "--dicom-seg needs highdicom: pip install 'xwin[seg]' (highdicom>=0.22)")
+    out = Path(out_dir)
+    targets = export_targets(out, dicom=dicom, dicom_seg=dicom_seg)
     masks = segment(volume, names)
     labels, values = labelmap(masks)
-    out = Path(out_dir)
-    files = list(write_nifti_labels(labels, values, volume, out))
-    files.append(write_seg_nrrd(labels, values, volume, out / "segmentation.seg.nrrd"))
-    if dicom or dicom_seg:
-        series = write_ct_series(volume, out / "dicom")
-        files.append(out / "dicom")
-        if dicom_seg:
-            flip = right_handed(volume) is not volume
-            files.append(write_dicom_seg(labels, values, series, out / "segmentation.dcm", flip_k=flip))
-    return {"labels": values, "voxels": {n: int((labels == v).sum()) for n, v in values.items()},
-            "files": [str(f) for f in files]}
+    with publish_together() as publication:
+        base = out if out.is_dir() else publication.stage(out, folder=True, make_parents=True)
+        write_nifti_labels(labels, values, volume, base)
+        write_seg_nrrd(masks, values, volume, base / "segmentation.seg.nrrd")
+        if dicom or dicom_seg:
+            series = ct_series_datasets(volume, identity if identity is not None else dicom_identity())
+            write_datasets(series, base / "dicom")
+            if dicom_seg:
+                flip = right_handed(volume) is not volume
+                write_dicom_seg(masks, values, series, base / "segmentation.dcm", flip_k=flip)
+    return {"labels": values, "voxels": {n: int(m.sum()) for n, m in masks.items()},
+            "files": [str(p) for p, _ in targets]}

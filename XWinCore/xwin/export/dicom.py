@@ -1,28 +1,35 @@
-"""DICOM CT series export of a `Volume` (HU): one CT Image Storage file per k-slice, written atomically.
+"""DICOM CT series export of a `Volume` (HU): one CT Image Storage file per k-slice, the series folder written
+atomically (`xwin.io.writers.atomic_output`).
 
 Geometry (LPS mm, exactly the volume's): ImageOrientationPatient = the i and j direction cosines (row, column);
 ImagePositionPatient of slice k = origin + D·diag(spacing)·(0, 0, k); PixelSpacing = (spacing_j, spacing_i)
 (row spacing first); SliceThickness = SpacingBetweenSlices = spacing_k. A left-handed grid (det D = −1) is written
 with its k axis reversed — the same image in space; DICOM readers rebuild the slice normal as row × column.
 Pixels: int16 ``round(HU) + 1024`` with RescaleSlope 1, RescaleIntercept −1024 (HU outside [−33792, 31743] clip).
-Study, Series and Frame of Reference UIDs are shared by all slices (`pydicom.uid.generate_uid`).
+
+Identity (`dicom_identity`): patient, study, frame of reference and patient position are carried over from a DICOM
+source series (the export of a CT read from DICOM files under the same patient and study in a PACS), or given
+(``--patient-id/--patient-name/--study-uid``); what is neither gets a fresh unique value (a new PatientID per export,
+never a shared constant that would merge all exports under one patient). The series and instance UIDs are always new.
 """
 from __future__ import annotations
 
 import datetime
 import os
-import shutil
-import tempfile
+import re
+import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from ..errors import XWinInputError
 from ..io.image import Volume
-from ..io.writers import apply_umask
+from ..io.writers import atomic_output, check_target
 
 INTERCEPT = -1024.0
 
@@ -43,68 +50,159 @@ def right_handed(volume: Volume) -> Volume:
     return Volume(volume.array[::-1].copy(), volume.spacing, origin, d2, dict(volume.meta))
 
 
-def write_ct_series(volume: Volume, folder, *, patient_name: str = "XWin^Export", patient_id: str = "XWIN",
-                    series_description: str = "XWin volume", study_uid: str | None = None,
-                    frame_of_reference_uid: str | None = None) -> list[Path]:
-    """Write ``volume`` as a DICOM CT series into ``folder`` (created or replaced as a whole); returns the files."""
+# carried over from the source series: Patient, General Study, Frame of Reference, and the series-level patient
+# position/laterality (the exported volume is the source's image on the source's grid)
+IDENTITY_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+                 "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+                 "StudyDescription", "FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition",
+                 "Laterality", "BodyPartExamined")
+PATIENT_POSITIONS = ("HFP", "HFS", "HFDR", "HFDL", "FFDR", "FFDL", "FFP", "FFS", "LFP", "LFS", "RFP", "RFS", "AFDR",
+                     "AFDL", "PFDR", "PFDL")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\\\]")
+
+
+def new_patient_id() -> str:
+    """A fresh PatientID unique to one export (no two exports of unknown patients share a patient in a PACS)."""
+    return "XW" + uuid.uuid4().hex[:16].upper()
+
+
+def source_identity(source: str | os.PathLike) -> dict[str, str]:
+    """The `IDENTITY_KEYS` of a DICOM series folder (from its first image header), or {} for any other source."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return {}
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # not DICOM, or damaged: the reader has decided on the series already
+            continue
+        if "Rows" in ds:
+            return {k: str(ds.get(k, "") or "") for k in IDENTITY_KEYS if k in ds}
+    return {}
+
+
+def dicom_identity(source: str | os.PathLike | None = None, *, patient_id: str | None = None,
+                   patient_name: str | None = None, study_uid: str | None = None) -> dict[str, str]:
+    """Patient / study / frame-of-reference attributes for a written series: ``source``'s (a DICOM series folder)
+    where it has them, overridden by those given, fresh unique ones for the rest (PatientID ``XW`` + 16 hex digits,
+    PatientName the same, new Study and Frame of Reference UIDs, today's study date). Given values are checked."""
+    ident = source_identity(source) if source is not None else {}
+    if patient_id is not None:
+        if not patient_id.strip() or len(patient_id) > 64 or _CONTROL.search(patient_id):
+            raise XWinInputError(None, f"--patient-id {patient_id!r} is not a DICOM PatientID (1 to 64 characters, "
+                                       "no backslash or control characters)")
+        ident["PatientID"] = patient_id.strip()
+    if patient_name is not None:
+        groups = patient_name.split("=")
+        if (not patient_name.strip() or len(groups) > 3 or _CONTROL.search(patient_name)
+                or any(len(g) > 64 or g.count("^") > 4 for g in groups)):
+            raise XWinInputError(None, f"--patient-name {patient_name!r} is not a DICOM person name (Family^Given"
+                                       "^Middle^Prefix^Suffix, at most 64 characters, no backslash)")
+        ident["PatientName"] = patient_name.strip()
+    if study_uid is not None:
+        with warnings.catch_warnings():  # pydicom warns of the invalid UID: the one line below says it
+            warnings.simplefilter("ignore")
+            valid = UID(study_uid).is_valid
+        if not valid:
+            raise XWinInputError(None, f"--study-uid {study_uid!r} is not a valid DICOM UID (digits and dots, "
+                                       "at most 64 characters)")
+        if study_uid != ident.get("StudyInstanceUID"):  # another study: the source's study attributes do not apply
+            for key in ("StudyID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription"):
+                ident.pop(key, None)
+        ident["StudyInstanceUID"] = study_uid
+    if not ident.get("PatientID"):
+        ident["PatientID"] = new_patient_id()
+        ident.setdefault("PatientName", ident["PatientID"] + "^")  # family name = the ID (caret: not a retired form)
+    if not ident.get("StudyInstanceUID"):
+        ident["StudyInstanceUID"] = generate_uid()
+        ident.setdefault("StudyID", "1")
+    if not ident.get("FrameOfReferenceUID"):
+        ident["FrameOfReferenceUID"] = generate_uid()
+    if ident.get("PatientPosition") not in PATIENT_POSITIONS:
+        ident["PatientPosition"] = ""  # Type 2C: empty = unknown
+    now = datetime.datetime.now()
+    if not ident.get("StudyDate"):
+        ident["StudyDate"], ident["StudyTime"] = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    return ident
+
+
+def ct_series_datasets(volume: Volume, identity: dict[str, str] | None = None,
+                       series_description: str = "XWin volume") -> list[Dataset]:
+    """The CT Image Storage datasets (one per k-slice, right-handed order) of ``volume`` with ``identity``
+    (`dicom_identity`; fresh when None): every Type 1 and Type 2 attribute of the CT Image IOD present."""
+    ident = dict(identity) if identity is not None else dicom_identity()
     vol = right_handed(volume)
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise XWinInputError(folder, "exists and is not a folder")
     d, sp = vol.direction, vol.spacing
     nk, nj, ni = vol.array.shape
-    study = study_uid or generate_uid()
-    series, frame = generate_uid(), frame_of_reference_uid or generate_uid()
+    series = generate_uid()
     now = datetime.datetime.now()
     stored = np.clip(np.rint(vol.array.astype(np.float64)) - INTERCEPT, -32768, 32767).astype(np.int16)
     orient = [_ds(x) for x in np.concatenate([d[:, 0], d[:, 1]])]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        files = []
-        for k in range(nk):
-            uid = generate_uid()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-            ds.Modality, ds.Manufacturer = "CT", "XWin"
-            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.PatientName, ds.PatientID = patient_name, patient_id
-            ds.PatientBirthDate = ds.PatientSex = ds.ReferringPhysicianName = ds.AccessionNumber = ""
-            ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-            ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-            ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, k + 1
-            ds.SeriesDescription = series_description[:64]
-            ds.PositionReferenceIndicator = ""
-            pos = vol.origin + d[:, 2] * sp[2] * k
-            ds.ImagePositionPatient = [_ds(x) for x in pos]
-            ds.ImageOrientationPatient = orient
-            ds.SliceLocation = _ds(float(pos @ d[:, 2]))
-            ds.PixelSpacing = [_ds(sp[1]), _ds(sp[0])]
-            ds.SliceThickness = ds.SpacingBetweenSlices = _ds(sp[2])
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows, ds.Columns = nj, ni
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(INTERCEPT), "1", "HU"
-            ds.WindowCenter, ds.WindowWidth = "40", "400"
-            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-            path = tmp / f"slice_{k:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            files.append(folder / path.name)
-        apply_umask(tmp)
-        old = None
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, old / "x")
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return files
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    text = " ".join(str(v) for v in ident.values()) + series_description
+    charset = None if text.isascii() else "ISO_IR 192"
+    out = []
+    for k in range(nk):
+        uid = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        if charset:
+            ds.SpecificCharacterSet = charset
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
+        ds.PatientName = ds.PatientID = ds.PatientBirthDate = ds.PatientSex = ""  # Type 2, filled from ident
+        ds.StudyID = ds.AccessionNumber = ds.ReferringPhysicianName = ds.PositionReferenceIndicator = ""
+        ds.Laterality = ""  # Type 2C: a chest CT is not of a paired organ
+        for key, value in ident.items():
+            setattr(ds, key, value)
+        ds.SeriesInstanceUID = series
+        ds.Modality, ds.Manufacturer = "CT", "XWin"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+        ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+        ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, k + 1, ""
+        ds.SeriesDescription = series_description[:64]
+        ds.KVP = ""  # Type 2: unknown for a derived or reconstructed volume
+        pos = vol.origin + d[:, 2] * sp[2] * k
+        ds.ImagePositionPatient = [_ds(x) for x in pos]
+        ds.ImageOrientationPatient = orient
+        ds.SliceLocation = _ds(float(pos @ d[:, 2]))
+        ds.PixelSpacing = [_ds(sp[1]), _ds(sp[0])]
+        ds.SliceThickness = ds.SpacingBetweenSlices = _ds(sp[2])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = nj, ni
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = _ds(INTERCEPT), "1", "HU"
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        out.append(ds)
+    return out
+
+
+def check_series_target(folder: str | os.PathLike) -> Path:
+    """Refuse a series folder name taken by a file (or unwritable) before any work."""
+    return check_target(folder, folder=True, make_parents=True)
+
+
+def write_datasets(datasets: list[Dataset], folder: str | os.PathLike) -> list[Path]:
+    """``datasets`` as ``slice_NNNN.dcm`` in ``folder`` (created, or replaced as a whole, atomically)."""
+    folder = Path(folder)
+    with atomic_output(folder, folder=True, make_parents=True) as tmp:
+        for k, ds in enumerate(datasets):
+            ds.save_as(tmp / f"slice_{k:04d}.dcm", enforce_file_format=True)
+    return [folder / f"slice_{k:04d}.dcm" for k in range(len(datasets))]
+
+
+def write_ct_series(volume: Volume, folder, *, series_description: str = "XWin volume",
+                    identity: dict[str, str] | None = None, patient_name: str | None = None,
+                    patient_id: str | None = None, study_uid: str | None = None) -> list[Path]:
+    """Write ``volume`` as a DICOM CT series into ``folder`` (created or replaced as a whole); returns the files.
+
+    identity: `dicom_identity` (e.g. of the DICOM source); else one is made from patient_name / patient_id /
+    study_uid with fresh unique values for the rest."""
+    if identity is None:
+        identity = dicom_identity(patient_id=patient_id, patient_name=patient_name, study_uid=study_uid)
+    check_series_target(folder)
+    return write_datasets(ct_series_datasets(volume, identity, series_description), folder)

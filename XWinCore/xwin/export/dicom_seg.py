@@ -1,8 +1,9 @@
 """DICOM Segmentation (SEG) export through highdicom (optional extra: ``pip install xwin[seg]``).
 
 The SEG references the CT series written by `xwin.export.dicom.write_ct_series` (same Study and Frame of
-Reference; one frame per CT slice, BINARY segments numbered like the label map, SNOMED CT codes for the
-structures XWin segments).
+Reference, the same patient; one frame per CT slice, BINARY segments numbered like the label map, SNOMED CT codes
+for the structures XWin segments). Segments may overlap (a SEG stores one binary plane per segment): "body" is the
+whole body, lungs and bone included, as in the masks.
 """
 from __future__ import annotations
 
@@ -27,26 +28,33 @@ def available() -> bool:
     return True
 
 
-def write_dicom_seg(labels: np.ndarray, values: dict[str, int], ct_files: list, path, *, flip_k: bool = False) -> Path:
-    """``labels`` (``[k, j, i]``, values 1..n as in ``values``) as one DICOM SEG referencing ``ct_files``
-    (the series slices in k order). flip_k: the series was written with k reversed (left-handed grid)."""
+def write_dicom_seg(masks, values: dict[str, int], ct_files: list, path, *, flip_k: bool = False) -> Path:
+    """One DICOM SEG referencing the CT series ``ct_files`` (paths or pydicom datasets, the slices in k order).
+
+    masks: {name: boolean ``[k, j, i]``} (overlapping allowed) or a label array (values 1..n as in ``values``).
+    flip_k: the series was written with k reversed (left-handed grid)."""
     if not available():
         raise XWinInputError(None, "DICOM SEG export needs highdicom: pip install 'xwin[seg]' (highdicom>=0.22)")
     import highdicom as hd
     import pydicom
     from pydicom.uid import generate_uid
 
-    sources = [pydicom.dcmread(str(f)) for f in ct_files]
-    frames = labels[::-1] if flip_k else labels
+    sources = [f if isinstance(f, pydicom.Dataset) else pydicom.dcmread(str(f)) for f in ct_files]
+    order = sorted(values, key=values.get)
+    if isinstance(masks, dict):
+        planes = np.stack([np.asarray(masks[n], bool) for n in order], axis=-1)
+    else:
+        planes = np.stack([np.asarray(masks) == values[n] for n in order], axis=-1)
+    frames = planes[::-1] if flip_k else planes
     category = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
     algorithm = hd.AlgorithmIdentificationSequence(
         name="xwin-threshold-masks", version="0.1.0",
         family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
     descriptions = []
-    for name, value in values.items():
+    for number, name in enumerate(order, start=1):
         code, meaning = CODES.get(name, ("85756007", "Tissue"))
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=int(value), segment_label=name, segmented_property_category=category,
+            segment_number=number, segment_label=name, segmented_property_category=category,
             segmented_property_type=hd.sr.CodedConcept(code, "SCT", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm))
     seg = hd.seg.Segmentation(
@@ -56,6 +64,6 @@ def write_dicom_seg(labels: np.ndarray, values: dict[str, int], ct_files: list, 
         manufacturer="XWin", manufacturer_model_name="xwin", software_versions="0.1.0", device_serial_number="0",
         series_description="XWin segmentation")
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, make_parents=True) as tmp:
         seg.save_as(str(tmp))
     return path

@@ -1,10 +1,15 @@
 """Write volumes and 2D images atomically: a temporary file in the target folder, renamed only once complete."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import sys
+import tempfile
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,23 +57,242 @@ def apply_umask(path: str | os.PathLike) -> None:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path (same folder and suffix as ``path``) to write to; on success it replaces ``path``.
+# ---- publishing outputs -------------------------------------------------------------------------------------------
+# Every output XWin writes (files and folders) is written to a hidden temporary in its destination folder and renamed
+# into place only when complete. `publish_together` groups several outputs: all are published at the end, or none.
 
-    On any exception the temporary file is deleted, so neither a partial ``path`` nor litter is left behind.
+WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.EROFS: "read-only file system", errno.EFBIG: "file too large for this file system"}
+LOW_SPACE_BYTES = 256 * 1024  # a writer failing without an errno while less than this is free: the disk is full
+_PUBLICATION: ContextVar["Publication | None"] = ContextVar("xwin_publication", default=None)
+
+
+def check_target(path: str | os.PathLike, folder: bool = False, make_parents: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any work: a file where a folder is needed or the
+    reverse, a missing parent folder (unless ``make_parents``), a parent that is a file or not writable."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise XWinInputError(path, "cannot write a folder here: a file of that name exists")
+    if not folder and path.is_dir():
+        raise XWinInputError(path, "cannot write a file here: a folder of that name exists")
+    parent = path.parent
+    while not parent.exists() and make_parents and parent != parent.parent:
+        parent = parent.parent
+    if not parent.exists():
+        raise XWinInputError(path, f"cannot write: folder {path.parent} does not exist")
+    if not parent.is_dir():
+        raise XWinInputError(path, f"cannot write: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise XWinInputError(path, f"cannot write: permission denied (folder {parent})")
+    return path
+
+
+def _errno_of(exc: BaseException, folder: Path, stray: str = "") -> int | None:
+    """The errno behind a failed write: the exception's own, one named in its text (safetensors says 'os error 28',
+    ITK 'No space left on device'), else what the destination folder tells (not writable, (nearly) full)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    text = f"{exc}\n{stray}"
+    match = re.search(r"os error (\d+)", text)
+    if match:
+        return int(match.group(1))
+    for code in WRITE_ERRORS:
+        if os.strerror(code) in text:
+            return code
+    try:
+        if not os.access(folder, os.W_OK):
+            return errno.EACCES
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
+            return errno.ENOSPC
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        pass
+    return None
+
+
+def write_error(path: Path, exc: BaseException, tmp: Path | None = None, stray: str = "") -> BaseException:
+    """The `XWinInputError` (one line naming ``path``) for a failed write, or ``exc`` itself when it is no I/O error
+    (a bug stays a traceback). Call before the temporary is removed: its space still counts as used."""
+    if isinstance(exc, XWinInputError) or not isinstance(exc, Exception):
+        return exc
+    code = _errno_of(exc, path.parent, stray)
+    if code in WRITE_ERRORS:
+        return XWinInputError(path, f"cannot write: {WRITE_ERRORS[code]}")
+    if isinstance(exc, OSError):
+        return XWinInputError(path, f"cannot write: {exc.strerror or exc}")
+    if "SimpleITK" in str(exc) or stray:
+        lines = [ln.strip() for ln in f"{exc}\n{stray}".splitlines() if "ERROR" in ln or "rror" in ln]
+        return XWinInputError(path, f"cannot write ({(lines or [str(exc)])[-1][:200]})")
+    return exc
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+class Publication:
+    """Outputs staged as hidden temporaries next to their destinations, published together or discarded together.
+
+    ``stage(path)`` returns the temporary to write (a new folder for ``folder=True``; for a file only a name with
+    the destination's suffix). `publish` renames every temporary into place, innermost first (a file staged inside
+    a staged folder goes in before its folder); an existing folder is replaced as a whole. `discard` removes every
+    temporary and the parent folders `stage` created.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Path, Path, bool]] = []  # (temporary, destination, is folder)
+        self.made: list[Path] = []  # parent folders created for the outputs (removed again on discard)
+
+    def stage(self, path: str | os.PathLike, folder: bool = False, make_parents: bool = False) -> Path:
+        path = check_target(path, folder, make_parents)
+        missing = [p for p in path.parents if not p.exists()][::-1]
+        try:
+            for p in missing:
+                p.mkdir()
+                self.made.append(p)
+            if folder:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            else:
+                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name)}")
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        self.items.append((tmp, path, folder))
+        return tmp
+
+    def destination(self, path: Path) -> Path:
+        """Where ``path`` (possibly inside a staged folder) ends up once published: the name errors must show."""
+        for tmp, final, folder in reversed(self.items):
+            if folder and path != tmp and tmp in path.parents:
+                return self.destination(final / path.relative_to(tmp))
+        return path
+
+    def publish(self) -> None:
+        try:
+            for tmp, path, folder in reversed(self.items):
+                apply_umask(tmp)
+                if folder and path.is_dir():
+                    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+                    os.replace(path, old / path.name)
+                    os.replace(tmp, path)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        self.items, self.made = [], []
+
+    def discard(self) -> None:
+        for tmp, _, _ in reversed(self.items):
+            _remove(tmp)
+        for folder in reversed(self.made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        self.items, self.made = [], []
+
+
+@contextmanager
+def publish_together() -> Iterator[Publication]:
+    """Every `atomic_output` inside the block is staged and published when the block ends without an error; on any
+    exception (SIGTERM raised as one by the CLI included) every staged temporary is removed: nothing of the block
+    remains. Nested blocks join the outermost one."""
+    outer = _PUBLICATION.get()
+    if outer is not None:
+        yield outer
+        return
+    publication = Publication()
+    token = _PUBLICATION.set(publication)
+    try:
+        yield publication
+        publication.publish()
+    except BaseException:
+        publication.discard()
+        raise
+    finally:
+        _PUBLICATION.reset(token)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, folder: bool = False, make_parents: bool = False) -> Iterator[Path]:
+    """Yield a temporary path (same folder and suffix as ``path``; a new empty folder for ``folder=True``) to write
+    to; on success it replaces ``path`` (inside `publish_together`: at the end of that block).
+
+    On any exception the temporary is deleted, so neither a partial ``path`` nor litter is left behind; an I/O error
+    (disk full, permission, read-only) becomes one `XWinInputError` naming ``path``. make_parents: create missing
+    parent folders (removed again on failure).
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise XWinInputError(path, f"cannot write: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name)}")
+    shared = _PUBLICATION.get()
+    publication = shared or Publication()
+    shown = publication.destination(path)  # a file inside a staged folder is named by its final path
+    try:
+        tmp = publication.stage(path, folder, make_parents)
+    except XWinInputError as exc:
+        raise XWinInputError(shown, exc.problem) from None
     try:
         yield tmp
-        apply_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        error = write_error(shown, exc, tmp)
+        if shared is None:
+            publication.discard()
+        if error is exc:
+            raise
+        raise error from None
+    if shared is None:
+        try:
+            publication.publish()
+        except BaseException:
+            publication.discard()
+            raise
+
+
+@contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Collect what C/C++ libraries print on file descriptor 2 (ITK's and niftilib's write errors) instead of letting
+    it reach the terminal ahead of XWin's own one-line message; the text is appended to the yielded list."""
+    out: list[str] = []
+    try:
+        sys.stderr.flush()
+        buf = tempfile.TemporaryFile()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield out
+        return
+    try:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        buf.seek(0)
+        out.append(buf.read().decode("utf-8", "replace"))
+        buf.close()
+
+
+def itk_write(image: sitk.Image, path: Path, compress: bool = True) -> None:
+    """``sitk.WriteImage`` that fails loudly: ITK's NIfTI writer reports a short write (a full disk) only on stderr
+    and returns normally; that output, or an exception, becomes a RuntimeError carrying ITK's text."""
+    with captured_stderr() as stray:
+        try:
+            sitk.WriteImage(image, str(path), compress)
+            error = None
+        except RuntimeError as exc:
+            error = exc
+    text = "".join(stray).strip()
+    if error is not None:
+        raise RuntimeError(f"{error}\n{text}".strip())
+    if "ERROR" in text or "rror writing" in text:
+        raise RuntimeError(f"SimpleITK write of {path.name} failed: {text}")
 
 
 def _itk_extension(path: Path) -> None:
@@ -114,7 +338,7 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
         for key, value in meta.items():
             image.SetMetaData(key, value)
     with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        itk_write(image, tmp)
     return path
 
 
@@ -145,7 +369,7 @@ def write_image(image: np.ndarray | Radiograph, path: str | os.PathLike,
     for key, value in text.items():
         out.SetMetaData(key, value)
     with atomic_output(path) as tmp:
-        sitk.WriteImage(out, str(tmp), useCompression=True)
+        itk_write(out, tmp)
     return path
 
 

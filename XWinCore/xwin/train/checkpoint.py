@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import XWinInputError
-from ..io.writers import apply_umask
+from ..io.writers import atomic_output
 
 LATEST = "latest.json"
 MODEL_FORMAT = "xwin-world-model/1"  # metadata "format" of an exported inference file (`xwin export-model`)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        apply_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to ``path`` through a temporary file in the same folder (fsync'ed) and os.replace."""
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -67,8 +59,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_output(final, folder=True) as tmp:  # a complete folder replaces any older one of the same step
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
         meta = {}
@@ -79,13 +70,6 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         if torch.cuda.is_available():
             rng["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "optimizer": meta, "rng": rng}))
-        apply_umask(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json_atomic(root / LATEST, {"step": step, "path": final.name})
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
