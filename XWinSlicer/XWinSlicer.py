@@ -51,38 +51,98 @@ def embeddedCheckpoint() -> str:
     return str(path) if path and path.is_file() else ""
 
 
-def ensureCore(askConfirmation: bool = True) -> bool:
-    """Make ``import xwin`` work in Slicer's Python: PyTorch via the PyTorch extension, then ``XWinCore/``."""
-    try:
-        import xwin  # noqa: F401
-        return True
-    except ImportError:
-        pass
+def _install():
+    """`XWinSlicerLib.install` (pure decisions; importable without the core, on Slicer 5.8's Python 3.9)."""
+    _libraryOnPath()
+    from XWinSlicerLib import install
+    return install
+
+
+def coreInstallState() -> tuple[str, str]:
+    """(state, message) without installing or importing the core. state: 'unsupported' (Slicer's Python is older than
+    XWinCore needs), 'missing', 'outdated' (installed core older than the module's), 'current', or 'notfound'
+    (XWinCore is not beside the module)."""
+    install = _install()
     folder = sharedFolder()
     if folder is None:
-        slicer.util.errorDisplay("XWinCore was not found beside the module: reinstall the XWinSlicer extension.")
+        return "notfound", "XWinCore was not found beside the module: reinstall the XWinSlicer extension."
+    project = install.read_core_project(folder / "XWinCore" / "pyproject.toml")
+    slicerVersion = (int(slicer.app.majorVersion), int(slicer.app.minorVersion)) if hasattr(slicer, "app") else None
+    reason = install.unsupported_reason(install.python_version(), slicerVersion, project.requires_python)
+    if reason:
+        return "unsupported", reason
+    installed = install.installed_distributions().get("xwin")
+    state = install.core_status(installed, project.version)
+    return state, {"missing": "The XWin Python core is not installed yet: the first action that needs it installs it.",
+                   "outdated": f"The installed XWin core ({installed}) is older than this module's "
+                               f"({project.version}): the next action offers an upgrade.",
+                   "current": f"XWin core {installed}."}[state]
+
+
+def ensureCore(askConfirmation: bool = True) -> bool:
+    """Make ``import xwin`` work in Slicer's Python, asking first; called by the first action that needs the core
+    (never when the module opens). Returns False when declined or impossible (the next action asks again).
+
+    Follows the decisions of `XWinSlicerLib.install`: refuse when Slicer's Python is too old; install torch through the
+    PyTorch extension only when it is missing (PyTorchUtils picks the CUDA/CPU wheel); install XWinCore with
+    ``--no-deps`` and then each of its requirements except the packages Slicer bundles, as SlicerTotalSegmentator does
+    (lassoan/SlicerTotalSegmentator, TotalSegmentator/TotalSegmentator.py, ``setupPythonRequirements`` and
+    ``pipInstallSelective`` with ``packagesToSkip``); offer an upgrade when the installed core is older than the
+    module's. ``slicer.util.pip_install`` (Slicer v5.10.0, Base/Python/slicer/util.py) raises on a pip failure: caught
+    and shown. ``slicer.packaging.pip_ensure`` exists only from Slicer 5.12 and is not used.
+    """
+    install = _install()
+    state, message = coreInstallState()
+    if state in ("unsupported", "notfound"):
+        slicer.util.errorDisplay(message)
         return False
+    if state == "current" or (state == "outdated" and "xwin" in sys.modules):
+        if state == "outdated":
+            logging.warning("XWin: %s (restart Slicer after upgrading)", message)
+        return _importCore()
+    folder = sharedFolder()
+    project = install.read_core_project(folder / "XWinCore" / "pyproject.toml")
+    plan = install.plan_install(project.dependencies, install.installed_distributions())
+    if askConfirmation:
+        question = ("XWinSlicer needs its Python core (xwin) in Slicer's Python. Install it now? This takes a few "
+                    "minutes and needs a network connection." if state == "missing" else
+                    f"{message}\nUpgrade it now? (Declining keeps the installed core.)")
+        if not slicer.util.confirmOkCancelDisplay(question, "XWin core", detailedText=plan.summary() or "nothing else"):
+            return state == "outdated" and _importCore()
     try:
-        import PyTorchUtils  # the PyTorch extension picks the right wheel (CUDA or CPU) for this machine
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation) is None:
-            return False
-    except ImportError:
-        logging.info("PyTorch extension not found: pip will choose the torch wheel")
-    requirement = f"xwin @ {(folder / 'XWinCore').as_uri()}"
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure([requirement], requester="XWinSlicer")
-    else:
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                "XWinSlicer needs its Python core (xwin: PyTorch, numba, SimpleITK...). Install it now? "
-                "This takes a few minutes.", "Install XWin core"):
-            return False
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(f'"{folder / "XWinCore"}"')
+            if plan.torch:
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    slicer.util.errorDisplay("XWinSlicer needs the PyTorch extension: install it from the Extensions "
+                                             "Manager, restart Slicer, then try again.")
+                    return False
+                torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+                if not torchLogic.torchInstalled():
+                    if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=plan.torch
+                                               if plan.torch != "any version" else None) is None:
+                        slicer.util.errorDisplay("PyTorch could not be installed (PyTorch extension).")
+                        return False
+            slicer.util.pip_install(["--upgrade", "--no-deps", str(folder / "XWinCore")])
+            for requirement in plan.install:
+                slicer.util.pip_install([requirement])
+    except Exception as exc:  # noqa: BLE001 - pip and network errors: shown, retried on the next action
+        slicer.util.errorDisplay(f"Installing the XWin core failed: {exc}", detailedText=plan.summary())
+        return False
+    if plan.kept:
+        logging.warning("XWin: kept Slicer's bundled packages: %s", plan.summary())
+    return _importCore()
+
+
+def _importCore() -> bool:
+    import importlib
+    importlib.invalidate_caches()
     try:
         import xwin  # noqa: F401
         return True
-    except ImportError:
+    except ImportError as exc:
+        slicer.util.errorDisplay(f"The XWin core is installed but does not import: {exc}")
         return False
 
 
@@ -171,11 +231,11 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        if not ensureCore():
-            self.ui.statusLabel.text = "The XWin core is not installed: the module cannot work."
-            return
         _libraryOnPath()
+        # The core (xwin, torch...) is not installed or imported here: the first action that needs it does it
+        # (`requireCore`), after asking; opening the module only says where things stand.
         self.logic = XWinSlicerLogic()
+        self.ui.statusLabel.text = coreInstallState()[1]
 
         self.previewTimer = qt.QTimer(uiWidget)
         self.previewTimer.setSingleShot(True)
@@ -201,7 +261,7 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.fullTimer.start())
         self.ui.cxrSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.fullTimer.start())
         self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleData)
-        self.ui.predictButton.connect("clicked(bool)", lambda: self.updateViews(preview=False, predict=True))
+        self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.reconstructButton.connect("clicked(bool)", self.onReconstruct)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
@@ -230,7 +290,7 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not wrapped.ctVolume:
                 wrapped.ctVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             self.setParameterNode(wrapped)
-        else:  # no wrapper: push/pull by hand through the logic's ParameterStore
+        elif self.logic.core is not None:  # no wrapper: push/pull by hand through the logic's ParameterStore
             self.ui.checkpointPathLineEdit.currentPath = self.logic.parameters().settings().checkpoint or \
                 embeddedCheckpoint()
 
@@ -246,13 +306,26 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._guiConnections:
             self._parameterNode.disconnectGui(self._guiConnections)
         if self._training is not None:
-            self._training.terminate()  # SIGTERM, checkpoint, exit; SIGKILL after the grace period
-        if self.logic is not None:
+            # returns at once: the trainer sees its stop file, checkpoints and exits on its own; a watchdog kills the
+            # process tree if it is still alive after the grace period (`TrainingProcess.terminate`)
+            self._training.terminate()
+        if self.logic is not None and self.logic.core is not None:
             self.logic.session.close()
 
+    def requireCore(self) -> bool:
+        """For an action that needs the core: install it (asking first) when missing, then create the logic's core.
+        Declining is not remembered: the next action asks again."""
+        if self.logic.core is not None:
+            return True
+        if not ensureCore():
+            self.ui.statusLabel.text = coreInstallState()[1]
+            return False
+        self.logic.setupCore()
+        self.ui.statusLabel.text = coreInstallState()[1]
+        return True
+
     def enter(self) -> None:
-        if self.logic is not None:
-            self.initializeParameterNode()
+        self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode and self._guiConnections:
@@ -278,8 +351,16 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.previewTimer.stop()
         self.updateViews(preview=False)
 
+    def onPredict(self) -> None:
+        if self.requireCore():
+            self.updateViews(preview=False, predict=True)
+
     def updateViews(self, preview: bool, predict: bool | None = None) -> None:
-        """DRR (preview or full) and, at full quality, the predicted projection; both into the layout."""
+        """DRR (preview or full) and, at full quality, the predicted projection; both into the layout. Slider and
+        geometry timers never install the core (no dialog while dragging): without it they only say so."""
+        if self.logic.core is None:
+            self.ui.statusLabel.text = coreInstallState()[1]
+            return
         with slicer.util.tryWithErrorDisplay("XWin: could not update the views.", waitCursor=not preview):
             p = self.logic.parameters()
             self.logic.applySettings()
@@ -296,6 +377,8 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"LAO {s.lao:+.1f}°, CRAN {s.cran:+.1f}°" + (" (preview)" if preview else "")
 
     def onSampleData(self) -> None:
+        if not self.requireCore():
+            return
         with slicer.util.tryWithErrorDisplay("XWin: could not load the sample data.", waitCursor=True):
             ct, cxr = self.logic.loadSampleData()
             self.ui.ctSelector.setCurrentNode(ct)
@@ -304,7 +387,7 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # reconstruction and export ---------------------------------------------------------------------------------
     def onReconstruct(self) -> None:
-        if self._future is not None:
+        if self._future is not None or not self.requireCore():
             return
         s = self.logic.parameters().settings()
         node = self.ui.cxrSelector.currentNode() if s.recon_source == "cxr" else self.ui.ctSelector.currentNode()
@@ -333,6 +416,8 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Reconstruction: {node.GetName()}"
 
     def onExport(self) -> None:
+        if not self.requireCore():
+            return
         p = self.logic.parameters()
         volume = p.nodeRef("reconVolume") or self.ui.ctSelector.currentNode()
         if volume is None:
@@ -348,14 +433,11 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # training --------------------------------------------------------------------------------------------------
     def onStartTraining(self, resume: bool) -> None:
-        from XWinSlicerLib.logic import TrainingProcess
-        if self._training is not None and self._training.running:
+        if (self._training is not None and self._training.active) or not self.requireCore():
             return
         with slicer.util.tryWithErrorDisplay("XWin: could not start training."):
-            cmd = self.logic.trainingCommand(resume=resume)
-            cmd[0] = _pythonExecutable()
-            self._training = TrainingProcess()
-            self._training.start(cmd)
+            # through PythonSlicer (a launcher that forwards no signal): Stop works through the command's stop file
+            self._training = self.logic.startTraining(resume=resume, python=_pythonExecutable())
             self.ui.trainingLog.clear()
             self.ui.trainingProgressBar.value = 0
             self._logLines = 0
@@ -364,11 +446,11 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStopTraining(self) -> None:
         if self._training is not None:
-            self._training.stop()  # SIGTERM: the trainer checkpoints and exits; SIGKILL after the grace period
+            self._training.stop()  # stop file: the trainer checkpoints and exits; tree killed after the grace period
             self._updateTrainingButtons()
 
     def _updateTrainingButtons(self) -> None:
-        running = self._training is not None and self._training.running
+        running = self._training is not None and self._training.active
         self.ui.startTrainingButton.enabled = not running
         self.ui.resumeTrainingButton.enabled = not running
         self.ui.stopTrainingButton.enabled = running
@@ -392,12 +474,20 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "XWinLossView")
                     self.plotWidget.setMRMLPlotViewNode(self.plotViewNode)
                 self.plotViewNode.SetPlotChartNodeID(chart.GetID())
-            if not t.running and state.status not in ("running", "stopping"):
+            if not t.active and state.status not in ("running", "stopping"):
                 if state.checkpoint:
                     self.ui.checkpointPathLineEdit.currentPath = state.checkpoint  # the panel's model now
                 self._updateTrainingButtons()
-        if self._future is None and (t is None or (not t.running and t.state.status != "stopping")):
+        if self._future is None and (t is None or (not t.active and t.state.status != "stopping")):
             self.pollTimer.stop()
+
+
+def _coreImportable() -> bool:
+    """Installed and current, without importing it (opening the module must not import torch or install anything)."""
+    try:
+        return coreInstallState()[0] == "current"
+    except Exception:  # noqa: BLE001 - a broken pyproject or metadata: the first action reports it
+        return False
 
 
 def _pythonExecutable() -> str:
@@ -414,6 +504,11 @@ class XWinSlicerLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         _libraryOnPath()
+        self.core = None  # `setupCore` once the xwin core is installed (the widget's `requireCore`)
+        if "xwin" in sys.modules or _coreImportable():
+            self.setupCore()
+
+    def setupCore(self) -> None:
         from XWinSlicerLib.logic import XWinLogic
         self.core = XWinLogic(slicer.mrmlScene, volumesLogic=slicer.modules.volumes.logic(),
                               volumeRenderingLogic=slicer.modules.volumerendering.logic(),
@@ -422,10 +517,15 @@ class XWinSlicerLogic(ScriptedLoadableModuleLogic):
     def __getattr__(self, name):
         core = self.__dict__.get("core")
         if core is None:
-            raise AttributeError(name)
+            raise AttributeError(f"{name}: the XWin core is not installed yet")
         return getattr(core, name)
 
     def getParameterNode(self):
+        """The module's singleton parameter node. Without the core, Slicer's own (same node: ModuleName attribute
+        'XWinSlicer', Slicer v5.10.0 Base/Python/slicer/ScriptedLoadableModule.py ``getParameterNode``), which
+        `XWinLogic.parameterNode` finds by that attribute once the core is there."""
+        if self.core is None:
+            return ScriptedLoadableModuleLogic.getParameterNode(self)
         return self.core.parameterNode()
 
     def showSideBySide(self, cxr, prediction, drr, recon, fit: bool = True) -> None:

@@ -192,3 +192,53 @@ def test_a_trainer_that_ignores_stop_is_killed_with_its_tree_and_terminate_never
     t.terminate()
     assert time.perf_counter() - tick < 0.5, "terminate blocked the panel"
     assert _wait_gone(pids, timeout=15) == [], "terminate's watchdog left a process alive"
+
+
+FAKE_PYTHONSLICER = textwrap.dedent("""\
+    #!/bin/sh
+    # Stands in for PythonSlicer: a launcher (forwards no signal) running a trainer that honours --stop-file.
+    exec "{python}" "{launcher}" "{pid_file}" "{python}" "{trainer}" "$@"
+""")
+
+STOP_FILE_TRAINER = textwrap.dedent("""
+    # Speaks the xwin train --progress jsonl protocol and stops like it: when its --stop-file appears.
+    import json, os, sys, time
+    stop_file = sys.argv[sys.argv.index("--stop-file") + 1]
+    print(json.dumps({"event": "start", "step": 0, "total": 1000}), flush=True)
+    step = 0
+    while True:
+        step += 1
+        print(json.dumps({"step": step, "loss_total": 1.0 / step}), flush=True)
+        if os.path.exists(stop_file):
+            break
+        time.sleep(0.02)
+    print(json.dumps({"event": "checkpoint", "step": step, "path": "RUN/step_%07d" % step}), flush=True)
+    print(json.dumps({"event": "stopped", "step": step}), flush=True)
+""")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the launcher stand-in is a POSIX shell script")
+def test_the_slicer_logic_starts_training_through_the_launcher_with_a_stop_file(tiny_run_config, tmp_path, logic):
+    """`XWinLogic.startTraining` (what the widget's Start calls, with PythonSlicer as ``python``) names a stop file,
+    and Stop stops through the launcher with the trainer's own checkpoint."""
+    _, _, launcher = tiny_run_config
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(STOP_FILE_TRAINER)
+    pid_file = tmp_path / "child.pid"
+    fake = tmp_path / "PythonSlicer"
+    fake.write_text(FAKE_PYTHONSLICER.format(python=sys.executable, launcher=launcher, pid_file=pid_file,
+                                             trainer=trainer))
+    fake.chmod(0o755)
+    store = logic.parameters()
+    settings = store.settings()
+    settings.train_config, settings.train_run_dir = "cfg.yaml", str(tmp_path / "run")
+    store.setSettings(settings)
+
+    t = logic.startTraining(resume=False, python=str(fake))
+    assert t.stop_file and "--stop-file" in t.proc.args
+    _poll_until(t, lambda: t.state.step >= 3 and pid_file.exists() and pid_file.read_text(), 30)
+    pids = [t.proc.pid, int(pid_file.read_text())]
+    t.stop()
+    assert t.wait(20) == 0 and t.state.status == "stopped" and t.state.checkpoint.startswith("RUN/step_")
+    assert not any("killed" in line for line in t.state.log)
+    assert _wait_gone(pids) == []

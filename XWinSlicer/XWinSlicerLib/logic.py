@@ -22,7 +22,13 @@ from vtk.util import numpy_support
 import slicer
 from xwin.io.image import Volume
 from xwin.viewer.model import LPS_TO_RAS, Projection, Session, Settings, volume_rendering_points
-from xwin.viewer.training import ProgressParser, TrainingProcess, TrainingState, train_command  # noqa: F401
+from xwin.viewer.training import (  # noqa: F401
+    ProgressParser,
+    TrainingProcess,
+    TrainingState,
+    new_stop_file,
+    train_command,
+)
 
 MODULE_NAME = "XWinSlicer"
 #: Parameter-node node-reference roles (same names as the @parameterNodeWrapper fields in XWinSlicer.py).
@@ -452,10 +458,22 @@ class XWinLogic:
         return [Path(p) for p in self.session.export_files(volumeFromNode(volumeNode), folder)]
 
     # training --------------------------------------------------------------------------------------------------
-    def trainingCommand(self, resume: bool = False) -> list[str]:
-        """argv of the trainer from the parameter node's train_* settings."""
+    def trainingCommand(self, resume: bool = False, python: str | None = None, stopFile: str = "") -> list[str]:
+        """argv of the trainer from the parameter node's train_* settings (``python``: the interpreter or launcher,
+        e.g. PythonSlicer; ``stopFile``: the trainer checkpoints and stops when this file appears)."""
         s = self.parameters().settings()
-        return train_command(s.train_config, s.train_run_dir, resume, s.train_ct_dir, s.train_cxr_dir, s.train_init)
+        return train_command(s.train_config, s.train_run_dir, resume, s.train_ct_dir, s.train_cxr_dir, s.train_init,
+                             python=python, stop_file=stopFile)
+
+    def startTraining(self, resume: bool = False, python: str | None = None, **startOptions) -> TrainingProcess:
+        """Start the trainer in its own process and return it (poll it from a timer; `TrainingProcess.stop` stops it).
+
+        The command names a fresh stop file: in Slicer the trainer runs under PythonSlicer, a CTKAppLauncher that
+        starts the real Python as a child and forwards no signal, so Stop creates that file instead of signalling
+        (the trainer checkpoints, logs "stopped" and exits); the process tree is killed only as a last resort."""
+        process = TrainingProcess()
+        process.start(self.trainingCommand(resume, python=python, stopFile=new_stop_file()), **startOptions)
+        return process
 
     def updateLossPlot(self, state: TrainingState, chartNode=None):
         """Table + one plot series per loss + a chart node, refreshed from ``state`` (step on x); returns chart."""

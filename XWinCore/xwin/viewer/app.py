@@ -34,7 +34,7 @@ import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - OpenGL back end
 
 from ..io.image import Volume
 from .model import PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
-from .training import TrainingProcess, train_command
+from .training import TrainingProcess, new_stop_file, train_command
 
 preload_before_opengl()  # before any VTK window: see its docstring (triton vs Mesa's LLVM)
 
@@ -536,7 +536,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.session.update(**values)
         try:
             cmd = command or train_command(values["train_config"], values["train_run_dir"], resume,
-                                           values["train_ct_dir"], values["train_cxr_dir"], values["train_init"])
+                                           values["train_ct_dir"], values["train_cxr_dir"], values["train_init"],
+                                           stop_file=new_stop_file())
         except ValueError as exc:
             self.status.showMessage(str(exc))
             return
@@ -581,7 +582,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.poll_timer.stop()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
-        self.training.terminate()  # SIGTERM (checkpoint), SIGKILL after the grace period: no orphan
+        self.training.terminate()  # never blocks: stop file (checkpoint), tree killed after the grace period
         self.session.close()
         for v in (*self.image_views, self.volume_view):
             v.vtk.Finalize()
