@@ -1,7 +1,7 @@
-import dataclasses
 """xwin.models: losses, masks, encoder, EMA, predictors, decoder, the world model's objective and the config schema."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -390,11 +390,16 @@ def test_a_few_steps_decrease_the_total_loss(model):
 
 # ---------------------------------------------------------------- config
 
-@pytest.mark.parametrize("name", ["cpu_small", "cpu_small_mim_only", "full_224"])
+@pytest.mark.parametrize("name", ["cpu_small", "cpu_small_mim_only", "cpu_small_stage2", "cpu_small_stage3",
+                                  "full_224"])
 def test_committed_configs_load_and_round_trip(name):
     cfg = load_config(config_path(name))
     assert XWinConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.model.img_size % cfg.model.patch_size == 0
+    if name.startswith("cpu_small_stage"):  # later stages of the shipped model: same model and objectives
+        first = load_config(config_path("cpu_small"))
+        assert (cfg.model, cfg.loss, cfg.mask) == (first.model, first.loss, first.mask)
+        assert cfg.train.init is not None and cfg.data.split == "train"
     if name == "full_224":
         assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.img_size) == (768, 12, 224)
         assert (cfg.model.predictor_depth, cfg.model.predictor_width) == (3, 384)
