@@ -307,3 +307,28 @@ def test_dciodvfy_finds_no_error_in_the_series_and_seg(tmp_path, dicom_source, s
     files = sorted((out / "dicom").glob("*.dcm")) + ([out / "segmentation.dcm"] if highdicom_available() else [])
     errors = {f.name: _dciodvfy(f) for f in files}
     assert not any(errors.values()), {k: v for k, v in errors.items() if v}
+
+
+def test_slicer_reads_the_overlapping_segments_whole(tmp_path):
+    """Slicer's own vtkMRMLSegmentationStorageNode (the ``slicer-core`` wheel of `make test`) reads the layered
+    .seg.nrrd: three segments, body whole (lungs and bone inside it), each with exactly the mask's voxels."""
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (Resources/requirements-test-slicer.txt)")
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    vol, _ = torso()
+    export_segmentation(vol, ["lungs", "body", "bone"], tmp_path)
+    masks = segment(vol, ["lungs", "body", "bone"])
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(str(tmp_path / "segmentation.seg.nrrd"))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        ["lungs", "body", "bone"]
+    for i, name in enumerate(["lungs", "body", "bone"]):
+        segment_ = segmentation.GetNthSegment(i)
+        image = segment_.GetRepresentation("Binary labelmap")
+        voxels = vtk_to_numpy(image.GetPointData().GetScalars()) == segment_.GetLabelValue()
+        assert int(voxels.sum()) == int(masks[name].sum()), name

@@ -102,7 +102,12 @@ def cmd_info(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     """Angle sweep of the embedded CT (PNG contact sheet, animated GIF) and the embedded model's predictions (PNG)."""
     from .demo import run_demo
-    sheet, gif, world = run_demo(Path(ns.out), step=ns.step, quiet=ns.quiet)
+    from .io.writers import publish_together
+
+    out = Path(ns.out)
+    with publish_together() as publication:  # the three files, or none
+        base = out if out.is_dir() else publication.stage(out, folder=True, make_parents=True)
+        sheet, gif, world = (out / p.name for p in run_demo(base, step=ns.step, quiet=ns.quiet))
     print(f"contact sheet: {sheet}\nanimation:     {gif}\nworld model:   {world}")
     return 0
 
