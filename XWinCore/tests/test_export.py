@@ -332,3 +332,21 @@ def test_slicer_reads_the_overlapping_segments_whole(tmp_path):
         image = segment_.GetRepresentation("Binary labelmap")
         voxels = vtk_to_numpy(image.GetPointData().GetScalars()) == segment_.GetLabelValue()
         assert int(voxels.sum()) == int(masks[name].sum()), name
+
+
+def test_reconstruction_as_dicom_keeps_the_source_ct_identity(tmp_path, dicom_source, capsys):
+    """`xwin reconstruct --from-ct DICOM --out FOLDER`: the reconstruction is on the CT's LPS grid, so the series is
+    filed under the CT's patient, study and frame of reference (a new series); the flags override, and are refused
+    when no DICOM is written."""
+    base = ["reconstruct", "--from-ct", str(dicom_source), "--views", "4", "--size", "8", "8", "8", "--det", "16",
+            "16", "--json"]
+    assert main(base + ["--out", str(tmp_path / "series")]) == 0, capsys.readouterr().err
+    ds = _series(tmp_path / "series")[0]
+    for key in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "PatientPosition"):
+        assert str(ds.get(key)) == SOURCE_IDENTITY[key], key
+    assert main(base + ["--out", str(tmp_path / "s2"), "--patient-id", "OTHER"]) == 0
+    assert _series(tmp_path / "s2")[0].PatientID == "OTHER"
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "v.nrrd"), "--patient-id", "X"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "apply to DICOM output" in err[0] and not (tmp_path / "v.nrrd").exists()

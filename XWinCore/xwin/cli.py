@@ -266,15 +266,35 @@ def _check_volume_target(out: Path) -> None:
     check_target(out, folder=series, make_parents=series)  # refused before the reconstruction, not after
 
 
-def _write_any_volume(volume, out: Path, description: str) -> None:
-    """NRRD/NIfTI/MHA by extension (atomic), or a DICOM CT series folder when ``out`` has no extension."""
+def _identity_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DICOM identity (default: the DICOM source's, else new unique IDs)")
+    g.add_argument("--patient-id", help="PatientID of the written DICOM")
+    g.add_argument("--patient-name", help="PatientName, Family^Given (default: the source's, else the ID)")
+    g.add_argument("--study-uid", help="StudyInstanceUID to file the series under (default: the source's, else new)")
+
+
+def _identity_given(ns: argparse.Namespace, dicom: bool, hint: str) -> dict:
+    """--patient-id/--patient-name/--study-uid, checked before any work; refused when no DICOM is written."""
+    from .export import dicom_identity
+
+    given = {"patient_id": ns.patient_id, "patient_name": ns.patient_name, "study_uid": ns.study_uid}
+    if dicom:
+        dicom_identity(None, **given)
+    elif any(v is not None for v in given.values()):
+        raise XWinInputError(None, f"--patient-id, --patient-name and --study-uid apply to DICOM output: {hint}")
+    return given
+
+
+def _write_any_volume(volume, out: Path, description: str, identity=None) -> None:
+    """NRRD/NIfTI/MHA by extension (atomic), or a DICOM CT series folder when ``out`` has no extension (identity:
+    `xwin.export.dicom_identity`, fresh when None)."""
     from .export import write_ct_series
     from .io import write_volume
 
     if out.name.lower().endswith(VOLUME_EXTENSIONS):
         write_volume(volume, out)
     else:
-        write_ct_series(volume, out, series_description=description)
+        write_ct_series(volume, out, series_description=description, identity=identity)
 
 
 def cmd_reconstruct(ns: argparse.Namespace) -> int:
@@ -285,6 +305,8 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         raise XWinInputError(None, "give either a CXR (world-model path) or --from-ct CT (round trip), not both")
     out = Path(ns.out)
     _check_volume_target(out)
+    series = not out.name.lower().endswith(VOLUME_EXTENSIONS)
+    given = _identity_given(ns, series, "give --out a folder name (a DICOM series)")
     views = ns.views if ns.views is not None else (13 if ns.cxr else 180)
     arc = ns.arc if ns.arc is not None else (180.0 if ns.cxr else 360.0)
     if views < 1:
@@ -302,7 +324,11 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         volume = reconstruct_from_cxr(load_predictor(ns.checkpoint, ns.device), radiograph.array, views=views,
                                       arc=arc, method=ns.method, iters=ns.iters, size=ns.size, spacing=ns.spacing,
                                       tv=ns.tv, progress=not ns.json, simulated=radiograph.simulated)
-        _write_any_volume(volume, out, "XWin world-model estimate from one CXR (not a CT)")
+        identity = None
+        if series:  # the radiograph's patient and study (a DICOM CXR), not its frame of reference
+            from .export import dicom_identity
+            identity = dicom_identity(ns.cxr, spatial=False, **given)
+        _write_any_volume(volume, out, "XWin world-model estimate from one CXR (not a CT)", identity)
         print(json.dumps({"views": views, "arc": arc, "method": ns.method}) if ns.json else out)
         return 0
     from .io import read_ct
@@ -312,7 +338,11 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
     volume, scores = reconstruct_from_ct(read_ct(ns.from_ct), views, arc, ns.method, ns.iters, ns.size, ns.spacing,
                                          geometry, window=ns.window, tv=ns.tv, device=ns.device,
                                          progress=not ns.json)
-    _write_any_volume(volume, out, "XWin reconstruction")
+    identity = None
+    if series:  # the CT's patient, study and frame of reference (the grid is in the CT's LPS frame)
+        from .export import dicom_identity
+        identity = dicom_identity(ns.from_ct, **given)
+    _write_any_volume(volume, out, "XWin reconstruction", identity)
     if ns.json:
         print(json.dumps({k: float(scores[k]) for k in ("psnr", "ssim", "rmse_hu", "seconds")}))
     else:
@@ -331,12 +361,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise XWinInputError(out, "--out must be a folder")
-    given = {"patient_id": ns.patient_id, "patient_name": ns.patient_name, "study_uid": ns.study_uid}
     dicom = ns.dicom or ns.dicom_seg
-    if dicom:
-        dicom_identity(None, **given)  # bad --patient-id/--patient-name/--study-uid refused before any work
-    elif any(v is not None for v in given.values()):
-        raise XWinInputError(None, "--patient-id, --patient-name and --study-uid apply to DICOM output: add --dicom")
+    given = _identity_given(ns, dicom, "add --dicom")
     export_targets(out, dicom=ns.dicom, dicom_seg=ns.dicom_seg)  # every output checked before the CT is read
     names = [n for n in ns.segment.split(",") if n.strip()]
     volume = read_ct(ns.volume)
@@ -510,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tv", type=float, default=0.0, metavar="WEIGHT",
                    help="total-variation weight in HU for sart/cgls (0 = none; e.g. 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out", required=True, help="output volume: .nrrd, .nii.gz, .nii or .mha (written atomically)")
+    p.add_argument("--out", required=True, help="output volume: .nrrd, .nii.gz, .nii or .mha, or a folder name for a "
+                                                "DICOM CT series (written atomically)")
+    _identity_args(p)
     p.add_argument("--json", action="store_true",
                    help='print {"psnr", "ssim", "rmse_hu", "seconds"} as one JSON line on stdout')
     p.set_defaults(func=cmd_reconstruct)
@@ -525,11 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true", help="also write the volume as a DICOM CT series (OUT/dicom/)")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM SEG (OUT/segmentation.dcm; needs highdicom, implies --dicom)")
-    p.add_argument("--patient-id", help="DICOM PatientID of the series and SEG (default: the DICOM source's, else "
-                                        "a new unique ID)")
-    p.add_argument("--patient-name", help="DICOM PatientName, Family^Given (default: the DICOM source's, else the ID)")
-    p.add_argument("--study-uid", help="StudyInstanceUID to file the series under (default: the DICOM source's, "
-                                       "else a new study)")
+    _identity_args(p)
     p.add_argument("--json", action="store_true", help="print labels, voxel counts and files as JSON")
     p.set_defaults(func=cmd_export)
     return parser

@@ -66,27 +66,39 @@ def new_patient_id() -> str:
     return "XW" + uuid.uuid4().hex[:16].upper()
 
 
-def source_identity(source: str | os.PathLike) -> dict[str, str]:
-    """The `IDENTITY_KEYS` of a DICOM series folder (from its first image header), or {} for any other source."""
-    folder = Path(source)
-    if not folder.is_dir():
+SPATIAL_KEYS = ("FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition", "Laterality",
+                "BodyPartExamined")
+
+
+def source_identity(source: str | os.PathLike, spatial: bool = True) -> dict[str, str]:
+    """The `IDENTITY_KEYS` of a DICOM source: a series folder (its first image header) or a single DICOM file (a
+    radiograph); {} for any other source. spatial=False leaves out the frame of reference and the patient position
+    (a volume estimated from a radiograph is not on the radiograph's frame)."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    elif path.is_file():
+        files = [path]
+    else:
         return {}
-    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for f in files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:  # not DICOM, or damaged: the reader has decided on the series already
+        except Exception:  # not DICOM, or damaged: the reader has decided on the input already
             continue
         if "Rows" in ds:
-            return {k: str(ds.get(k, "") or "") for k in IDENTITY_KEYS if k in ds}
+            keys = [k for k in IDENTITY_KEYS if spatial or k not in SPATIAL_KEYS]
+            return {k: str(ds.get(k, "") or "") for k in keys if k in ds}
     return {}
 
 
 def dicom_identity(source: str | os.PathLike | None = None, *, patient_id: str | None = None,
-                   patient_name: str | None = None, study_uid: str | None = None) -> dict[str, str]:
-    """Patient / study / frame-of-reference attributes for a written series: ``source``'s (a DICOM series folder)
-    where it has them, overridden by those given, fresh unique ones for the rest (PatientID ``XW`` + 16 hex digits,
+                   patient_name: str | None = None, study_uid: str | None = None,
+                   spatial: bool = True) -> dict[str, str]:
+    """Patient / study / frame-of-reference attributes for a written series: ``source``'s (a DICOM series folder or
+    file; see `source_identity` for ``spatial``) where it has them, overridden by those given, fresh unique ones for the rest (PatientID ``XW`` + 16 hex digits,
     PatientName the same, new Study and Frame of Reference UIDs, today's study date). Given values are checked."""
-    ident = source_identity(source) if source is not None else {}
+    ident = source_identity(source, spatial) if source is not None else {}
     if patient_id is not None:
         if not patient_id.strip() or len(patient_id) > 64 or _CONTROL.search(patient_id):
             raise XWinInputError(None, f"--patient-id {patient_id!r} is not a DICOM PatientID (1 to 64 characters, "
