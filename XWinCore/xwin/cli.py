@@ -581,11 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     previous = _on_sigterm(_raise_terminated)
     try:
-        _check_device(ns)
         return ns.func(ns)
     except XWinInputError as exc:
-        text = " ".join(str(exc).split())  # one line, whatever the message quotes
-        print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
+        print(f"xwin {ns.command}: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
