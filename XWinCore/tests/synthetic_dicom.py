@@ -18,7 +18,6 @@ def _dataset(path: Path, sop_class: str, modality: str, pixels: np.ndarray) -> F
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.PatientID = modality, "XWIN-TEST"
-    ds.StudyInstanceUID = generate_uid()
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
@@ -39,6 +38,7 @@ def ct_series(folder: Path, n: int = 5, size: tuple[int, int] = (8, 8), step: fl
     folder.mkdir(parents=True, exist_ok=True)
     positions = [k * step for k in range(n)] if positions is None else positions
     series_uid = series_uid or generate_uid()
+    study_uid, frame_uid = generate_uid(), generate_uid()
     row, col = np.array(iop[:3], float), np.array(iop[3:], float)
     normal = np.cross(row, col)
     j, i = np.mgrid[: size[0], : size[1]]
@@ -47,7 +47,8 @@ def ct_series(folder: Path, n: int = 5, size: tuple[int, int] = (8, 8), step: fl
     for k, z in enumerate(positions):
         path = folder / (names[k] if names else f"slice{k:03d}.dcm")
         ds = _dataset(path, CTImageStorage, modality, stored[k])
-        ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, k + 1
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study_uid, series_uid, k + 1
+        ds.FrameOfReferenceUID = frame_uid
         ds.ImagePositionPatient = [float(v) for v in np.array(origin) + z * normal]
         ds.ImageOrientationPatient = [float(v) for v in iop]
         ds.PixelSpacing = list(pixel_spacing)
@@ -61,6 +62,7 @@ def ct_series(folder: Path, n: int = 5, size: tuple[int, int] = (8, 8), step: fl
 def radiograph(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Path:
     """A single uncompressed CR file with the given uint16 pixels and extra header tags."""
     ds = _dataset(path, ComputedRadiographyImageStorage, "CR", pixels.astype(np.uint16))
+    ds.StudyInstanceUID = generate_uid()
     ds.PhotometricInterpretation = photometric
     for key, value in tags.items():
         setattr(ds, key, value)

@@ -7,6 +7,7 @@ an `XWinInputError` naming the file or folder.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -16,13 +17,17 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from ..errors import XWinInputError
-from .formats import (ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, itk_reason,
-                      nifti_truncated)
+from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, nifti_truncated
 from .image import Volume
-from .validate import check_regular_file, itk_reading, open_header, reason, validate_header
+from .validate import (ORTHONORMAL_TOL, check_budget, check_orthonormal, check_regular_file, dicom_numbers,
+                       dicom_pixel_module, dicom_pixels, dicom_rescale, file_problem, itk_reading, open_header, reason,
+                       validate_header)
 
 _POSITION_TOL_MM = 0.01
 _SPACING_TOL = 0.01
+_HEADER_BYTES = 4096  # element values longer than this (pixel data) are not read with the headers
+_IDENTITY = (("SeriesInstanceUID", "series"), ("PatientID", "patient"), ("StudyInstanceUID", "study"),
+             ("FrameOfReferenceUID", "frame of reference"))
 
 
 def read_ct(path: str | os.PathLike) -> Volume:
@@ -69,46 +74,71 @@ def _read_image_file(p: Path) -> Volume:
 
 
 def _read_dicom_series(folder: Path) -> Volume:
-    """One CT series from a folder (not recursive): headers checked with pydicom, pixels decoded by SimpleITK/GDCM.
+    """One CT series from a folder (not recursive): headers and pixels read and checked with pydicom.
 
     Slices are sorted by ImagePositionPatient projected on the slice normal (row × column cosines). Geometry comes
-    from the headers: i along the rows (column index), j down the columns, k along the normal; HU = slope·v + intercept.
+    from the headers: i along the rows (column index), j down the columns, k along the normal; HU = slope·v + intercept
+    with each slice's own RescaleSlope/RescaleIntercept.
     """
     headers = _series_headers(folder)
     ordered, spacing, origin, direction = _series_geometry(folder, headers)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f, _ in ordered])
-    reader.SetOutputPixelType(sitk.sitkFloat32)  # keeps each slice's own non-integer rescale exact
-    try:
-        image = reader.Execute()
-    except RuntimeError as e:
-        raise XWinInputError(_bad_slice(ordered) or folder, f"pixel data cannot be decoded: truncated or corrupt "
-                                                            f"({itk_reason(e)})") from None
     first = ordered[0][1]
+    rows, cols, n = int(first.Rows), int(first.Columns), len(ordered)
+    check_budget(folder, f"{n} slices of {rows} x {cols} pixels", n * rows * cols * 4, n * rows * cols * 4)
+    array = np.empty((n, rows, cols), np.float32)
+    for k, (f, header) in enumerate(ordered):
+        slope, intercept = dicom_rescale(f, header)
+        array[k] = dicom_pixels(f, _read_slice(f)) * slope + intercept
     meta = {"source": str(folder), "format": "DICOM series", "modality": str(first.get("Modality", "")),
             "series_uid": str(first.get("SeriesInstanceUID", "")), "patient_id": str(first.get("PatientID", "")),
-            "slices": str(len(ordered))}
-    return Volume(sitk.GetArrayFromImage(image), spacing, origin, direction, meta)
+            "slices": str(n)}
+    return Volume(array, spacing, origin, direction, meta)
+
+
+def _read_slice(f: Path) -> pydicom.Dataset:
+    """The whole file (pixel data included); pydicom's warnings are dropped: `dicom_pixels` says what is wrong."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(f)
+        except OSError as e:
+            raise XWinInputError(f, f"cannot be read: {e.strerror or e}") from None
+        except Exception as e:  # pydicom raises many types for damaged files
+            raise XWinInputError(f, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
 
 
 def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
-    """(file, header) of every DICOM image in ``folder``; exactly one CT series or an XWinInputError."""
+    """(file, header) of every DICOM image in ``folder``; exactly one CT series or an XWinInputError.
+
+    One series means one SeriesInstanceUID, PatientID, StudyInstanceUID and FrameOfReferenceUID: a file that differs
+    from the others is named. Entries that are neither files nor folders (FIFOs, sockets, devices) are refused
+    without being opened.
+    """
     try:
-        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        entries = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
     except OSError as e:
         raise XWinInputError(folder, f"cannot be read: {e.strerror or e}") from None
+    files = []
+    for f in entries:
+        problem = file_problem(f)
+        if problem is None:
+            files.append(f)
+        elif not f.is_dir() and problem != "does not exist":  # a dangling link holds no slice: skipped
+            raise XWinInputError(f, problem)
     if not files:
         raise XWinInputError(folder, "is an empty folder: no DICOM files (subfolders are not searched)")
     headers = []
     for f in files:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except InvalidDicomError:
-            continue
-        except OSError as e:
-            raise XWinInputError(f, f"cannot be read: {e.strerror or e}") from None
-        except Exception as e:  # pydicom raises many types for damaged headers
-            raise XWinInputError(f, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid values are refused below, by name
+            try:
+                ds = pydicom.dcmread(f, defer_size=_HEADER_BYTES)
+            except InvalidDicomError:
+                continue
+            except OSError as e:
+                raise XWinInputError(f, f"cannot be read: {e.strerror or e}") from None
+            except Exception as e:  # pydicom raises many types for damaged headers
+                raise XWinInputError(f, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
         if "Rows" in ds:
             headers.append((f, ds))
         elif _image_sop_class(ds):
@@ -117,11 +147,15 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     if not headers:
         raise XWinInputError(folder, f"contains no DICOM images among its {len(files)} files (subfolders are not "
                                      "searched)")
-    series = Counter(str(ds.get("SeriesInstanceUID", "?")) for _, ds in headers)
-    if len(series) > 1:
-        listing = ", ".join(f"{uid} ({n} files)" for uid, n in series.most_common())
-        raise XWinInputError(folder, f"mixed series: {len(series)} SeriesInstanceUIDs ({listing}); put one series "
-                                     "per folder")
+    for keyword, what in _IDENTITY:
+        values = Counter(str(ds.get(keyword, "")) for _, ds in headers)
+        if len(values) > 1:
+            common = values.most_common(1)[0][0]
+            f = next(f for f, ds in headers if str(ds.get(keyword, "")) != common)
+            listing = ", ".join(f"{v or '(none)'} ({n} files)" for v, n in values.most_common(3))
+            listing += ", ..." if len(values) > 3 else ""
+            raise XWinInputError(f, f"mixed series: {len(values)} {keyword}s in the folder ({listing}): this file "
+                                    f"belongs to another {what}; put one series per folder")
     modality = str(headers[0][1].get("Modality", "unknown"))
     if modality != "CT":
         raise XWinInputError(folder, f"modality is {modality}, not CT")
@@ -131,23 +165,36 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
 
 
 def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
-    """Sorted (file, header) list, spacing (i, j, k) mm, origin LPS mm, direction (columns i, j, k) of a series."""
+    """Sorted (file, header) list, spacing (i, j, k) mm, origin LPS mm, direction (columns i, j, k) of a series.
+
+    Every header is checked first: ImagePositionPatient 3 finite numbers, ImageOrientationPatient two unit vectors
+    at right angles (`ORTHONORMAL_TOL`, as for every volume format), PixelSpacing 2 positive numbers, a usable
+    RescaleSlope/RescaleIntercept and consistent pixel attributes.
+    """
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         missing = [f.name for f, ds in headers if tag not in ds]
         if missing:
             raise XWinInputError(folder, f"{tag} is missing in {len(missing)} files (e.g. {missing[0]})")
+    ipp, iop, pixel = [], [], []
+    for f, ds in headers:
+        ipp.append(dicom_numbers(f, ds, "ImagePositionPatient", 3))
+        iop.append(_orientation(f, ds))
+        pixel.append(dicom_numbers(f, ds, "PixelSpacing", 2, positive=True))  # (between rows, between columns)
+        dicom_rescale(f, ds)
+        dicom_pixel_module(f, ds)
     f0, ds0 = headers[0]
-    iop0 = np.array(ds0.ImageOrientationPatient, dtype=float)
-    for f, ds in headers[1:]:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop0, atol=1e-4):
+    for (f, ds), cosines, spacing in zip(headers[1:], iop[1:], pixel[1:]):
+        if not np.allclose(cosines, iop[0], atol=1e-4):
             raise XWinInputError(folder, f"inconsistent orientation: ImageOrientationPatient of {f.name} differs "
                                          f"from {f0.name}")
-        for tag in ("Rows", "Columns", "PixelSpacing"):
-            if not np.allclose(np.array(ds[tag].value, dtype=float), np.array(ds0[tag].value, dtype=float)):
+        if not np.allclose(spacing, pixel[0]):
+            raise XWinInputError(folder, f"inconsistent PixelSpacing: {f.name} differs from {f0.name}")
+        for tag in ("Rows", "Columns"):
+            if int(ds[tag].value) != int(ds0[tag].value):
                 raise XWinInputError(folder, f"inconsistent {tag}: {f.name} differs from {f0.name}")
-    row, col = iop0[:3], iop0[3:]
+    row, col = iop[0][:3], iop[0][3:]
     normal = np.cross(row, col)
-    ipp = np.array([ds.ImagePositionPatient for _, ds in headers], dtype=float)
+    ipp = np.array(ipp)
     order = np.argsort(ipp @ normal, kind="stable")
     ordered, ipp = [headers[n] for n in order], ipp[order]
     along = ipp @ normal
@@ -171,22 +218,22 @@ def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
     shear = np.abs((ipp - ipp[0]) @ np.stack([row, col], 1)).max()
     if shear > tol:
         raise XWinInputError(folder, f"slices are sheared (gantry tilt?): positions drift {shear:.3f} mm in-plane")
-    pixel = [float(v) for v in ds0.PixelSpacing]  # DICOM order: (between rows, between columns)
-    spacing = np.array([pixel[1], pixel[0], step])
+    spacing = np.array([pixel[0][1], pixel[0][0], step])
     return ordered, spacing, ipp[0], np.stack([row, col, normal], axis=1)
+
+
+def _orientation(f: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """ImageOrientationPatient as (row cosines, column cosines), each made exactly unit length once checked."""
+    cosines = dicom_numbers(f, ds, "ImageOrientationPatient", 6).reshape(2, 3)
+    norms = np.linalg.norm(cosines, axis=1)
+    if np.any(np.abs(norms - 1) > ORTHONORMAL_TOL):
+        raise XWinInputError(f, f"ImageOrientationPatient must hold two unit vectors, got lengths "
+                                f"{norms[0]:.6g} and {norms[1]:.6g}")
+    check_orthonormal(f, cosines.T, "ImageOrientationPatient row and column cosines")
+    return (cosines / norms[:, None]).ravel()
 
 
 def _image_sop_class(ds: pydicom.Dataset) -> bool:
     """True for an image storage object (or one whose header is too short to say), False for DICOMDIR, SR..."""
     sop = ds.file_meta.get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None
     return sop is None or "Image Storage" in sop.name
-
-
-def _bad_slice(ordered: list[tuple[Path, pydicom.Dataset]]) -> Path | None:
-    """The first file whose pixels SimpleITK cannot decode (only called once the series read has failed)."""
-    for f, _ in ordered:
-        try:
-            sitk.ReadImage(str(f))
-        except RuntimeError:
-            return f
-    return None

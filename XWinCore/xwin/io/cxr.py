@@ -5,7 +5,9 @@ NRRD/MetaImage/NIfTI files such as XWin's own DRRs (SimpleITK).
 """
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +15,18 @@ import pydicom
 import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from ..errors import XWinInputError
-from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, itk_reason, nifti_truncated
+from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, nifti_truncated
 from .image import Radiograph
+from .validate import (check_budget, check_memory, check_regular_file, dicom_numbers, dicom_pixels, dicom_rescale,
+                       itk_reading, open_header, reason)
 
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "US"}
 _LUMA = np.array([0.299, 0.587, 0.114])
+_HEADER_BYTES = 4096  # DICOM element values longer than this (pixel data) are read only once their size is checked
 
 
 def read_radiograph(path: str | os.PathLike) -> Radiograph:
@@ -28,46 +34,46 @@ def read_radiograph(path: str | os.PathLike) -> Radiograph:
 
     DICOM: Modality LUT, then the first VOI LUT or window (else the full range), MONOCHROME1 inverted.
     PNG/JPEG: colour → luma, divided by the dtype maximum (255 or 65535). NRRD/MHA/NIfTI 2D: integers divided by their
-    dtype maximum, floats kept as stored; spacing from the file.
+    dtype maximum, floats kept as stored; spacing from the file. Anything but a regular file is refused unopened, the
+    declared size is checked against the memory budget (``XWIN_MAX_VOLUME_GB``) before decoding, and an image whose
+    pixels all have one value (blank, or flattened by its own VOI LUT) is refused.
     """
     p = Path(path)
-    if not p.exists():
-        raise XWinInputError(p, "does not exist")
     if p.is_dir():
         raise XWinInputError(p, "is a folder; a radiograph must be a single image file")
+    check_regular_file(p)  # a FIFO or a device would block or never end
     if not os.access(p, os.R_OK):
         raise XWinInputError(p, "cannot be read: permission denied")
     if has_extension(p, RASTER_EXTENSIONS):
-        return _read_raster(p)
-    if has_extension(p, ITK_EXTENSIONS):
-        return _read_itk_2d(p)
-    return _read_dicom(p)
+        image = _read_raster(p)
+    elif has_extension(p, ITK_EXTENSIONS):
+        image = _read_itk_2d(p)
+    else:
+        image = _read_dicom(p)
+    if np.ptp(image.array) == 0:
+        raise XWinInputError(p, f"is a blank image: every pixel has the value {float(image.array.flat[0]):g}")
+    return image
 
 
 def _read_dicom(p: Path) -> Radiograph:
-    try:
-        ds = pydicom.dcmread(p)
-    except InvalidDicomError:
-        raise XWinInputError(p, "is not a DICOM, PNG or JPEG file") from None
-    except Exception as e:  # pydicom raises many types for damaged files
-        raise XWinInputError(p, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # values XWin uses are checked below, by name
+        try:
+            ds = pydicom.dcmread(p, defer_size=_HEADER_BYTES)  # pixel data read once its size is checked
+        except InvalidDicomError:
+            raise XWinInputError(p, "is not a DICOM, PNG or JPEG file") from None
+        except Exception as e:  # pydicom raises many types for damaged files
+            raise XWinInputError(p, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
     modality = str(ds.get("Modality", ""))
     if modality in CROSS_SECTIONAL:
         raise XWinInputError(p, f"modality {modality} is a cross-sectional slice, not a radiograph (pass the "
                                 "folder of a CT series to read it as a volume)")
-    if "PixelData" not in ds:
-        raise XWinInputError(p, "has no pixel data: truncated, or not an image object")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise XWinInputError(p, f"is multi-frame ({frames} frames); XWin needs a single radiograph")
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:  # decoder errors: truncated data, missing plugin...
-        raise XWinInputError(p, f"pixel data cannot be decoded: truncated or corrupt ({type(e).__name__}: {e})"
-                             ) from None
+    pixels = dicom_pixels(p, ds)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric.startswith("MONOCHROME"):
-        image = _display_values(apply_modality_lut(pixels, ds), ds, p)
+        if np.ptp(pixels) == 0:
+            raise XWinInputError(p, f"is a blank image: every stored pixel value is {pixels.flat[0]}")
+        image = _display_values(_modality_values(pixels, ds, p), ds, p)
         if photometric == "MONOCHROME1":
             image = 1.0 - image
     elif pixels.ndim == 3 and pixels.shape[-1] == 3:  # pydicom returns YBR data converted to RGB
@@ -80,23 +86,86 @@ def _read_dicom(p: Path) -> Radiograph:
     return Radiograph(image.astype(np.float32), _dicom_spacing(ds), meta)
 
 
+def _modality_values(pixels: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.ndarray:
+    """Stored values through the Modality LUT (table, or RescaleSlope/RescaleIntercept: finite, slope not 0)."""
+    if ds.get("ModalityLUTSequence"):
+        _check_lut(p, ds, ds.ModalityLUTSequence[0], "Modality LUT", (8, 16))
+    else:
+        dicom_rescale(p, ds)
+    return apply_modality_lut(pixels, ds)
+
+
 def _display_values(values: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.ndarray:
     """Modality-LUT output → [0, 1] through the first VOI LUT / window, else the image's own min…max.
 
-    The VOI output range is found by passing the lowest and highest possible inputs through the same VOI transform.
+    The VOI LUT (or, without one, the first window) must be well formed: a LUT whose entry count matches its
+    descriptor and that is not flat, a finite centre and a width of at least 1 (PS3.3 C.11.2.1.2). A broken one is
+    refused, never replaced by a guess, and so is one that maps every pixel of this image to the same value. The VOI
+    output range is found by passing the lowest and highest possible inputs through the same VOI transform.
     """
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+    if ds.get("VOILUTSequence"):
+        _check_lut(p, ds, ds.VOILUTSequence[0], "VOI LUT", (8, *range(10, 17)))
+        values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers (pydicom warns on floats)
+    elif "WindowCenter" in ds or "WindowWidth" in ds:
+        _check_window(p, ds)
+    else:
+        values = np.asarray(values, dtype=np.float64)
+        return (values - values.min()) / np.ptp(values)
+    shown = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+    lo, hi = np.asarray(apply_voi_lut(np.array([-(2**31), 2**31 - 1]), ds), dtype=np.float64)
+    if np.ptp(shown) == 0:
+        raise XWinInputError(p, f"its VOI LUT or window maps every pixel to the same value {shown.flat[0]:g}: the "
+                                "film would be one flat grey")
+    if hi != lo:
+        return np.clip((shown - lo) / (hi - lo), 0.0, 1.0)
+    return (shown - shown.min()) / np.ptp(shown)
+
+
+def _check_lut(p: Path, ds: pydicom.Dataset, item: pydicom.Dataset, what: str, bits_allowed: tuple[int, ...]) -> None:
+    """A Modality or VOI LUT item: LUTData holds as many entries as its LUTDescriptor announces (0 means 65536),
+    of an allowed bit depth, and not all the same (that would flatten the film)."""
+    if "LUTDescriptor" not in item or "LUTData" not in item:
+        raise XWinInputError(p, f"{what} is broken: LUTDescriptor or LUTData is missing")
+    count, _, bits = (int(v) for v in dicom_numbers(p, item, "LUTDescriptor", 3))
+    count = count or 2**16
+    if bits not in bits_allowed:
+        raise XWinInputError(p, f"{what} is broken: {bits} bits per entry (allowed: "
+                                f"{', '.join(map(str, bits_allowed))})")
+    data = item.LUTData
+    if isinstance(data, bytes):  # VR OW: 16-bit words in the dataset's byte order
+        little = ds.file_meta.TransferSyntaxUID.is_little_endian if "TransferSyntaxUID" in ds.file_meta else True
+        entries = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:
+        entries = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if entries.size != count:
+        raise XWinInputError(p, f"{what} is broken: LUTDescriptor announces {count} entries, LUTData holds "
+                                f"{entries.size}")
+    if np.ptp(entries) == 0:
+        raise XWinInputError(p, f"{what} is broken: all its {count} entries are {int(entries[0])}")
+
+
+def _check_window(p: Path, ds: pydicom.Dataset) -> None:
+    """The first WindowCenter/WindowWidth pair: finite numbers, width at least 1 (above 0 for LINEAR_EXACT and
+    SIGMOID, the other VOI LUT functions of PS3.3 C.11.2.1.3)."""
+    first = {}
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword not in ds:
+            raise XWinInputError(p, f"has a window without {keyword}")
+        value = ds[keyword].value
+        items = list(value) if isinstance(value, MultiValue) else [value]
         try:
-            shown = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-            lo, hi = np.asarray(apply_voi_lut(np.array([-(2**31), 2**31 - 1]), ds), dtype=np.float64)
-        except (ValueError, IndexError, TypeError, KeyError) as e:
-            raise XWinInputError(p, f"invalid VOI LUT or window ({e})") from None
-        if hi != lo:
-            return np.clip((shown - lo) / (hi - lo), 0.0, 1.0)
-        values = shown
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+            first[keyword] = float(items[0])
+        except (TypeError, ValueError, IndexError):
+            first[keyword] = math.nan
+        if not math.isfinite(first[keyword]):
+            raise XWinInputError(p, f"{keyword} must be a finite number, got {value!r}")
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise XWinInputError(p, f"VOILUTFunction {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")
+    exact = function != "LINEAR"
+    if first["WindowWidth"] <= 0 or (not exact and first["WindowWidth"] < 1):
+        raise XWinInputError(p, f"WindowWidth must be {'above 0' if exact else 'at least 1'}, got "
+                                f"{first['WindowWidth']:g}")
 
 
 def _dicom_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
@@ -112,17 +181,29 @@ def _dicom_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 
 def _read_raster(p: Path) -> Radiograph:
-    """PNG/JPEG (8 or 16 bit, grey or colour) via Pillow, divided by the dtype maximum."""
+    """PNG/JPEG (8 or 16 bit, grey or colour) via Pillow, divided by the dtype maximum.
+
+    The size the header declares is checked against the memory budget before anything is decoded; Pillow's own
+    decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well, as an error instead of a warning.
+    """
     try:
-        with Image.open(p) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                pixels = np.asarray(im, dtype=np.int64)
-                depth = 16
-            else:
-                pixels = np.asarray(im.convert("L"))
-                depth = 8
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                width, height = im.size
+                decoded = width * height * len(im.getbands()) * (4 if im.mode[0] in "IF" else 1)
+                check_budget(p, f"{width} x {height} pixels of mode {im.mode}", decoded,
+                             decoded + width * height * 16)  # decoded, int64 or 8-bit grey, float32 result
+                im.load()
+                mode = im.mode
+                if mode in ("I;16", "I;16B", "I;16L", "I"):
+                    pixels = np.asarray(im, dtype=np.int64)
+                    depth = 16
+                else:
+                    pixels = np.asarray(im.convert("L"))
+                    depth = 8
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise XWinInputError(p, f"declares too many pixels to decode safely (Pillow: {e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise XWinInputError(p, f"is truncated, corrupt or not a PNG/JPEG image ({e})") from None
     if pixels.min() < 0 or pixels.max() >= 2 ** depth:
@@ -133,13 +214,22 @@ def _read_raster(p: Path) -> Radiograph:
 
 
 def _read_itk_2d(p: Path) -> Radiograph:
-    """A 2D (or single-slice 3D) scalar image via SimpleITK; spacing (row, col) = ITK (y, x)."""
+    """A 2D (or single-slice 3D) scalar image via SimpleITK; spacing (row, col) = ITK (y, x).
+
+    The header passes the same checks as a CT file's (`open_header`: data files beside the header, raw fields) and
+    its size the memory budget before any pixel is read."""
+    reader = open_header(p)
+    check_memory(p, reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
     if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
         raise XWinInputError(p, "is truncated: the file holds fewer pixels than its header announces")
-    try:
-        image = sitk.ReadImage(str(p))
-    except RuntimeError as e:
-        raise XWinInputError(p, f"is truncated, corrupt or not an image file ({itk_reason(e)})") from None
+    error = None
+    with itk_reading() as stray:
+        try:
+            image = reader.Execute()
+        except RuntimeError as e:
+            error = e
+    if error is not None:
+        raise XWinInputError(p, f"is truncated, corrupt or not an image file ({reason(error, stray)})")
     size = image.GetSize()
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise XWinInputError(p, f"has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected grey")

@@ -8,6 +8,9 @@ a 3D scalar grid, positive finite spacing, a finite origin, orthonormal directio
 `ORTHONORMAL_TOL`, for every format) and a declared size whose reading fits the memory budget
 (``XWIN_MAX_VOLUME_GB``, GiB, default 4). `itk_reading` is the state every SimpleITK read runs in: no ITK warnings,
 and whatever ITK's C/C++ libraries print to stderr is captured instead of shown (the CLI's only output is its line).
+The DICOM checks (`dicom_numbers`, `dicom_rescale`, `dicom_pixel_module`, `dicom_pixels`) serve the CT series and the
+radiograph readers alike: numbers that are numbers, a usable rescale, pixel data that matches its header and decodes
+without a complaint from pydicom's decoder plugins, within the same memory budget.
 """
 from __future__ import annotations
 
@@ -20,13 +23,16 @@ import struct
 import sys
 import tempfile
 import threading
+import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+from pydicom.multival import MultiValue
 
 from ..errors import XWinInputError
 from .formats import has_extension, itk_reason
@@ -215,13 +221,17 @@ def check_memory(path: Path, size, pixel_id: int, components: int = 1) -> None:
     bits = re.search(r"(\d+)-bit", name)
     nbytes = (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in name else 1) * max(components, 1)
     voxels = math.prod(int(s) for s in size)
-    need = voxels * (2 * nbytes + 4)
+    check_budget(path, f"{' x '.join(str(int(s)) for s in size)} voxels of {name}", voxels * nbytes,
+                 voxels * (2 * nbytes + 4))
+
+
+def check_budget(path: Path, declared: str, data_bytes: float, need: float) -> None:
+    """Refuse a read of ``data_bytes`` of declared data that needs ``need`` bytes of memory beyond the budget."""
     budget = memory_budget()
     if need > budget:
-        raise XWinInputError(path, f"declares {' x '.join(str(int(s)) for s in size)} voxels of {name} "
-                                   f"({voxels * nbytes / 2**30:.1f} GiB); reading it needs about {need / 2**30:.1f} "
-                                   f"GiB of memory, more than the {budget / 2**30:g} GiB allowed (set {MEMORY_ENV} "
-                                   "to raise the limit)")
+        raise XWinInputError(path, f"declares {declared} ({data_bytes / 2**30:.1f} GiB); reading it needs about "
+                                   f"{need / 2**30:.1f} GiB of memory, more than the {budget / 2**30:g} GiB allowed "
+                                   f"(set {MEMORY_ENV} to raise the limit)")
 
 
 def _fmt(values) -> str:
@@ -404,3 +414,121 @@ def _check_data_files(path: Path, names: list[str]) -> None:
         problem = file_problem(target)
         if problem:
             raise XWinInputError(path, f"data file {name!r} {problem}")
+
+
+# --- DICOM images (CT slices and radiographs) ----------------------------------------------------------------------
+
+def dicom_numbers(path: Path, ds: pydicom.Dataset, keyword: str, count: int, positive: bool = False) -> np.ndarray:
+    """The ``count`` finite numbers (positive ones with ``positive``) of a DICOM attribute, else an error naming the
+    file: pydicom hands back text it cannot parse (``'abc'``) and any number of values unchanged."""
+    value = ds[keyword].value
+    items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    shown = "\\".join(str(v) for v in items)
+    try:
+        numbers = np.array([float(v) for v in items], dtype=float)
+    except (TypeError, ValueError):
+        numbers = np.array([math.nan])
+    if numbers.size != count or not np.all(np.isfinite(numbers)) or (positive and np.any(numbers <= 0)):
+        kind = f"{count} {'positive ' if positive else ''}finite number{'s' if count > 1 else ''}"
+        raise XWinInputError(path, f"{keyword} must be {kind}, got '{shown}'")
+    return numbers
+
+
+def dicom_rescale(path: Path, ds: pydicom.Dataset) -> tuple[float, float]:
+    """(slope, intercept) of the Modality LUT (stored value → HU or output units); (1, 0) when absent.
+
+    A slope of 0 would map every pixel to the intercept: refused, as are values that are not finite numbers."""
+    slope = float(dicom_numbers(path, ds, "RescaleSlope", 1)[0]) if "RescaleSlope" in ds else 1.0
+    intercept = float(dicom_numbers(path, ds, "RescaleIntercept", 1)[0]) if "RescaleIntercept" in ds else 0.0
+    if slope == 0:
+        raise XWinInputError(path, "RescaleSlope is 0: every pixel would have the value of RescaleIntercept")
+    return slope, intercept
+
+
+def dicom_pixel_module(path: Path, ds: pydicom.Dataset) -> dict[str, int]:
+    """Rows, Columns, SamplesPerPixel, BitsAllocated, BitsStored, PixelRepresentation of a single-frame image,
+    checked against each other (no pixel data is read)."""
+    if "PixelData" not in ds:
+        raise XWinInputError(path, "has no pixel data: truncated, or not an image object")
+    frames = ds.get("NumberOfFrames", 1)
+    if str(frames).strip() not in ("", "1"):
+        raise XWinInputError(path, f"is multi-frame ({frames} frames); XWin reads single-frame images only")
+    m = {}
+    for keyword, allowed in (("Rows", None), ("Columns", None), ("SamplesPerPixel", (1, 3)),
+                             ("BitsAllocated", (8, 16, 32)), ("BitsStored", None), ("PixelRepresentation", (0, 1))):
+        if keyword not in ds:
+            raise XWinInputError(path, f"{keyword} is missing")
+        value = float(dicom_numbers(path, ds, keyword, 1)[0])
+        if value != int(value) or value < (0 if keyword == "PixelRepresentation" else 1) or \
+                (allowed and value not in allowed):
+            raise XWinInputError(path, f"{keyword} is {ds[keyword].value}, expected "
+                                       f"{' or '.join(map(str, allowed)) if allowed else 'a positive integer'}")
+        m[keyword] = int(value)
+    if m["BitsStored"] > m["BitsAllocated"]:
+        raise XWinInputError(path, f"BitsStored ({m['BitsStored']}) is larger than BitsAllocated "
+                                   f"({m['BitsAllocated']})")
+    return m
+
+
+def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values ``[row, col]`` (``[row, col, sample]`` for colour) of a single-frame DICOM image, checked.
+
+    Native data must hold exactly Rows × Columns × SamplesPerPixel × BitsAllocated bits (plus one pad byte) and no
+    value beyond BitsStored (readers mask those bits away silently); compressed data is decoded by pydicom's plugins,
+    whose errors and warnings are refused, and must decode to Rows × Columns within BitsStored. The declared size is
+    checked against the memory budget first.
+    """
+    m = dicom_pixel_module(path, ds)
+    rows, cols, samples, allocated = m["Rows"], m["Columns"], m["SamplesPerPixel"], m["BitsAllocated"]
+    expected = rows * cols * samples * allocated // 8
+    check_budget(path, f"{rows} x {cols} pixels of {samples} x {allocated} bits", expected,
+                 expected + rows * cols * samples * 16)  # decoded buffer, a float64 and a float32 copy
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    native = syntax is None or not syntax.is_encapsulated
+    if native:
+        data = ds.PixelData
+        dims = f"Rows x Columns x SamplesPerPixel x BitsAllocated = {rows} x {cols} x {samples} x {allocated} bits"
+        if len(data) < expected:
+            raise XWinInputError(path, f"pixel data is truncated: {len(data)} bytes, but {dims} need {expected}")
+        if len(data) > expected + expected % 2:
+            raise XWinInputError(path, f"pixel data holds {len(data)} bytes, but {dims} make {expected}: the image "
+                                       "size or bit depth in the header is wrong")
+    if native and samples == 1:  # as stored: pydicom would mask the bits above BitsStored away
+        little = syntax.is_little_endian if syntax is not None else ds.original_encoding[1] is not False
+        dtype = np.dtype(f"{'<' if little else '>'}{'iu'[m['PixelRepresentation'] == 0]}{allocated // 8}")
+        pixels = np.frombuffer(data, dtype, count=rows * cols).reshape(rows, cols)
+    else:
+        pixels = _decoded(path, ds)
+        shape = (rows, cols) if samples == 1 else (rows, cols, samples)
+        if pixels.shape != shape:
+            raise XWinInputError(path, f"pixel data decodes to {pixels.shape}, not Rows x Columns = {shape}")
+    check_bits_stored(path, pixels, m["BitsStored"], m["PixelRepresentation"])
+    return pixels
+
+
+def _decoded(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """``ds.pixel_array``; what pydicom or its decoder plugin raises or warns about is an error naming the file."""
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pixels = ds.pixel_array
+        except Exception as e:  # pydicom and its decoder plugins raise many types
+            error = e
+    if error is None and caught:
+        error = caught[0].message
+    if error is not None:
+        text = " ".join(str(error).split())
+        raise XWinInputError(path, f"pixel data cannot be decoded: truncated or corrupt ({text[:300]})")
+    return pixels
+
+
+def check_bits_stored(path: Path, values: np.ndarray, bits_stored: int, signed: int) -> None:
+    """Every stored value must fit in BitsStored bits (two's complement when PixelRepresentation is 1)."""
+    lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+    vmin, vmax = int(values.min()), int(values.max())
+    if vmin < lo or vmax > hi:
+        outside = int(np.count_nonzero((values < lo) | (values > hi)))
+        raise XWinInputError(path, f"{outside} pixels hold values outside the BitsStored = {bits_stored} "
+                                   f"{'signed' if signed else 'unsigned'} range {lo}…{hi} (found {vmin}…{vmax}): "
+                                   "BitsStored does not describe the data")

@@ -1,0 +1,482 @@
+"""A generated corpus of bad DICOM CT series and radiographs (issue 16), each run through the real CLI.
+
+Every bad case must end in exit status 2 with exactly one line on stderr naming the culprit file (the slice, not
+only its folder), no traceback, no warning, no new file anywhere, in bounded time — for `xwin info` and for a command
+that writes (`render` for a CT, `reconstruct` for a radiograph; both read their input before anything else). Cases
+that could hang or allocate (FIFOs, sockets, devices, decompression bombs) run in a subprocess with a timeout and an
+address-space limit; the others call `xwin.cli.main` in this process. The real series and films in
+../shared/data/dicom and values at the edge must still be read.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import JPEG2000Lossless
+
+from synthetic_dicom import ct_series, radiograph
+from xwin.cli import main
+from xwin.io import read_ct, read_radiograph
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, sockets, /dev/zero and RLIMIT_AS are POSIX")
+
+ADDRESS_SPACE = 2 << 30  # bytes: every subprocess run must stay within this much virtual memory
+TIMEOUT_S = 30
+MODEL_TIMEOUT_S = 300  # `reconstruct` loads torch and the model before it reads the radiograph (minutes on a busy CPU)
+
+
+# --- CT series makers: each returns (path given to the CLI, path the error line must name) -----------------------
+
+def _patch_bytes(path: Path, old: bytes, new: bytes) -> None:
+    """Replace a placeholder value in the file by bytes pydicom would refuse to write (same length)."""
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1, (old, new)
+    path.write_bytes(data.replace(old, new))
+
+
+def series(folder: Path, edit=None, slices=(2,), raw: tuple[bytes, bytes] | None = None, **kw) -> tuple[Path, Path]:
+    """A 5-slice 8×8 CT series (synthetic_dicom.ct_series) with ``edit(ds)`` applied to the given slices, then an
+    optional raw byte patch of the first of them (the culprit; slice000 when every slice is wrong)."""
+    files, _ = ct_series(folder / "ct", **kw)
+    for k in slices if edit else ():
+        ds = pydicom.dcmread(files[k])
+        edit(ds)
+        ds.save_as(files[k])
+    if raw:
+        _patch_bytes(files[slices[0]], *raw)
+    return folder / "ct", files[slices[0] if slices else 0]
+
+
+def one(**tags):
+    """An edit that sets DICOM attributes (valid values only: pydicom refuses the rest)."""
+    return lambda ds: [setattr(ds, k, v) for k, v in tags.items()]
+
+
+def patched(tag: str, placeholder, old: bytes, new: bytes):
+    """A maker whose culprit slice holds ``new`` where ``placeholder`` was written (text, NaN, wrong counts)."""
+    return lambda d: series(d, one(**{tag: placeholder}), raw=(old, new))
+
+
+def drop(*tags):
+    return lambda ds: [delattr(ds, t) for t in tags]
+
+
+def j2k_series(folder: Path, frame_edit=None, edit=None, slices=(2,)) -> tuple[Path, Path]:
+    """A 5-slice 32×32 series compressed to JPEG 2000 (lossless); ``frame_edit(codestream)`` replaces the
+    codestream of the given slices, ``edit(ds)`` their header."""
+    files, _ = ct_series(folder / "ct", size=(32, 32))
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.compress(JPEG2000Lossless)
+        if n in slices:
+            if frame_edit:
+                frame = frame_edit(next(generate_frames(ds.PixelData)))
+                ds.PixelData = encapsulate([frame + b"\0" * (len(frame) % 2)])
+            if edit:
+                edit(ds)
+        ds.save_as(f)
+    return folder / "ct", files[slices[0] if slices else 0]
+
+
+def _flip(frame: bytes, start: int, stop: int) -> bytes:
+    return frame[:start] + bytes(b ^ 0xFF for b in frame[start:stop]) + frame[stop:]
+
+
+def _sheared(degrees: float) -> list[float]:
+    t = np.deg2rad(degrees)
+    return [1.0, 0.0, 0.0, float(np.sin(t)), float(np.cos(t)), 0.0]
+
+
+# --- radiograph makers -------------------------------------------------------------------------------------------
+
+RAMP = np.arange(64 * 64).reshape(64, 64) % 4000 + 100  # stored values 100…4099
+
+
+def cr(path: Path, pixels=RAMP, raw: tuple[bytes, bytes] | None = None, edit=None, **tags) -> tuple[Path, Path]:
+    """A 64×64 uncompressed CR (synthetic_dicom.radiograph) with tags set, then ``edit(ds)`` and a raw patch."""
+    radiograph(path, pixels, **tags)
+    if edit:
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path)
+    if raw:
+        _patch_bytes(path, *raw)
+    return path, path
+
+
+def voi_lut(descriptor, data, vr: str = "US") -> pydicom.Sequence:
+    item = pydicom.Dataset()
+    item.LUTDescriptor = list(descriptor)
+    item.add_new("LUTData", vr, data if vr == "US" else np.asarray(data, "<u2").tobytes())
+    return pydicom.Sequence([item])
+
+
+def huge_cr(path: Path, rows: int, cols: int) -> tuple[Path, Path]:
+    """A JPEG 2000 CR of 32×32 pixels whose header declares ``rows`` × ``cols``: a DICOM decompression bomb."""
+    radiograph(path, RAMP[:32, :32])
+    ds = pydicom.dcmread(path)
+    ds.compress(JPEG2000Lossless)
+    ds.Rows, ds.Columns = rows, cols
+    ds.save_as(path)
+    return path, path
+
+
+def png_declaring(path: Path, width: int, height: int) -> tuple[Path, Path]:
+    """A PNG of a few hundred bytes whose IHDR declares width × height 8-bit grey pixels (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096), 9))
+                     + chunk(b"IEND", b""))
+    return path, path
+
+
+def jpeg_declaring(path: Path, width: int, height: int) -> tuple[Path, Path]:
+    """A small JPEG whose SOF0 frame header is patched to declare width × height pixels."""
+    Image.fromarray((RAMP % 256).astype(np.uint8)).save(path, quality=90)
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    path.write_bytes(bytes(data))
+    return path, path
+
+
+def flat_image(path: Path, value: int = 128) -> tuple[Path, Path]:
+    Image.fromarray(np.full((32, 40), value, np.uint8)).save(path)
+    return path, path
+
+
+def detached_2d(folder: Path, data_file: str) -> tuple[Path, Path]:
+    (folder / "hdr").mkdir()
+    header = folder / "hdr" / "cxr.nhdr"
+    header.write_text(f"NRRD0004\ntype: uchar\ndimension: 2\nsizes: 4 4\nencoding: raw\ndata file: {data_file}\n")
+    return header, header
+
+
+# --- non-regular files -------------------------------------------------------------------------------------------
+
+def fifo(path: Path) -> tuple[Path, Path]:
+    os.mkfifo(path)
+    return path, path
+
+
+def unix_socket(path: Path) -> tuple[Path, Path]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()  # the socket file stays
+    return path, path
+
+
+def device(path: Path, target: str = "/dev/zero") -> tuple[Path, Path]:
+    os.symlink(target, path)
+    return path, path
+
+
+def series_with(folder: Path, special) -> tuple[Path, Path]:
+    """A good series whose folder also holds a FIFO, socket or device named like a slice."""
+    files, _ = ct_series(folder / "ct")
+    return folder / "ct", special(folder / "ct" / "slice005.dcm")[0]
+
+
+# (id, make(folder) -> (input, culprit), words the message must hold (lower case), extra environment)
+CT = "ct"
+CT_HEADERS = [
+    ("ipp_two_values", lambda d: series(d, one(ImagePositionPatient=[1.0, 2.0])),
+     ["imagepositionpatient", "3 finite numbers", "1.0\\2.0"]),
+    ("ipp_four_values", lambda d: series(d, one(ImagePositionPatient=[1.0, 2.0, 3.0, 4.0])),
+     ["imagepositionpatient", "3 finite"]),
+    ("ipp_text", patched("ImagePositionPatient", [777.5, 0, 0], b"777.5", b"abc  "), ["imagepositionpatient", "abc"]),
+    ("ipp_nan", patched("ImagePositionPatient", [777.5, 0, 0], b"777.5", b"NaN  "), ["imagepositionpatient", "nan"]),
+    ("ipp_inf", patched("ImagePositionPatient", [777.5, 0, 0], b"777.5", b"-inf "), ["imagepositionpatient", "inf"]),
+    ("pixel_spacing_one_value", lambda d: series(d, one(PixelSpacing=[0.6])), ["pixelspacing", "2 positive"]),
+    ("pixel_spacing_text", patched("PixelSpacing", [7.75, 0.5], b"7.75", b"wide"), ["pixelspacing", "wide"]),
+    ("pixel_spacing_zero", lambda d: series(d, one(PixelSpacing=[0.0, 0.5])), ["pixelspacing", "positive"]),
+    ("pixel_spacing_negative", lambda d: series(d, one(PixelSpacing=[0.6, -0.5])), ["pixelspacing", "-0.5"]),
+    ("pixel_spacing_nan", patched("PixelSpacing", [7.75, 0.5], b"7.75", b"nan "), ["pixelspacing", "nan"]),
+    ("iop_five_values", lambda d: series(d, one(ImageOrientationPatient=[1, 0, 0, 0, 1])),
+     ["imageorientationpatient", "6 finite"]),
+    ("iop_nan", patched("ImageOrientationPatient", [1, 0, 0, 0, 1, 0.125], b"0.125", b"nan  "),
+     ["imageorientationpatient", "nan"]),
+    ("iop_shear_2deg", lambda d: series(d, iop=_sheared(2.0), slices=()),
+     ["imageorientationpatient", "not orthonormal", "88.000"]),
+    ("iop_not_unit", lambda d: series(d, iop=(2, 0, 0, 0, 2, 0), slices=()),
+     ["imageorientationpatient", "unit vectors", "lengths 2"]),
+    ("iop_zero_vector", lambda d: series(d, one(ImageOrientationPatient=[0, 0, 0, 0, 1, 0])),
+     ["imageorientationpatient", "unit vectors", "lengths 0"]),
+    ("rescale_slope_zero", lambda d: series(d, one(RescaleSlope=0)), ["rescaleslope is 0"]),
+    ("rescale_slope_nan", patched("RescaleSlope", 7.75, b"7.75", b"NaN "), ["rescaleslope", "nan"]),
+    ("rescale_slope_inf", patched("RescaleSlope", 7.75, b"7.75", b"inf "), ["rescaleslope", "inf"]),
+    ("rescale_slope_text", patched("RescaleSlope", 7.75, b"7.75", b"one "), ["rescaleslope", "one"]),
+    ("rescale_intercept_nan", patched("RescaleIntercept", -1024.5, b"-1024.5", b"nan    "),
+     ["rescaleintercept", "nan"]),
+]
+CT_IDENTITY = [
+    ("other_patient", lambda d: series(d, one(PatientID="SOMEONE-ELSE")),
+     ["patientid", "someone-else (1 files)", "another patient"]),
+    ("other_study", lambda d: series(d, one(StudyInstanceUID="1.2.3.4")),
+     ["studyinstanceuid", "1.2.3.4 (1 files)", "another study"]),
+    ("other_series", lambda d: series(d, one(SeriesInstanceUID="1.2.3.5")),
+     ["seriesinstanceuid", "1.2.3.5 (1 files)", "another series"]),
+    ("other_frame_of_reference", lambda d: series(d, one(FrameOfReferenceUID="1.2.3.6")),
+     ["frameofreferenceuid", "another frame of reference"]),
+    ("frame_of_reference_missing_in_one", lambda d: series(d, drop("FrameOfReferenceUID")),
+     ["frameofreferenceuid", "(none) (1 files)"]),
+    ("patient_missing_in_two", lambda d: series(d, drop("PatientID"), slices=(2, 3)),
+     ["patientid", "(none) (2 files)"]),
+]
+CT_PIXELS = [
+    ("rows_larger_than_data", lambda d: series(d, one(Rows=9), slices=range(5)),
+     ["truncated", "9 x 8 x 1 x 16", "128 bytes"]),
+    ("columns_smaller_than_data", lambda d: series(d, one(Columns=7), slices=range(5)), ["128 bytes", "make 112"]),
+    ("bits_allocated_8_of_16bit_data", lambda d: series(d, one(BitsAllocated=8, BitsStored=8, HighBit=7)),
+     ["128 bytes", "8 x 8 x 1 x 8 bits make 64"]),
+    ("bits_allocated_12", lambda d: series(d, one(BitsAllocated=12)), ["bitsallocated is 12"]),
+    ("bits_stored_above_allocated", lambda d: series(d, one(BitsStored=20, HighBit=19)),
+     ["bitsstored (20)", "bitsallocated (16)"]),
+    ("bits_stored_8_of_larger_values", lambda d: series(d, one(BitsStored=8, HighBit=7)),
+     ["bitsstored = 8", "outside", "-128…127"]),
+    ("bits_stored_unsigned_8", lambda d: series(d, one(BitsStored=8, HighBit=7, PixelRepresentation=0)),
+     ["bitsstored = 8", "0…255", "found 200…277"]),
+    ("pixel_representation_2", lambda d: series(d, one(PixelRepresentation=2)), ["pixelrepresentation is 2"]),
+    ("samples_per_pixel_3", lambda d: series(d, one(SamplesPerPixel=3)), ["truncated", "8 x 8 x 3 x 16"]),
+    ("no_pixel_data", lambda d: series(d, drop("PixelData")), ["no pixel data"]),
+    ("multi_frame", lambda d: series(d, one(NumberOfFrames=2)), ["multi-frame"]),
+    ("pixel_data_cut_short", lambda d: series(d, one(PixelData=bytes(100))), ["truncated", "100 bytes"]),
+    ("series_declares_40000_squared", lambda d: (series(d, one(Rows=40000, Columns=40000), slices=range(5))[0],) * 2,
+     ["5 slices of 40000 x 40000", "xwin_max_volume_gb"]),
+]
+CT_COMPRESSED = [
+    ("j2k_truncated", lambda d: j2k_series(d, lambda f: f[: len(f) // 2]), ["cannot be decoded"]),
+    ("j2k_header_garbage", lambda d: j2k_series(d, lambda f: _flip(f, 4, 40)), ["cannot be decoded"]),
+    ("j2k_not_a_codestream", lambda d: j2k_series(d, lambda f: bytes(range(256)) * 2), ["cannot be decoded"]),
+    ("j2k_rows_larger_than_codestream", lambda d: j2k_series(d, edit=one(Rows=64), slices=range(5)),
+     ["cannot be decoded"]),
+    ("j2k_bits_stored_too_small", lambda d: j2k_series(d, edit=one(BitsStored=8, HighBit=7)), ["bitsstored"]),
+]
+CXR_DICOM = [
+    ("cr_slope_zero", lambda d: cr(d / "cxr.dcm", RescaleSlope=0, RescaleIntercept=0), ["rescaleslope is 0"]),
+    ("cr_slope_nan", lambda d: cr(d / "cxr.dcm", RescaleSlope=7.75, RescaleIntercept=0, raw=(b"7.75", b"nan ")),
+     ["rescaleslope", "nan"]),
+    ("cr_intercept_text", lambda d: cr(d / "cxr.dcm", RescaleSlope=1, RescaleIntercept=7.75, raw=(b"7.75", b"low ")),
+     ["rescaleintercept", "low"]),
+    ("cr_voi_lut_count_mismatch", lambda d: cr(d / "cxr.dcm", VOILUTSequence=voi_lut((4096, 0, 12), list(range(100)))),
+     ["voi lut is broken", "4096 entries", "holds 100"]),
+    ("cr_voi_lut_flat", lambda d: cr(d / "cxr.dcm", VOILUTSequence=voi_lut((256, 0, 12), [2048] * 256)),
+     ["voi lut is broken", "all its 256 entries are 2048"]),
+    ("cr_voi_lut_flat_ow", lambda d: cr(d / "cxr.dcm", VOILUTSequence=voi_lut((256, 0, 16), [7] * 256, "OW")),
+     ["voi lut is broken", "entries are 7"]),
+    ("cr_voi_lut_bits_9", lambda d: cr(d / "cxr.dcm", VOILUTSequence=voi_lut((256, 0, 9), list(range(256)))),
+     ["voi lut is broken", "9 bits per entry"]),
+    ("cr_voi_lut_no_data", lambda d: cr(d / "cxr.dcm", VOILUTSequence=voi_lut((256, 0, 12), list(range(256))),
+                                        edit=lambda ds: delattr(ds.VOILUTSequence[0], "LUTData")),
+     ["voi lut is broken", "missing"]),
+    ("cr_voi_lut_outside_data", lambda d: cr(d / "cxr.dcm", VOILUTSequence=voi_lut((256, 8000, 12), list(range(256)))),
+     ["same value", "flat grey"]),
+    ("cr_modality_lut_count_mismatch",
+     lambda d: cr(d / "cxr.dcm", ModalityLUTSequence=voi_lut((4096, 0, 16), list(range(10)))),
+     ["modality lut is broken", "holds 10"]),
+    ("cr_window_width_zero", lambda d: cr(d / "cxr.dcm", WindowCenter=2000, WindowWidth=0),
+     ["windowwidth", "at least 1"]),
+    ("cr_window_width_negative", lambda d: cr(d / "cxr.dcm", WindowCenter=2000, WindowWidth=-50),
+     ["windowwidth", "-50"]),
+    ("cr_window_center_nan", lambda d: cr(d / "cxr.dcm", WindowCenter=7.75, WindowWidth=400, raw=(b"7.75", b"nan ")),
+     ["windowcenter", "finite"]),
+    ("cr_window_without_width", lambda d: cr(d / "cxr.dcm", WindowCenter=2000), ["without windowwidth"]),
+    ("cr_window_function_unknown", lambda d: cr(d / "cxr.dcm", WindowCenter=2000, WindowWidth=400,
+                                                VOILUTFunction="GAMMA"), ["voilutfunction", "gamma"]),
+    ("cr_modality_lut_12_bits", lambda d: cr(d / "cxr.dcm", ModalityLUTSequence=voi_lut((4096, 0, 12),
+                                                                                        list(range(4096)))),
+     ["modality lut is broken", "12 bits"]),
+    ("cr_window_above_data", lambda d: cr(d / "cxr.dcm", WindowCenter=60000, WindowWidth=100),
+     ["same value", "flat grey"]),
+    ("cr_blank", lambda d: cr(d / "cxr.dcm", np.full((64, 64), 1234)), ["blank", "1234"]),
+    ("cr_rows_larger_than_data", lambda d: cr(d / "cxr.dcm", Rows=80), ["truncated", "80 x 64 x 1 x 16"]),
+    ("cr_columns_smaller_than_data", lambda d: cr(d / "cxr.dcm", Columns=60), ["8192 bytes", "make 7680"]),
+    ("cr_bits_stored_10", lambda d: cr(d / "cxr.dcm", BitsStored=10, HighBit=9), ["bitsstored = 10", "0…1023"]),
+    ("cr_bits_stored_above_allocated", lambda d: cr(d / "cxr.dcm", BitsStored=17, HighBit=16), ["bitsstored (17)"]),
+    ("cr_j2k_garbage", lambda d: cr(d / "cxr.dcm", RAMP[:32, :32], edit=lambda ds: (
+        ds.compress(JPEG2000Lossless), setattr(ds, "PixelData", encapsulate([bytes(range(200))])))),
+     ["cannot be decoded"]),
+    ("cr_j2k_declares_50000_squared", lambda d: huge_cr(d / "cxr.dcm", 50000, 50000),
+     ["50000 x 50000", "xwin_max_volume_gb"]),
+    ("cr_native_declares_40000_squared", lambda d: cr(d / "cxr.dcm", Rows=40000, Columns=40000),
+     ["40000 x 40000", "xwin_max_volume_gb"]),
+]
+CXR_RASTER = [
+    ("png_blank", lambda d: flat_image(d / "cxr.png"), ["blank"]),
+    ("png_black", lambda d: flat_image(d / "cxr.png", 0), ["blank", "value 0"]),
+    ("jpeg_blank", lambda d: flat_image(d / "cxr.jpg", 200), ["blank"]),
+    ("nhdr_2d_data_outside", lambda d: detached_2d(d, "../../../../../../../../etc/passwd"),
+     ["outside the header's folder"]),
+]
+# run in a subprocess: they would hang, or allocate gigabytes, if a check were missing
+CXR_BOMBS = [
+    ("png_declares_30000_squared", lambda d: png_declaring(d / "cxr.png", 30000, 30000),
+     ["too many pixels", "900000000"], {}),
+    ("png_declares_12000_squared", lambda d: png_declaring(d / "cxr.png", 12000, 12000),
+     ["too many pixels", "144000000"], {}),
+    ("png_over_budget", lambda d: png_declaring(d / "cxr.png", 9000, 9000),
+     ["9000 x 9000", "xwin_max_volume_gb", "0.5 gib"], {"XWIN_MAX_VOLUME_GB": "0.5"}),
+    ("jpeg_declares_65000_squared", lambda d: jpeg_declaring(d / "cxr.jpg", 65000, 65000),
+     ["too many pixels"], {}),
+]
+SPECIAL = [
+    ("fifo_cxr_png", "cxr", lambda d: fifo(d / "cxr.png"), ["fifo", "not a regular file"]),
+    ("fifo_cxr_dcm", "cxr", lambda d: fifo(d / "cxr.dcm"), ["fifo", "not a regular file"]),
+    ("socket_cxr", "cxr", lambda d: unix_socket(d / "cxr.dcm"), ["socket", "not a regular file"]),
+    ("dev_zero_cxr", "cxr", lambda d: device(d / "cxr.dcm"), ["character device"]),
+    ("dev_null_cxr_png", "cxr", lambda d: device(d / "cxr.png", "/dev/null"), ["character device"]),
+    ("fifo_in_series", CT, lambda d: series_with(d, fifo), ["fifo", "not a regular file"]),
+    ("socket_in_series", CT, lambda d: series_with(d, unix_socket), ["socket", "not a regular file"]),
+    ("dev_zero_in_series", CT, lambda d: series_with(d, device), ["character device"]),
+]
+
+IN_PROCESS = [(c[0], CT, *c[1:]) for c in CT_HEADERS + CT_IDENTITY + CT_PIXELS + CT_COMPRESSED] + \
+             [(c[0], "cxr", *c[1:]) for c in CXR_DICOM + CXR_RASTER]
+# `reconstruct` loads the model (seconds) before it reads the radiograph: one case per kind of problem runs it
+CXR_WRITTEN = {"cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
+               "cr_rows_larger_than_data", "cr_j2k_garbage", "png_blank", "nhdr_2d_data_outside"}
+RUNS = [(command, *c) for c in IN_PROCESS for command in ("info", "write")
+        if command == "info" or c[1] == CT or c[0] in CXR_WRITTEN]
+SUBPROCESS = [(c[0], "cxr", *c[1:]) for c in CXR_BOMBS] + [(*c, {}) for c in SPECIAL]
+
+
+def _args(command: str, kind: str, target: Path, out: Path) -> list[str]:
+    if command == "info":
+        return ["info", str(target)]
+    if kind == CT:
+        return ["render", str(target), "--lao", "0", "--cran", "0", "--size", "8", "8", "--out", str(out / "drr.png")]
+    return ["reconstruct", str(target), "--views", "3", "--out", str(out / "estimate.nrrd")]
+
+
+def _time_limit(command: str, kind: str) -> float:
+    return TIMEOUT_S if command == "info" or kind == CT else MODEL_TIMEOUT_S
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def _check_one_line(stderr: str, command: str, culprit: Path, words: list[str]) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert lines[0].startswith(f"xwin {command}: error: {culprit}"), (lines[0], str(culprit))
+    for word in words:
+        assert word in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
+
+
+def _setup(tmp_path: Path, make) -> tuple[Path, Path, Path, set[str]]:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    target, culprit = make(inputs)
+    return target, culprit, out, _tree(tmp_path)
+
+
+@pytest.mark.parametrize("command, name, kind, make, words", RUNS, ids=[f"{c[1]}-{c[0]}" for c in RUNS])
+def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capfd, command, name, kind, make, words):
+    target, culprit, out, before = _setup(tmp_path, make)
+    capfd.readouterr()
+    monkeypatch.chdir(out)
+    monkeypatch.delenv("XWIN_MAX_VOLUME_GB", raising=False)
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:  # a warning would be one more line on stderr
+        warnings.simplefilter("always")
+        status = main(_args(command, kind, target, out))
+    seconds = time.monotonic() - start
+    captured = capfd.readouterr()
+    assert status == 2, captured.err[-2000:]
+    _check_one_line(captured.err, "info" if command == "info" else _args(command, kind, target, out)[0], culprit,
+                    words)
+    assert captured.out == "" and [str(w.message) for w in caught] == []
+    assert _tree(tmp_path) == before
+    assert seconds < _time_limit(command, kind)
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+
+@pytest.mark.parametrize("command", ["info", "write"])
+@pytest.mark.parametrize("name, kind, make, words, env", SUBPROCESS, ids=[c[0] for c in SUBPROCESS])
+def test_hang_or_bomb_is_one_line_exit_2(tmp_path, command, name, kind, make, words, env):
+    """In a subprocess with a timeout; within ADDRESS_SPACE of virtual memory, except `reconstruct`, which maps
+    torch and the model (more address space than that) before it reads the radiograph: its peak RSS is checked."""
+    target, culprit, out, before = _setup(tmp_path, make)
+    args = _args(command, kind, target, out)
+    limited = command == "info" or kind == CT
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, text=True, cwd=out,
+                       timeout=_time_limit(command, kind), preexec_fn=_limit_memory if limited else None,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "XWIN_MAX_VOLUME_GB": "", **env})
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    _check_one_line(r.stderr, args[0], culprit, words)
+    assert r.stdout == ""
+    assert _tree(tmp_path) == before
+    assert time.monotonic() - start < _time_limit(command, kind)
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < ADDRESS_SPACE  # largest child so far
+
+
+def test_corpus_size():
+    """Issue 16 asks for at least 40 generated DICOM / radiograph / special-file cases here."""
+    assert len(IN_PROCESS) + len(SUBPROCESS) >= 40
+
+
+# --- what must still be read -------------------------------------------------------------------------------------
+
+def test_edge_series_are_read(tmp_path):
+    """Near the limits: 0.01° off orthogonal, signed 12-bit values within BitsStored, a non-integer slope, one
+    extra pad byte of pixel data, and a JPEG 2000 series, each read with the HU the header says."""
+    folder, _ = series(tmp_path / "shear", iop=_sheared(0.01), slices=())
+    assert read_ct(folder).array.shape == (5, 8, 8)
+    folder, _ = series(tmp_path / "bits", one(BitsStored=12, HighBit=11), slices=range(5))
+    assert read_ct(folder).array.max() == 2 * 477 - 1024
+    folder, _ = series(tmp_path / "slope", one(RescaleSlope=0.5, RescaleIntercept=-10.25), slices=range(5))
+    assert read_ct(folder).array.max() == 0.5 * 477 - 10.25
+    folder, _ = j2k_series(tmp_path / "j2k", slices=())
+    volume = read_ct(folder)
+    assert volume.array.shape == (5, 32, 32) and volume.array.max() == 2 * (400 + 310 + 31) - 1024
+
+
+def test_edge_radiographs_are_read(tmp_path):
+    """A window inside the data, a valid VOI LUT (US and OW), a non-integer rescale under a VOI LUT and a PNG that
+    is not blank: read without warnings."""
+    lut = np.linspace(0, 4095, 4096).astype(int).tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        window = read_radiograph(cr(tmp_path / "w.dcm", WindowCenter=2000, WindowWidth=1000)[0])
+        us = read_radiograph(cr(tmp_path / "us.dcm", VOILUTSequence=voi_lut((4096, 0, 12), lut))[0])
+        ow = read_radiograph(cr(tmp_path / "ow.dcm", VOILUTSequence=voi_lut((4096, 0, 16), lut, "OW"))[0])
+        scaled = read_radiograph(cr(tmp_path / "s.dcm", RescaleSlope=0.5, RescaleIntercept=0.25,
+                                    VOILUTSequence=voi_lut((4096, 0, 12), lut))[0])
+        Image.fromarray(np.eye(8, dtype=np.uint8) * 9).save(tmp_path / "p.png")
+        png = read_radiograph(tmp_path / "p.png")
+    assert window.array.min() == 0 and window.array.max() == 1
+    np.testing.assert_allclose(us.array, ow.array, atol=1e-6)
+    assert 0 < scaled.array.max() <= 1 and png.array.max() == pytest.approx(9 / 255)
+
+
+def test_real_dicom_still_reads(shared_data, capfd):
+    """The real series (native and JPEG 2000) and films of ../shared/data/dicom pass every check of `xwin info`."""
+    folder = shared_data / "dicom"
+    targets = [folder / "lidc_idri_0001_ct_series", folder / "totalseg_ct_series_j2k", *sorted(folder.glob("cxr/*"))]
+    for target in targets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert main(["info", str(target)]) == 0, target
+        captured = capfd.readouterr()
+        assert captured.err == "" and str(target) in captured.out
