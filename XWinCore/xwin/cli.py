@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import signal
 import sys
 import threading
@@ -11,6 +13,44 @@ from pathlib import Path
 from .errors import XWinInputError
 
 IMAGE_EXTENSIONS = (".nrrd", ".mha", ".nii", ".nii.gz", ".png")
+DRR_BYTES_PER_PIXEL = 64  # rendering one DRR: rays, line integrals, display map and the written copy
+SINOGRAM_BYTES_PER_PIXEL = 12  # reconstruction: projections, filtered projections, weights (float32)
+GRID_BYTES_PER_VOXEL = 24  # reconstruction: volume, update, normalisation, TV and output copies (float32)
+
+
+def _check_memory(request: str, nbytes: float) -> None:
+    """Refuse a request whose memory estimate exceeds the budget, before anything is allocated."""
+    from .io.validate import MEMORY_ENV, memory_budget
+
+    budget = memory_budget()
+    if nbytes > budget:
+        raise XWinInputError(None, f"{request} needs about {nbytes / 2**30:.3g} GiB of memory, more than the "
+                                   f"{budget / 2**30:g} GiB allowed (set {MEMORY_ENV} to raise the limit)")
+
+
+def _check_device(ns: argparse.Namespace) -> None:
+    """Refuse a --device that is unknown or absent on this machine, before any work."""
+    name = getattr(ns, "device", None)
+    train = ns.command == "train"
+    if name in (None, "cpu") or (train and name == "auto"):
+        return
+    if train and re.fullmatch(r"cuda:\d+", name):
+        raise XWinInputError(None, f"--device {name}: xwin train picks each process's GPU itself (cuda:LOCAL_RANK "
+                                   "under torchrun): use --device cuda, or CUDA_VISIBLE_DEVICES to choose GPUs")
+    if not re.fullmatch(r"cuda" if train else r"cuda(:\d+)?|mps", name):
+        raise XWinInputError(None, f"--device {name!r} is not a device: use cpu or cuda"
+                                   + (" (or auto)" if train else ", cuda:N or mps"))
+    import torch
+
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise XWinInputError(None, "--device mps: no Apple GPU (MPS) is available here; use --device cpu")
+        return
+    count, index = torch.cuda.device_count(), int(name.partition(":")[2] or 0)
+    if index >= count:
+        raise XWinInputError(None, f"--device {name}: " + ("no CUDA GPU is available here (no driver or device)"
+                                                           if count == 0 else f"this machine has {count} CUDA GPU(s)")
+                             + "; use --device cpu")
 
 
 def _geometry_args(p: argparse.ArgumentParser) -> None:
@@ -65,6 +105,7 @@ def cmd_render(ns: argparse.Namespace) -> int:
     from .io import read_ct, write_image
     from .io.writers import publish_together
 
+    _check_memory(f"--size {ns.size[0]} {ns.size[1]}", ns.size[0] * ns.size[1] * DRR_BYTES_PER_PIXEL)
     volume = read_ct(ns.ct)  # first: a bad CT is refused before torch is loaded (fast, small)
 
     from tqdm import tqdm
@@ -116,8 +157,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
     """Train or resume the world model (one process, or one per GPU under torchrun)."""
     from .models import load_config
     from .train import train, with_overrides
+    from .train.checkpoint import read_weights
 
     cfg = with_overrides(load_config(ns.config), ns.ct_dir, ns.cxr_dir, ns.init)
+    if cfg.train.init is not None:
+        read_weights(cfg.train.init)  # a bad model file is refused before the run folder is made
     run = Path(ns.out) if ns.out else Path("runs") / Path(ns.config).stem
     last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device, stop_file=ns.stop_file)
     if ns.progress != "jsonl":
@@ -152,6 +196,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     single = targets == [out]
     _check_pose_targets(out, targets)
     predictor = load_predictor(ns.checkpoint, device=ns.device)
+    predictor.loaded.config.model.check_memory(lao.size, f"predicting {lao.size} poses at once")
     radiograph = read_radiograph(ns.cxr)
     images = predictor.predict(radiograph.array, lao, cran, simulated=radiograph.simulated)
     with publish_together() as publication:  # all predictions, or none
@@ -192,8 +237,10 @@ def cmd_eval_domain(ns: argparse.Namespace) -> int:
 
     if ns.views < 1 or ns.folds < 2:
         raise XWinInputError(None, f"--views must be >= 1 and --folds >= 2 (got {ns.views}, {ns.folds})")
+    loaded = load_model(ns.checkpoint, ns.device)
+    loaded.config.model.check_memory(ns.views * len(ns.ct), f"--views {ns.views} for {len(ns.ct)} CT(s)")
     volumes = {Path(p).name.split(".")[0]: read_ct(p) for p in ns.ct}
-    result = evaluate_domain(load_model(ns.checkpoint, ns.device), ns.cxr, volumes, views=ns.views, folds=ns.folds)
+    result = evaluate_domain(loaded, ns.cxr, volumes, views=ns.views, folds=ns.folds)
     print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
     return 0
 
@@ -297,6 +344,16 @@ def _write_any_volume(volume, out: Path, description: str, identity=None) -> Non
         write_ct_series(volume, out, series_description=description, identity=identity)
 
 
+def _check_reconstruction(views: int, det, geometry, ns: argparse.Namespace) -> None:
+    """Refuse projections or an output grid (--size, or --spacing over the field of view) beyond the memory budget."""
+    from .recon.grid import default_grid
+
+    _check_memory(f"--views {views} of {det[0]} x {det[1]} pixels",
+                  views * det[0] * det[1] * SINOGRAM_BYTES_PER_PIXEL)
+    shape = default_grid(geometry, (0.0, 0.0, 0.0), ns.size, ns.spacing).shape_ijk
+    _check_memory(f"a {' x '.join(map(str, shape))} reconstruction grid", math.prod(shape) * GRID_BYTES_PER_VOXEL)
+
+
 def cmd_reconstruct(ns: argparse.Namespace) -> int:
     """Round trip (--from-ct: render an orbit, reconstruct, score) or world-model path (CXR → predicted orbit)."""
     from .geometry import Geometry
@@ -319,9 +376,13 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         from .io import read_radiograph
         from .predict import load_predictor
         from .recon import reconstruct_from_cxr
+        from .recon.from_cxr import model_geometry
 
+        predictor = load_predictor(ns.checkpoint, ns.device)
+        predictor.loaded.config.model.check_memory(views, f"--views {views}")
+        _check_reconstruction(views, (predictor.size,) * 2, model_geometry(predictor.loaded.config), ns)
         radiograph = read_radiograph(ns.cxr)
-        volume = reconstruct_from_cxr(load_predictor(ns.checkpoint, ns.device), radiograph.array, views=views,
+        volume = reconstruct_from_cxr(predictor, radiograph.array, views=views,
                                       arc=arc, method=ns.method, iters=ns.iters, size=ns.size, spacing=ns.spacing,
                                       tv=ns.tv, progress=not ns.json, simulated=radiograph.simulated)
         identity = None
@@ -335,6 +396,7 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
     from .recon.roundtrip import reconstruct_from_ct
 
     geometry = Geometry(sid=ns.sid, sdd=ns.sdd, height=ns.det[0], width=ns.det[1], pixel=ns.pixel)
+    _check_reconstruction(views, ns.det, geometry, ns)
     volume, scores = reconstruct_from_ct(read_ct(ns.from_ct), views, arc, ns.method, ns.iters, ns.size, ns.spacing,
                                          geometry, window=ns.window, tv=ns.tv, device=ns.device,
                                          progress=not ns.json)
@@ -581,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     previous = _on_sigterm(_raise_terminated)
     try:
+        _check_device(ns)
         return ns.func(ns)
     except XWinInputError as exc:
-        print(f"xwin {ns.command}: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split())  # one line, whatever the message quotes
+        print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""

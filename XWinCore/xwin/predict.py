@@ -68,10 +68,22 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     """Load an exported model file or a checkpoint/run folder (default: `default_checkpoint`)."""
     path = Path(path) if path is not None else default_checkpoint()
     tensors, config = read_weights(path)
-    config = XWinConfig.from_dict(config)
     mean, poses = tensors.pop("mean_projection.images", None), tensors.pop("mean_projection.poses", None)
-    weights = {k: v.float() for k, v in tensors.items()}
+    size = config.model.img_size
+    if mean is not None and (poses is None or mean.ndim != 3 or tuple(mean.shape[1:]) != (size, size)
+                             or tuple(poses.shape) != (mean.shape[0], 2)):
+        raise XWinInputError(path, f"mean_projection does not fit the model: images {tuple(mean.shape)} and poses "
+                                   f"{None if poses is None else tuple(poses.shape)}, expected (V, {size}, {size}) "
+                                   "and (V, 2)")
     model = create_model(config)
+    own = model.state_dict()
+    for name, value in tensors.items():
+        if name not in own:
+            raise XWinInputError(path, f"weight {name[:100]} has no place in this model (config and weights disagree)")
+        if value.shape != own[name].shape:
+            raise XWinInputError(path, f"weight {name[:100]} is {tuple(value.shape)}, the config's model needs "
+                                       f"{tuple(own[name].shape)}")
+    weights = {k: v.float() for k, v in tensors.items()}
     missing = [k for k in model.load_state_dict(weights, strict=False).missing_keys if k.startswith(INFERENCE_MODULES)]
     if missing:
         raise XWinInputError(path, f"model file lacks {len(missing)} weights, e.g. {missing[0]}")

@@ -2,12 +2,16 @@
 
 Every section is a dataclass whose fields carry their allowed range; construction validates types and ranges and
 raises :class:`xwin.errors.XWinInputError` naming the dotted key, e.g. ``config key 'loss.tau': must be > 0, got -1``.
+A YAML file is bounded before it is built (size, UTF-8, nodes after alias expansion), messages quote values cut
+short, and a model whose weights and one image would not fit the memory budget (``XWIN_MAX_VOLUME_GB``) is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import reprlib
+import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
@@ -31,6 +35,30 @@ def _f(default: Any, *, gt=None, ge=None, lt=None, le=None, choices=None):
     return field(default=default, metadata=meta)
 
 
+MAX_CONFIG_BYTES = 8 << 20  # a YAML config larger than this is refused unread
+MAX_CONFIG_NODES = 1_000_000  # YAML nodes after alias expansion ("billion laughs" documents are refused unbuilt)
+MAX_TEXT = 4096  # characters of a string value (PATH_MAX)
+_INT_LIMIT = 2**63
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlong = 30
+
+
+def _quote(value: Any) -> str:
+    """A short repr of a config value for error messages (long texts, lists and numbers are cut)."""
+    return _repr.repr(value)
+
+
+def _number(value: Any) -> str:
+    """A number as written in the docs (``0``, ``-1``, ``0.15``); anything else as `_quote` shows it."""
+    return f"{value:g}" if isinstance(value, float) else _quote(value)
+
+
+def _clip(name: Any, width: int = 60) -> str:
+    text = str(name) if isinstance(name, (str, int, float, bool)) else _quote(name)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _fail(key: str, problem: str) -> XWinInputError:
     return XWinInputError(None, f"config key '{key}': {problem}")
 
@@ -46,12 +74,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         origin = get_origin(tp)
     if origin is tuple and get_args(tp)[-1] is Ellipsis:
         if not isinstance(value, (list, tuple)):
-            raise _fail(key, f"expected a list, got {value!r}")
+            raise _fail(key, f"expected a list, got {_quote(value)}")
         return tuple(_coerce(f"{key}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value))
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise _fail(key, f"expected a list of {len(args)} numbers, got {value!r}")
+            raise _fail(key, f"expected a list of {len(args)} numbers, got {_quote(value)}")
         return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
     ok = {
         bool: isinstance(value, bool),
@@ -60,27 +88,32 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         str: isinstance(value, str),
     }[tp]
     if not ok:
-        raise _fail(key, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        raise _fail(key, f"expected {tp.__name__}, got {type(value).__name__} {_quote(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT_LIMIT < value < _INT_LIMIT:
+        raise _fail(key, f"{_quote(value)} is out of range (at most 2^63)")
     if tp is float:
         value = float(value)
         if not math.isfinite(value):
             raise _fail(key, f"must be finite, got {value}")
+    if tp is str and len(value) > MAX_TEXT:
+        raise _fail(key, f"a text of {len(value)} characters (at most {MAX_TEXT}): {_quote(value)}")
     return value
 
 
-def _check_range(key: str, value: Any, meta: dict) -> None:
+def _check_range(key: str, value: Any, meta: dict, pair: bool) -> None:
+    """Check ``meta``'s range on a value (each element of a list); a ``pair`` is a [low, high] range."""
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
         if v is None:
             continue
         if "choices" in meta and v not in meta["choices"]:
-            raise _fail(key, f"must be one of {', '.join(map(str, meta['choices']))}, got {v!r}")
+            raise _fail(key, f"must be one of {', '.join(map(str, meta['choices']))}, got {_quote(v)}")
         for op, test, sym in (("gt", lambda a, b: a > b, ">"), ("ge", lambda a, b: a >= b, ">="),
                               ("lt", lambda a, b: a < b, "<"), ("le", lambda a, b: a <= b, "<=")):
             if op in meta and not test(v, meta[op]):
-                raise _fail(key, f"must be {sym} {meta[op]:g}, got {v:g}")
-    if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
-        raise _fail(key, f"must be an ordered [low, high] pair, got [{value[0]:g}, {value[1]:g}]")
+                raise _fail(key, f"must be {sym} {_number(meta[op])}, got {_number(v)}")
+    if pair and value[0] > value[1]:
+        raise _fail(key, f"must be an ordered [low, high] pair, got [{_number(value[0])}, {_number(value[1])}]")
 
 
 class _Section:
@@ -93,7 +126,8 @@ class _Section:
         for f in dataclasses.fields(self):
             key = f"{self.section}.{f.name}"
             value = _coerce(key, getattr(self, f.name), hints[f.name])
-            _check_range(key, value, f.metadata)
+            pair = get_origin(hints[f.name]) is tuple and get_args(hints[f.name]) == (float, float)
+            _check_range(key, value, f.metadata, pair)
             setattr(self, f.name, value)
         self._check()
 
@@ -150,6 +184,40 @@ class ModelConfig(_Section):
         for width in ("predictor_width", "mask_predictor_width", "decoder_width"):
             w = getattr(self, width)
             self._require(w % 4 == 0, width, f"must be a multiple of 4 (2D sin-cos positions), got {w}")
+        self.check_memory()
+
+    def memory_bytes(self, batch: int = 1) -> int:
+        """Rough float32 bytes of the weights plus an inference pass over ``batch`` images (the largest block's
+        attention and activations): the estimate checked against the memory budget before anything is allocated."""
+        n, pixels = self.num_patches, self.patch_size**2 * self.in_chans
+        blocks = [(self.depth, self.embed_dim, self.num_heads)] * 2 + [
+            (self.predictor_depth, self.predictor_width, self.predictor_heads),
+            (self.mask_predictor_depth, self.mask_predictor_width, self.mask_predictor_heads),
+            (self.decoder_depth, self.decoder_width, self.decoder_heads)]
+        weights = (sum(k * 12 * w * w + n * w for k, w, _ in blocks) + 2 * pixels * self.embed_dim
+                   + (self.embed_dim + pixels) * self.decoder_width + self.embed_dim * self.domain_hidden
+                   + 4 * self.action_frequencies * self.predictor_width
+                   + 100 * (self.decoder_refine + self.decoder_context) ** 2)
+        per_image = (max(n * n * h + 10 * n * w for k, w, h in blocks if k)
+                     + self.img_size**2 * (8 + self.decoder_refine + 4 * self.decoder_context))
+        return 4 * (weights + batch * per_image)
+
+    def check_memory(self, batch: int = 1, request: str | None = None) -> None:
+        """Refuse this model, or a ``request`` of ``batch`` images through it, beyond the memory budget."""
+        from ..io.validate import MEMORY_ENV, memory_budget
+
+        need, budget = self.memory_bytes(batch), memory_budget()
+        if need > budget:
+            widest = max(("embed_dim", "predictor_width", "mask_predictor_width", "decoder_width"),
+                         key=lambda name: getattr(self, name))
+            deepest = max(("depth", "predictor_depth", "mask_predictor_depth", "decoder_depth"),
+                          key=lambda name: getattr(self, name))
+            sizes = ", ".join(f"{name} {getattr(self, name)}" for name in ("img_size", "patch_size", widest, deepest))
+            problem = (f"needs about {need / 2**30:.3g} GiB of memory, more than the {budget / 2**30:g} GiB allowed "
+                       f"(set {MEMORY_ENV} to raise the limit)")
+            if request is None:
+                raise _fail("model", f"{sizes}: one image {problem}")
+            raise XWinInputError(None, f"{request} through this model ({sizes}) {problem}")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -292,15 +360,15 @@ class XWinConfig:
         sections = {}
         for name, value in data.items():
             if name not in _SECTIONS:
-                raise _fail(str(name), f"unknown section (expected one of: {', '.join(_SECTIONS)})")
+                raise _fail(_clip(name), f"unknown section (expected one of: {', '.join(_SECTIONS)})")
             value = {} if value is None else value
             if not isinstance(value, dict):
-                raise _fail(name, f"expected a mapping, got {type(value).__name__} {value!r}")
+                raise _fail(name, f"expected a mapping, got {type(value).__name__} {_quote(value)}")
             section_cls = _SECTIONS[name]
             known = [f.name for f in dataclasses.fields(section_cls)]
             for key in value:
                 if key not in known:
-                    raise _fail(f"{name}.{key}", f"unknown key (expected one of: {', '.join(known)})")
+                    raise _fail(f"{name}.{_clip(key)}", f"unknown key (expected one of: {', '.join(known)})")
             sections[name] = section_cls(**value)
         return cls(**sections)
 
@@ -314,21 +382,87 @@ class XWinConfig:
                 for name in _SECTIONS}
 
 
+def _expanded_nodes(root: yaml.Node) -> int:
+    """Nodes of a composed YAML document with every alias expanded, counted on its shared node graph (each node
+    once, without recursion) and capped just above ``MAX_CONFIG_NODES``; a recursive alias counts as too many."""
+    limit = MAX_CONFIG_NODES + 1
+    counts: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        if id(node) in counts:
+            stack.pop()
+            continue
+        kids = ([] if isinstance(node, yaml.ScalarNode) else
+                [k for pair in node.value for k in pair] if isinstance(node, yaml.MappingNode) else node.value)
+        if id(node) not in ancestors:
+            ancestors.add(id(node))
+            for kid in kids:
+                if id(kid) in ancestors:
+                    return limit
+                stack.append(kid)
+            continue
+        ancestors.discard(id(node))
+        counts[id(node)] = min(limit, 1 + sum(counts[id(k)] for k in kids))
+        stack.pop()
+    return counts[id(root)]
+
+
+def _parse_yaml(path: str | os.PathLike) -> Any:
+    """The YAML document of ``path``, bounded before it is built: a regular file of at most ``MAX_CONFIG_BYTES``,
+    UTF-8, at most ``MAX_CONFIG_NODES`` nodes once aliases are expanded."""
+    from ..io.validate import file_problem
+
+    problem = file_problem(path)
+    if problem:
+        raise XWinInputError(path, f"cannot read config: {problem}")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise XWinInputError(path, f"cannot read config: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise XWinInputError(path, f"a config larger than {MAX_CONFIG_BYTES >> 20} MiB (not a YAML config?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise XWinInputError(path, f"not a YAML config: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                                   "is not UTF-8 text") from None
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_nodes(node) > MAX_CONFIG_NODES:
+                raise XWinInputError(path, f"the YAML expands to more than {MAX_CONFIG_NODES:,} values through its "
+                                           "aliases (&anchor/*alias): refused unbuilt")
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except XWinInputError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(str(exc.problem or exc.context).split())
+        raise XWinInputError(path, f"not valid YAML{where}: {_clip(what, 120)}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer beyond Python's digit limit, a bad date
+        text = (f"an integer of more than {sys.get_int_max_str_digits()} digits" if "int_max_str_digits" in str(exc)
+                else _clip(" ".join(str(exc).split()), 120))
+        raise XWinInputError(path, f"not valid YAML: {text}") from None
+    except RecursionError:
+        raise XWinInputError(path, "not valid YAML: nested too deeply") from None
+
+
 def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict:
     """The YAML mapping of ``path``; a top-level ``base: FILE`` (relative to ``path``) is read first and the file's
     sections override it key by key."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise XWinInputError(path, f"cannot read config: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise XWinInputError(path, f"not valid YAML: {exc}") from None
+    data = _parse_yaml(path)
     if not isinstance(data, dict) or "base" not in data:
         return data
     base = data.pop("base")
     if not isinstance(base, str):
-        raise XWinInputError(path, f"config key 'base': must be a file name, got {base!r}")
+        raise XWinInputError(path, f"config key 'base': must be a file name, got {_quote(base)}")
     base_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base))
     if base_path in chain:
         raise XWinInputError(path, f"config key 'base': {base} includes itself")

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import XWinInputError
+from ..io.validate import MEMORY_ENV, file_problem, memory_budget
 from ..io.writers import atomic_output
+from ..models.config import XWinConfig
 
 LATEST = "latest.json"
 MODEL_FORMAT = "xwin-world-model/1"  # metadata "format" of an exported inference file (`xwin export-model`)
@@ -83,7 +85,10 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         pointer = json.loads((root / LATEST).read_text())
     except (OSError, ValueError):
         return None
-    path = root / pointer["path"]
+    name = pointer.get("path") if isinstance(pointer, dict) else None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        return None
+    path = root / name
     return path if (path / "state.json").is_file() else None
 
 
@@ -93,13 +98,56 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if (path / "checkpoints").is_dir():
         path = latest_checkpoint(path) or path
     try:
-        model = load_file(str(path / "model.safetensors"))
+        model = _load_tensors(path / "model.safetensors")
         state = json.loads((path / "state.json").read_text())
         opt_file = path / "optimizer.safetensors"
-        optim = load_file(str(opt_file)) if opt_file.is_file() else None
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise XWinInputError(path, f"not a readable XWin checkpoint ({exc})") from None
+        optim = _load_tensors(opt_file) if opt_file.is_file() else None
+    except XWinInputError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise XWinInputError(path, f"not a readable XWin checkpoint ({_one_line(exc)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise XWinInputError(path / "state.json", "not an XWin checkpoint state (no step)")
+    state["config"] = _model_config(path / "state.json", state.get("config")).to_dict()
     return model, optim, state
+
+
+def _one_line(exc: BaseException | str | None) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a file larger than the memory budget is refused unread); every floating
+    weight must be finite."""
+    problem = file_problem(path)
+    if problem:
+        raise XWinInputError(path, problem)
+    size, budget = path.stat().st_size, memory_budget()
+    if size > budget:
+        raise XWinInputError(path, f"a model file of {size / 2**30:.1f} GiB, more than the {budget / 2**30:g} GiB "
+                                   f"allowed (set {MEMORY_ENV} to raise the limit)")
+    tensors = load_file(str(path))
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise XWinInputError(path, f"weight {_one_line(name)} holds NaN or infinite values")
+    return tensors
+
+
+def _model_config(path: Path, config: Any) -> XWinConfig:
+    """The validated config stored with a model, as JSON text or a mapping (``path``: the file it came from)."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError as exc:
+            raise XWinInputError(path, f"the model's config is not valid JSON ({_one_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise XWinInputError(path, f"the model's config must be a mapping of sections, got "
+                                   f"{'nothing' if config is None else type(config).__name__}")
+    try:
+        return XWinConfig.from_dict(config)
+    except XWinInputError as exc:
+        raise XWinInputError(path, f"the model's {exc.problem}") from None
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -113,24 +161,27 @@ def restore_rng(rng: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, config dict) of an exported model file (``MODEL_FORMAT``) or a checkpoint/run folder.
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], XWinConfig]:
+    """(tensors, validated config) of an exported model file (``MODEL_FORMAT``) or a checkpoint/run folder.
 
     An exported file also holds ``mean_projection.images`` / ``mean_projection.poses``; its weights may be fp16.
     """
     path = Path(path)
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # safetensors raises several error types for foreign files
-            raise XWinInputError(path, f"not an XWin model file ({exc})") from None
-        if meta.get("format") != MODEL_FORMAT:
-            raise XWinInputError(path, f"not an XWin model file (format {meta.get('format')!r}, "
-                                       f"expected {MODEL_FORMAT})")
-        return tensors, json.loads(meta["config"])
     if path.is_dir():
         weights, _, state = load_checkpoint(path)
-        return weights, state["config"]
-    raise XWinInputError(path, "model not found (expected an exported .safetensors file or a checkpoint folder)")
+        return weights, XWinConfig.from_dict(state["config"])
+    if not path.exists():
+        raise XWinInputError(path, "model not found (expected an exported .safetensors file or a checkpoint folder)")
+    problem = file_problem(path)
+    if problem:
+        raise XWinInputError(path, problem)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != MODEL_FORMAT:
+            raise XWinInputError(path, f"not an XWin model file (format {_one_line(meta.get('format', 'none'))!r}, "
+                                       f"expected {MODEL_FORMAT})")
+        config = _model_config(path, meta.get("config"))
+        return _load_tensors(path), config
+    except (OSError, SafetensorError) as exc:  # safetensors raises these for foreign and truncated files
+        raise XWinInputError(path, f"not an XWin model file ({_one_line(exc)})") from None

@@ -1,0 +1,404 @@
+"""A generated corpus of bad model files, configs, resource requests, devices and outputs (issue 16), each through
+the real CLI: exit status 2, exactly one stderr line naming the culprit, no traceback, nothing on stdout, no new
+file, bounded time and memory. Bombs and budget cases also run in a subprocess under `resource` limits."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from xwin.cli import main
+from xwin.models import XWinConfig, create_model, load_config
+from xwin.predict import INFERENCE_MODULES
+from xwin.train.checkpoint import MODEL_FORMAT
+
+SECONDS = 30  # CPU seconds per case (the issue's goal; other jobs may share the cores), wall clock 10 times that
+RSS_GROWTH = 1 << 30  # bytes a case may add to the process's peak memory
+TINY = {"model": {"img_size": 32, "patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 2,
+                  "predictor_depth": 1, "predictor_width": 16, "predictor_heads": 2, "mask_predictor_depth": 1,
+                  "mask_predictor_width": 16, "mask_predictor_heads": 2, "decoder_depth": 1, "decoder_width": 16,
+                  "decoder_heads": 2, "domain_hidden": 8}}
+BOMB = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(9))
+        + "data: {ct: *j}\n")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Good inputs beside the bad ones (outside each case's folder): a tiny model file, a CT, a CXR."""
+    root = tmp_path_factory.mktemp("good")
+    torch.manual_seed(0)
+    weights = {k: v.half().contiguous() for k, v in create_model(XWinConfig.from_dict(TINY)).state_dict().items()
+               if k.startswith(INFERENCE_MODULES)}
+    save_file(weights, str(root / "tiny.safetensors"), metadata=_meta(TINY))
+    ct = sitk.GetImageFromArray(np.full((12, 14, 16), -500, np.int16))
+    ct.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(ct, str(root / "ct.nrrd"))
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(root / "cxr.png")
+    return {"model": root / "tiny.safetensors", "ct": root / "ct.nrrd", "cxr": root / "cxr.png"}
+
+
+def _meta(config, **extra) -> dict[str, str]:
+    return {"format": MODEL_FORMAT, "config": json.dumps(config), **extra}
+
+
+def _weights(good: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(good))
+
+
+def _model(path: Path, good: Path, change=None, meta: dict | None = None) -> Path:
+    """A copy of the tiny model file with its tensors changed by ``change`` and/or other metadata."""
+    tensors = _weights(good)
+    if change:
+        change(tensors)
+    save_file(tensors, str(path), metadata=_meta(TINY) if meta is None else meta)
+    return path
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _truncated(path: Path, good: Path) -> Path:
+    data = good.read_bytes()
+    return _bytes(path, data[: len(data) // 2])
+
+
+def _checkpoint(folder: Path, good: Path, state="ok", model: bytes | None = None) -> Path:
+    """A checkpoint folder (model.safetensors + state.json) from the tiny model, with a bad part."""
+    folder.mkdir()
+    tensors = {k: v.float() for k, v in _weights(good).items()}
+    save_file(tensors, str(folder / "model.safetensors"))
+    if model is not None:
+        (folder / "model.safetensors").write_bytes(model)
+    text = json.dumps({"step": 3, "config": TINY}) if state == "ok" else state
+    (folder / "state.json").write_text(text)
+    return folder
+
+
+def _set(tensors, name, value):
+    tensors[name] = value
+
+
+def _yaml(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def _model_yaml(**model) -> str:
+    return json.dumps({"model": {**TINY["model"], **model}})
+
+
+# --- model files: (id, make(case_dir, good_model) -> file, command(file, inputs, case_dir) -> argv) -------------
+
+def _predict(model: Path, inputs, d: Path) -> list[str]:
+    return ["predict", str(inputs["cxr"]), "--lao", "30", "--cran", "0", "--checkpoint", str(model),
+            "--out", str(d / "pred.png")]
+
+
+def _export_model(model: Path, inputs, d: Path) -> list[str]:
+    return ["export-model", str(model), "--out", str(d / "exported.safetensors")]
+
+
+def _train_init(model: Path, inputs, d: Path) -> list[str]:
+    config = _yaml(d.parent / f"{d.name}_init.yaml", json.dumps({**TINY, "data": {"ct": [str(inputs["ct"])]}}))
+    return ["train", "--config", str(config), "--init", str(model), "--out", str(d / "run")]
+
+
+MODEL_CASES = [
+    ("metadata_not_json", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
+                                                                             "config": "{model: [1,"}), _predict),
+    ("metadata_no_config", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT}), _predict),
+    ("config_a_list", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
+                                                                         "config": "[1, 2]"}), _predict),
+    ("config_a_number", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
+                                                                           "config": "42"}), _predict),
+    ("config_unknown_section", lambda d, g: _model(d / "m.safetensors", g, meta=_meta({**TINY, "extra": {}})),
+     _predict),
+    ("config_heads_do_not_divide", lambda d, g: _model(
+        d / "m.safetensors", g, meta=_meta({"model": {**TINY["model"], "num_heads": 3}})), _predict),
+    ("config_huge_img_size", lambda d, g: _model(
+        d / "m.safetensors", g, meta=_meta({"model": {**TINY["model"], "img_size": 1_600_000}})), _predict),
+    ("config_huge_embed_dim", lambda d, g: _model(
+        d / "m.safetensors", g, meta=_meta({"model": {**TINY["model"], "embed_dim": 10**8}})), _predict),
+    ("config_int_beyond_int64", lambda d, g: _model(
+        d / "m.safetensors", g, meta=_meta({"model": {**TINY["model"], "depth": 10**40}})), _predict),
+    ("wrong_tensor_shape", lambda d, g: _model(
+        d / "m.safetensors", g, lambda t: _set(t, "decoder.head.weight", torch.zeros(5, 5))), _predict),
+    ("missing_tensors", lambda d, g: _model(
+        d / "m.safetensors", g, lambda t: [t.pop(k) for k in list(t) if k.startswith("decoder.")]), _predict),
+    ("foreign_tensor", lambda d, g: _model(
+        d / "m.safetensors", g, lambda t: _set(t, "decoder.extra.weight", torch.zeros(3))), _predict),
+    ("nan_weight", lambda d, g: _model(
+        d / "m.safetensors", g, lambda t: t["decoder.head.weight"].view(-1).__setitem__(0, float("nan"))),
+     _predict),
+    ("mean_projection_wrong_size", lambda d, g: _model(
+        d / "m.safetensors", g, lambda t: t.update({"mean_projection.images": torch.zeros(3, 8, 8),
+                                                    "mean_projection.poses": torch.zeros(3, 2)})), _predict),
+    ("pickle_named_safetensors", lambda d, g: (torch.save(_weights(g), d / "m.safetensors"),
+                                               d / "m.safetensors")[1], _predict),
+    ("random_bytes", lambda d, g: _bytes(d / "m.safetensors", np.random.default_rng(0).bytes(5000)), _predict),
+    ("header_length_lie", lambda d, g: _bytes(d / "m.safetensors", (1 << 40).to_bytes(8, "little") + b"{}"),
+     _predict),
+    ("text_file", lambda d, g: _bytes(d / "m.safetensors", b"hello, I am a model\n"), _predict),
+    ("empty_file", lambda d, g: _bytes(d / "m.safetensors", b""), _predict),
+    ("truncated", lambda d, g: _truncated(d / "m.safetensors", g), _predict),
+    ("no_format", lambda d, g: _model(d / "m.safetensors", g, meta={"config": json.dumps(TINY)}), _predict),
+    ("other_format", lambda d, g: _model(d / "m.safetensors", g, meta={**_meta(TINY), "format": "other/9"}),
+     _predict),
+    ("fifo", lambda d, g: _fifo(d / "m.safetensors"), _predict),
+    ("empty_folder", lambda d, g: (d / "ckpt").mkdir() or d / "ckpt", _predict),
+    ("checkpoint_state_not_json", lambda d, g: _checkpoint(d / "ckpt", g, state="{step: "), _predict),
+    ("checkpoint_state_a_list", lambda d, g: _checkpoint(d / "ckpt", g, state="[3]"), _predict),
+    ("checkpoint_huge_config", lambda d, g: _checkpoint(
+        d / "ckpt", g, state=json.dumps({"step": 3, "config": {"model": {**TINY["model"], "img_size": 160000}}})),
+     _export_model),
+    ("checkpoint_pickle_weights", lambda d, g: _checkpoint(
+        d / "ckpt", g, model=b"\x80\x04\x95" + bytes(2000)), _export_model),
+    ("checkpoint_no_config", lambda d, g: _checkpoint(d / "ckpt", g, state='{"step": 3}'), _export_model),
+    ("train_init_not_json", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
+                                                                               "config": "{"}), _train_init),
+    ("train_init_random_bytes", lambda d, g: _bytes(d / "m.safetensors", np.random.default_rng(1).bytes(999)),
+     _train_init),
+]
+
+# --- configs: (id, text of the YAML, name of the culprit file when it is not the config) -----------------------
+
+CONFIG_CASES = [
+    ("alias_bomb", BOMB),
+    ("recursive_alias", "data: &a {ct: [*a]}\n"),
+    ("integer_of_5000_digits", "train:\n  seed: " + "7" * 5000 + "\n"),
+    ("integer_beyond_int64", "train:\n  seed: " + "9" * 40 + "\n"),
+    ("integer_of_4000_digits_as_float", "loss:\n  tau: " + "9" * 4000 + "\n"),
+    ("float_overflow", "loss:\n  tau: 1.0e+999\n"),
+    ("non_utf8_bytes", b"model:\n  img_size: \xff\xfe\x00\x01\x80\n"),
+    ("binary_tag", "data:\n  ct: !!binary aGVsbG8gd29ybGQ=\n"),
+    ("nul_character", "model:\n  encoder: ti\x00ny\n"),
+    ("python_tag", "data:\n  ct: !!python/object/apply:os.system ['echo owned']\n"),
+    ("huge_ct_list", "data:\n  ct: [" + ", ".join(["ct_%06d.nii.gz" % i for i in range(20_000)]) + ", 17]\n"),
+    ("path_of_100k_characters", "data:\n  ct: ['" + "a" * 100_000 + "']\n"),
+    ("deep_nesting", "data: " + "[" * 20_000 + "]" * 20_000 + "\n"),
+    ("two_documents", "model: {}\n---\nloss: {}\n"),
+    ("top_level_list", "- model\n- loss\n"),
+    ("unknown_section", "modle:\n  img_size: 64\n"),
+    ("unknown_key", "model:\n  image_size: 64\n"),
+    ("descending_pair", "mask:\n  target_scale: [0.3, 0.1]\n"),
+    ("texts_for_a_pair", "data:\n  zoom: [b, a]\n"),
+    ("pa_view_missing", "data:\n  lao: [15, 30]\n"),
+    ("tab_indentation", "model:\n\timg_size: 64\n"),
+    ("huge_img_size", _model_yaml(img_size=1_600_000)),
+    ("huge_depth", _model_yaml(depth=10**9)),
+    ("huge_widths", _model_yaml(predictor_width=4 * 10**6, predictor_heads=1)),
+]
+
+
+def _config_case(d: Path, text) -> Path:
+    return _yaml(d / "bad.yaml", text)
+
+
+SPECIAL_CONFIGS = [
+    ("base_includes_itself", lambda d: _yaml(d / "bad.yaml", "base: bad.yaml\n"), "bad.yaml"),
+    ("base_missing", lambda d: _yaml(d / "bad.yaml", "base: nowhere.yaml\n"), "nowhere.yaml"),
+    ("base_is_a_bomb", lambda d: (_yaml(d / "bomb.yaml", BOMB), _yaml(d / "bad.yaml", "base: bomb.yaml\n"))[1],
+     "bomb.yaml"),
+    ("fifo", lambda d: _fifo(d / "bad.yaml"), "bad.yaml"),
+    ("folder", lambda d: (d / "bad.yaml").mkdir() or d / "bad.yaml", "bad.yaml"),
+    ("nine_mib_file", lambda d: _sparse(d / "bad.yaml", 9 << 20), "bad.yaml"),
+]
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+# --- the check -------------------------------------------------------------------------------------------------
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _refused(argv: list[str], root: Path, culprit: str, capsys) -> str:
+    """Run the CLI; assert the contract of issue 16 and return the error line."""
+    before = _tree(root)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start, cpu = time.monotonic(), time.process_time()
+    code = main(argv)
+    seconds, cpu = time.monotonic() - start, time.process_time() - cpu
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and out == ""
+    assert lines[0].startswith(f"xwin {argv[0]}: error: ") and culprit in lines[0], lines[0]
+    assert len(lines[0]) <= 1100
+    assert _tree(root) == before, "the failed run left files behind"
+    assert cpu < SECONDS and seconds < 10 * SECONDS
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak < RSS_GROWTH
+    return lines[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_imports():
+    """Import what the commands import lazily, so that each case's time bound measures the case alone."""
+    import xwin.drr
+    import xwin.eval.domain
+    import xwin.recon
+    import xwin.train  # noqa: F401
+
+
+@pytest.fixture
+def case_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("XWIN_MAX_VOLUME_GB", raising=False)
+    return folder
+
+
+@pytest.mark.parametrize("make, command", [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
+def test_bad_model_file(make, command, inputs, case_dir, capsys):
+    model = make(case_dir, inputs["model"])
+    _refused(command(model, inputs, case_dir), case_dir, str(model), capsys)
+
+
+@pytest.mark.parametrize("text", [c[1] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config(text, case_dir, capsys):
+    config = _config_case(case_dir, text)
+    line = _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, str(config),
+                    capsys)
+    assert "config" in line
+
+
+@pytest.mark.parametrize("make, culprit", [c[1:] for c in SPECIAL_CONFIGS], ids=[c[0] for c in SPECIAL_CONFIGS])
+def test_bad_config_file(make, culprit, case_dir, capsys):
+    config = make(case_dir)
+    _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, culprit, capsys)
+
+
+def test_valid_descending_lists_and_pairs_are_accepted(tmp_path):
+    """The `:g` bug: a 2-element list in descending order is a list (docs/model.md), not a [low, high] pair."""
+    config = load_config(_yaml(tmp_path / "ok.yaml", "data:\n  lao: [15, 0]\n  cran: [0, -10]\n"
+                                                     "  ct: [b.nii.gz, a.nii.gz]\n  zoom: [1, 1.5]\n"))
+    assert config.data.lao == (15.0, 0.0) and config.data.cran == (0.0, -10.0)
+    assert config.data.ct == ("b.nii.gz", "a.nii.gz")
+
+
+# --- resource requests, devices and outputs: (id, argv(inputs, case_dir), culprit, environment) -----------------
+
+def _reconstruct(inputs, d, *extra) -> list[str]:
+    return ["reconstruct", "--from-ct", str(inputs["ct"]), "--out", str(d / "recon.nrrd"), *extra]
+
+
+def _render(inputs, d, *extra, out="drr.nrrd") -> list[str]:
+    return ["render", str(inputs["ct"]), "--lao", "0", "--cran", "0", "--out", str(d / out), *extra]
+
+
+def _many(n: int) -> list[str]:
+    return [str(a) for a in np.linspace(-90, 90, n)]
+
+
+def _existing_file(d: Path, name: str) -> str:
+    (d / name).write_text("taken")
+    return name
+
+
+REQUEST_CASES = [
+    ("render_size_100000", lambda i, d: _render(i, d, "--size", "100000", "100000"), "--size 100000 100000", {}),
+    ("render_size_over_a_small_budget", lambda i, d: _render(i, d, "--size", "256", "256"), "XWIN_MAX_VOLUME_GB",
+     {"XWIN_MAX_VOLUME_GB": "0.001"}),
+    ("budget_not_a_number", lambda i, d: _render(i, d), "XWIN_MAX_VOLUME_GB", {"XWIN_MAX_VOLUME_GB": "lots"}),
+    ("reconstruct_views_1e8", lambda i, d: _reconstruct(i, d, "--views", "100000000"), "--views 100000000", {}),
+    ("reconstruct_grid_2000_cubed", lambda i, d: _reconstruct(i, d, "--size", "2000", "2000", "2000"),
+     "2000 x 2000 x 2000", {}),
+    ("reconstruct_tiny_spacing", lambda i, d: _reconstruct(i, d, "--spacing", "0.01"), "reconstruction grid", {}),
+    ("reconstruct_huge_detector", lambda i, d: _reconstruct(i, d, "--views", "2", "--det", "100000", "100000"),
+     "100000 x 100000", {}),
+    ("reconstruct_cxr_views_1e7", lambda i, d: ["reconstruct", str(i["cxr"]), "--checkpoint", str(i["model"]),
+                                                "--views", "10000000", "--out", str(d / "r.nrrd")],
+     "--views 10000000", {}),
+    ("predict_300000_poses", lambda i, d: ["predict", str(i["cxr"]), "--checkpoint", str(i["model"]),
+                                           "--lao", *_many(150_000), "--cran", "0", "--out", str(d / "p")],
+     "150000 poses", {}),
+    ("eval_domain_views_1e8", lambda i, d: ["eval", "domain", "--cxr", str(d), "--ct", str(i["ct"]),
+                                            "--checkpoint", str(i["model"]), "--views", "100000000"],
+     "--views 100000000", {}),
+    ("device_foo", lambda i, d: _render(i, d, "--device", "foo"), "--device 'foo'", {}),
+    ("device_auto_outside_train", lambda i, d: _render(i, d, "--device", "auto"), "--device 'auto'", {}),
+    ("device_cuda_index_absent", lambda i, d: _reconstruct(i, d, "--device", "cuda:64"), "--device cuda:64", {}),
+    ("train_device_cuda_index", lambda i, d: ["train", "--config", "x.yaml", "--device", "cuda:1"],
+     "--device cuda:1", {}),
+    ("eval_world_device_empty", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--device", ""],
+     "--device ''", {}),
+    ("render_out_existing_file_several_poses", lambda i, d: [
+        "render", str(i["ct"]), "--lao", "0", "30", "--cran", "0", "--out", str(d / _existing_file(d, "taken"))],
+     "taken", {}),
+    ("predict_out_existing_file_several_poses", lambda i, d: [
+        "predict", str(i["cxr"]), "--checkpoint", str(i["model"]), "--lao", "0", "30", "--cran", "0",
+        "--out", str(d / _existing_file(d, "taken"))], "taken", {}),
+]
+if not torch.cuda.is_available():
+    REQUEST_CASES += [
+        ("device_cuda_without_cuda", lambda i, d: ["predict", str(i["cxr"]), "--checkpoint", str(i["model"]),
+                                                   "--lao", "0", "--cran", "0", "--device", "cuda",
+                                                   "--out", str(d / "p.png")], "--device cuda", {}),
+        ("train_device_cuda_without_cuda", lambda i, d: ["train", "--config", "x.yaml", "--device", "cuda"],
+         "--device cuda", {}),
+    ]
+if not torch.backends.mps.is_available():
+    REQUEST_CASES.append(("device_mps_absent", lambda i, d: _render(i, d, "--device", "mps"), "--device mps", {}))
+
+
+@pytest.mark.parametrize("argv, culprit, env", [c[1:] for c in REQUEST_CASES], ids=[c[0] for c in REQUEST_CASES])
+def test_bad_request(argv, culprit, env, inputs, case_dir, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    line = _refused(argv(inputs, case_dir), case_dir, culprit, capsys)
+    if "GiB" in line:
+        assert "XWIN_MAX_VOLUME_GB" in line  # says the budget and how to change it
+
+
+# --- bombs and budgets in a subprocess under resource limits ---------------------------------------------------
+
+LIMITS = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_DATA, ({3 << 30}, {3 << 30}))
+resource.setrlimit(resource.RLIMIT_CPU, (240, 240))
+from xwin.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    lambda i, d: ["train", "--config", str(_yaml(d / "bomb.yaml", BOMB)), "--out", str(d / "run")],
+    lambda i, d: _render(i, d, "--size", "100000", "100000"),
+    lambda i, d: _reconstruct(i, d, "--size", "2000", "2000", "2000"),
+], ids=["alias_bomb", "render_size_100000", "reconstruct_grid_2000_cubed"])
+def test_bombs_and_budgets_under_limits(argv, inputs, case_dir):
+    args = argv(inputs, case_dir)
+    before = _tree(case_dir)
+    env = {k: v for k, v in os.environ.items() if k != "XWIN_MAX_VOLUME_GB"}
+    run = subprocess.run([sys.executable, "-c", LIMITS, *args], capture_output=True, text=True, timeout=300,
+                         cwd=case_dir, env=env)
+    lines = run.stderr.splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == "" and _tree(case_dir) == before
