@@ -65,7 +65,7 @@ def test_viewer_demo_slider_moves_the_drr(qapp, window):
     before = window.drr_view.array.copy()
     assert before.shape == (256, 256)
 
-    window.set_pose(35.0, 10.0)  # as a drag: the preview follows through the 50 ms debounce timer
+    window.set_pose(35.0, 10.0)  # the preview follows at once (throttle: xwin.viewer.controller)
     _spin(qapp, 1.0, until=lambda: window.drr_view.array.shape == (128, 128))
     window._slider_released()  # full quality on release
     after = window.drr_view.array
@@ -77,6 +77,33 @@ def test_viewer_demo_slider_moves_the_drr(qapp, window):
     shot = window.drr_view.capture(SHOTS / "viewer_drr.png")
     assert _lit_fraction(shot) > 0.2
     window.cxr_view.capture(SHOTS / "viewer_cxr.png")
+
+
+def test_viewer_drag_shows_frames_while_the_slider_moves(qapp, window):
+    """Issue 14: with the slider held down and moved at 60 Hz, previews keep coming (a debounce showed nothing until
+    the mouse stopped); the full-quality frame comes on release."""
+    window.load_demo()
+    _spin(qapp, 0.3)
+    shown = []
+    real = window.update_views
+
+    def spy(preview, predict=None):
+        shown.append((time.perf_counter(), preview))
+        real(preview, predict)
+
+    window.update_views = spy
+    window.lao_slider.setSliderDown(True)
+    start = time.perf_counter()
+    for e in range(60):
+        window.lao_slider.setValue(2 * e)  # half-degree steps: 0 → 29.5°
+        _spin(qapp, max(0.0, start + (e + 1) / 60.0 - time.perf_counter()))
+    previews = [t for t, p in shown if p]
+    assert shown and all(p for _, p in shown), "no full-quality frame while dragging"
+    assert len(previews) >= 5, len(previews)
+    assert previews[0] - start < 0.1, "the first move must render at once"
+    window.lao_slider.setSliderDown(False)
+    window._slider_released()
+    assert shown[-1][1] is False and window.drr_view.array.shape == (256, 256)
 
 
 def test_viewer_preview_keeps_the_gui_responsive(qapp, window):

@@ -151,6 +151,52 @@ def setWindowLevel(nodes, window: float, level: float) -> None:
         display.SetWindowLevel(float(window), float(level))
 
 
+DETECTOR_FRAME_ATTRIBUTE = "xwin.detectorFrame"  # on a slice node: 16 numbers, the detector frame it was planed on
+
+
+def detectorFrameOfNode(projectionNode) -> tuple[np.ndarray, tuple[float, float]]:
+    """(4×4 RAS frame, (width mm, height mm)) of a projection node: x along its columns (left → right on screen),
+    y against its rows (row 0 at the top), z = x × y, origin at the image centre."""
+    m = vtk.vtkMatrix4x4()
+    projectionNode.GetIJKToRASMatrix(m)
+    ijk_to_ras = arrayFromVTKMatrix(m)
+    w, h = projectionNode.GetImageData().GetDimensions()[:2]
+    u, v = ijk_to_ras[:3, 0], ijk_to_ras[:3, 1]
+    su, sv = float(np.linalg.norm(u)), float(np.linalg.norm(v))
+    x, y = u / su, -v / sv
+    frame = np.eye(4)
+    frame[:3, 0], frame[:3, 1], frame[:3, 2] = x, y, np.cross(x, y)
+    frame[:3, 3] = (ijk_to_ras @ np.array([(w - 1) / 2.0, (h - 1) / 2.0, 0.0, 1.0]))[:3]
+    return frame, (w * su, h * sv)
+
+
+def planSliceToProjection(sliceNode, projectionNode, fit: bool = False) -> None:
+    """Turn a slice view with a projection's detector so the image is shown face-on at every pose.
+
+    The detector plane turns with the C-arm pose; a slice view left on the previous plane cuts the single-slice image
+    along a line (issue 14: at LAO 15° a preview covered 2.7 % of the view). Here the view's plane follows the
+    detector: the new SliceToRAS is the old one carried by the rigid motion from the previous detector frame to the
+    new one, so the user's zoom and pan are kept while dragging. ``fit`` (or a first image, or a detector of a new
+    size) fits the whole image in the view instead, centred, as Slicer's FitSliceToAll does for a face-on volume.
+    Only MRML calls (vtkMRMLSliceNode::GetSliceToRAS/UpdateMatrices/SetFieldOfView), so it is tested on slicer-core.
+    """
+    frame, extent = detectorFrameOfNode(projectionNode)
+    saved = sliceNode.GetAttribute(DETECTOR_FRAME_ATTRIBUTE)
+    old = np.array([float(x) for x in saved.split()]) if saved else None
+    refit = fit or old is None or old.size != 18 or not np.allclose(old[16:], extent, rtol=1e-6, atol=1e-6)
+    sliceToRas = arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+    planed = frame if refit else frame @ np.linalg.inv(old[:16].reshape(4, 4)) @ sliceToRas
+    sliceNode.GetSliceToRAS().DeepCopy(vtkMatrixFromArray(planed))
+    sliceNode.SetAttribute(DETECTOR_FRAME_ATTRIBUTE, " ".join(f"{x:.9g}" for x in [*frame.ravel(), *extent]))
+    if refit:
+        dims = sliceNode.GetDimensions()
+        dx, dy = max(int(dims[0]), 1), max(int(dims[1]), 1)
+        mm_per_pixel = max(extent[0] / dx, extent[1] / dy)
+        spacing = float(projectionNode.GetSpacing()[0])
+        sliceNode.SetFieldOfView(mm_per_pixel * dx, mm_per_pixel * dy, spacing)
+    sliceNode.UpdateMatrices()
+
+
 class WindowLevelLink:
     """Keeps window/level equal on several volume nodes: changing one display node updates the others."""
 
@@ -334,6 +380,11 @@ class XWinLogic:
         if [n.GetID() for n in nodes] != [n.GetID() for n in self._wlLink.nodes]:
             self._wlLink.set(nodes)
         return self._wlLink
+
+    @staticmethod
+    def planSliceToProjection(sliceNode, projectionNode, fit: bool = False) -> None:
+        """`planSliceToProjection` (the view turns with the detector; zoom/pan kept unless ``fit``)."""
+        planSliceToProjection(sliceNode, projectionNode, fit)
 
     # actions ---------------------------------------------------------------------------------------------------
     def renderDrr(self, ctNode, lao: float, cran: float, preview: bool = False, outputNode=None, **geometry):

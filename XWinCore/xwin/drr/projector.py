@@ -5,6 +5,8 @@ integral ∫μ dl is dimensionless; views come from `xwin.geometry` (LPS mm).
 """
 from __future__ import annotations
 
+import itertools
+import threading
 from typing import Literal
 
 import numpy as np
@@ -132,13 +134,31 @@ class NumbaVolume:
         self.ijk_from_lps = np.asarray(ijk_from_lps, dtype=np.float64)
         self.transient = transient
         self._layouts: dict[tuple[int, int, int], np.ndarray] = {}
+        self._building = threading.Lock()
 
     def padded(self, order: tuple[int, int, int]) -> np.ndarray:
+        """The padded copy in layout ``order``, built on first use. Thread-safe: a background `warm_up` and the GUI
+        thread never build the same layout twice (one waits for the other's copy)."""
         if self.transient:
             return joseph_numba.pad_volume(np.transpose(self.mu, _transpose_axes(order)), scratch=True)
-        if order not in self._layouts:
-            self._layouts[order] = joseph_numba.pad_volume(np.transpose(self.mu, _transpose_axes(order)))
-        return self._layouts[order]
+        out = self._layouts.get(order)
+        if out is None:
+            with self._building:
+                out = self._layouts.get(order)
+                if out is None:
+                    out = joseph_numba.pad_volume(np.transpose(self.mu, _transpose_axes(order)))
+                    self._layouts[order] = out
+        return out
+
+    def warm_up(self, orders=None) -> None:
+        """Build the padded copies of ``orders`` (default: all six layouts) now, so that the first view along a new
+        ray axis does not stall on padding (issue 14: 0.3–0.6 s on the first pose past 45°)."""
+        for order in orders or itertools.permutations(range(3)):
+            self.padded(tuple(order))
+
+    @property
+    def nbytes(self) -> int:
+        return self.mu.nbytes
 
     def forward(self, views: Views) -> np.ndarray:
         out = np.empty((views.batch, views.height, views.width), self.mu.dtype)
@@ -229,6 +249,7 @@ class Projector:
         self.ijk_from_lps = torch.from_numpy(volume.ijk_from_lps)
         self._cache = NumbaVolume(self.mu.numpy(), volume.ijk_from_lps) if self.device.type == "cpu" else None
         self._levels: dict[int, tuple[torch.Tensor, torch.Tensor, NumbaVolume | None]] = {}
+        self._levels_lock = threading.Lock()
 
     def views(self, lao=None, cran=None, *, pose=None, geometry: Geometry | None = None) -> Views:
         """Views (LPS mm) for angles in degrees or full 4×4 poses, around this projector's isocenter."""
@@ -242,14 +263,42 @@ class Projector:
 
     def preview(self, lao=None, cran=None, *, mode: Mode = "radiograph", factor: int = 2) -> torch.Tensor:
         """Interactive-quality images: μ pooled ``factor``× and a detector with ``factor``× fewer pixels per side."""
-        if factor not in self._levels:
-            mu, lps_from_ijk = _downsample(self.mu, self.volume.lps_from_ijk, factor)
-            ijk_from_lps = np.linalg.inv(lps_from_ijk)
-            cache = NumbaVolume(mu.cpu().numpy(), ijk_from_lps) if self.device.type == "cpu" else None
-            self._levels[factor] = (mu, torch.from_numpy(ijk_from_lps), cache)
-        mu, ijk_from_lps, cache = self._levels[factor]
+        mu, ijk_from_lps, cache = self._level(factor)
         v = self.views(lao, cran, geometry=self.geometry.scaled(factor))
         return apply_mode(forward_project(mu, ijk_from_lps, v, self.backend, cache=cache), mode)
+
+    def _level(self, factor: int) -> tuple[torch.Tensor, torch.Tensor, NumbaVolume | None]:
+        """μ pooled ``factor``× with its affine and numba cache, built once (thread-safe)."""
+        level = self._levels.get(factor)
+        if level is None:
+            with self._levels_lock:
+                level = self._levels.get(factor)
+                if level is None:
+                    mu, lps_from_ijk = _downsample(self.mu, self.volume.lps_from_ijk, factor)
+                    ijk_from_lps = np.linalg.inv(lps_from_ijk)
+                    cache = NumbaVolume(mu.cpu().numpy(), ijk_from_lps) if self.device.type == "cpu" else None
+                    level = self._levels[factor] = (mu, torch.from_numpy(ijk_from_lps), cache)
+        return level
+
+    def warm_up(self, preview_factors=(2,), max_bytes: int = 1 << 30) -> None:
+        """Prepare every ray axis ahead of the first pose that needs it: the preview pyramid levels with all six
+        padded layouts each, then the full-resolution layouts while their copies fit in ``max_bytes`` (six padded
+        copies of a 512²×300 CT would take ~1.9 GB; the demo CT's take 50 MB). Meant for a background thread at CT
+        load (`xwin.viewer.model.Session.set_ct`); safe to race with renders on the GUI thread. The numba kernel
+        itself is loaded from its on-disk cache by one tiny render first."""
+        if self.device.type != "cpu":
+            return
+        for factor in preview_factors:
+            cache = self._level(factor)[2]
+            cache.warm_up()
+        with torch.no_grad():  # load the compiled kernel (cache=True) off the GUI thread
+            tiny = Geometry(sid=self.geometry.sid, sdd=self.geometry.sdd, height=2, width=2,
+                            pixel=self.geometry.pixel)
+            v = self.views(0.0, 0.0, geometry=tiny)
+            level = self._level(preview_factors[0]) if preview_factors else (self.mu, self.ijk_from_lps, self._cache)
+            forward_project(level[0], level[1], v, "numba", cache=level[2])
+        if 6 * self._cache.nbytes <= max_bytes:
+            self._cache.warm_up()
 
 
 def render(volume: Volume, lao, cran, geometry: Geometry | None = None, *, mode: Mode = "line", isocenter=None,

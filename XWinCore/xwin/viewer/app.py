@@ -33,14 +33,11 @@ from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkSmartVolumeMapper  # noqa: F
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - OpenGL back end
 
 from ..io.image import Volume
+from .controller import POLL_MS, PREVIEW, PanelController
 from .model import PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
 from .training import TrainingProcess, new_stop_file, train_command
 
 preload_before_opengl()  # before any VTK window: see its docstring (triton vs Mesa's LLVM)
-
-PREVIEW_DELAY_MS = 50
-FULL_DELAY_MS = 300
-POLL_MS = 200
 
 
 def _vtk_image(array_kji: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> vtkImageData:
@@ -239,6 +236,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         super().__init__()
         self.setWindowTitle("XWin viewer")
         self.session = session or Session()
+        # when to render (throttled previews while dragging, full on release/settle) and the reconstruction job
+        self.controller = PanelController(self.session)
         self.training = TrainingProcess()
         self.future = None
         self.recon: Volume | None = None
@@ -278,8 +277,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.form.addStretch(1)
         self.status = self.statusBar()
 
-        self.preview_timer = self._timer(PREVIEW_DELAY_MS, lambda: self.update_views(preview=True), single=True)
-        self.full_timer = self._timer(FULL_DELAY_MS, lambda: self.update_views(preview=False), single=True)
+        self.frame_timer = self._timer(0, self.render_due, single=True)
         self.poll_timer = self._timer(POLL_MS, self.poll)
         self.resize(1400, 900)
 
@@ -450,23 +448,32 @@ class ViewerWindow(QtWidgets.QMainWindow):
         lao, cran = self.lao_slider.value() / 2, self.cran_slider.value() / 2
         self.lao_label.setText(f"{lao:+.1f}°")
         self.cran_label.setText(f"{cran:+.1f}°")
-        self.session.update(lao=lao, cran=cran)
-        self.preview_timer.start()  # restart: one preview per 50 ms pause while dragging
-        if not (self.lao_slider.isSliderDown() or self.cran_slider.isSliderDown()):
-            self.full_timer.start()
+        self.controller.pose_changed(lao, cran,
+                                     dragging=self.lao_slider.isSliderDown() or self.cran_slider.isSliderDown())
+        self.render_due()
 
     def _slider_released(self) -> None:
-        self.preview_timer.stop()
-        self.full_timer.stop()
-        self.update_views(preview=False)
+        self.controller.released()
+        self.render_due()
+
+    def render_due(self) -> None:
+        """Render what the controller says is due now, then re-arm the timer for the next frame (if any)."""
+        kind = self.controller.take_frame()
+        if kind is not None:
+            self.update_views(preview=kind == PREVIEW)
+        wait = self.controller.wait_ms()
+        if wait is None:
+            self.frame_timer.stop()
+        else:
+            self.frame_timer.start(wait)
 
     def _geometry_changed(self, *_):
         try:
-            self.session.update(**{k: w.value() for k, w in self.geometry_widgets.items()})
+            self.controller.settings_changed(**{k: w.value() for k, w in self.geometry_widgets.items()})
         except Exception as exc:  # noqa: BLE001 - impossible geometry is reported, not raised into Qt
             self.status.showMessage(str(exc))
             return
-        self.full_timer.start()
+        self.render_due()
 
     def update_views(self, preview: bool, predict: bool | None = None) -> None:
         """DRR at the sliders' pose (preview: 2× coarser, ~10 ms); at full quality also the prediction."""
@@ -495,19 +502,26 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     # reconstruction and export ---------------------------------------------------------------------------------
     def reconstruct(self) -> None:
+        """Start a reconstruction job; pressed again while it runs, Cancel."""
         if self.future is not None:
+            self.future.cancel()
+            self.status.showMessage("Cancelling the reconstruction…")
             return
         self.session.update(recon_source=self.source_combo.currentText(), recon_method=self.method_combo.currentText())
-        self.future = self.session.submit(self.session.reconstruct)
-        self.recon_button.setEnabled(False)
+        self.future = self.controller.start_reconstruction()
+        self.recon_button.setText("Cancel")
         self.status.showMessage("Reconstructing…")
         self.poll_timer.start()
 
     def _reconstruction_done(self) -> None:
-        future, self.future = self.future, None
-        self.recon_button.setEnabled(True)
+        job, self.future = self.future, None
+        self.controller.finished_job()
+        self.recon_button.setText("Reconstruct")
+        if job.status == "cancelled":
+            self.status.showMessage("Reconstruction cancelled")
+            return
         try:
-            self.recon = future.result()
+            self.recon = job.result()
         except Exception as exc:  # noqa: BLE001
             self.status.showMessage(f"reconstruction failed: {exc}")
             return
@@ -560,8 +574,11 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def poll(self) -> None:
         """Timer: background reconstruction and the training process (never blocks the GUI)."""
-        if self.future is not None and self.future.done():
-            self._reconstruction_done()
+        if self.future is not None:
+            if self.future.done():
+                self._reconstruction_done()
+            else:
+                self.status.showMessage(f"Reconstruction: {self.future.stage} ({100 * self.future.progress:.0f} %)")
         t = self.training
         if t.proc is not None:
             records = t.poll()
@@ -583,6 +600,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         self.training.terminate()  # never blocks: stop file (checkpoint), tree killed after the grace period
+        self.controller.cancel()
         self.session.close()
         for v in (*self.image_views, self.volume_view):
             v.vtk.Finalize()

@@ -147,12 +147,31 @@ class Session:
         self._predictor_key: str | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xwin-session")
+        self.warmed = threading.Event()  # set once the projector of the current CT is warmed up (`set_ct`)
+        self.warmed.set()
 
     # --- inputs -----------------------------------------------------------------------------------------------
-    def set_ct(self, volume: Volume | None) -> None:
-        """Use ``volume`` (HU, LPS) for DRRs; the isocenter is its grid centre."""
+    def set_ct(self, volume: Volume | None, warm_up: bool = True) -> None:
+        """Use ``volume`` (HU, LPS) for DRRs; the isocenter is its grid centre.
+
+        warm_up: prepare the projector's other ray axes (preview pyramid, padded layouts, compiled kernel) on a
+        background thread, so that the first pose past 45° does not stall the drag (`Projector.warm_up`);
+        ``warmed`` is set when it is done."""
         self.ct = volume
         self._projector = None if volume is None else Projector(volume, self.geometry, mu_water=self.mu_water)
+        if self._projector is not None and warm_up:
+            projector, done = self._projector, threading.Event()
+            self.warmed = done
+
+            def _warm():
+                try:
+                    projector.warm_up(preview_factors=(PREVIEW_FACTOR,))
+                except Exception:  # noqa: BLE001 - an optimisation only: a failure shows up on the first render
+                    pass
+                finally:
+                    done.set()
+
+            threading.Thread(target=_warm, name="xwin-warm-up", daemon=True).start()
 
     def set_cxr(self, image: np.ndarray | None) -> None:
         """Use ``image`` ((H, W), any range: brought to [0, 1]) as the model's context view."""
@@ -233,32 +252,93 @@ class Session:
 
     # --- long work --------------------------------------------------------------------------------------------
     def reconstruct(self, source: str | None = None, method: str | None = None, views: int | None = None,
-                    arc: float | None = None, **options) -> Volume:
+                    arc: float | None = None, report: Callable[[float, str], None] | None = None,
+                    **options) -> Volume:
         """A CT-like volume in HU (LPS, ``[k, j, i]``, `xwin.recon.default_grid` 128³ over the field of view).
 
-        source 'ct': `xwin.recon.reconstruct_from_ct` of the loaded CT (its DRRs; scores in ``meta``); 'cxr': the
-        world model's predicted projections of the CXR over the same orbit, reconstructed by
-        `xwin.recon.reconstruct`. method: 'fdk', 'sart' or 'cgls'; views over ``arc`` degrees of LAO at CRAN 0.
-        options: passed on (iters, size, spacing, tv, window...).
+        source 'ct': the loaded CT's DRRs reconstructed and scored as `xwin.recon.reconstruct_from_ct` does (same
+        volume, meta and scores), with the views rendered in chunks by this session's projector; 'cxr': the world
+        model's predicted projections of the CXR over the same orbit (`xwin.recon.reconstruct_from_cxr`).
+        method: 'fdk', 'sart' or 'cgls'; views over ``arc`` degrees of LAO at CRAN 0. options: passed on (iters,
+        size, spacing, tv, window...). report(fraction, stage): called between chunks of views and iterations; it may
+        raise (`xwin.viewer.controller.Job.report` raises `Cancelled` after Cancel) to stop the work there.
         """
         from .. import recon
 
+        report = report or (lambda fraction, stage: None)
         s = self.settings
         source, method = source or s.recon_source, method or s.recon_method
         views, arc = int(views or s.recon_views), float(arc if arc is not None else s.recon_arc)
         if source == "ct":
             if self.ct is None:
                 raise XWinInputError(None, "no CT loaded: choose a CT volume to reconstruct from its DRRs")
-            volume, scores = recon.reconstruct_from_ct(self.ct, views=views, arc=arc, method=method,
-                                                       geometry=self.geometry, mu_water=self.mu_water, **options)
+            volume, scores = self._reconstruct_ct(method, views, arc, report, **options)
             return replace(volume, meta={**volume.meta, "method": method, "source": "ct", **scores})
         if source != "cxr":
             raise XWinInputError(None, f"reconstruct from 'ct' or 'cxr', not {source!r}")
         if self.cxr is None:
             raise XWinInputError(None, "no CXR loaded: choose a radiograph to reconstruct from its predictions")
-        volume = recon.reconstruct_from_cxr(self.predictor, self.cxr, views=views, arc=arc, method=method,
+        report(0.0, f"predicting {views} views and reconstructing ({method.upper()})")
+        predictor = self.predictor
+        report(0.1, f"predicting {views} views and reconstructing ({method.upper()})")
+        volume = recon.reconstruct_from_cxr(predictor, self.cxr, views=views, arc=arc, method=method,
                                             isocenter=self.isocenter, **options)
+        report(1.0, "done")
         return volume
+
+    def _reconstruct_ct(self, method: str, views: int, arc: float, report, *, iters=None, size=None, spacing=None,
+                        window: str = "hann", tv: float = 0.0, chunk: int = 8, **rest):
+        """`xwin.recon.reconstruct_from_ct` step by step (same orbit, grid, reconstruction, coverage mask and
+        scores), reporting after each chunk of rendered views (first half) and each iteration (second half)."""
+        import math
+        import time
+
+        from .. import recon
+        from ..recon.roundtrip import DEFAULT_ITERS
+
+        if rest:
+            return recon.reconstruct_from_ct(self.ct, views=views, arc=arc, method=method, iters=iters, size=size,
+                                             spacing=spacing, geometry=self.geometry, window=window, tv=tv,
+                                             mu_water=self.mu_water, **rest)
+        if method not in recon.METHODS:
+            raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(recon.METHODS)}")
+        if iters is not None and (int(iters) != iters or iters < 1):
+            raise XWinInputError(None, f"iterations must be a positive integer, got {iters}")
+        if not (math.isfinite(tv) and tv >= 0):
+            raise XWinInputError(None, f"the TV weight must be ≥ 0 HU, got {tv}")
+        geometry = self.geometry
+        projector = Projector(self.ct, geometry, mu_water=self.mu_water) if self._projector is None \
+            else self._projector
+        lao = recon.orbit_angles(views, arc)
+        grid = recon.default_grid(geometry, projector.isocenter, size, spacing)
+        poses = projector.views(lao, np.zeros_like(lao))
+        k = 0 if method == "fdk" else int(iters or DEFAULT_ITERS[method])
+        with torch.no_grad():
+            parts = []
+            for start in range(0, views, chunk):
+                report(0.5 * start / views, f"rendering views {start + 1}–{min(views, start + chunk)} of {views}")
+                part = lao[start:start + chunk]
+                parts.append(projector.render(part, np.zeros_like(part), mode="line").float())
+            projections = torch.cat(parts)
+            report(0.5, f"reconstructing ({method.upper()})")
+            t0 = time.perf_counter()
+
+            def callback(iteration, *_):
+                report(0.5 + 0.5 * (iteration + 1) / max(k, 1), f"{method.upper()} iteration {iteration + 1} of {k}")
+
+            mu = recon.reconstruct(projections, poses, grid, method, iters=iters, window=window,
+                                   tv=tv * self.mu_water / 1000.0, isocenter=projector.isocenter,
+                                   callback=None if method == "fdk" else callback)
+            seconds = time.perf_counter() - t0
+            seen = recon.coverage(poses, grid).cpu().numpy()
+        meta = {"xwin_recon_method": method, "xwin_recon_views": int(views), "xwin_recon_arc_deg": float(arc),
+                "xwin_recon_iters": k, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
+                "xwin_mu_water": self.mu_water,
+                "xwin_isocenter_lps_mm": " ".join(f"{x:.3f}" for x in projector.isocenter)}
+        volume = recon.to_volume(grid, mu, self.mu_water, meta)
+        scores = recon.compare(volume, self.ct, mask=seen >= views - 0.5)
+        report(1.0, "done")
+        return volume, {**scores, "seconds": seconds}
 
     @staticmethod
     def masks(volume: Volume, names=("body", "lungs", "bone")) -> dict[str, np.ndarray]:
