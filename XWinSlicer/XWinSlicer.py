@@ -28,27 +28,24 @@ try:  # Slicer ≥ 5.2
 except ImportError:  # older Slicer: the logic's ParameterStore alone
     parameterNodeWrapper = None
 
-PREVIEW_DELAY_MS = 50   # debounce while a slider moves
-FULL_DELAY_MS = 300     # full quality once the pose has been still this long (or at once on release)
-POLL_MS = 200           # training / background-work polling
+POLL_MS = 200           # training / background-work polling (the preview throttle lives in xwin.viewer.controller)
 LAYOUT_ID = 8642        # custom layout: CXR | predicted | DRR over 3D | reconstruction slice
 VIEW_TAGS = {"cxr": "XWinCXR", "prediction": "XWinPredicted", "drr": "XWinDRR", "recon": "XWinRecon"}
 
 
 # --- where the core and the embedded model live ------------------------------------------------------------------
 def sharedFolder() -> pathlib.Path | None:
-    """Folder holding ``XWinCore/`` and ``Resources/Models/``: $XWIN_SHARE_DIR, the source tree, or the installed
-    ``share/Slicer-X.Y/XWinSlicer`` (CMake ``install(DIRECTORY ...)``)."""
-    here = pathlib.Path(__file__).resolve().parent
-    candidates = [pathlib.Path(os.environ["XWIN_SHARE_DIR"])] if os.environ.get("XWIN_SHARE_DIR") else []
-    candidates += [here.parent, here.parents[2] / "share" / here.parent.name / "XWinSlicer"]
-    return next((c for c in candidates if (c / "XWinCore" / "pyproject.toml").is_file()), None)
+    """Folder holding ``XWinCore/`` and ``Resources/Models/`` in a source, build or install tree (macOS bundle
+    included), or $XWIN_SHARE_DIR: `XWinSlicerLib.paths.shared_folder_candidates`."""
+    _libraryOnPath()
+    from XWinSlicerLib import paths
+    return paths.find_shared_folder(pathlib.Path(__file__).resolve().parent)
 
 
 def embeddedCheckpoint() -> str:
-    folder = sharedFolder()
-    path = folder / "Resources" / "Models" / "xwin_default.safetensors" if folder else None
-    return str(path) if path and path.is_file() else ""
+    from XWinSlicerLib import paths
+    path = paths.embedded_checkpoint(sharedFolder())
+    return str(path) if path else ""
 
 
 def _install():
@@ -168,6 +165,22 @@ class XWinSlicer(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "X-WIN method: Yang et al., 2025, Building Chest Radiograph World Model via Predictive Sensing. Demo CT: "
             "LIDC-IDRI-0001 (TCIA, CC BY 3.0).")
+        # the embedded demo CT and CXR in the Sample Data module, once the application has started (the pattern of
+        # Slicer's scripted-module template: slicer.app.connect("startupCompleted()", registerSampleData))
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """`XWinSlicerLib.sampledata.sample_data_sources` registered with SampleData (no network: file:// URIs)."""
+    try:
+        import SampleData
+    except ImportError:
+        return
+    _libraryOnPath()
+    from XWinSlicerLib import sampledata
+    icon = pathlib.Path(__file__).resolve().parent / "Resources" / "Icons" / "XWinSlicer.png"
+    for arguments in sampledata.sample_data_sources(sharedFolder(), icon if icon.is_file() else None):
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(**arguments)
 
 
 if parameterNodeWrapper is not None:
@@ -175,7 +188,7 @@ if parameterNodeWrapper is not None:
     class XWinSlicerParameterNode:
         """Same names as `xwin.viewer.model.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them).
 
-        Each annotation must be one that Slicer's GUI connector for the bound widget of Resources/UI/XWinSlicer.ui
+        Each annotation must be one that Slicer's GUI connector for the bound widget of XWinSlicer/Resources/UI/XWinSlicer.ui
         accepts (Slicer/Slicer, tag v5.8.1, Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): a QComboBox
         needs ``Choice`` on a str (QComboBoxToStringableConnector raises "requires the Choice annotation"), a
         ctkSliderWidget needs bounds (QDoubleSpinBoxCtkSliderWidgetToFloatConnector raises on an unbounded float),
@@ -212,8 +225,10 @@ else:
 
 # --- widget ------------------------------------------------------------------------------------------------------
 class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: inputs, geometry, pose sliders (debounced preview, full quality on release), side-by-side views
-    with linked window/level, Reconstruct, Export, Train. All work is in `XWinSlicerLogic`."""
+    """The panel: inputs, geometry, pose sliders (throttled previews while dragging, full quality on release),
+    side-by-side views with linked window/level, Reconstruct (progress, Cancel), Export, Train. The work is in
+    `XWinSlicerLogic`; when to render and the reconstruction job are `xwin.viewer.controller.PanelController`'s
+    (shared with ``xwin viewer``): this class lays out widgets, forwards events and renders."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -222,8 +237,9 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._guiConnections = None
         self._training = None
-        self._future = None
+        self._future = None  # the reconstruction `Job` while one runs
         self._wlLink = None
+        self.controller = None  # `PanelController`, once the core is there
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -237,14 +253,10 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = XWinSlicerLogic()
         self.ui.statusLabel.text = coreInstallState()[1]
 
-        self.previewTimer = qt.QTimer(uiWidget)
-        self.previewTimer.setSingleShot(True)
-        self.previewTimer.setInterval(PREVIEW_DELAY_MS)
-        self.previewTimer.connect("timeout()", lambda: self.updateViews(preview=True))
-        self.fullTimer = qt.QTimer(uiWidget)
-        self.fullTimer.setSingleShot(True)
-        self.fullTimer.setInterval(FULL_DELAY_MS)
-        self.fullTimer.connect("timeout()", lambda: self.updateViews(preview=False))
+        # one single-shot timer: the controller says what to render and when to ask again (throttle, settle)
+        self.frameTimer = qt.QTimer(uiWidget)
+        self.frameTimer.setSingleShot(True)
+        self.frameTimer.connect("timeout()", self.renderDue)
         self.pollTimer = qt.QTimer(uiWidget)
         self.pollTimer.setInterval(POLL_MS)
         self.pollTimer.connect("timeout()", self.poll)
@@ -257,9 +269,12 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for w in (self.ui.sidSpinBox, self.ui.sddSpinBox, self.ui.pixelSpinBox, self.ui.heightSpinBox,
                   self.ui.widthSpinBox):
             w.connect("valueChanged(double)" if isinstance(w, qt.QDoubleSpinBox) else "valueChanged(int)",
-                      lambda *_: self.fullTimer.start())
-        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.fullTimer.start())
-        self.ui.cxrSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.fullTimer.start())
+                      lambda *_: self.onSettingsChanged())
+        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.onSettingsChanged(fit=True))
+        self.ui.cxrSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *_: self.onSettingsChanged(fit=True))
+        # Export's default folder: Slicer's default scene location, not the working directory (Slicer v5.8.1,
+        # Base/QTCore/qSlicerCoreApplication.h, property defaultScenePath)
+        self.ui.exportDirectoryButton.directory = _defaultExportFolder()
         self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleData)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.reconstructButton.connect("clicked(bool)", self.onReconstruct)
@@ -338,26 +353,71 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+        # Close Scene removed the plot nodes: rebuild the loss plot from the training state still held here
+        self.plotViewNode = None
+        if self._training is not None and self._training.state.losses and self.logic.core is not None:
+            self._showLossPlot(self._training.state)
 
     # views -----------------------------------------------------------------------------------------------------
+    def panelController(self):
+        """`xwin.viewer.controller.PanelController` over the logic's session (None until the core is installed)."""
+        if self.controller is None and self.logic.core is not None:
+            from xwin.viewer.controller import PanelController
+            self.controller = PanelController(self.logic.session)
+        return self.controller
+
+    def _dragging(self) -> bool:
+        return any(getattr(s, "slider", lambda: None)() is not None and s.slider().isSliderDown()
+                   for s in (self.ui.laoSlider, self.ui.cranSlider))
+
     def onPoseChanged(self, _value=None) -> None:
-        self.previewTimer.start()  # restarts: one preview per 50 ms pause while dragging
-        dragging = any(getattr(s, "slider", lambda: None)() is not None and s.slider().isSliderDown()
-                       for s in (self.ui.laoSlider, self.ui.cranSlider))
-        if not dragging:
-            self.fullTimer.start()
+        c = self.panelController()
+        if c is None:
+            self.ui.statusLabel.text = coreInstallState()[1]
+            return
+        c.pose_changed(self.ui.laoSlider.value, self.ui.cranSlider.value, dragging=self._dragging())
+        self.renderDue()
+
+    def onSettingsChanged(self, fit: bool = False) -> None:
+        c = self.panelController()
+        if c is None:
+            return
+        self._fitNext = self._fitNext or fit
+        c.settings_changed()
+        self.renderDue()
 
     def onSliderReleased(self) -> None:
-        self.previewTimer.stop()
-        self.updateViews(preview=False)
+        c = self.panelController()
+        if c is not None:
+            c.released()
+            self.renderDue()
+
+    def renderDue(self) -> None:
+        """Render what the controller says is due now (a preview at most every ~70 ms while dragging, full quality
+        once settled or released), then re-arm the timer for the next one."""
+        c = self.panelController()
+        if c is None:
+            return
+        kind = c.take_frame()
+        if kind is not None:
+            fit, self._fitNext = self._fitNext, False
+            self.updateViews(preview=kind == "preview", fit=fit)
+        wait = c.wait_ms()
+        if wait is None:
+            self.frameTimer.stop()
+        else:
+            self.frameTimer.start(wait)
 
     def onPredict(self) -> None:
         if self.requireCore():
             self.updateViews(preview=False, predict=True)
 
-    def updateViews(self, preview: bool, predict: bool | None = None) -> None:
-        """DRR (preview or full) and, at full quality, the predicted projection; both into the layout. Slider and
-        geometry timers never install the core (no dialog while dragging): without it they only say so."""
+    _fitNext = False
+
+    def updateViews(self, preview: bool, predict: bool | None = None, fit: bool = False) -> None:
+        """DRR (preview or full) and, at full quality, the predicted projection; both into the layout, each view
+        re-planed on its detector (`planSliceToProjection`: zoom and pan kept; ``fit``: the whole image). Slider and
+        geometry events never install the core (no dialog while dragging): without it they only say so."""
         if self.logic.core is None:
             self.ui.statusLabel.text = coreInstallState()[1]
             return
@@ -365,6 +425,9 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self.logic.parameters()
             self.logic.applySettings()
             s = p.settings()
+            # the sliders' values, not the parameter node's: our valueChanged slot may run before the GUI connector's
+            s.lao, s.cran = float(self.ui.laoSlider.value), float(self.ui.cranSlider.value)
+            self.logic.session.update(lao=s.lao, cran=s.cran)
             ct, cxr = self.ui.ctSelector.currentNode(), self.ui.cxrSelector.currentNode()
             if ct is not None:
                 drr = self.logic.renderDrr(ct, s.lao, s.cran, preview=preview, outputNode=p.nodeRef("drrVolume"))
@@ -373,7 +436,7 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 pred = self.logic.predictProjection(cxr, s.lao, s.cran, outputNode=p.nodeRef("predictionVolume"))
                 p.setNodeRef("predictionVolume", pred)
             self.logic.showSideBySide(cxr, p.nodeRef("predictionVolume"), p.nodeRef("drrVolume"),
-                                      p.nodeRef("reconVolume"), fit=not preview)
+                                      p.nodeRef("reconVolume"), fit=fit)
             self.ui.statusLabel.text = f"LAO {s.lao:+.1f}°, CRAN {s.cran:+.1f}°" + (" (preview)" if preview else "")
 
     def onSampleData(self) -> None:
@@ -383,11 +446,17 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ct, cxr = self.logic.loadSampleData()
             self.ui.ctSelector.setCurrentNode(ct)
             self.ui.cxrSelector.setCurrentNode(cxr)
-            self.updateViews(preview=False)
+            self.updateViews(preview=False, fit=True)
 
     # reconstruction and export ---------------------------------------------------------------------------------
     def onReconstruct(self) -> None:
-        if self._future is not None or not self.requireCore():
+        """Start a reconstruction (a `Job` on the session's worker: progress in the status line); pressed again while
+        one runs, it cancels it (the work stops at its next chunk of views or iteration)."""
+        if self._future is not None:
+            self._future.cancel()
+            self.ui.statusLabel.text = "Cancelling the reconstruction..."
+            return
+        if not self.requireCore():
             return
         s = self.logic.parameters().settings()
         node = self.ui.cxrSelector.currentNode() if s.recon_source == "cxr" else self.ui.ctSelector.currentNode()
@@ -398,20 +467,25 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.applySettings()
             self.logic.prepareReconstruction(node)
             self._reconName = f"{node.GetName()}_recon"
-            self._future = self.logic.session.submit(self.logic.session.reconstruct, s.recon_source)
-            self.ui.reconstructButton.enabled = False
+            self._future = self.panelController().start_reconstruction(s.recon_source)
+            self._reconButtonText = self.ui.reconstructButton.text
+            self.ui.reconstructButton.text = "Cancel reconstruction"
             self.ui.statusLabel.text = f"Reconstructing ({s.recon_method.upper()})..."
             self.pollTimer.start()
 
     def _reconstructionDone(self) -> None:
-        future, self._future = self._future, None
-        self.ui.reconstructButton.enabled = True
+        job, self._future = self._future, None
+        self.panelController().finished_job()
+        self.ui.reconstructButton.text = getattr(self, "_reconButtonText", "Reconstruct")
+        if job.status == "cancelled":
+            self.ui.statusLabel.text = "Reconstruction cancelled"
+            return
         with slicer.util.tryWithErrorDisplay("XWin: the reconstruction failed."):
             p = self.logic.parameters()
-            node = self.logic.showReconstruction(future.result(), self._reconName, p.nodeRef("reconVolume"))
+            node = self.logic.showReconstruction(job.result(), self._reconName, p.nodeRef("reconVolume"))
             p.setNodeRef("reconVolume", node)
             self.logic.showSideBySide(self.ui.cxrSelector.currentNode(), p.nodeRef("predictionVolume"),
-                                      p.nodeRef("drrVolume"), node, fit=True)
+                                      p.nodeRef("drrVolume"), node, fit=False)
             slicer.util.resetThreeDViews()
             self.ui.statusLabel.text = f"Reconstruction: {node.GetName()}"
 
@@ -427,6 +501,8 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             seg = self.logic.exportSegmentation(volume, outputNode=p.nodeRef("segmentation"))
             p.setNodeRef("segmentation", seg)
             folder = self.ui.exportDirectoryButton.directory
+            if folder:
+                pathlib.Path(folder).mkdir(parents=True, exist_ok=True)  # the default XWin/ may not exist yet
             written = self.logic.exportFiles(volume, folder) if folder else []
             self.ui.statusLabel.text = f"Segmentation {seg.GetName()}" + (f"; wrote {len(written)} files"
                                                                           if written else "")
@@ -449,6 +525,13 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._training.stop()  # stop file: the trainer checkpoints and exits; tree killed after the grace period
             self._updateTrainingButtons()
 
+    def _showLossPlot(self, state) -> None:
+        chart = self.logic.updateLossPlot(state)
+        if self.plotViewNode is None or self.plotViewNode.GetScene() is None:
+            self.plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "XWinLossView")
+            self.plotWidget.setMRMLPlotViewNode(self.plotViewNode)
+        self.plotViewNode.SetPlotChartNodeID(chart.GetID())
+
     def _updateTrainingButtons(self) -> None:
         running = self._training is not None and self._training.active
         self.ui.startTrainingButton.enabled = not running
@@ -457,8 +540,12 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def poll(self) -> None:
         """Timer: background reconstruction and the training process (never blocks)."""
-        if self._future is not None and self._future.done():
-            self._reconstructionDone()
+        if self._future is not None:
+            if self._future.done():
+                self._reconstructionDone()
+            else:
+                self.ui.statusLabel.text = (f"Reconstruction: {self._future.stage} ({100 * self._future.progress:.0f} %)"
+                                            + (", cancelling" if self._future.cancelled else ""))
         t = self._training
         if t is not None:
             records = t.poll()
@@ -469,11 +556,7 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainingProgressBar.value = int(100 * state.fraction)
             self.ui.trainingStatusLabel.text = f"{state.status}: {state.summary()}"
             if records and state.losses:
-                chart = self.logic.updateLossPlot(state)
-                if self.plotViewNode is None:
-                    self.plotViewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "XWinLossView")
-                    self.plotWidget.setMRMLPlotViewNode(self.plotViewNode)
-                self.plotViewNode.SetPlotChartNodeID(chart.GetID())
+                self._showLossPlot(state)
             if not t.active and state.status not in ("running", "stopping"):
                 if state.checkpoint:
                     self.ui.checkpointPathLineEdit.currentPath = state.checkpoint  # the panel's model now
@@ -488,6 +571,13 @@ def _coreImportable() -> bool:
         return coreInstallState()[0] == "current"
     except Exception:  # noqa: BLE001 - a broken pyproject or metadata: the first action reports it
         return False
+
+
+def _defaultExportFolder() -> str:
+    """`XWinSlicerLib.install.default_export_folder` under Slicer's default scene location."""
+    _libraryOnPath()
+    from XWinSlicerLib import paths
+    return paths.default_export_folder(getattr(slicer.app, "defaultScenePath", "") if hasattr(slicer, "app") else "")
 
 
 def _pythonExecutable() -> str:
@@ -544,7 +634,14 @@ class XWinSlicerLogic(ScriptedLoadableModuleLogic):
             logic = widget.sliceLogic()
             composite = logic.GetSliceCompositeNode()
             composite.SetBackgroundVolumeID(node.GetID() if node else None)
-            if node is not None and key != "recon" and fit:
+            if node is None or key == "recon":
+                continue
+            if key in ("prediction", "drr"):
+                # every frame, previews included: the detector plane turns with the pose (issue 14)
+                self.core.planSliceToProjection(logic.GetSliceNode(), node, fit=fit)
+            elif fit:
+                # the CXR: vtkMRMLSliceNode::RotateToVolumePlane and vtkMRMLSliceLogic::FitSliceToAll
+                # (Slicer v5.8.1, Libs/MRML/Core/vtkMRMLSliceNode.h, Libs/MRML/Logic/vtkMRMLSliceLogic.h)
                 logic.GetSliceNode().RotateToVolumePlane(node)
                 logic.FitSliceToAll()
         self.core.linkWindowLevel(cxr, prediction, drr)

@@ -309,3 +309,20 @@ def test_reconstruction_cancel_stops_the_work(ct_path):
         c.job.future = c.session.submit(time.sleep, 0.2)
         c.start_reconstruction("ct")
     c.job.future.result()
+
+
+# --- the loss plot after Close Scene ------------------------------------------------------------------------------------
+def test_loss_plot_is_rebuilt_after_close_scene(logic, scene):
+    """Close Scene removes the plot nodes; the panel keeps the training state and rebuilds the chart from it
+    (XWinSlicerWidget.onSceneEndClose → updateLossPlot), with every loss series and its history."""
+    from xwin.viewer.training import TrainingState
+
+    state = TrainingState(status="running", losses={"loss": [(1, 2.0), (2, 1.5)], "loss_mim": [(2, 0.7)]})
+    chart = logic.updateLossPlot(state)
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    scene.Clear(0)
+    assert scene.GetFirstNodeByName("XWin training loss") is None
+    chart = logic.updateLossPlot(state)
+    assert chart.GetScene() is scene and chart.GetNumberOfPlotSeriesNodes() == 2
+    table = chart.GetNodeReference("xwinTable").GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetNumberOfColumns() == 3

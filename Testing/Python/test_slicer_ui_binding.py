@@ -2,7 +2,7 @@
 module opened because ``recon_method: str`` was bound to a QComboBox).
 
 ``XWinSlicerParameterNode.connectGui(self.ui)`` (Slicer's @parameterNodeWrapper) pairs every widget of
-Resources/UI/XWinSlicer.ui that has a ``SlicerParameterName`` dynamic property with the class member of that name,
+XWinSlicer/Resources/UI/XWinSlicer.ui that has a ``SlicerParameterName`` dynamic property with the class member of that name,
 and asks each registered GuiConnector whether it can represent (widget type, annotated type). This test reads the
 .ui XML and the class's annotations (with `ast`: XWinSlicer.py needs Slicer's qt/ctk/slicer to import) and applies
 the same rules, encoded below from Slicer's source.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-UI_FILE = ROOT / "Resources" / "UI" / "XWinSlicer.ui"
+UI_FILE = ROOT / "XWinSlicer" / "Resources" / "UI" / "XWinSlicer.ui"
 MODULE_FILE = ROOT / "XWinSlicer" / "XWinSlicer.py"
 LOGIC_FILE = ROOT / "XWinSlicer" / "XWinSlicerLib" / "logic.py"
 WRAPPER_CLASS = "XWinSlicerParameterNode"

@@ -1,4 +1,6 @@
-"""XWinSlicer's Qt-free layer: `install` (pure decisions for installing the core; no xwin needed), and `logic` (MRML
+"""XWinSlicer's Qt-free layer: `install` (pure decisions for installing the core; no xwin needed), `paths` (where the
+core, the model and the export folder are, per source/build/install tree), `sampledata` (SampleData sources of the
+demo CT and CXR), and `logic` (MRML
 node conversions, RAS ↔ LPS, and `XWinLogic` over the shared xwin session; needs the core).
 
 The names of `logic` are loaded on first access, so ``XWinSlicerLib.install`` imports before the core is installed.
