@@ -472,6 +472,17 @@ def test_ct_and_cxr_folders_replace_the_configs_data(tiny_setup, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_a_failed_start_leaves_no_run_folder(tiny_setup, tmp_path):
+    """A bad film found while the sampler is prepared (after the run folder was made): exit 2, the folder is gone."""
+    root, cfg_path, _ = tiny_setup
+    films = tmp_path / "films"
+    films.mkdir()
+    (films / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    r = _run(["train", "--config", str(cfg_path), "--out", str(tmp_path / "run"), "--cxr-dir", str(films)])
+    assert r.returncode == 2 and "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys):
     root, _, cts = tiny_setup
     run = trained_run

@@ -7,6 +7,7 @@ EMA target update after each step, atomic checkpoints, clean stop on SIGTERM/SIG
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -144,6 +145,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
     run_dir = Path(run_dir)
     d: Dist = setup(device)
     t = cfg.train
+    created = d.main and not run_dir.exists()
     try:
         if d.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,10 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         log.close()
         flag.restore()
         return saved
+    except BaseException:
+        if created and ckpt.latest_checkpoint(run_dir) is None:  # a failed start leaves no run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         teardown()
 
