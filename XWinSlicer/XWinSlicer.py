@@ -186,7 +186,7 @@ def registerSampleData() -> None:
 if parameterNodeWrapper is not None:
     @parameterNodeWrapper
     class XWinSlicerParameterNode:
-        """Same names as `xwin.viewer.model.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them).
+        """Same names as `xwin.viewer.session.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them).
 
         Each annotation must be one that Slicer's GUI connector for the bound widget of XWinSlicer/Resources/UI/XWinSlicer.ui
         accepts (Slicer/Slicer, tag v5.8.1, Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): a QComboBox

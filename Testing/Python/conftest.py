@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xwin.viewer.model import preload_before_opengl
+from xwin.viewer.session import preload_before_opengl
 from xwin.viewer.training import _set_parent_death_signal
 
 preload_before_opengl()  # offscreen/Xvfb rendering happens in these tests; the world model loads triton later

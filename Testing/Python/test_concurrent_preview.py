@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from conftest import write_synthetic_ct
     from xwin.io import read_ct
-    from xwin.viewer.model import Session
+    from xwin.viewer.session import Session
 
     s = Session()
     s.update(height=48, width=48, pixel=5.0)

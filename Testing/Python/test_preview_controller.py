@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from xwin.viewer.controller import FULL, PREVIEW, THROTTLE_MS, FrameThrottle, Job, PanelController
-from xwin.viewer.model import Session
+from xwin.viewer.session import Session
 
 
 class FakeClock:

@@ -23,7 +23,7 @@ from XWinSlicerLib.logic import (  # noqa: E402
 
 from xwin.geometry import Geometry, carm_views, projection_matrices  # noqa: E402
 from xwin.io.image import Volume  # noqa: E402
-from xwin.viewer.model import Settings  # noqa: E402
+from xwin.viewer.session import Settings  # noqa: E402
 
 
 def oblique_direction() -> np.ndarray:

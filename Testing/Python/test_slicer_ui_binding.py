@@ -225,8 +225,8 @@ def test_numeric_ranges_equal_the_ui(widget):
 
 
 def test_members_match_the_settings_and_node_roles():
-    """Same names (and defaults) as `xwin.viewer.model.Settings` and the logic's NODE_ROLES, which read them."""
-    from xwin.viewer.model import Settings
+    """Same names (and defaults) as `xwin.viewer.session.Settings` and the logic's NODE_ROLES, which read them."""
+    from xwin.viewer.session import Settings
 
     members = wrapper_members()
     roles = next(ast.literal_eval(s.value) for s in ast.parse(LOGIC_FILE.read_text()).body

@@ -1,7 +1,7 @@
 """XWinSlicer logic over MRML: DRRs, predicted projections, reconstruction and export as scene nodes.
 
 No Qt, no ``slicer.app``: only MRML/VTK classes (present in 3D Slicer and in the ``slicer-core`` wheel), NumPy and
-``xwin``. The work itself is done by `xwin.viewer.model.Session` (shared with ``xwin viewer``); this layer converts
+``xwin``. The work itself is done by `xwin.viewer.session.Session` (shared with ``xwin viewer``); this layer converts
 at the boundary:
 
 * frames: XWin is LPS, Slicer is RAS; ``RAS = diag(-1, -1, 1) · LPS`` (docs/geometry.md). A node's IJKToRAS is
@@ -21,7 +21,7 @@ from vtk.util import numpy_support
 
 import slicer
 from xwin.io.image import Volume
-from xwin.viewer.model import LPS_TO_RAS, Projection, Session, Settings, volume_rendering_points
+from xwin.viewer.session import LPS_TO_RAS, Projection, Session, Settings, volume_rendering_points
 from xwin.viewer.training import (  # noqa: F401
     ProgressParser,
     TrainingProcess,
@@ -578,7 +578,7 @@ def _firstByName(scene, className: str, name: str):
 
 
 def _hu_ramp(volumeProperty, array: np.ndarray) -> None:
-    """Opacity/colour transfer functions (`xwin.viewer.model.volume_rendering_points`) when Slicer's presets are
+    """Opacity/colour transfer functions (`xwin.viewer.session.volume_rendering_points`) when Slicer's presets are
     not available (slicer-core)."""
     opacity_points, color_points = volume_rendering_points(array)
     opacity = vtk.vtkPiecewiseFunction()

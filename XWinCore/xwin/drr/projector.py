@@ -284,7 +284,7 @@ class Projector:
         """Prepare every ray axis ahead of the first pose that needs it: the preview pyramid levels with all six
         padded layouts each, then the full-resolution layouts while their copies fit in ``max_bytes`` (six padded
         copies of a 512²×300 CT would take ~1.9 GB; the demo CT's take 50 MB). Meant for a background thread at CT
-        load (`xwin.viewer.model.Session.set_ct`); safe to race with renders on the GUI thread. The numba kernel
+        load (`xwin.viewer.session.Session.set_ct`); safe to race with renders on the GUI thread. The numba kernel
         itself is loaded from its on-disk cache by one tiny render first."""
         if self.device.type != "cpu":
             return

@@ -1,6 +1,6 @@
 """`xwin viewer`: the XWinSlicer panel as a standalone Qt window (Qt.py over PySide6, VTK render widgets).
 
-Same controls and the same functions as the Slicer module: every action calls `xwin.viewer.model.Session` or
+Same controls and the same functions as the Slicer module: every action calls `xwin.viewer.session.Session` or
 `xwin.viewer.training`. Views: real CXR | predicted projection | DRR (linked window/level: drag in any of them),
 and a 3D view with the reconstruction's volume rendering. Images are shown as read: row 0 at the top, column 0 at
 the left (PA reading convention, patient's right on the viewer's left).
@@ -34,7 +34,7 @@ import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - OpenGL back end
 
 from ..io.image import Volume
 from .controller import POLL_MS, PREVIEW, PanelController
-from .model import PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
+from .session import PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
 from .training import TrainingProcess, new_stop_file, train_command
 
 preload_before_opengl()  # before any VTK window: see its docstring (triton vs Mesa's LLVM)
@@ -230,7 +230,7 @@ class LossPlot(QtWidgets.QWidget):
 
 class ViewerWindow(QtWidgets.QMainWindow):
     """The panel: inputs, geometry, pose sliders (preview while dragging, full on release), side-by-side views,
-    Reconstruct, Export, Train. State lives in ``self.session`` (`xwin.viewer.model.Session`)."""
+    Reconstruct, Export, Train. State lives in ``self.session`` (`xwin.viewer.session.Session`)."""
 
     def __init__(self, session: Session | None = None):
         super().__init__()

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable
 
-from .model import Session
+from .session import Session
 
 #: at most one preview per this many ms while the pose keeps changing (≥ 14 frames/s when a preview takes < 70 ms)
 THROTTLE_MS = 66
