@@ -55,13 +55,20 @@ def save_gif(frames: np.ndarray, path: Path, ms_per_frame: int = 120) -> Path:
     return path
 
 
-def world_model_sheet(frames: np.ndarray, lao: np.ndarray, path: Path) -> Path:
-    """True DRRs ``frames`` (N, H, W) at ``lao`` (degrees, CRAN 0; one of them 0) above the embedded world model's
-    predictions of the same views from the PA frame alone, as a two-row contact sheet."""
+def world_model_sheet(ct, lao: np.ndarray, path: Path) -> Path:
+    """True DRRs of ``ct`` (path or `Volume`) at ``lao`` (degrees, CRAN 0; one of them 0), rendered as the model's
+    training pairs are (its detector and field, scan borders feathered: `prepared_ct`), above the embedded world
+    model's predictions of the same views from the PA DRR alone, as a two-row contact sheet."""
+    from .data.bank import BankSpec, prepared_ct, render_views
     from .predict import load_predictor
+    from .train.data import bank_spec
 
+    predictor = load_predictor()
+    spec = bank_spec(predictor.loaded.config)
+    views = BankSpec(**{**spec.__dict__, "lao": tuple(float(a) for a in lao), "cran": (0.0,)})
+    frames = render_views(Projector(prepared_ct(ct, spec), spec.geometry()), views, 0.0, np.zeros(3))
     pa = frames[int(np.argmin(np.abs(lao)))]
-    predicted = load_predictor().predict(pa, lao, np.zeros_like(lao), simulated=True)
+    predicted = predictor.predict(pa, lao, np.zeros_like(lao), simulated=True)
     labels = [f"DRR {_angle(a)}" for a in lao] + [f"predicted {_angle(a)}" for a in lao]
     title = "Embedded world model: every view predicted from the PA DRR alone (bottom) under the true DRRs (top)"
     return save_contact_sheet(list(frames) + list(predicted), labels, path, title, cols=len(lao))
@@ -75,10 +82,11 @@ def run_demo(out: Path, step: float = 15.0, quiet: bool = False) -> tuple[Path, 
     """Sweep LAO −90…90° (CRAN 0) over the embedded LIDC-IDRI-0001 CT; returns the (contact sheet, GIF, world-model
     sheet) paths."""
     out.mkdir(parents=True, exist_ok=True)
-    projector = Projector(read_ct(demo_ct_path()))
+    ct = read_ct(demo_ct_path())
+    projector = Projector(ct)
     lao = np.arange(-90.0, 90.0 + 1e-6, step)
     frames = sweep(projector, lao, quiet=quiet)
     labels = [_angle(a) for a in lao]
     title = "XWin DRR sweep of the embedded chest CT (LIDC-IDRI-0001, CC BY 3.0), PA reading convention"
     return (save_contact_sheet(frames, labels, out / "drr_sweep.png", title), save_gif(frames, out / "drr_sweep.gif"),
-            world_model_sheet(frames, lao, out / "world_model.png"))
+            world_model_sheet(ct, lao, out / "world_model.png"))
