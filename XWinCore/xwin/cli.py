@@ -105,8 +105,8 @@ def cmd_render(ns: argparse.Namespace) -> int:
     from .io import read_ct, write_image
     from .io.writers import publish_together
 
-    _check_memory(f"--size {ns.size[0]} {ns.size[1]}", ns.size[0] * ns.size[1] * DRR_BYTES_PER_PIXEL)
     volume = read_ct(ns.ct)  # first: a bad CT is refused before torch is loaded (fast, small)
+    _check_memory(f"--size {ns.size[0]} {ns.size[1]}", ns.size[0] * ns.size[1] * DRR_BYTES_PER_PIXEL)
 
     from tqdm import tqdm
 
@@ -188,16 +188,18 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     from .geometry import parse_angles
     from .io import read_radiograph, write_image
     from .io.writers import publish_together
-    from .predict import load_predictor
 
     lao, cran = parse_angles(ns.lao, ns.cran)
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "pred", ns.ext)
     single = targets == [out]
     _check_pose_targets(out, targets)
+    radiograph = read_radiograph(ns.cxr)  # first: a bad radiograph is refused before the model is loaded
+
+    from .predict import load_predictor
+
     predictor = load_predictor(ns.checkpoint, device=ns.device)
     predictor.loaded.config.model.check_memory(lao.size, f"predicting {lao.size} poses at once")
-    radiograph = read_radiograph(ns.cxr)
     images = predictor.predict(radiograph.array, lao, cran, simulated=radiograph.simulated)
     with publish_together() as publication:  # all predictions, or none
         for image, a, c, target in zip(images, lao, cran, _staged_targets(publication, out, targets)):
@@ -374,6 +376,9 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         raise XWinInputError(None, f"--size needs at least 2 voxels per axis, got {ns.size}")
     if ns.cxr is not None:
         from .io import read_radiograph
+
+        radiograph = read_radiograph(ns.cxr)  # first: a bad radiograph is refused before the model is loaded
+
         from .predict import load_predictor
         from .recon import reconstruct_from_cxr
         from .recon.from_cxr import model_geometry
@@ -381,7 +386,6 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         predictor = load_predictor(ns.checkpoint, ns.device)
         predictor.loaded.config.model.check_memory(views, f"--views {views}")
         _check_reconstruction(views, (predictor.size,) * 2, model_geometry(predictor.loaded.config), ns)
-        radiograph = read_radiograph(ns.cxr)
         volume = reconstruct_from_cxr(predictor, radiograph.array, views=views,
                                       arc=arc, method=ns.method, iters=ns.iters, size=ns.size, spacing=ns.spacing,
                                       tv=ns.tv, progress=not ns.json, simulated=radiograph.simulated)
