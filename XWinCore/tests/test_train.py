@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -336,8 +337,11 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:  # a free port, not a fixed one another job may hold
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29531", "-m", "xwin", "train", "--config", str(path), "--out", str(tmp_path / "run"),
+                        port, "-m", "xwin", "train", "--config", str(path), "--out", str(tmp_path / "run"),
                         "--progress", "jsonl", "--device", "cpu"], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
