@@ -110,7 +110,6 @@ def cmd_render(ns: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .drr import Projector
     from .geometry import parse_angles
 
     lao, cran = parse_angles(ns.lao, ns.cran)
@@ -119,11 +118,20 @@ def cmd_render(ns: argparse.Namespace) -> int:
     single = targets == [out]
     _check_pose_targets(out, targets)
     geometry = _geometry(ns)
-    projector = Projector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water, device=ns.device)
+    if ns.device == "cpu":  # numba without torch: the same DRRs, without a second of importing torch
+        from .drr import CpuProjector
+
+        projector = CpuProjector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water)
+        render = lambda a, c: projector.render(a, c, mode=ns.mode)[0]  # noqa: E731
+    else:
+        from .drr import Projector
+
+        projector = Projector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water, device=ns.device)
+        render = lambda a, c: projector.render(a, c, mode=ns.mode)[0].cpu().numpy()  # noqa: E731
     with publish_together() as publication:  # all DRRs, or none (failure, Ctrl-C, SIGTERM)
         poses = list(zip(lao, cran, _staged_targets(publication, out, targets)))
         for a, c, target in tqdm(poses, desc="render", unit="DRR", disable=len(poses) < 2 or ns.quiet):
-            image = projector.render(float(a), float(c), mode=ns.mode)[0].cpu().numpy()
+            image = render(float(a), float(c))
             meta = {"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
                     "xwin_mode": ns.mode,
                     "xwin_isocenter_lps_mm": " ".join(f"{x:.3f}" for x in projector.isocenter)}

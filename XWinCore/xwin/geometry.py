@@ -7,17 +7,20 @@ Source S = iso − SID·d; detector centre D = iso + (SDD − SID)·d; pixel (r,
 sits at D + (c − (W−1)/2)·p·u + (r − (H−1)/2)·p·v.
 
 All functions are written in torch so that poses can carry gradients; they accept Python numbers, NumPy arrays or
-tensors and return float64 tensors unless a tensor of another dtype/device is given.
+tensors and return float64 tensors unless a tensor of another dtype/device is given. `carm_views_numpy` is the same
+map for angles in NumPy, for the numba backend: torch is imported only when a torch function is called.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
-import torch
 
 from .errors import XWinInputError
+
+if TYPE_CHECKING:
+    import torch
 
 D0 = (0.0, -1.0, 0.0)
 U0 = (1.0, 0.0, 0.0)
@@ -69,7 +72,7 @@ class Views(NamedTuple):
     along a detector row (column index c) and down a column (row index r); height, width: detector size.
     """
 
-    source: torch.Tensor
+    source: torch.Tensor  # or np.ndarray (float64) from `carm_views_numpy`
     corner: torch.Tensor
     du: torch.Tensor
     dv: torch.Tensor
@@ -82,6 +85,8 @@ class Views(NamedTuple):
 
     def pixel_centers(self) -> torch.Tensor:
         """(B, H, W, 3) LPS positions (mm) of every pixel centre."""
+        import torch
+
         r = torch.arange(self.height, dtype=self.source.dtype, device=self.source.device)
         c = torch.arange(self.width, dtype=self.source.dtype, device=self.source.device)
         return (self.corner[:, None, None, :] + c[None, None, :, None] * self.du[:, None, None, :]
@@ -93,6 +98,8 @@ class Views(NamedTuple):
 
 
 def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
+    import torch
+
     if isinstance(x, torch.Tensor):
         return x if x.is_floating_point() else x.double()
     dtype = like.dtype if like is not None else torch.float64
@@ -102,15 +109,26 @@ def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
 
 def rotation(lao, cran) -> torch.Tensor:
     """R = Rz(lao) · Rx(−cran) for angles in degrees; broadcasts to (B, 3, 3). Differentiable."""
+    import torch
+
     lao = torch.atleast_1d(_as_tensor(lao))
     cran = torch.atleast_1d(_as_tensor(cran, like=lao))
-    lao, cran = torch.broadcast_tensors(lao, cran)
-    a, g = torch.deg2rad(lao), torch.deg2rad(-cran)
-    ca, sa, cg, sg = torch.cos(a), torch.sin(a), torch.cos(g), torch.sin(g)
-    zero, one = torch.zeros_like(a), torch.ones_like(a)
-    rz = torch.stack([ca, -sa, zero, sa, ca, zero, zero, zero, one], -1).reshape(-1, 3, 3)
-    rx = torch.stack([one, zero, zero, zero, cg, -sg, zero, sg, cg], -1).reshape(-1, 3, 3)
+    return _rotation(torch, *torch.broadcast_tensors(lao, cran))
+
+
+def _rotation(xp, lao, cran):
+    """`rotation` of broadcast (B,) angle arrays in the array module ``xp`` (torch or numpy)."""
+    a, g = xp.deg2rad(lao), xp.deg2rad(-cran)
+    ca, sa, cg, sg = xp.cos(a), xp.sin(a), xp.cos(g), xp.sin(g)
+    zero, one = xp.zeros_like(a), xp.ones_like(a)
+    rz = xp.stack([ca, -sa, zero, sa, ca, zero, zero, zero, one], -1).reshape(-1, 3, 3)
+    rx = xp.stack([one, zero, zero, zero, cg, -sg, zero, sg, cg], -1).reshape(-1, 3, 3)
     return rz @ rx
+
+
+def _check_pairs(lao, cran) -> None:
+    if np.shape(lao) != np.shape(cran) and np.ndim(lao) and np.ndim(cran):
+        raise XWinInputError(None, f"--lao and --cran must pair up: {np.size(lao)} vs {np.size(cran)} values")
 
 
 def carm_views(geometry: Geometry, isocenter, lao=None, cran=None, *, pose=None) -> Views:
@@ -120,6 +138,8 @@ def carm_views(geometry: Geometry, isocenter, lao=None, cran=None, *, pose=None)
     pose: optional (B, 4, 4) or (4, 4) rigid transforms replacing the angles: their rotation R rotates the canonical
     C-arm frame (d = R·d₀ ...) and their translation t (mm, LPS) moves the isocenter to iso + t.
     """
+    import torch
+
     iso = _as_tensor(isocenter)
     if pose is not None:
         if lao is not None or cran is not None:
@@ -135,15 +155,29 @@ def carm_views(geometry: Geometry, isocenter, lao=None, cran=None, *, pose=None)
     else:
         lao = 0.0 if lao is None else lao
         cran = 0.0 if cran is None else cran
-        if np.shape(lao) != np.shape(cran) and np.ndim(lao) and np.ndim(cran):
-            raise XWinInputError(None, f"--lao and --cran must pair up: {np.size(lao)} vs {np.size(cran)} values")
+        _check_pairs(lao, cran)
         r = rotation(lao, cran).to(iso.dtype)
         t = torch.zeros(r.shape[0], 3, dtype=iso.dtype, device=iso.device)
     basis = torch.tensor([D0, U0, V0], dtype=r.dtype, device=r.device).T  # columns d0, u0, v0
-    axes = r @ basis
+    return _views(geometry, r @ basis, iso[None, :] + t)
+
+
+def carm_views_numpy(geometry: Geometry, isocenter, lao=None, cran=None) -> Views:
+    """`carm_views` for angles, in NumPy: float64 (B, 3) arrays, no gradients and no torch (the numba backend's
+    path, so that one CPU render does not pay for importing torch)."""
+    iso = np.asarray(isocenter, dtype=np.float64)
+    lao = 0.0 if lao is None else lao
+    cran = 0.0 if cran is None else cran
+    _check_pairs(lao, cran)
+    r = _rotation(np, *np.broadcast_arrays(np.atleast_1d(np.asarray(lao, np.float64)),
+                                           np.atleast_1d(np.asarray(cran, np.float64))))
+    basis = np.array([D0, U0, V0], dtype=np.float64).T  # columns d0, u0, v0
+    return _views(geometry, r @ basis, iso[None, :] + np.zeros((r.shape[0], 3)))
+
+
+def _views(g: Geometry, axes, center) -> Views:
+    """Views from (B, 3, 3) rotated axes (columns d, u, v) and (B, 3) isocenters; torch or numpy alike."""
     d, u, v = axes[..., 0], axes[..., 1], axes[..., 2]
-    center = iso[None, :] + t
-    g = geometry
     source = center - g.sid * d
     det_center = center + (g.sdd - g.sid) * d
     du, dv = g.pixel * u, g.pixel * v
@@ -154,6 +188,8 @@ def carm_views(geometry: Geometry, isocenter, lao=None, cran=None, *, pose=None)
 def projection_matrices(views: Views) -> torch.Tensor:
     """(B, 3, 4) Hartley–Zisserman matrices P with P·(x, y, z, 1)ᵀ ∝ (c, r, 1)ᵀ for LPS points in mm."""
     # A world point X projects to pixel (c, r) when X − S ∥ corner + c·du + r·dv − S, i.e. M·(c, r, 1) ∝ X − S
+    import torch
+
     m = torch.stack([views.du, views.dv, views.corner - views.source], dim=-1)  # (B, 3, 3)
     minv = torch.linalg.inv(m)
     return torch.cat([minv, -(minv @ views.source[..., None])], dim=-1)
