@@ -31,12 +31,16 @@ demo: $(STAMP)
 	$(VENV)/bin/xwin demo --out out/demo
 
 test: $(TESTSTAMP)
+	$(VENV)/bin/ruff check --config XWinCore/pyproject.toml XWinCore bench Testing XWinSlicer
 	$(PY) -m pytest -q -ra XWinCore/tests Testing/Python
 
 bench: $(STAMP)
 	$(PIP) install -e 'XWinCore[bench]'
 	$(PY) bench/drr.py --out docs/benchmarks.md
 	$(PY) bench/recon.py --write-docs
+	command -v plastimatch >/dev/null || (SUDO=; sudo -n true 2>/dev/null && SUDO=sudo; \
+	  $$SUDO apt-get install -y -qq --no-install-recommends plastimatch) || echo "no plastimatch: bench/cli.py skips it"
+	$(PY) bench/cli.py --out docs/benchmarks.md
 
 # regenerate the viewer pictures in docs/screenshots (the tests themselves write only to temporary folders)
 screenshots: $(TESTSTAMP)
