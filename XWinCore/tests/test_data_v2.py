@@ -2,8 +2,6 @@
 of the pair samplers."""
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from phantoms import ellipsoid_chords, ellipsoid_volume, oblique_grid
 from scipy.spatial.transform import Rotation
 
-from phantoms import ellipsoid_chords, ellipsoid_volume, oblique_grid
 from xwin.drr import Projector, back_project, forward_project, hu_to_mu
 from xwin.geometry import Geometry, carm_views
 from xwin.io.image import Volume

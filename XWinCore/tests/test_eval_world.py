@@ -11,8 +11,18 @@ from safetensors.torch import save_file
 from xwin.cli import main
 from xwin.data.bank import prepared_ct
 from xwin.eval import world
-from xwin.eval.world import (BASELINES, KEYS, TARGET_LAO, bootstrap_ci, evaluate_world, latent_scores,
-                             per_image_scores, render_units, summarize, to_score_size)
+from xwin.eval.world import (
+    BASELINES,
+    KEYS,
+    TARGET_LAO,
+    bootstrap_ci,
+    evaluate_world,
+    latent_scores,
+    per_image_scores,
+    render_units,
+    summarize,
+    to_score_size,
+)
 from xwin.io import write_volume
 from xwin.io.image import Volume
 from xwin.models import XWinConfig, create_model

@@ -312,7 +312,8 @@ def test_dciodvfy_finds_no_error_in_the_series_and_seg(tmp_path, dicom_source, s
 def test_slicer_reads_the_overlapping_segments_whole(tmp_path):
     """Slicer's own vtkMRMLSegmentationStorageNode (the ``slicer-core`` wheel of `make test`) reads the layered
     .seg.nrrd: three segments, body whole (lungs and bone inside it), each with exactly the mask's voxels."""
-    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (Resources/requirements-test-slicer.txt)")
+    slicer = pytest.importorskip("slicer",
+                                 reason="needs the slicer-core wheel (Resources/requirements-test-slicer.txt)")
     from vtkmodules.util.numpy_support import vtk_to_numpy
 
     vol, _ = torso()

@@ -13,7 +13,8 @@ G = Geometry()
 
 def _axes(views):
     d = views.corner + (views.width - 1) / 2 * views.du + (views.height - 1) / 2 * views.dv - views.source
-    return (d / d.norm(dim=-1, keepdim=True))[0].numpy(), (views.du / G.pixel)[0].numpy(), (views.dv / G.pixel)[0].numpy()
+    return ((d / d.norm(dim=-1, keepdim=True))[0].numpy(), (views.du / G.pixel)[0].numpy(),
+            (views.dv / G.pixel)[0].numpy())
 
 
 def test_defaults_are_a_pa_chest_exam():

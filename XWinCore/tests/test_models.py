@@ -9,9 +9,23 @@ import torch
 import torch.nn.functional as F
 
 from xwin.errors import XWinInputError
-from xwin.models import (GradientReversal, LossConfig, MaskConfig, ModelConfig, MultiBlockMaskGenerator,
-                         XWinConfig, affinity_contrastive_loss, affinity_matrix, config_path, create_model,
-                         domain_cosine, load_config, momentum_at, reconstruction_loss, view_latent)
+from xwin.models import (
+    GradientReversal,
+    LossConfig,
+    MaskConfig,
+    ModelConfig,
+    MultiBlockMaskGenerator,
+    XWinConfig,
+    affinity_contrastive_loss,
+    affinity_matrix,
+    config_path,
+    create_model,
+    domain_cosine,
+    load_config,
+    momentum_at,
+    reconstruction_loss,
+    view_latent,
+)
 
 torch.set_num_threads(2)
 
@@ -320,7 +334,8 @@ def test_view_latent_of_a_hand_case():
 
 
 def test_real_identity_is_the_null_action_on_real_films():
-    """`loss.real_identity`: view loss + reconstruction of a real film predicted from itself at Δ = 0; off by default."""
+    """`loss.real_identity`: view loss + reconstruction of a real film predicted from itself at Δ = 0; off by
+    default."""
     torch.manual_seed(0)
     model = create_model(tiny_config(real_identity=1.0))
     batch = tiny_batch()

@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
@@ -29,7 +28,7 @@ from PIL import Image
 
 from xwin.cli import main
 from xwin.errors import XWinInputError
-from xwin.export import export_segmentation, write_ct_series
+from xwin.export import write_ct_series
 from xwin.export.dicom_seg import available as highdicom_available
 from xwin.io import atomic_output, write_image, write_volume
 from xwin.io.image import Volume
@@ -134,8 +133,8 @@ def _partial(path) -> None:
 
 def patch_disk_full(monkeypatch) -> None:
     """Make every writer library fail as it does on a full disk, after leaving a partial file."""
-    import safetensors.torch
     import pydicom.dataset
+    import safetensors.torch
 
     def itk(image, path, *args, **kwargs):
         _partial(path)

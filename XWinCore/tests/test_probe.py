@@ -7,13 +7,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from xwin.cli import main
-from xwin.eval.probe import (TASKS, ProbeTask, auroc, bootstrap_ci, is_transductive, patient_bootstrap, probe,
-                             read_rows, source_auroc, task_set)
+from xwin.eval.probe import (
+    TASKS,
+    ProbeTask,
+    bootstrap_ci,
+    is_transductive,
+    patient_bootstrap,
+    probe,
+    read_rows,
+    source_auroc,
+    task_set,
+)
 from xwin.models import DataConfig, ModelConfig, XWinConfig, create_model
 
 torch.set_num_threads(1)  # tiny tensors: one thread is as fast and leaves the other core alone

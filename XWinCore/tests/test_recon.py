@@ -19,8 +19,22 @@ from xwin.drr import Projector
 from xwin.errors import XWinInputError
 from xwin.geometry import Geometry
 from xwin.io.image import Volume
-from xwin.recon import (cgls, centered_grid, coverage, default_grid, fdk, fov_radius, orbit_angles, parker_weights,
-                        psnr, reconstruct, reconstruct_from_ct, resample_to_grid, sart, to_volume)
+from xwin.recon import (
+    centered_grid,
+    cgls,
+    coverage,
+    default_grid,
+    fdk,
+    fov_radius,
+    orbit_angles,
+    parker_weights,
+    psnr,
+    reconstruct,
+    reconstruct_from_ct,
+    resample_to_grid,
+    sart,
+    to_volume,
+)
 
 MU = 0.0193
 GEO = Geometry(sid=500.0, sdd=1000.0, height=64, width=64, pixel=3.0)
@@ -133,7 +147,8 @@ def test_iterative_beats_fdk_on_sparse_views_with_decreasing_residual(phantom):
     p_sart, _ = _score(res_sart.mu, grid, truth, views)
     p_cg, _ = _score(res_cg.mu, grid, truth, views)
     p_cg_pos, _ = _score(cgls(proj, views, grid, iters=8, positivity=True).mu, grid, truth, views)
-    # measured: FDK 23.8 dB, SART 29.6 dB, CGLS 24.7 dB (least squares fits the streaks too), CGLS + μ ≥ 0 26.7 dB (8 iterations)
+    # measured: FDK 23.8 dB, SART 29.6 dB, CGLS 24.7 dB (least squares fits the streaks too),
+    # CGLS + μ ≥ 0 26.7 dB (8 iterations)
     assert p_sart > p_fdk + 4 and p_cg > p_fdk + 0.5 and p_cg_pos > p_fdk + 2
 
 

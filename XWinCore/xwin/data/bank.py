@@ -21,8 +21,8 @@ from tqdm import tqdm
 from ..drr import Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, rotation
-from ..io.writers import atomic_output
 from ..io.image import Volume
+from ..io.writers import atomic_output
 from .ct import FeatherBordersd, RandCropZd, ct_transforms, deformation_transforms, to_volume
 
 

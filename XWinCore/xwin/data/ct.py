@@ -13,8 +13,17 @@ from typing import Hashable, Mapping
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (Compose, MapTransform, Rand3DElasticd, RandAffined, RandomizableTransform,
-                              ScaleIntensityRanged, ShiftIntensityd, SpatialCrop, Spacingd)
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    Rand3DElasticd,
+    RandAffined,
+    RandomizableTransform,
+    ScaleIntensityRanged,
+    ShiftIntensityd,
+    Spacingd,
+    SpatialCrop,
+)
 
 from ..errors import XWinInputError
 from ..io import read_ct

@@ -25,8 +25,8 @@ from ..data.cxr import find_images, load_cxrs
 from ..drr import Projector
 from ..models import domain_cosine
 from ..predict import LoadedModel
-from .probe import auroc, embeddings, logistic_probe, patient_folds
 from ..train.data import bank_spec
+from .probe import auroc, embeddings, logistic_probe, patient_folds
 from .world import SCORE_SIZE, image_scores, to_score_size
 
 

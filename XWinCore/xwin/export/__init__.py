@@ -10,8 +10,7 @@ from pathlib import Path
 from ..errors import XWinInputError
 from ..io.image import Volume
 from ..io.writers import check_target, publish_together
-from .dicom import (ct_series_datasets, dicom_identity, right_handed, source_identity, write_ct_series,
-                    write_datasets)
+from .dicom import ct_series_datasets, dicom_identity, right_handed, source_identity, write_ct_series, write_datasets
 from .labelmaps import read_seg_nrrd_header, write_nifti_labels, write_seg_nrrd
 from .masks import SEGMENTS, labelmap, segment
 

@@ -96,8 +96,9 @@ def dicom_identity(source: str | os.PathLike | None = None, *, patient_id: str |
                    patient_name: str | None = None, study_uid: str | None = None,
                    spatial: bool = True) -> dict[str, str]:
     """Patient / study / frame-of-reference attributes for a written series: ``source``'s (a DICOM series folder or
-    file; see `source_identity` for ``spatial``) where it has them, overridden by those given, fresh unique ones for the rest (PatientID ``XW`` + 16 hex digits,
-    PatientName the same, new Study and Frame of Reference UIDs, today's study date). Given values are checked."""
+    file; see `source_identity` for ``spatial``) where it has them, overridden by those given, fresh unique ones for
+    the rest (PatientID ``XW`` + 16 hex digits, PatientName the same, new Study and Frame of Reference UIDs, today's
+    study date). Given values are checked."""
     ident = source_identity(source, spatial) if source is not None else {}
     if patient_id is not None:
         if not patient_id.strip() or len(patient_id) > 64 or _CONTROL.search(patient_id):

@@ -15,8 +15,8 @@ class ProjectionDecoder(nn.Module):
     Linear(width → p²·C) per patch → unpatchify (pixel shuffle) → sigmoid: image (B, C, H, W) in [0, 1].
 
     With ``decoder_depth = 0`` it is a per-token MLP head (no mixing between patches).
-    With ``decoder_refine = K > 0`` a residual conv pair (C → K → C channels, 5 × 5, GELU) on the logits, zero-initialised
-    (starts as the identity), smooths the seams the per-patch head leaves at patch borders.
+    With ``decoder_refine = K > 0`` a residual conv pair (C → K → C channels, 5 × 5, GELU) on the logits,
+    zero-initialised (starts as the identity), smooths the seams the per-patch head leaves at patch borders.
     """
 
     def __init__(self, cfg: ModelConfig):

@@ -8,9 +8,23 @@ from .config import ModelConfig, XWinConfig
 from .decoder import ProjectionDecoder
 from .ema import ema_update, make_target, momentum_at
 from .encoder import XWinEncoder, gather_tokens
-from .losses import (DomainClassifier, affinity_matrix, domain_cosine, domain_loss, effective_rank, geometry_labels,
-                     grad_reverse, grl_coefficient, mim_loss, pose_loss, reconstruction_loss, soft_info_nce,
-                     variance_covariance, view_latent, view_prediction_loss)
+from .losses import (
+    DomainClassifier,
+    affinity_matrix,
+    domain_cosine,
+    domain_loss,
+    effective_rank,
+    geometry_labels,
+    grad_reverse,
+    grl_coefficient,
+    mim_loss,
+    pose_loss,
+    reconstruction_loss,
+    soft_info_nce,
+    variance_covariance,
+    view_latent,
+    view_prediction_loss,
+)
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 

@@ -81,4 +81,5 @@ def compare(test: Volume, reference: Volume, mask=None) -> dict[str, float]:
     """{'psnr', 'ssim', 'rmse_hu'} of ``test`` against ``reference`` resampled onto ``test``'s grid."""
     grid = Grid(test.shape_ijk, test.spacing, test.origin, test.direction)
     ref = resample_to_grid(reference, grid).array
-    return {"psnr": psnr(test.array, ref, mask), "ssim": ssim(test.array, ref, mask), "rmse_hu": rmse_hu(test.array, ref, mask)}
+    return {"psnr": psnr(test.array, ref, mask), "ssim": ssim(test.array, ref, mask),
+            "rmse_hu": rmse_hu(test.array, ref, mask)}

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import (BankSpec, OnlineDrrSampler, PairSampler, build_bank, find_cts, find_images, load_bank,
-                    load_cxrs)
+from ..data import BankSpec, OnlineDrrSampler, PairSampler, build_bank, find_cts, find_images, load_bank, load_cxrs
 from ..errors import XWinInputError
 from .distributed import Dist
 
