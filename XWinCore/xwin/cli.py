@@ -105,6 +105,18 @@ def cmd_render(ns: argparse.Namespace) -> int:
     from .io import read_ct, write_image
     from .io.writers import publish_together
 
+    pose = None
+    if ns.pose is not None:  # issue 17: angles, roll, isocenter and detector from an `xwin register` pose file
+        from .register import read_pose
+
+        if ns.lao is not None or ns.cran is not None or ns.isocenter is not None:
+            raise XWinInputError(ns.pose, "--pose gives the angles and isocenter: drop --lao/--cran/--isocenter")
+        pose, pose_geometry = read_pose(ns.pose)
+        ns.lao, ns.cran, ns.isocenter = [pose.lao], [pose.cran], list(pose.isocenter)
+        ns.size = (pose_geometry.height, pose_geometry.width)
+        ns.sid, ns.sdd, ns.pixel = pose_geometry.sid, pose_geometry.sdd, pose_geometry.pixel
+    elif ns.lao is None or ns.cran is None:
+        raise XWinInputError(None, "give --lao and --cran (degrees), or --pose POSE.json")
     volume = read_ct(ns.ct)  # first: a bad CT is refused before torch is loaded (fast, small)
     _check_memory(f"--size {ns.size[0]} {ns.size[1]}", ns.size[0] * ns.size[1] * DRR_BYTES_PER_PIXEL)
 
@@ -118,7 +130,12 @@ def cmd_render(ns: argparse.Namespace) -> int:
     single = targets == [out]
     _check_pose_targets(out, targets)
     geometry = _geometry(ns)
-    if ns.device == "cpu":  # numba without torch: the same DRRs, without a second of importing torch
+    if pose is not None:  # the pose's roll needs the full rotation (torch Projector; numba renders it on the CPU)
+        from .drr import Projector
+
+        projector = Projector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water, device=ns.device)
+        render = lambda a, c: projector.render(pose=pose.matrix(), mode=ns.mode)[0].cpu().numpy()  # noqa: E731
+    elif ns.device == "cpu":  # numba without torch: the same DRRs, without a second of importing torch
         from .drr import CpuProjector
 
         projector = CpuProjector(volume, geometry, isocenter=ns.isocenter, mu_water=ns.mu_water)
@@ -135,6 +152,8 @@ def cmd_render(ns: argparse.Namespace) -> int:
             meta = {"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
                     "xwin_mode": ns.mode,
                     "xwin_isocenter_lps_mm": " ".join(f"{x:.3f}" for x in projector.isocenter)}
+            if pose is not None:
+                meta["xwin_roll_deg"] = pose.roll
             write_image(image, target, spacing=(geometry.pixel, geometry.pixel), meta=meta)
     if not ns.quiet:
         print(targets[0] if single else f"{len(targets)} DRRs in {out}")
@@ -311,6 +330,28 @@ def cmd_viewer(ns: argparse.Namespace) -> int:
     return viewer_main(ct=ns.ct, cxr=ns.cxr, demo=ns.demo)
 
 
+def cmd_register(ns: argparse.Namespace) -> int:
+    """2D/3D registration (issue 17): the C-arm pose at which the CT's DRR matches IMAGE; exit 3 when it failed."""
+    from .io.writers import check_target
+
+    check_target(Path(ns.out))  # an unusable --out is refused before the work
+    from .register import Settings, register_files, write_pose
+
+    settings = Settings(time_limit_s=ns.time_limit, metric=ns.similarity, restarts=ns.restarts)
+    result = register_files(ns.ct, ns.image, lao=ns.lao, cran=ns.cran, roll=ns.roll, isocenter=ns.isocenter,
+                            pixel=ns.pixel, sid=ns.sid, sdd=ns.sdd, settings=settings)
+    write_pose(ns.out, result)
+    p = result.pose
+    print(json.dumps(result.to_json()) if ns.json else
+          f"{ns.out}: {result.status}: LAO {p.lao:.2f} CRAN {p.cran:.2f} roll {p.roll:.2f} deg, isocenter "
+          f"{' '.join(f'{x:.1f}' for x in p.isocenter)} mm LPS, similarity {result.similarity:.4f}, "
+          f"{result.iterations} iterations, {result.seconds:.1f} s")
+    if not result.converged:
+        print(f"xwin register: registration failed ({result.status}): {result.message}", file=sys.stderr)
+        return 3
+    return 0
+
+
 VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
 
 
@@ -454,10 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="DRRs of a CT at one or more C-arm poses",
                        description="Render DRRs of CT at paired --lao/--cran angles (degrees; RAO and CAUD negative).")
     p.add_argument("ct", help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
-    p.add_argument("--lao", type=float, nargs="+", required=True, metavar="DEG",
+    p.add_argument("--lao", type=float, nargs="+", metavar="DEG",
                    help="LAO angle(s) in degrees (negative = RAO); paired in order with --cran")
-    p.add_argument("--cran", type=float, nargs="+", required=True, metavar="DEG",
+    p.add_argument("--cran", type=float, nargs="+", metavar="DEG",
                    help="CRAN angle(s) in degrees (negative = CAUD)")
+    p.add_argument("--pose", metavar="POSE.json",
+                   help="instead of --lao/--cran/--isocenter: a pose file written by `xwin register` (its LAO, "
+                        "CRAN, roll, isocenter and detector geometry replace --sid/--sdd/--size/--pixel)")
     _geometry_args(p)
     p.add_argument("--mode", choices=("line", "intensity", "radiograph"), default="radiograph",
                    help="line: ∫μ dl (dimensionless); intensity: exp(−line); radiograph: display image in [0, 1] "
@@ -580,6 +624,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cxr", help="chest X-ray to open (DICOM, PNG, JPEG)")
     p.add_argument("--demo", action="store_true", help="open the embedded demo CT and chest X-ray")
     p.set_defaults(func=cmd_viewer)
+
+    p = sub.add_parser("register", help="2D/3D registration: the C-arm pose at which a CT's DRR matches an image",
+                       description="Estimate LAO, CRAN, roll (degrees) and the isocenter (LPS mm) at which the DRR "
+                                   "of CT matches IMAGE (docs/registration.md). Exit 0: converged; 3: failed (no "
+                                   "improvement, hit a bound, time limit, poor match; the pose file is still written "
+                                   "with that status); 2: bad input.")
+    p.add_argument("ct", help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
+    p.add_argument("image", help="a DRR written by `xwin render` (geometry from its metadata) or a radiograph "
+                                 "(DICOM, PNG, JPEG; pixel spacing from the header or --pixel)")
+    p.add_argument("--lao", type=float, default=0.0, metavar="DEG", help="start LAO in degrees (default 0)")
+    p.add_argument("--cran", type=float, default=0.0, metavar="DEG", help="start CRAN in degrees (default 0)")
+    p.add_argument("--roll", type=float, default=0.0, metavar="DEG", help="start detector roll in degrees (default 0)")
+    p.add_argument("--isocenter", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="start isocenter in patient LPS mm (default: centre of the CT grid)")
+    p.add_argument("--pixel", type=float, metavar="MM",
+                   help="detector pixel size of IMAGE in mm (overrides its header)")
+    p.add_argument("--sid", type=float, default=1600.0, help="film: source → isocenter distance in mm (default 1600)")
+    p.add_argument("--sdd", type=float, default=1800.0, help="film: source → detector distance in mm (default 1800)")
+    p.add_argument("--similarity", choices=("mixed", "gncc", "ncc"), default="mixed",
+                   help="gncc: gradient correlation; ncc; mixed: their mean (default)")
+    p.add_argument("--restarts", type=int, default=4, help="extra coarse-level starts around the start (default 4)")
+    p.add_argument("--time-limit", type=float, default=300.0, metavar="S",
+                   help="wall-clock budget in seconds; past it the status is 'time limit' (default 300)")
+    p.add_argument("--out", required=True, help="pose file (JSON) for `xwin render --pose`")
+    p.add_argument("--json", action="store_true",
+                   help="print pose, similarity, iterations, seconds and status as one JSON line")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("reconstruct", help="reconstruct a volume from simulated projections of a CT",
                        description="Render --views line-integral projections of --from-ct over LAO −arc/2…+arc/2 at "
