@@ -11,10 +11,8 @@ import pathlib
 import sys
 from typing import Annotated
 
-import ctk
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -188,7 +186,8 @@ if parameterNodeWrapper is not None:
     class XWinSlicerParameterNode:
         """Same names as `xwin.viewer.session.Settings` and `XWinSlicerLib.logic.NODE_ROLES` (the logic reads them).
 
-        Each annotation must be one that Slicer's GUI connector for the bound widget of XWinSlicer/Resources/UI/XWinSlicer.ui
+        Each annotation must be one that Slicer's GUI connector for the bound widget of
+        XWinSlicer/Resources/UI/XWinSlicer.ui
         accepts (Slicer/Slicer, tag v5.8.1, Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): a QComboBox
         needs ``Choice`` on a str (QComboBoxToStringableConnector raises "requires the Choice annotation"), a
         ctkSliderWidget needs bounds (QDoubleSpinBoxCtkSliderWidgetToFloatConnector raises on an unbounded float),
@@ -544,8 +543,9 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._future.done():
                 self._reconstructionDone()
             else:
-                self.ui.statusLabel.text = (f"Reconstruction: {self._future.stage} ({100 * self._future.progress:.0f} %)"
-                                            + (", cancelling" if self._future.cancelled else ""))
+                future = self._future
+                self.ui.statusLabel.text = (f"Reconstruction: {future.stage} ({100 * future.progress:.0f} %)"
+                                            + (", cancelling" if future.cancelled else ""))
         t = self._training
         if t is not None:
             records = t.poll()
@@ -678,8 +678,9 @@ class XWinSlicerTest(ScriptedLoadableModuleTest):
         self.test_XWinSlicer_end_to_end()
 
     def test_XWinSlicer_end_to_end(self):
-        import numpy as np
         import time
+
+        import numpy as np
 
         self.assertTrue(ensureCore(askConfirmation=False), "the XWin core could not be installed")
         slicer.util.selectModule("XWinSlicer")

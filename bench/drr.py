@@ -539,7 +539,8 @@ def numba_first_call() -> str:
 def jit_text(jit: dict[str, float]) -> str:
     if "error" in jit:
         return f"failed: {jit['error']}"
-    return f"forward kernel {jit['forward_s']:.1f} s, adjoint kernels (first forward + backward) {jit['adjoint_s']:.1f} s"
+    return (f"forward kernel {jit['forward_s']:.1f} s, adjoint kernels (first forward + backward) "
+            f"{jit['adjoint_s']:.1f} s")
 
 
 def fmt_ms(seconds: float) -> str:

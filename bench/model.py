@@ -8,7 +8,8 @@ samples/s from its JSONL progress after 5 warm-up steps; peak RSS from /proc VmH
 training step (all losses, forward + backward + AdamW) on a synthetic batch of the config's size, float32 against
 bfloat16 autocast, alternating, median of 5 each (whether this CPU has native bfloat16 is printed: `train.amp` uses it
 only then). Rendering share: the time to render one bank instance (the config's poses at 2× the input size, pooled, as
-the bank builder does) against the training time that instance's images feed at the same samples/s. Prediction: one pose of the embedded model after loading, median of 30,
+the bank builder does) against the training time that instance's images feed at the same samples/s. Prediction: one
+pose of the embedded model after loading, median of 30,
 against one full-quality 256² DRR of the embedded CT in the same run.
 Replaces the section between `<!-- model-bench:start -->` and `<!-- model-bench:end -->`.
 """

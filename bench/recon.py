@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "XWinCore"))
 
 from xwin.drr import Projector  # noqa: E402
 from xwin.geometry import Geometry  # noqa: E402
-from xwin.recon import cgls, compare, coverage, default_grid, fdk, orbit_angles, sart, to_volume  # noqa: E402
 from xwin.io import read_ct  # noqa: E402
+from xwin.recon import cgls, compare, coverage, default_grid, fdk, orbit_angles, sart, to_volume  # noqa: E402
 
 MU = 0.0193
 

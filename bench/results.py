@@ -37,8 +37,18 @@ def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96
     from xwin.data.bank import BankSpec, prepared_ct, render_views
     from xwin.drr import Projector
     from xwin.geometry import carm_views
-    from xwin.recon import (compare, coverage, default_grid, model_geometry, orbit_angles, radiograph_to_line,
-                            reconstruct, reconstruct_from_cxr, resample_to_grid, to_volume)
+    from xwin.recon import (
+        compare,
+        coverage,
+        default_grid,
+        model_geometry,
+        orbit_angles,
+        radiograph_to_line,
+        reconstruct,
+        reconstruct_from_cxr,
+        resample_to_grid,
+        to_volume,
+    )
     from xwin.recon.grid import Grid
     from xwin.train.data import bank_spec
 
@@ -81,7 +91,8 @@ def cross_patient_retrieval(loaded, volumes: dict) -> dict:
 
 
 def identity_figure(predictor, films: list[Path], drrs: np.ndarray, path: Path) -> Path:
-    """Contact sheet: real films and held-out PA DRRs (top), their decoded Δ = 0 prediction, their LAO 45° prediction."""
+    """Contact sheet: real films and held-out PA DRRs (top), their decoded Δ = 0 prediction, their LAO 45°
+    prediction."""
     from xwin.data.cxr import to_model_input
     from xwin.demo import save_contact_sheet
     from xwin.io import read_radiograph
@@ -144,7 +155,8 @@ def main(argv=None) -> int:
     shown = Path(ns.checkpoint).resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     lines = [f"Model: `{shown}`. Held-out CT(s): the eval split of ../shared/data/ct/cases.csv, "
-             f"{', '.join(f'`{Path(p).name}`' for p in held)} (patients never trained on). Command: `.venv/bin/python bench/results.py "
+             f"{', '.join(f'`{Path(p).name}`' for p in held)} (patients never trained on). "
+             "Command: `.venv/bin/python bench/results.py "
              + " ".join(argv if argv is not None else sys.argv[1:]) + "` (run from the "
              "repository root; the held-out CT and labels come from ../shared/data).", "",
              "### View prediction on CTs never trained on (`xwin eval world`)", "",
@@ -177,7 +189,8 @@ def main(argv=None) -> int:
     pooled = {k: world[k] for k in ("model", "baselines", "decoder_ceiling", "renderings", "score_size")}
     lines += ["", "```json", json.dumps(pooled), "```", "",
               "### One CXR → volume (`xwin reconstruct CXR`), on the held-out CT", "",
-              "Input: the held-out CT's PA DRR as the radiograph; 13 predicted views over LAO −90…90°, SART (one view per "
+              "Input: the held-out CT's PA DRR as the radiograph; 13 predicted views over LAO −90…90°, SART "
+              "(one view per "
               "update, 10 iterations); scored on "
               "the 96³ (4 mm) grid voxels every view sees, HU clipped to [−1000, 1000] for PSNR/SSIM.", "",
               "| volume | PSNR (dB) | SSIM | RMSE (HU) |", "|---|---:|---:|---:|"]
@@ -225,8 +238,8 @@ def main(argv=None) -> int:
     gaps = {"model": evaluate_domain(loaded, SHARED / "cxr", volumes),
             "random_init": evaluate_domain(untrained, SHARED / "cxr", volumes)}
     g = gaps["model"]
-    from xwin.data.cxr import find_images
     from xwin.data.bank import prepared_ct
+    from xwin.data.cxr import find_images
     from xwin.eval.domain import simulated_pa_views
     spec = bank_spec(cfg)
     figure = identity_figure(Predictor(loaded), find_images(SHARED / "cxr")[:4],
@@ -235,7 +248,8 @@ def main(argv=None) -> int:
     shown_figure = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
     lines += ["", "### Real films against DRRs (`xwin eval domain`)", "",
               f"{g['n_real']} real frontal CXRs against {g['n_simulated']} PA DRRs ({len(volumes)} CTs, training and "
-              "held-out, 16 each with a random isocenter shift and roll). Separability: AUROC of a linear probe telling "
+              "held-out, 16 each with a random isocenter shift and roll). Separability: AUROC of a linear probe "
+              "telling "
               "real from simulated context embeddings, out-of-fold (0.5 = indistinguishable). Cosine: mean over "
               "real–simulated pairs, then within each domain. Identity: the decoded Δ = 0 prediction against its "
               f"input, PSNR (dB) / SSIM. Pictures: `{shown_figure}`.", "",

@@ -91,8 +91,8 @@ def test_controller_updates_the_session_pose():
 def view_coverage(sliceNode, volumeNode) -> float:
     """Fraction of the slice view's pixels that show the single-slice volume (what Slicer's reslice samples: the
     view pixel's RAS point inside the image and within half a slice of its plane)."""
-    from XWinSlicerLib.logic import arrayFromVTKMatrix
     import vtk
+    from XWinSlicerLib.logic import arrayFromVTKMatrix
 
     dx, dy, _ = sliceNode.GetDimensions()
     xy_to_ras = arrayFromVTKMatrix(sliceNode.GetXYToRAS())
@@ -170,8 +170,8 @@ def logic_matrix(a):
 
 def image_point_at_view_centre(sliceNode, volumeNode) -> np.ndarray:
     """(column, row) in mm from the image centre of the point shown at the view centre."""
-    from XWinSlicerLib.logic import arrayFromVTKMatrix
     import vtk
+    from XWinSlicerLib.logic import arrayFromVTKMatrix
 
     dx, dy, _ = sliceNode.GetDimensions()
     ras = arrayFromVTKMatrix(sliceNode.GetXYToRAS()) @ np.array([dx / 2, dy / 2, 0.0, 1.0])
@@ -311,7 +311,7 @@ def test_reconstruction_cancel_stops_the_work(ct_path):
     c.job.future.result()
 
 
-# --- the loss plot after Close Scene ------------------------------------------------------------------------------------
+# --- the loss plot after Close Scene --------------------------------------------------------------------------------
 def test_loss_plot_is_rebuilt_after_close_scene(logic, scene):
     """Close Scene removes the plot nodes; the panel keeps the training state and rebuilds the chart from it
     (XWinSlicerWidget.onSceneEndClose → updateLossPlot), with every loss series and its history."""

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from XWinSlicerLib import install
 from XWinSlicerLib.install import core_status, plan_install, read_core_project, unsupported_reason
 

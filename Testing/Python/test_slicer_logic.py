@@ -92,6 +92,7 @@ def test_linear_parent_transform_is_included(scene):
 def test_drr_node_voxels_equal_cli(logic, ct_path, tmp_path, lao, cran):
     """renderDrr's voxels equal ``xwin render --mode radiograph`` of the same CT to 1e-5."""
     import SimpleITK as sitk
+
     from xwin.cli import main
 
     out = tmp_path / "drr.nrrd"

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from XWinSlicerLib import paths, sampledata
 
 ROOT = Path(__file__).resolve().parents[2]

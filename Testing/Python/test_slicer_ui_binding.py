@@ -2,7 +2,8 @@
 module opened because ``recon_method: str`` was bound to a QComboBox).
 
 ``XWinSlicerParameterNode.connectGui(self.ui)`` (Slicer's @parameterNodeWrapper) pairs every widget of
-XWinSlicer/Resources/UI/XWinSlicer.ui that has a ``SlicerParameterName`` dynamic property with the class member of that name,
+XWinSlicer/Resources/UI/XWinSlicer.ui that has a ``SlicerParameterName`` dynamic property with the class member of
+that name,
 and asks each registered GuiConnector whether it can represent (widget type, annotated type). This test reads the
 .ui XML and the class's annotations (with `ast`: XWinSlicer.py needs Slicer's qt/ctk/slicer to import) and applies
 the same rules, encoded below from Slicer's source.

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import write_synthetic_ct
+
 from xwin.viewer.training import TrainingProcess, new_stop_file, train_command
 
 LAUNCHER = textwrap.dedent("""

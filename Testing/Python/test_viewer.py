@@ -144,9 +144,9 @@ def test_viewer_reconstruction_and_screenshot(qapp, window, shots):
 def test_viewer_window_screenshot_with_a_volume(qapp, window, tmp_path):
     """The views render offscreen-safe under Xvfb: a CT-like volume in 3D fills part of the view (no core
     dependencies beyond the projector)."""
+    import SimpleITK as sitk
     from conftest import write_synthetic_ct
 
-    import SimpleITK as sitk
     from xwin.io.image import Volume
 
     path = write_synthetic_ct(tmp_path / "ct.nrrd")

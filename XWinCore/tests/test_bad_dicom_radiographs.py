@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEG2000Lossless
-
 from synthetic_dicom import ct_series, radiograph
+
 from xwin.cli import main
 from xwin.io import read_ct, read_radiograph
 

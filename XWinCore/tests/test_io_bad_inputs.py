@@ -9,8 +9,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from PIL import Image
-
 from synthetic_dicom import ct_series, radiograph
+
 from xwin.errors import XWinInputError
 from xwin.io import Volume, read_ct, read_radiograph, write_image, write_volume
 

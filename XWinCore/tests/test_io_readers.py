@@ -8,10 +8,19 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-
 from synthetic_dicom import INTERCEPT, SLOPE, ct_series, radiograph
-from xwin.io import (Radiograph, Volume, atomic_output, describe, format_description, read_ct, read_radiograph,
-                     write_image, write_volume)
+
+from xwin.io import (
+    Radiograph,
+    Volume,
+    atomic_output,
+    describe,
+    format_description,
+    read_ct,
+    read_radiograph,
+    write_image,
+    write_volume,
+)
 from xwin.sample_data import demo_ct_path, demo_cxr_path
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

@@ -378,6 +378,7 @@ def test_export_predict_and_world_eval(tiny_setup, trained_run, tmp_path):
     assert main(["predict", str(png), "--lao", "0", "30", "--cran", "0", "0", "--checkpoint", str(model_file),
                  "--out", str(out)]) == 0
     from PIL import Image
+
     from xwin.io import read_radiograph
     want = load_predictor(model_file).predict(read_radiograph(png).array, [0, 30], [0, 0])
     files = sorted(out.iterdir())
@@ -452,7 +453,9 @@ def test_fine_tuning_starts_from_a_model_file_or_checkpoint(tiny_setup, trained_
 def test_ct_and_cxr_folders_replace_the_configs_data(tiny_setup, tmp_path):
     """`xwin train --ct-dir/--cxr-dir/--init` (what the Slicer panel's folder fields pass)."""
     import shutil
+
     from synthetic_dicom import ct_series
+
     from xwin.errors import XWinInputError
     from xwin.train import with_overrides
     root, cfg_path, cts = tiny_setup
@@ -497,7 +500,8 @@ def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys
     spec = bank_spec(loaded.config)
     still = type(spec)(**{**spec.__dict__, "iso_shift_mm": 0.0, "roll_deg": 0.0})
     volume = read_ct(cts[0])
-    torch.testing.assert_close(simulated_pa_views(volume, still, 2), render_targets(volume, spec)[0].expand(2, -1, -1, -1))
+    torch.testing.assert_close(simulated_pa_views(volume, still, 2),
+                               render_targets(volume, spec)[0].expand(2, -1, -1, -1))
     jittered = simulated_pa_views(volume, spec, 2)
     assert not torch.allclose(jittered[0], jittered[1])  # a fresh shift and roll per view
     assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--ct", cts[1], "--views", "4",
@@ -523,6 +527,7 @@ def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, trained
     np.testing.assert_allclose(vol.center, 0.0, atol=1e-6)  # centred on the isocenter (LPS origin)
     # the label: the file itself says it is a learned estimate, read by a fresh reader (SimpleITK's NRRD fields)
     import SimpleITK as sitk
+
     from xwin.recon.from_cxr import ESTIMATE_DESCRIPTION
     image = sitk.ReadImage(str(out))
     assert {k: image.GetMetaData(k) for k in ("description", "source", "method", "views")} == {
@@ -539,9 +544,10 @@ def test_outputs_get_the_permissions_of_new_files(tmp_path):
     """Checkpoints, exported models, banks and DICOM series are written through private temporaries (tempfile: 0600
     files, 0700 folders; safetensors: 0600 files); once published they carry the umask's permissions like any new file
     (here umask 022: 0644 files, 0755 folders), so colleagues sharing a run folder can read them."""
+    from safetensors.torch import save_file
+
     from xwin.data import build_bank
     from xwin.data.bank import BankSpec
-    from safetensors.torch import save_file
     from xwin.export import write_ct_series
     from xwin.io import atomic_output
 
@@ -552,7 +558,8 @@ def test_outputs_get_the_permissions_of_new_files(tmp_path):
         model_file = tmp_path / "model.safetensors"  # as `xwin export-model` writes it
         with atomic_output(model_file) as tmp:
             save_file({"w": torch.zeros(2)}, str(tmp))
-        series = write_ct_series(Volume(np.zeros((2, 3, 3), np.float32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)),
+        blank = Volume(np.zeros((2, 3, 3), np.float32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+        series = write_ct_series(blank,
                                  tmp_path / "ct")
         bank = tmp_path / "bank"
         ct = tmp_path / "ct.nrrd"

@@ -200,7 +200,7 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
     """Export the inference part of a checkpoint (plus the bank's mean projections) to one file."""
     from .data import load_bank
     from .predict import export_model
-    from .train.checkpoint import load_checkpoint, latest_checkpoint
+    from .train.checkpoint import latest_checkpoint, load_checkpoint
 
     run = Path(ns.checkpoint)
     state = load_checkpoint(run)[2]
@@ -664,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, metavar="N",
                    help="number of projections (default 180 for --from-ct, 13 for a CXR)")
     p.add_argument("--arc", type=float, metavar="DEG",
-                   help="orbit arc in degrees (default 360 for --from-ct, 180 for a CXR; a short scan needs at least 180 + fan angle)")
+                   help="orbit arc in degrees (default 360 for --from-ct, 180 for a CXR; a short scan needs at least "
+                        "180 + fan angle)")
     p.add_argument("--method", choices=("fdk", "sart", "cgls"), default="fdk", help="reconstruction (default fdk)")
     p.add_argument("--iters", type=int, metavar="K", help="iterations of sart (default 10) or cgls (default 20)")
     p.add_argument("--size", type=int, nargs=3, metavar=("NX", "NY", "NZ"),

@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import slicer
 import vtk
 from vtk.util import numpy_support
 
-import slicer
 from xwin.io.image import Volume
 from xwin.viewer.session import LPS_TO_RAS, Projection, Session, Settings, volume_rendering_points
 from xwin.viewer.training import (  # noqa: F401

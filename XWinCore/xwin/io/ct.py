@@ -19,9 +19,21 @@ from pydicom.errors import InvalidDicomError
 from ..errors import XWinInputError
 from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, nifti_truncated
 from .image import Volume
-from .validate import (ORTHONORMAL_TOL, check_budget, check_orthonormal, check_regular_file, dicom_numbers,
-                       dicom_pixel_module, dicom_pixels, dicom_rescale, file_problem, itk_reading, open_header, reason,
-                       validate_header)
+from .validate import (
+    ORTHONORMAL_TOL,
+    check_budget,
+    check_orthonormal,
+    check_regular_file,
+    dicom_numbers,
+    dicom_pixel_module,
+    dicom_pixels,
+    dicom_rescale,
+    file_problem,
+    itk_reading,
+    open_header,
+    reason,
+    validate_header,
+)
 
 _POSITION_TOL_MM = 0.01
 _SPACING_TOL = 0.01

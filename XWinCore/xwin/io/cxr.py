@@ -21,8 +21,17 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from ..errors import XWinInputError
 from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, nifti_truncated
 from .image import Radiograph
-from .validate import (check_budget, check_memory, check_regular_file, dicom_numbers, dicom_pixels, dicom_rescale,
-                       itk_reading, open_header, reason)
+from .validate import (
+    check_budget,
+    check_memory,
+    check_regular_file,
+    dicom_numbers,
+    dicom_pixels,
+    dicom_rescale,
+    itk_reading,
+    open_header,
+    reason,
+)
 
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "US"}
 _LUMA = np.array([0.299, 0.587, 0.114])

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - OpenGL back end
 from Qt import QtCore, QtWidgets
 from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor
 from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import vtkCommand
-from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPiecewiseFunction
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from vtkmodules.vtkInteractionStyle import vtkInteractorStyleImage, vtkInteractorStyleTrackballCamera
 from vtkmodules.vtkIOImage import vtkPNGWriter
 from vtkmodules.vtkRenderingCore import (
@@ -30,7 +31,6 @@ from vtkmodules.vtkRenderingCore import (
     vtkWindowToImageFilter,
 )
 from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkSmartVolumeMapper  # noqa: F401 - registers the GPU mapper
-import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - OpenGL back end
 
 from ..io.image import Volume
 from .controller import POLL_MS, PREVIEW, PanelController

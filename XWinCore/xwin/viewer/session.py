@@ -19,6 +19,7 @@ from ..errors import XWinInputError
 from ..geometry import Geometry, carm_views
 from ..io.image import Volume
 
+
 def preload_before_opengl() -> None:
     """Import torch's compiler stack (it loads triton and its LLVM) before any OpenGL context exists.
 
