@@ -295,7 +295,7 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
                                    f"{geometry.height} x {geometry.width}")
     x0 = torch.tensor([start.lao, start.cran, start.roll, *start.isocenter], dtype=torch.float64)
     bound = torch.tensor([s.max_rotation_deg] * 3 + [s.max_translation_mm] * 3, dtype=torch.float64)
-    spacing_min = float(np.min(projector.volume.spacing))
+    spacing_max = float(np.max(projector.volume.spacing))  # pooling is isotropic in index: bound the coarsest axis
     levels = level_geometries(geometry, s.sizes)
     iters = list(s.iterations)[-len(levels):] if len(levels) < len(s.sizes) else list(s.iterations)
     counters = {"iterations": 0, "evaluations": 0}
@@ -305,7 +305,7 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
 
     def make_level(g: Geometry):
         iso_pixel = g.pixel * g.sid / g.sdd
-        factor = max(1, int(iso_pixel / (1.5 * spacing_min)))
+        factor = max(1, int(iso_pixel / (1.5 * spacing_max)))
         mu, a = (projector.mu, projector.ijk_from_lps) if factor == 1 else projector._level(factor)[:2]
         tgt = resample_image(target, geometry.pixel, g)
         mask = None
