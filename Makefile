@@ -41,6 +41,7 @@ bench: $(STAMP)
 	command -v plastimatch >/dev/null || (SUDO=; sudo -n true 2>/dev/null && SUDO=sudo; \
 	  $$SUDO apt-get install -y -qq --no-install-recommends plastimatch) || echo "no plastimatch: bench/cli.py skips it"
 	$(PY) bench/cli.py --out docs/benchmarks.md
+	$(PY) bench/register.py --out docs/benchmarks.md
 
 # regenerate the viewer pictures in docs/screenshots (the tests themselves write only to temporary folders)
 screenshots: $(TESTSTAMP)
