@@ -143,3 +143,16 @@ def test_predict_reads_an_xwin_drr_in_the_training_convention(tmp_path):
     as_film = predictor.predict(image.array, [0.0], [0.0], simulated=False)[0]
     assert abs(predicted.array.mean() - image.array.mean()) < 0.02
     assert as_film.mean() - image.array.mean() > 0.02
+
+
+def test_angle_errors_speak_library_terms_and_the_cli_adds_its_flags(small_ct, tmp_path, capsys):
+    from xwin.errors import XWinInputError
+    from xwin.geometry import parse_angles
+
+    with pytest.raises(XWinInputError) as err:
+        parse_angles([0.0, 10.0, 20.0], [0.0, 5.0])
+    assert "--" not in str(err.value) and "3 LAO angles and 2 CRAN angles" in str(err.value)
+    assert main(["render", str(small_ct), "--lao", "0", "10", "20", "--cran", "0", "5",
+                 "--out", str(tmp_path / "drrs")]) == 2
+    assert "--lao/--cran: 3 LAO angles and 2 CRAN angles" in capsys.readouterr().err
+    assert not (tmp_path / "drrs").exists()

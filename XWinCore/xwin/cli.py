@@ -64,6 +64,16 @@ def _geometry_args(p: argparse.ArgumentParser) -> None:
                    help="isocenter in patient LPS mm (default: centre of the CT grid)")
 
 
+def _angles(ns: argparse.Namespace):
+    """--lao/--cran through `geometry.parse_angles`, its errors naming the flags."""
+    from .geometry import parse_angles
+
+    try:
+        return parse_angles(ns.lao, ns.cran)
+    except XWinInputError as e:
+        raise XWinInputError(None, f"--lao/--cran: {e.problem}") from None
+
+
 def _geometry(ns: argparse.Namespace):
     from .geometry import Geometry
     return Geometry(sid=ns.sid, sdd=ns.sdd, height=ns.size[0], width=ns.size[1], pixel=ns.pixel)
@@ -122,9 +132,8 @@ def cmd_render(ns: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .geometry import parse_angles
 
-    lao, cran = parse_angles(ns.lao, ns.cran)
+    lao, cran = _angles(ns)
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "drr", ns.ext)
     single = targets == [out]
@@ -212,11 +221,10 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
 
 def cmd_predict(ns: argparse.Namespace) -> int:
     """Decoded predicted projections of a CXR (taken as the PA view) at paired target poses."""
-    from .geometry import parse_angles
     from .io import read_radiograph, write_image
     from .io.writers import publish_together
 
-    lao, cran = parse_angles(ns.lao, ns.cran)
+    lao, cran = _angles(ns)
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "pred", ns.ext)
     single = targets == [out]

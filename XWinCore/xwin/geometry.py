@@ -128,7 +128,7 @@ def _rotation(xp, lao, cran):
 
 def _check_pairs(lao, cran) -> None:
     if np.shape(lao) != np.shape(cran) and np.ndim(lao) and np.ndim(cran):
-        raise XWinInputError(None, f"--lao and --cran must pair up: {np.size(lao)} vs {np.size(cran)} values")
+        raise XWinInputError(None, f"LAO and CRAN angles must pair up: {np.size(lao)} vs {np.size(cran)} values")
 
 
 def carm_views(geometry: Geometry, isocenter, lao=None, cran=None, *, pose=None) -> Views:
@@ -196,10 +196,10 @@ def projection_matrices(views: Views) -> torch.Tensor:
 
 
 def parse_angles(lao: Sequence[float], cran: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Pair --lao and --cran values in order; one value of either broadcasts to the other's length."""
+    """Pair LAO and CRAN angles (degrees) in order; one value of either broadcasts to the other's length."""
     lao, cran = np.atleast_1d(np.asarray(lao, float)), np.atleast_1d(np.asarray(cran, float))
     if lao.size != cran.size and 1 not in (lao.size, cran.size):
-        raise XWinInputError(None, f"--lao has {lao.size} values and --cran {cran.size}: they are paired in order")
+        raise XWinInputError(None, f"{lao.size} LAO angles and {cran.size} CRAN angles: they are paired in order")
     lao, cran = np.broadcast_arrays(lao, cran)
     if not (np.all(np.isfinite(lao)) and np.all(np.isfinite(cran))):
         raise XWinInputError(None, "angles must be finite numbers of degrees")
