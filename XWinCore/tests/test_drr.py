@@ -200,3 +200,13 @@ def test_preview_matches_full_quality():
     assert small.shape == (32, 32)
     pooled = torch.nn.functional.avg_pool2d(full[None, None], 2)[0, 0]
     assert float(torch.corrcoef(torch.stack([pooled.flatten(), small.flatten()]))[0, 1]) > 0.995
+
+
+def test_radiograph_to_line_inverts_the_display_map():
+    """line → radiograph (1 − exp(−line/4)) → line, by hand at line = 4 ln 2 (image 0.5), and over a range."""
+    from xwin.drr import radiograph_to_line
+    from xwin.drr.cpu import apply_mode_numpy
+
+    assert radiograph_to_line(np.array([0.0, 0.5]))[1] == pytest.approx(4 * np.log(2), rel=1e-12)
+    line = np.linspace(0.0, 12.0, 25)
+    np.testing.assert_allclose(radiograph_to_line(apply_mode_numpy(line, "radiograph")), line, rtol=1e-9, atol=1e-9)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib
 
-_HOMES = {"MODES": "cpu", "MU_WATER": "cpu", "CpuProjector": "cpu", "Projector": "projector",
+_HOMES = {"MODES": "cpu", "MU_WATER": "cpu", "DISPLAY_SCALE": "cpu", "CpuProjector": "cpu",
+          "radiograph_to_line": "cpu", "Projector": "projector",
           "apply_mode": "projector", "back_project": "projector", "forward_project": "projector",
           "hu_to_mu": "projector", "render": "projector"}
 
-__all__ = ["MODES", "MU_WATER", "CpuProjector", "Projector", "apply_mode", "back_project", "forward_project",
-           "hu_to_mu", "render"]
+__all__ = ["DISPLAY_SCALE", "MODES", "MU_WATER", "CpuProjector", "Projector", "apply_mode", "back_project",
+           "forward_project", "hu_to_mu", "radiograph_to_line", "render"]
 
 
 def __getattr__(name: str):

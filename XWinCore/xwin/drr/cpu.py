@@ -49,6 +49,11 @@ def apply_mode_numpy(line: np.ndarray, mode: str) -> np.ndarray:
     raise XWinInputError(None, f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
+def radiograph_to_line(images: np.ndarray) -> np.ndarray:
+    """The inverse of the radiograph display map: line integrals ∫μ dl (dimensionless) from images in [0, 1)."""
+    return -DISPLAY_SCALE * np.log1p(-np.clip(images, 0.0, 1.0 - 1e-6))
+
+
 def checked_inputs(volume: Volume, isocenter, mu_water: float) -> tuple[np.ndarray, float]:
     """The isocenter (LPS mm, default: the CT grid centre) and μ_water of a projector, checked."""
     if not (np.isfinite(mu_water) and mu_water > 0):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..drr.projector import DISPLAY_SCALE, MU_WATER
+from ..drr import MU_WATER, radiograph_to_line
 from ..geometry import Geometry, carm_views
 from ..io.image import Volume
 from .grid import default_grid, to_volume
@@ -22,11 +22,6 @@ def model_geometry(config) -> Geometry:
     """The detector the model predicts on: the training bank's distances and field at ``img_size`` pixels (mm)."""
     n, d = config.model.img_size, config.data
     return Geometry(sid=d.sid, sdd=d.sdd, height=n, width=n, pixel=d.field_mm / n)
-
-
-def radiograph_to_line(images: np.ndarray) -> np.ndarray:
-    """Invert the radiograph display map 1 − exp(−line/4): line integrals ∫μ dl from images in [0, 1)."""
-    return -DISPLAY_SCALE * np.log1p(-np.clip(images, 0.0, 1.0 - 1e-6))
 
 
 def reconstruct_from_cxr(predictor, image01: np.ndarray, views: int = 13, arc: float = 180.0, method: str = "sart",
