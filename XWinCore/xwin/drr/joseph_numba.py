@@ -57,6 +57,8 @@ class parallel_kernel:  # noqa: N801 - used as a decorator
 
     def __getattr__(self, name):
         return getattr(self.dispatcher, name)
+
+
 EDGE = 1e-4  # rays keep 1e-4 voxel inside the bilinear support (-1, n) so padded reads never leave the array
 _reusable = threading.local()  # per calling thread: scratch padding and adjoint buffers, reused between calls
 

@@ -29,9 +29,8 @@ from .validate import (
     dicom_pixels,
     dicom_rescale,
     file_problem,
-    itk_reading,
+    itk_read,
     open_header,
-    reason,
     validate_header,
 )
 
@@ -72,14 +71,7 @@ def _read_image_file(p: Path) -> Volume:
     validate_header(p, reader)
     if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
         raise XWinInputError(p, "is truncated: the file holds fewer voxels than its header announces")
-    error = None
-    with itk_reading() as stray:
-        try:
-            image = reader.Execute()
-        except RuntimeError as e:
-            error = e
-    if error is not None:
-        raise XWinInputError(p, f"is truncated or corrupt ({reason(error, stray)})")
+    image = itk_read(p, reader.Execute, "is truncated or corrupt")
     array = sitk.GetArrayViewFromImage(image).astype(np.float32)  # one copy: the view shares ITK's buffer
     return Volume(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()),
                   np.array(image.GetDirection()).reshape(3, 3), {"source": str(p), "format": file_format(p)})

@@ -28,9 +28,8 @@ from .validate import (
     dicom_numbers,
     dicom_pixels,
     dicom_rescale,
-    itk_reading,
+    itk_read,
     open_header,
-    reason,
 )
 
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "US"}
@@ -231,14 +230,7 @@ def _read_itk_2d(p: Path) -> Radiograph:
     check_memory(p, reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
     if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
         raise XWinInputError(p, "is truncated: the file holds fewer pixels than its header announces")
-    error = None
-    with itk_reading() as stray:
-        try:
-            image = reader.Execute()
-        except RuntimeError as e:
-            error = e
-    if error is not None:
-        raise XWinInputError(p, f"is truncated, corrupt or not an image file ({reason(error, stray)})")
+    image = itk_read(p, reader.Execute, "is truncated, corrupt or not an image file")
     size = image.GetSize()
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise XWinInputError(p, f"has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected grey")

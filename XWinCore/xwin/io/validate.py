@@ -141,15 +141,20 @@ def open_header(path: Path) -> sitk.ImageFileReader:
         _check_metaimage(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    itk_read(path, reader.ReadImageInformation, "is truncated, corrupt or not an image file")
+    return reader
+
+
+def itk_read(path: Path, call, problem: str):
+    """``call()`` (a SimpleITK read) under `itk_reading`; its failure becomes one `XWinInputError` naming ``path``:
+    ``problem`` and the readable cause (`reason`)."""
     error = None
     with itk_reading() as stray:
         try:
-            reader.ReadImageInformation()
+            return call()
         except RuntimeError as e:
             error = e
-    if error is not None:
-        raise XWinInputError(path, f"is truncated, corrupt or not an image file ({reason(error, stray)})")
-    return reader
+    raise XWinInputError(path, f"{problem} ({reason(error, stray)})")
 
 
 def reason(error: RuntimeError, stray: _Stray) -> str:
