@@ -58,7 +58,8 @@ def train_throughput(bank: Path, steps: int) -> dict:
 
 def precision_step(repeats: int = 5) -> dict:
     """DRR pairs / s of one training step in float32 and under bfloat16 autocast (same model, same batch)."""
-    from xwin.models import create_model, load_config
+    from xwin.config import load_config
+    from xwin.models import create_model
 
     cfg = load_config(CONFIG)
     b, s = cfg.train.batch_size, cfg.model.img_size
@@ -86,10 +87,10 @@ def precision_step(repeats: int = 5) -> dict:
 
 
 def render_share(samples_per_s: float) -> dict:
+    from xwin.config import load_config
     from xwin.data.bank import render_views
     from xwin.drr import Projector
     from xwin.io import read_ct
-    from xwin.models import load_config
     from xwin.sample_data import demo_ct_path
     from xwin.train.data import bank_spec
 
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     tr = train_throughput(ns.bank, ns.steps)
     rs = render_share(tr["samples_per_s"])
     pc = precision_step()
-    from xwin.models import load_config
+    from xwin.config import load_config
     m = load_config(CONFIG).model
     pr = predict_latency()
     text = "\n".join([

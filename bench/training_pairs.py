@@ -20,9 +20,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs/screenshots/training_pairs.png"))
     ns = ap.parse_args(argv)
+    from xwin.config import XWinConfig
     from xwin.data import PairSampler, load_bank
     from xwin.demo import save_contact_sheet
-    from xwin.models import XWinConfig
     from xwin.train.checkpoint import latest_checkpoint, load_checkpoint
 
     cfg = XWinConfig.from_dict(load_checkpoint(latest_checkpoint(Path(ns.run)))[2]["config"])

@@ -19,7 +19,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from xwin.cli import main
-from xwin.models import XWinConfig, create_model, load_config
+from xwin.config import XWinConfig, load_config
+from xwin.models import create_model
 from xwin.predict import INFERENCE_MODULES
 from xwin.train.checkpoint import MODEL_FORMAT
 

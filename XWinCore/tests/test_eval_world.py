@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from xwin.cli import main
+from xwin.config import XWinConfig
 from xwin.data.bank import prepared_ct
 from xwin.eval import world
 from xwin.eval.world import (
@@ -25,7 +26,7 @@ from xwin.eval.world import (
 )
 from xwin.io import write_volume
 from xwin.io.image import Volume
-from xwin.models import XWinConfig, create_model
+from xwin.models import create_model
 from xwin.predict import LoadedModel
 from xwin.train.checkpoint import MODEL_FORMAT
 from xwin.train.data import bank_spec

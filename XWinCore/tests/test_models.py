@@ -8,20 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xwin.config import LossConfig, MaskConfig, ModelConfig, XWinConfig, config_path, load_config
 from xwin.errors import XWinInputError
 from xwin.models import (
     GradientReversal,
-    LossConfig,
-    MaskConfig,
-    ModelConfig,
     MultiBlockMaskGenerator,
-    XWinConfig,
     affinity_contrastive_loss,
     affinity_matrix,
-    config_path,
     create_model,
     domain_cosine,
-    load_config,
     momentum_at,
     reconstruction_loss,
     view_latent,

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from xwin.models import LossConfig, MaskConfig, ModelConfig, XWinConfig, create_model
+from xwin.config import LossConfig, MaskConfig, ModelConfig, XWinConfig
+from xwin.models import create_model
 from xwin.models.losses import beam_directions, effective_rank, geometry_labels, variance_covariance
 from xwin.train.loop import use_bf16
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from xwin.cli import main
+from xwin.config import DataConfig, ModelConfig, XWinConfig
 from xwin.eval.probe import (
     TASKS,
     ProbeTask,
@@ -22,7 +23,7 @@ from xwin.eval.probe import (
     source_auroc,
     task_set,
 )
-from xwin.models import DataConfig, ModelConfig, XWinConfig, create_model
+from xwin.models import create_model
 
 torch.set_num_threads(1)  # tiny tensors: one thread is as fast and leaves the other core alone
 

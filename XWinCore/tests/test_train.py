@@ -16,12 +16,12 @@ import torch
 import yaml
 
 from xwin.cli import main
+from xwin.config import load_config
 from xwin.data import PairSampler, load_bank
 from xwin.data.bank import render_views
 from xwin.drr import Projector
 from xwin.io import read_ct, write_volume
 from xwin.io.image import Volume
-from xwin.models import load_config
 from xwin.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from xwin.train.data import bank_spec
 
@@ -217,8 +217,8 @@ def test_zoom_magnifies_both_views_of_a_pair_about_the_detector_centre():
     torch.testing.assert_close(target, context.flip(-1), atol=1e-3, rtol=0)  # the same factor for both views
     off = _Sampler(None, 0.5, augment=False, seed=3)
     assert off._zoomed(ramp, ramp)[0] is ramp and off.rng.random() == _Sampler(None, 0.5, False, 3).rng.random()
+    from xwin.config import XWinConfig
     from xwin.errors import XWinInputError
-    from xwin.models import XWinConfig
     with pytest.raises(XWinInputError, match="data.zoom"):
         XWinConfig.from_dict({"data": {"zoom": [0.5, 1.0]}})
 
@@ -409,8 +409,9 @@ def test_export_predict_and_world_eval(tiny_setup, trained_run, tmp_path):
 def test_fine_tuning_starts_from_a_model_file_or_checkpoint(tiny_setup, trained_run, tmp_path):
     root, cfg_path, _ = tiny_setup
     run = trained_run
+    from xwin.config import XWinConfig
     from xwin.errors import XWinInputError
-    from xwin.models import XWinConfig, create_model
+    from xwin.models import create_model
     from xwin.train.loop import load_initial_weights
     cfg = load_config(cfg_path)
     source, _, _ = load_checkpoint(latest_checkpoint(run))

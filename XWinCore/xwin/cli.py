@@ -191,7 +191,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     """Train or resume the world model (one process, or one per GPU under torchrun)."""
-    from .models import load_config
+    from .config import load_config
     from .train import train, with_overrides
     from .train.checkpoint import read_weights
 

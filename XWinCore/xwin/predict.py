@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .config import XWinConfig
 from .data.cxr import to_model_input
 from .errors import XWinInputError
-from .models import XWinConfig, create_model
+from .models import create_model
 from .train.checkpoint import MODEL_FORMAT, load_checkpoint, read_weights
 
 INFERENCE_MODULES = ("context_encoder.", "target_encoder.", "view_predictor.", "decoder.")

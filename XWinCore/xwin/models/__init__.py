@@ -1,5 +1,5 @@
-"""X-WIN world model: config schema, encoder, EMA target, predictors, masks, losses, decoder (docs/model.md)."""
-from .config import DataConfig, LossConfig, MaskConfig, ModelConfig, TrainConfig, XWinConfig, config_path, load_config
+"""X-WIN world model: encoder, EMA target, predictors, masks, losses, decoder (docs/model.md); its config schema is
+`xwin.config`."""
 from .decoder import ProjectionDecoder
 from .ema import ema_update, make_target, momentum_at
 from .encoder import XWinEncoder, gather_tokens
@@ -23,10 +23,10 @@ from .predictor import ActionEmbedding, MaskPredictor, TokenPredictor, ViewPredi
 from .world_model import XWinWorldModel, count_parameters, create_model
 
 __all__ = [
-    "ActionEmbedding", "DataConfig", "DomainClassifier", "GradientReversal", "LossConfig", "MaskBatch",
-    "MaskConfig", "MaskPredictor", "ModelConfig", "MultiBlockMaskGenerator", "ProjectionDecoder", "TokenPredictor",
-    "TrainConfig", "ViewPredictor", "XWinConfig", "XWinEncoder", "XWinWorldModel", "affinity_contrastive_loss",
-    "affinity_matrix", "config_path", "count_parameters", "create_model", "domain_cosine", "domain_loss",
-    "ema_update", "gather_tokens", "grad_reverse", "grl_coefficient", "load_config", "make_target", "mim_loss",
+    "ActionEmbedding", "DomainClassifier", "GradientReversal", "MaskBatch", "MaskPredictor",
+    "MultiBlockMaskGenerator", "ProjectionDecoder", "TokenPredictor", "ViewPredictor", "XWinEncoder",
+    "XWinWorldModel", "affinity_contrastive_loss", "affinity_matrix", "count_parameters", "create_model",
+    "domain_cosine", "domain_loss", "ema_update", "gather_tokens", "grad_reverse", "grl_coefficient", "make_target",
+    "mim_loss",
     "momentum_at", "reconstruction_loss", "sincos_2d", "ssim", "view_latent", "view_prediction_loss",
 ]

@@ -6,7 +6,7 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .predictor import init_weights, sincos_2d
 
 

@@ -5,7 +5,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .config import MaskConfig
+from ..config import MaskConfig
 
 
 class MaskBatch(NamedTuple):

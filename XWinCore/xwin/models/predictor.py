@@ -8,7 +8,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .encoder import gather_tokens
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ModelConfig, XWinConfig
+from ..config import ModelConfig, XWinConfig
 from .decoder import ProjectionDecoder
 from .ema import ema_update, make_target, momentum_at
 from .encoder import XWinEncoder, gather_tokens

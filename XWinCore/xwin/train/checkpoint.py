@@ -18,10 +18,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..config import XWinConfig
 from ..errors import XWinInputError
 from ..io.validate import MEMORY_ENV, file_problem, memory_budget
 from ..io.writers import atomic_output
-from ..models.config import XWinConfig
 
 LATEST = "latest.json"
 MODEL_FORMAT = "xwin-world-model/1"  # metadata "format" of an exported inference file (`xwin export-model`)

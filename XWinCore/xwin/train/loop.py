@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import XWinConfig
 from ..errors import XWinInputError
-from ..models import XWinConfig, create_model
+from ..models import create_model
 from ..models.world_model import LOSS_KEYS
 from . import checkpoint as ckpt
 from .data import prepare_sampler

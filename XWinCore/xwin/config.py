@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..errors import XWinInputError
+from .errors import XWinInputError
 
 # timm vit_{size}_patch16_224: (embed_dim, depth, num_heads)
 ENCODER_PRESETS = {
@@ -204,7 +204,7 @@ class ModelConfig(_Section):
 
     def check_memory(self, batch: int = 1, request: str | None = None) -> None:
         """Refuse this model, or a ``request`` of ``batch`` images through it, beyond the memory budget."""
-        from ..io.validate import MEMORY_ENV, memory_budget
+        from .io.validate import MEMORY_ENV, memory_budget
 
         need, budget = self.memory_bytes(batch), memory_budget()
         if need > budget:
@@ -412,7 +412,7 @@ def _expanded_nodes(root: yaml.Node) -> int:
 def _parse_yaml(path: str | os.PathLike) -> Any:
     """The YAML document of ``path``, bounded before it is built: a regular file of at most ``MAX_CONFIG_BYTES``,
     UTF-8, at most ``MAX_CONFIG_NODES`` nodes once aliases are expanded."""
-    from ..io.validate import file_problem
+    from .io.validate import file_problem
 
     problem = file_problem(path)
     if problem:
@@ -491,4 +491,4 @@ def load_config(path: str | os.PathLike) -> XWinConfig:
 
 def config_path(name: str) -> str:
     """Path of a config shipped with xwin (``"cpu_small"`` or ``"full_224"``)."""
-    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{name}.yaml")
+    return os.path.join(os.path.dirname(__file__), "configs", f"{name}.yaml")
