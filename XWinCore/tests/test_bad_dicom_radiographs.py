@@ -251,6 +251,10 @@ CT_PIXELS = [
     ("bits_stored_unsigned_8", lambda d: series(d, one(BitsStored=8, HighBit=7, PixelRepresentation=0)),
      ["bitsstored = 8", "0…255", "found 200…277"]),
     ("pixel_representation_2", lambda d: series(d, one(PixelRepresentation=2)), ["pixelrepresentation is 2"]),
+    ("high_bit_below_bits_stored", lambda d: series(d, one(HighBit=11)), ["highbit is 11", "bitsstored = 16",
+                                                                           "needs highbit 15"]),
+    ("high_bit_above_bits_stored", lambda d: series(d, one(BitsStored=12, HighBit=15)),
+     ["highbit is 15", "bitsstored = 12", "needs highbit 11"]),
     ("samples_per_pixel_3", lambda d: series(d, one(SamplesPerPixel=3)), ["truncated", "8 x 8 x 3 x 16"]),
     ("no_pixel_data", lambda d: series(d, drop("PixelData")), ["no pixel data"]),
     ("multi_frame", lambda d: series(d, one(NumberOfFrames=2)), ["multi-frame"]),
@@ -265,6 +269,7 @@ CT_COMPRESSED = [
     ("j2k_rows_larger_than_codestream", lambda d: j2k_series(d, edit=one(Rows=64), slices=range(5)),
      ["cannot be decoded"]),
     ("j2k_bits_stored_too_small", lambda d: j2k_series(d, edit=one(BitsStored=8, HighBit=7)), ["bitsstored"]),
+    ("j2k_high_bit_7_of_16_bits", lambda d: j2k_series(d, edit=one(HighBit=7)), ["highbit is 7", "needs highbit 15"]),
 ]
 CXR_DICOM = [
     ("cr_slope_zero", lambda d: cr(d / "cxr.dcm", RescaleSlope=0, RescaleIntercept=0), ["rescaleslope is 0"]),
@@ -307,6 +312,8 @@ CXR_DICOM = [
     ("cr_columns_smaller_than_data", lambda d: cr(d / "cxr.dcm", Columns=60), ["8192 bytes", "make 7680"]),
     ("cr_bits_stored_10", lambda d: cr(d / "cxr.dcm", BitsStored=10, HighBit=9), ["bitsstored = 10", "0…1023"]),
     ("cr_bits_stored_above_allocated", lambda d: cr(d / "cxr.dcm", BitsStored=17, HighBit=16), ["bitsstored (17)"]),
+    ("cr_high_bit_above_bits_stored", lambda d: cr(d / "cxr.dcm", BitsStored=13, HighBit=15),
+     ["highbit is 15", "bitsstored = 13", "needs highbit 12"]),
     ("cr_j2k_garbage", lambda d: cr(d / "cxr.dcm", RAMP[:32, :32], edit=lambda ds: (
         ds.compress(JPEG2000Lossless), setattr(ds, "PixelData", encapsulate([bytes(range(200))])))),
      ["cannot be decoded"]),
@@ -348,7 +355,8 @@ IN_PROCESS = [(c[0], CT, *c[1:]) for c in CT_HEADERS + CT_IDENTITY + CT_PIXELS +
              [(c[0], "cxr", *c[1:]) for c in CXR_DICOM + CXR_RASTER]
 # `reconstruct` loads the model (seconds) before it reads the radiograph: one case per kind of problem runs it
 CXR_WRITTEN = {"cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
-               "cr_rows_larger_than_data", "cr_j2k_garbage", "png_blank", "nhdr_2d_data_outside"}
+               "cr_rows_larger_than_data", "cr_j2k_garbage", "png_blank", "nhdr_2d_data_outside",
+               "cr_high_bit_above_bits_stored"}
 RUNS = [(command, *c) for c in IN_PROCESS for command in ("info", "write")
         if command == "info" or c[1] == CT or c[0] in CXR_WRITTEN]
 SUBPROCESS = [(c[0], "cxr", *c[1:]) for c in CXR_BOMBS] + [(*c, {}) for c in SPECIAL]

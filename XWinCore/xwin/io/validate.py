@@ -472,6 +472,12 @@ def dicom_pixel_module(path: Path, ds: pydicom.Dataset) -> dict[str, int]:
     if m["BitsStored"] > m["BitsAllocated"]:
         raise XWinInputError(path, f"BitsStored ({m['BitsStored']}) is larger than BitsAllocated "
                                    f"({m['BitsAllocated']})")
+    if "HighBit" in ds:  # absent (a Type 1 omission): readers take BitsStored - 1, as XWin does
+        high = dicom_numbers(path, ds, "HighBit", 1)[0]
+        if high != m["BitsStored"] - 1:
+            raise XWinInputError(path, f"HighBit is {ds.HighBit}, but BitsStored = {m['BitsStored']} needs HighBit "
+                                       f"{m['BitsStored'] - 1}: the stored bits are not where every reader takes "
+                                       "them (low-order, from bit 0)")
     return m
 
 
