@@ -12,13 +12,65 @@ bounds checks. Ray parameters are given in voxel index space; ``length`` holds t
 from __future__ import annotations
 
 import math
+import os
+import stat
+import tempfile
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 PAD_LO, PAD_HI = 1, 2
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` exists or can be made, and takes a file (numba's own test: `_CacheLocator`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def _private_temp_folder() -> Path:
+    """``$TMPDIR/xwin-numba-<user>``, made 0700 and used only when this user owns it and no one else may write to it
+    (a cache is code that numba loads); otherwise a fresh ``mkdtemp`` folder (no reuse across processes)."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    folder = Path(tempfile.gettempdir()) / f"xwin-numba-{user}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or (
+                st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))) and _writable(folder):
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="xwin-numba-"))
+
+
+def ensure_cache_folder(module_file: str) -> None:
+    """Give numba a writable cache folder for the ``cache=True`` kernels of ``module_file``, before they are defined.
+
+    numba caches in ``__pycache__`` beside the module, else in the user's cache folder (``~/.cache/numba``), else it
+    refuses to define the kernel ("cannot cache function ...: no locator available"): an install in a read-only
+    site-packages run by a user with a read-only home (containers, clusters) could not even import the projector.
+    Then the cache goes to a private folder under the temp directory (`_private_temp_folder`) through
+    ``numba.config.CACHE_DIR``. ``$NUMBA_CACHE_DIR``, when set, is left to numba."""
+    if numba.config.CACHE_DIR:
+        return
+    if _writable(Path(module_file).resolve().parent / "__pycache__"):
+        return
+    from numba.misc.appdirs import AppDirs  # the user cache folder numba's UserWideCacheLocator uses
+
+    if _writable(Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)):
+        return
+    numba.config.CACHE_DIR = str(_private_temp_folder())
+
+
+ensure_cache_folder(__file__)
 
 #: Held around every launch of a numba ``parallel=True`` kernel of XWin (here and `xwin.recon.fdk`), process-wide.
 #: numba's ``workqueue`` threading layer, the one always present (Slicer's Python may have neither TBB nor OpenMP),

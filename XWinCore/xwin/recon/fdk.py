@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
-from ..drr.joseph_numba import parallel_kernel
+from ..drr.joseph_numba import ensure_cache_folder, parallel_kernel
 from ..errors import XWinInputError
 from ..geometry import Views, projection_matrices
 from .grid import Grid
+
+ensure_cache_folder(__file__)  # before the cache=True kernels below (read-only install and home)
 
 Window = Literal["ram-lak", "none", "shepp-logan", "cosine", "hann"]
 WINDOWS = ("ram-lak", "none", "shepp-logan", "cosine", "hann")
