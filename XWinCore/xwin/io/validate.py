@@ -9,8 +9,9 @@ a 3D scalar grid, positive finite spacing, a finite origin, orthonormal directio
 (``XWIN_MAX_VOLUME_GB``, GiB, default 4). `itk_reading` is the state every SimpleITK read runs in: no ITK warnings,
 and whatever ITK's C/C++ libraries print to stderr is captured instead of shown (the CLI's only output is its line).
 The DICOM checks (`dicom_numbers`, `dicom_rescale`, `dicom_pixel_module`, `dicom_pixels`) serve the CT series and the
-radiograph readers alike: numbers that are numbers, a usable rescale, pixel data that matches its header and decodes
-without a complaint from pydicom's decoder plugins, within the same memory budget.
+radiograph readers alike: numbers that are numbers, a usable rescale, pixel data that matches its header, a JPEG 2000
+codestream whose structure is sound (`xwin.io.j2k`), and a decode without a complaint from pydicom's decoder plugins,
+within the same memory budget.
 """
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ from typing import Iterator
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
+from pydicom.uid import JPEG2000TransferSyntaxes
 
 from ..errors import XWinInputError
 from .formats import has_extension, itk_reason
+from .j2k import CodestreamError, check_codestream
 
 ORTHONORMAL_TOL = 1e-3  # max |cos| between two axes (0.057° off 90°); also the relative pixdim vs sform scale
 MEMORY_ENV = "XWIN_MAX_VOLUME_GB"
@@ -509,12 +513,32 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         dtype = np.dtype(f"{'<' if little else '>'}{'iu'[m['PixelRepresentation'] == 0]}{allocated // 8}")
         pixels = np.frombuffer(data, dtype, count=rows * cols).reshape(rows, cols)
     else:
+        if syntax in JPEG2000TransferSyntaxes:
+            check_j2k(path, ds, rows, cols, samples)
         pixels = _decoded(path, ds)
         shape = (rows, cols) if samples == 1 else (rows, cols, samples)
         if pixels.shape != shape:
             raise XWinInputError(path, f"pixel data decodes to {pixels.shape}, not Rows x Columns = {shape}")
     check_bits_stored(path, pixels, m["BitsStored"], m["PixelRepresentation"])
     return pixels
+
+
+def check_j2k(path: Path, ds: pydicom.Dataset, rows: int, cols: int, samples: int) -> None:
+    """The JPEG 2000 codestream of a single-frame image must be sound (`xwin.io.j2k.check_codestream`: markers,
+    segment and tile-part lengths, every tile, EOC at the end, no marker code inside the compressed data) and declare
+    Rows x Columns x SamplesPerPixel, before it is decoded. Damage inside the compressed data that keeps all of these
+    cannot be seen (see `xwin.io.j2k`)."""
+    try:
+        siz = check_codestream(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    except CodestreamError as e:
+        raise XWinInputError(path, f"pixel data cannot be decoded: the JPEG 2000 codestream is damaged: {e}") from None
+    except (ValueError, StopIteration, struct.error) as e:  # the encapsulation (items, offset table) is broken
+        raise XWinInputError(path, f"pixel data cannot be decoded: the encapsulated (compressed) pixel data is "
+                                   f"damaged ({' '.join(str(e).split())[:200]})") from None
+    if (siz.rows, siz.columns, siz.components) != (rows, cols, samples):
+        raise XWinInputError(path, f"pixel data cannot be decoded as declared: its JPEG 2000 codestream holds "
+                                   f"{siz.rows} x {siz.columns} pixels of {siz.components} component(s), but Rows x "
+                                   f"Columns x SamplesPerPixel are {rows} x {cols} x {samples}")
 
 
 def _decoded(path: Path, ds: pydicom.Dataset) -> np.ndarray:
