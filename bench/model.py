@@ -88,11 +88,11 @@ def precision_step(repeats: int = 5) -> dict:
 
 def render_share(samples_per_s: float) -> dict:
     from xwin.config import load_config
+    from xwin.data import bank_spec
     from xwin.data.bank import render_views
     from xwin.drr import Projector
     from xwin.io import read_ct
     from xwin.sample_data import demo_ct_path
-    from xwin.train.data import bank_spec
 
     spec = bank_spec(load_config(CONFIG))
     projector = Projector(read_ct(demo_ct_path()), spec.geometry())

@@ -34,6 +34,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96) -> dict:
     """PSNR/SSIM/RMSE (HU) vs the true CT of: the model's volume, the mean training CT, the true-DRR ceiling."""
+    from xwin.data import bank_spec
     from xwin.data.bank import BankSpec, prepared_ct, render_views
     from xwin.drr import Projector
     from xwin.geometry import carm_views
@@ -50,7 +51,6 @@ def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96
         to_volume,
     )
     from xwin.recon.grid import Grid
-    from xwin.train.data import bank_spec
 
     spec = bank_spec(loaded.config)
     pa = render_views(Projector(prepared_ct(ct, spec), spec.geometry()),  # the training path, as the model saw DRRs
@@ -79,10 +79,10 @@ def single_cxr(loaded, predictor, ct, training_cts, views=13, arc=180.0, size=96
 @torch.no_grad()
 def cross_patient_retrieval(loaded, volumes: dict) -> dict:
     """{(a, b): top-1} where CT a's true target latent at each of the 13 angles retrieves among CT b's 13."""
+    from xwin.data import bank_spec
     from xwin.data.bank import prepared_ct
     from xwin.eval.world import latent_scores, render_targets
     from xwin.models import view_latent
-    from xwin.train.data import bank_spec
 
     spec = bank_spec(loaded.config)
     latents = {name: view_latent(loaded.model.target_encoder(render_targets(prepared_ct(v, spec), spec)[1]))
@@ -136,13 +136,13 @@ def main(argv=None) -> int:
     ns = ap.parse_args(argv)
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} not found: results need the shared data")
+    from xwin.data import bank_spec, split_cts, training_cts
     from xwin.eval.domain import evaluate_domain
     from xwin.eval.probe import TASKS, probe, read_rows, task_set
     from xwin.eval.world import evaluate_world
     from xwin.io import read_ct
     from xwin.models import create_model
     from xwin.predict import LoadedModel, Predictor, load_model
-    from xwin.train.data import bank_spec, split_cts, training_cts
 
     t0 = time.time()
     loaded = load_model(ns.checkpoint)

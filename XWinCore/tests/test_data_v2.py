@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from xwin.data import PairSampler
+from xwin.data import PairSampler, split_cts
 from xwin.data.bank import Bank
 from xwin.data.ct import FeatherBordersd, RandCropZd, from_volume, to_volume
 from xwin.errors import XWinInputError
 from xwin.io.image import Volume
-from xwin.train.data import split_cts
 
 torch.set_num_threads(1)
 

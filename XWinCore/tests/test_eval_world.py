@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from xwin.cli import main
 from xwin.config import XWinConfig
+from xwin.data import bank_spec
 from xwin.data.bank import prepared_ct
 from xwin.eval import world
 from xwin.eval.world import (
@@ -29,7 +30,6 @@ from xwin.io.image import Volume
 from xwin.models import create_model
 from xwin.predict import LoadedModel
 from xwin.train.checkpoint import MODEL_FORMAT
-from xwin.train.data import bank_spec
 
 TINY = {
     "model": {"encoder": "tiny", "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32,

@@ -17,13 +17,12 @@ import yaml
 
 from xwin.cli import main
 from xwin.config import load_config
-from xwin.data import PairSampler, load_bank
+from xwin.data import PairSampler, bank_spec, load_bank
 from xwin.data.bank import render_views
 from xwin.drr import Projector
 from xwin.io import read_ct, write_volume
 from xwin.io.image import Volume
 from xwin.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from xwin.train.data import bank_spec
 
 
 def _torso(shift: float, scale: float) -> Volume:
@@ -117,8 +116,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
 def test_bank_holds_the_rendered_views_and_respects_the_split(tiny_setup):
     root, cfg_path, cts = tiny_setup
     cfg = load_config(cfg_path)
-    from xwin.data import build_bank
-    from xwin.train.data import training_cts
+    from xwin.data import build_bank, training_cts
     chosen = training_cts(cfg)
     assert [c["patient_id"] for c in chosen] == ["patient0", "patient1"]  # patient2 is held out
     bank = load_bank(build_bank(chosen, root / "bank", bank_spec(cfg), quiet=True))
@@ -228,8 +226,7 @@ def test_online_sampler_renders_pairs_like_the_bank(tiny_setup):
     as the bank at a grid pose (undeformed CT, no shift or roll), and a checkpointable generator."""
     import dataclasses
 
-    from xwin.data import OnlineDrrSampler
-    from xwin.train.data import training_cts
+    from xwin.data import OnlineDrrSampler, training_cts
     root, cfg_path, _ = tiny_setup
     cfg = load_config(cfg_path)
     bank = load_bank(root / "bank")

@@ -249,9 +249,9 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
     JSON object with --json)."""
     import json
 
+    from .data import split_cts
     from .eval.world import evaluate_world, format_table
     from .predict import load_model
-    from .train.data import split_cts
 
     if ns.renderings < 1:
         raise XWinInputError(None, f"--renderings must be >= 1 (got {ns.renderings})")

@@ -292,19 +292,19 @@ class DataConfig(_Section):
     online: bool = _f(False)
     lao: tuple[float, ...] = _f(tuple(float(a) for a in range(-90, 91, 15)), ge=-180.0, le=180.0)
     cran: tuple[float, ...] = _f((-20.0, -10.0, 0.0, 10.0, 20.0), ge=-90.0, le=90.0)
-    augmentations: int = _f(4, ge=0)
-    iso_shift_mm: float = _f(10.0, ge=0.0)
-    roll_deg: float = _f(3.0, ge=0.0)
+    augmentations: int = _f(4, ge=0)  # deformed copies per CT on top of the undeformed one
+    iso_shift_mm: float = _f(10.0, ge=0.0)  # std of the random isocenter shift per instance
+    roll_deg: float = _f(3.0, ge=0.0)  # std of the random detector roll per instance
     spacing_mm: float = _f(2.0, gt=0.0)
     sid: float = _f(1600.0, gt=0.0)
     sdd: float = _f(1800.0, gt=0.0)
-    field_mm: float = _f(435.2, gt=0.0)
+    field_mm: float = _f(435.2, gt=0.0)  # detector side (256 × 1.7 mm by default)
     pa_fraction: float = _f(0.5, ge=0.0, le=1.0)
     context_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)
     target_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)
-    feather_mm: float = _f(0.0, ge=0.0)
-    crop_z: tuple[float, float] = _f((1.0, 1.0), gt=0.0, le=1.0)
-    habitus: float = _f(0.08, ge=0.0, lt=1.0)
+    feather_mm: float = _f(0.0, ge=0.0)  # every CT fades to air over this width at its faces (no scan box in DRRs)
+    crop_z: tuple[float, float] = _f((1.0, 1.0), gt=0.0, le=1.0)  # deformed copies keep this fraction of slices
+    habitus: float = _f(0.08, ge=0.0, lt=1.0)  # deformed copies: independent scale factor per axis in 1 ± habitus
     pairs_per_instance: int = _f(1, ge=1)
     zoom: tuple[float, float] = _f((1.0, 1.0), ge=1.0)
     real_per_batch: int = _f(0, ge=0)

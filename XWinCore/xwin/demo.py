@@ -59,9 +59,8 @@ def world_model_sheet(ct, lao: np.ndarray, path: Path) -> Path:
     """True DRRs of ``ct`` (path or `Volume`) at ``lao`` (degrees, CRAN 0; one of them 0), rendered as the model's
     training pairs are (its detector and field, scan borders feathered: `prepared_ct`), above the embedded world
     model's predictions of the same views from the PA DRR alone, as a two-row contact sheet."""
-    from .data.bank import BankSpec, prepared_ct, render_views
+    from .data.bank import BankSpec, bank_spec, prepared_ct, render_views
     from .predict import load_predictor
-    from .train.data import bank_spec
 
     predictor = load_predictor()
     spec = bank_spec(predictor.loaded.config)

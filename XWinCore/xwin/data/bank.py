@@ -7,10 +7,12 @@ patient, augmentation seed, isocenter shift (LPS mm) and detector roll (degrees)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from monai.transforms import Compose
 from tqdm import tqdm
 
+from ..config import DataConfig, ModelConfig, TrainConfig, XWinConfig
 from ..drr import Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, rotation
@@ -25,26 +28,31 @@ from ..io.image import Volume
 from ..io.writers import atomic_output
 from .ct import FeatherBordersd, RandCropZd, ct_transforms, deformation_transforms, to_volume
 
+# The keys of the config's data section a bank is rendered from (angle grid, augmentation, resampling, C-arm
+# geometry): `BankSpec` takes their types, defaults and ranges from `xwin.config.DataConfig`, the one schema.
+DATA_KEYS = ("lao", "cran", "augmentations", "iso_shift_mm", "roll_deg", "spacing_mm", "sid", "sdd", "field_mm",
+             "feather_mm", "crop_z", "habitus")
+
+
+def _schema_field(section: type, name: str) -> tuple[str, type, dataclasses.Field]:
+    """(name, type, field) of config ``section``'s key ``name``: the same default and range metadata."""
+    (f,) = [f for f in dataclasses.fields(section) if f.name == name]
+    return name, get_type_hints(section)[name], field(default=f.default, metadata=f.metadata)
+
+
+_SchemaFields = dataclasses.make_dataclass(
+    "_SchemaFields", [_schema_field(ModelConfig, "img_size"), *(_schema_field(DataConfig, k) for k in DATA_KEYS),
+                      _schema_field(TrainConfig, "seed")], frozen=True,
+    namespace={"__module__": __name__})
+
 
 @dataclass(frozen=True)
-class BankSpec:
-    """What a bank holds. Angles in degrees, lengths in mm; ``img_size`` is the model's input size in pixels."""
+class BankSpec(_SchemaFields):
+    """What a bank holds: ``img_size`` (``model.img_size``, the model's input size in pixels), the `DATA_KEYS` of the
+    config's data section (angles in degrees, lengths in mm; see `xwin.config.DataConfig`), ``seed``
+    (``train.seed``) and ``supersample``, the one key of its own. `bank_spec` builds it from a config."""
 
-    img_size: int = 64
-    lao: tuple[float, ...] = tuple(float(a) for a in range(-90, 91, 15))
-    cran: tuple[float, ...] = (-20.0, -10.0, 0.0, 10.0, 20.0)
-    augmentations: int = 4  # deformed copies per CT on top of the undeformed one
-    iso_shift_mm: float = 10.0  # std of the random isocenter shift per instance
-    roll_deg: float = 3.0  # std of the random detector roll per instance
-    spacing_mm: float = 2.0
-    sid: float = 1600.0
-    sdd: float = 1800.0
-    field_mm: float = 435.2  # detector side (256 × 1.7 mm by default)
     supersample: int = 2  # render at supersample × img_size, then average-pool
-    feather_mm: float = 0.0  # every CT fades to air over this width at its faces (no scan box in the DRRs)
-    crop_z: tuple[float, float] = (1.0, 1.0)  # deformed copies keep a random run of this fraction of their slices
-    habitus: float = 0.08  # deformed copies: independent scale factor per axis in 1 ± habitus
-    seed: int = 0
 
     def geometry(self) -> Geometry:
         n = self.img_size * self.supersample
@@ -53,6 +61,11 @@ class BankSpec:
     def poses(self) -> np.ndarray:
         """(views, 2) nominal (lao, cran) grid in degrees."""
         return np.array([(a, c) for c in self.cran for a in self.lao], dtype=np.float32)
+
+
+def bank_spec(cfg: XWinConfig) -> BankSpec:
+    """The bank the config asks for (angles in degrees, lengths in mm, image size from the model)."""
+    return BankSpec(img_size=cfg.model.img_size, seed=cfg.train.seed, **{k: getattr(cfg.data, k) for k in DATA_KEYS})
 
 
 @dataclass

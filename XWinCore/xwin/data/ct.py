@@ -6,6 +6,7 @@ reoriented. HU are shifted by +1024 while MONAI resamples so that zero padding m
 """
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Hashable, Mapping
@@ -48,6 +49,43 @@ def find_cts(folder: str | os.PathLike) -> list[Path]:
     if not found:
         raise XWinInputError(folder, "contains no CT (NIfTI, NRRD, MHA files or DICOM series folders)")
     return sorted(found)
+
+
+def split_cts(cases: str | Path, split: str) -> list[Path]:
+    """The CT files of a cases CSV (columns ``file``, ``split``; files relative to the CSV's folder) whose split is
+    ``split`` (e.g. ../shared/data/ct/cases.csv: ``train`` may train a shipped model, ``eval`` only evaluates)."""
+    cases = Path(cases)
+    try:
+        with open(cases, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise XWinInputError(cases, f"cannot read the cases CSV: {exc.strerror or exc}") from None
+    if not rows or not {"file", "split"} <= set(rows[0]):
+        raise XWinInputError(cases, "a cases CSV needs the columns 'file' and 'split'")
+    files = [cases.parent / r["file"] for r in rows if r["split"] == split]
+    if not files:
+        raise XWinInputError(cases, f"no CT has split '{split}'")
+    return files
+
+
+def training_cts(cfg) -> list[dict]:
+    """CTs to train on: every path of ``data.ct`` and, with ``data.cases``, every CT of split ``data.split``, minus
+    held-out patients (splits are by patient)."""
+    held = set(cfg.data.holdout)
+    listed = [Path(p) for p in cfg.data.ct]
+    if cfg.data.cases:
+        listed += [p for p in split_cts(cfg.data.cases, cfg.data.split) if p not in listed]
+    cts = []
+    for p in listed:
+        if not p.exists():
+            raise XWinInputError(p, "training CT not found (config key 'data.ct' or 'data.cases')")
+        patient = p.name.split(".")[0]
+        if patient in held or str(p) in held:
+            continue
+        cts.append({"path": str(p), "patient_id": patient})
+    if not cts:
+        raise XWinInputError(None, "config key 'data.ct': no training CT left after removing held-out patients")
+    return cts
 
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

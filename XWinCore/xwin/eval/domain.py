@@ -20,12 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.bank import BankSpec, prepared_ct, render_views
+from ..data.bank import BankSpec, bank_spec, prepared_ct, render_views
 from ..data.cxr import find_images, load_cxrs
 from ..drr import Projector
 from ..models import domain_cosine
 from ..predict import LoadedModel
-from ..train.data import bank_spec
 from .probe import auroc, embeddings, logistic_probe, patient_folds
 from .world import SCORE_SIZE, image_scores, to_score_size
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from monai.metrics import SSIMMetric
 from tqdm import tqdm
 
+from ..data import bank_spec, training_cts
 from ..data.bank import BankSpec, prepared_ct, render_views
 from ..drr import Projector
 from ..errors import XWinInputError
@@ -223,7 +224,6 @@ def _training_cts(loaded: LoadedModel, train_cts) -> tuple[list[tuple[str, objec
     """(name, CT) pairs of ``train_cts`` or else of the model's config (`training_cts`), or ([], why not)."""
     if train_cts:
         return _named(train_cts, "train"), None
-    from ..train.data import training_cts
     try:
         return [(c["path"], c["path"]) for c in training_cts(loaded.config)], None
     except XWinInputError as exc:
@@ -328,9 +328,8 @@ def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0,
     """The evaluation of the module docstring on ``cts`` (paths or `Volume`s, or a dict name → either).
 
     ``train_cts`` (same forms) are the candidates of ``nearest_training_patient``; default: the model config's
-    training CTs (`xwin.train.data.training_cts`; paths relative to the working directory). Returns ``{"model",
+    training CTs (`xwin.data.training_cts`; paths relative to the working directory). Returns ``{"model",
     "baselines", "per_angle", "per_ct", "renderings", "score_size"}`` (see ``xwin eval world --help``)."""
-    from ..train.data import bank_spec
     if renderings < 1:
         raise XWinInputError(None, f"renderings must be >= 1 (got {renderings})")
     model = loaded.model.eval()
