@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
 
 IMAGE_EXTENSIONS = (".nrrd", ".mha", ".nii", ".nii.gz", ".png")
@@ -55,11 +56,11 @@ def _check_device(ns: argparse.Namespace) -> None:
 
 def _geometry_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("geometry (mm; see docs/geometry.md)")
-    g.add_argument("--sid", type=float, default=1600.0, help="source → isocenter distance in mm (default 1600)")
-    g.add_argument("--sdd", type=float, default=1800.0, help="source → detector distance in mm (default 1800)")
-    g.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
-                   help="detector rows and columns (default 256 256)")
-    g.add_argument("--pixel", type=float, default=1.7, help="detector pixel size in mm (default 1.7)")
+    g.add_argument("--sid", type=float, default=SID_MM, help=f"source → isocenter distance in mm (default {SID_MM:g})")
+    g.add_argument("--sdd", type=float, default=SDD_MM, help=f"source → detector distance in mm (default {SDD_MM:g})")
+    g.add_argument("--size", type=int, nargs=2, default=DETECTOR_PIXELS, metavar=("H", "W"),
+                   help="detector rows and columns (default %d %d)" % DETECTOR_PIXELS)
+    g.add_argument("--pixel", type=float, default=PIXEL_MM, help=f"detector pixel size in mm (default {PIXEL_MM:g})")
     g.add_argument("--isocenter", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="isocenter in patient LPS mm (default: centre of the CT grid)")
 
@@ -648,8 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start isocenter in patient LPS mm (default: centre of the CT grid)")
     p.add_argument("--pixel", type=float, metavar="MM",
                    help="detector pixel size of IMAGE in mm (overrides its header)")
-    p.add_argument("--sid", type=float, default=1600.0, help="film: source → isocenter distance in mm (default 1600)")
-    p.add_argument("--sdd", type=float, default=1800.0, help="film: source → detector distance in mm (default 1800)")
+    p.add_argument("--sid", type=float, default=SID_MM,
+                   help=f"film: source → isocenter distance in mm (default {SID_MM:g})")
+    p.add_argument("--sdd", type=float, default=SDD_MM,
+                   help=f"film: source → detector distance in mm (default {SDD_MM:g})")
     p.add_argument("--similarity", choices=("mixed", "gncc", "ncc"), default="mixed",
                    help="gncc: gradient correlation; ncc; mixed: their mean (default)")
     p.add_argument("--restarts", type=int, default=4, help="extra coarse-level starts around the start (default 4)")
@@ -680,11 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output grid voxels (default: 128³ over the detector's field of view)")
     p.add_argument("--spacing", type=float, metavar="MM", help="output voxel size in mm (default: FOV / size)")
     g = p.add_argument_group("geometry (mm; see docs/geometry.md)")
-    g.add_argument("--sid", type=float, default=1600.0, help="source → isocenter distance in mm (default 1600)")
-    g.add_argument("--sdd", type=float, default=1800.0, help="source → detector distance in mm (default 1800)")
-    g.add_argument("--det", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
-                   help="detector rows and columns (default 256 256)")
-    g.add_argument("--pixel", type=float, default=1.7, help="detector pixel size in mm (default 1.7)")
+    g.add_argument("--sid", type=float, default=SID_MM, help=f"source → isocenter distance in mm (default {SID_MM:g})")
+    g.add_argument("--sdd", type=float, default=SDD_MM, help=f"source → detector distance in mm (default {SDD_MM:g})")
+    g.add_argument("--det", type=int, nargs=2, default=DETECTOR_PIXELS, metavar=("H", "W"),
+                   help="detector rows and columns (default %d %d)" % DETECTOR_PIXELS)
+    g.add_argument("--pixel", type=float, default=PIXEL_MM, help=f"detector pixel size in mm (default {PIXEL_MM:g})")
     p.add_argument("--window", choices=("hann", "shepp-logan", "cosine", "ram-lak"), default="hann",
                    help="FDK ramp-filter window (default hann)")
     p.add_argument("--tv", type=float, default=0.0, metavar="WEIGHT",

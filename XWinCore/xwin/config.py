@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .defaults import SDD_MM, SID_MM
 from .errors import XWinInputError
 
 # timm vit_{size}_patch16_224: (embed_dim, depth, num_heads)
@@ -296,8 +297,8 @@ class DataConfig(_Section):
     iso_shift_mm: float = _f(10.0, ge=0.0)  # std of the random isocenter shift per instance
     roll_deg: float = _f(3.0, ge=0.0)  # std of the random detector roll per instance
     spacing_mm: float = _f(2.0, gt=0.0)
-    sid: float = _f(1600.0, gt=0.0)
-    sdd: float = _f(1800.0, gt=0.0)
+    sid: float = _f(SID_MM, gt=0.0)
+    sdd: float = _f(SDD_MM, gt=0.0)
     field_mm: float = _f(435.2, gt=0.0)  # detector side (256 × 1.7 mm by default)
     pa_fraction: float = _f(0.5, ge=0.0, le=1.0)
     context_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
+from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
 
 if TYPE_CHECKING:
@@ -32,14 +33,15 @@ class Geometry:
     """Acquisition geometry of a flat-panel C-arm (all lengths in mm).
 
     sid: source → isocenter distance; sdd: source → detector distance; height, width: detector rows and columns;
-    pixel: detector pixel size (square). Defaults describe a PA chest exam: SDD 1800, SID 1600, 256×256 × 1.7 mm.
+    pixel: detector pixel size (square). Defaults (`xwin.defaults`) describe a PA chest exam: SDD 1800, SID 1600,
+    256×256 × 1.7 mm.
     """
 
-    sid: float = 1600.0
-    sdd: float = 1800.0
-    height: int = 256
-    width: int = 256
-    pixel: float = 1.7
+    sid: float = SID_MM
+    sdd: float = SDD_MM
+    height: int = DETECTOR_PIXELS[0]
+    width: int = DETECTOR_PIXELS[1]
+    pixel: float = PIXEL_MM
 
     def __post_init__(self) -> None:
         for name in ("sid", "sdd", "pixel"):
