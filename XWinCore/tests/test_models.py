@@ -158,6 +158,16 @@ def test_encoder_tokens_embedding_and_masked_context(model):
     torch.testing.assert_close(enc(x2, keep=keep), visible)
 
 
+def test_encoder_matches_timms_own_forward(model):
+    """Without ``keep`` the encoder is timm's ``forward_features`` (its public path), token for token: our forward
+    embeds positions with timm's public modules, not the private ``_pos_embed`` (issue 15), and must not drift."""
+    enc = model.context_encoder.eval()
+    with torch.no_grad():
+        enc.vit.pos_embed.normal_()  # positions that matter (timm initialises them small)
+        x = torch.rand(2, 1, 64, 64)
+        torch.testing.assert_close(enc(x), enc.vit.forward_features(x), rtol=0, atol=0)
+
+
 def test_ema_target(model):
     assert all(not p.requires_grad for p in model.target_encoder.parameters())
     assert momentum_at(0, 100) == pytest.approx(0.996) and momentum_at(100, 100) == pytest.approx(1.0)

@@ -28,13 +28,18 @@ class XWinEncoder(nn.Module):
             global_pool="", class_token=False, embed_dim=cfg.embed_dim, depth=cfg.depth,
             num_heads=cfg.num_heads, drop_path_rate=cfg.drop_path,
         )
+        vit = self.vit
+        # forward() adds the positions itself, with the model's public modules, instead of calling timm's private
+        # VisionTransformer._pos_embed: the same sum for this layout only (no class or register tokens, fixed grid)
+        if vit.cls_token is not None or vit.reg_token is not None or vit.dynamic_img_size or vit.pos_embed is None:
+            raise RuntimeError("timm's VisionTransformer no longer has the layout XWinEncoder.forward expects")
         self.embed_dim = cfg.embed_dim
-        self.grid_size = tuple(self.vit.patch_embed.grid_size)
-        self.num_patches = self.vit.patch_embed.num_patches
+        self.grid_size = tuple(vit.patch_embed.grid_size)
+        self.num_patches = vit.patch_embed.num_patches
 
     def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         vit = self.vit
-        x = vit._pos_embed(vit.patch_embed(images))  # (B, N, D): no prefix tokens, positions added
+        x = vit.pos_drop(vit.patch_embed(images) + vit.pos_embed)  # (B, N, D): no prefix tokens, positions added
         if keep is not None:
             x = gather_tokens(x, keep)
         x = vit.norm_pre(vit.patch_drop(x))
