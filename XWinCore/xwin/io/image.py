@@ -29,22 +29,38 @@ def _check_geometry(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarr
         raise XWinInputError(source, "direction cosines are not an orthonormal matrix")
 
 
-def lps_affine(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """4×4 affine taking homogeneous voxel indices (i, j, k, 1) to LPS mm."""
-    m = np.eye(4)
-    m[:3, :3] = np.asarray(direction) * np.asarray(spacing)[None, :]
-    m[:3, 3] = origin
-    return m
+class VoxelFrame:
+    """The IJK ↔ LPS mapping of a voxel grid, written once for `Volume` and `xwin.recon.grid.Grid`: a subclass has
+    ``shape_ijk`` (voxels along i, j, k), ``spacing`` (mm along i, j, k), ``origin`` (LPS mm of voxel (0, 0, 0)) and
+    ``direction`` (3×3, columns = LPS unit vectors of the i, j, k axes)."""
 
+    shape_ijk: tuple[int, int, int]
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
 
-def grid_center(shape_ijk, spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """LPS position (mm) of a grid's centre: ``origin + D·diag(spacing)·(size − 1)/2``."""
-    half = (np.asarray(shape_ijk, dtype=np.float64) - 1.0) / 2.0
-    return np.asarray(origin) + np.asarray(direction) @ (np.asarray(spacing) * half)
+    @property
+    def lps_from_ijk(self) -> np.ndarray:
+        """4×4 affine taking homogeneous voxel indices (i, j, k, 1) to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.direction) * np.asarray(self.spacing)[None, :]
+        m[:3, 3] = self.origin
+        return m
+
+    @property
+    def ijk_from_lps(self) -> np.ndarray:
+        """4×4 affine taking LPS mm to continuous voxel indices (i, j, k)."""
+        return np.linalg.inv(self.lps_from_ijk)
+
+    @property
+    def center(self) -> np.ndarray:
+        """LPS position (mm) of the grid centre: ``origin + D·diag(spacing)·(size − 1)/2``."""
+        half = (np.asarray(self.shape_ijk, dtype=np.float64) - 1.0) / 2.0
+        return np.asarray(self.origin) + np.asarray(self.direction) @ (np.asarray(self.spacing) * half)
 
 
 @dataclass(frozen=True)
-class Volume:
+class Volume(VoxelFrame):
     """A CT volume in HU with its exact IJK → LPS mapping.
 
     array: float32 ``[k, j, i]`` in Hounsfield units. spacing: mm per voxel along i, j, k. origin: LPS position (mm)
@@ -75,21 +91,6 @@ class Volume:
         """Number of voxels along i, j, k."""
         k, j, i = self.array.shape
         return i, j, k
-
-    @property
-    def lps_from_ijk(self) -> np.ndarray:
-        """4×4 affine taking homogeneous voxel indices (i, j, k, 1) to LPS mm."""
-        return lps_affine(self.spacing, self.origin, self.direction)
-
-    @property
-    def ijk_from_lps(self) -> np.ndarray:
-        """4×4 affine taking LPS mm to continuous voxel indices (i, j, k)."""
-        return np.linalg.inv(self.lps_from_ijk)
-
-    @property
-    def center(self) -> np.ndarray:
-        """LPS position (mm) of the grid centre: ``origin + D·diag(spacing)·(size − 1)/2``."""
-        return grid_center(self.shape_ijk, self.spacing, self.origin, self.direction)
 
     def with_array(self, array: np.ndarray) -> "Volume":
         """Same geometry, new voxel values (same ``[k, j, i]`` shape)."""

@@ -17,15 +17,16 @@ import numpy as np
 
 from ..errors import XWinInputError
 from ..geometry import Geometry
-from ..io.image import Volume, grid_center, lps_affine
+from ..io.image import Volume, VoxelFrame
 
 DEFAULT_SIZE = 128
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(VoxelFrame):
     """A voxel grid. shape_ijk: voxels along i, j, k; spacing: mm along i, j, k; origin: LPS mm of voxel (0, 0, 0);
-    direction: 3×3, columns = LPS unit vectors of the i, j, k axes."""
+    direction: 3×3, columns = LPS unit vectors of the i, j, k axes. `lps_from_ijk`, `ijk_from_lps` and `center` are
+    `VoxelFrame`'s, as for a `Volume`."""
 
     shape_ijk: tuple[int, int, int]
     spacing: np.ndarray
@@ -48,21 +49,6 @@ class Grid:
     def shape_kji(self) -> tuple[int, int, int]:
         """Array shape (NumPy / SimpleITK order)."""
         return self.shape_ijk[::-1]
-
-    @property
-    def lps_from_ijk(self) -> np.ndarray:
-        """4×4 affine: homogeneous voxel index (i, j, k, 1) → LPS mm."""
-        return lps_affine(self.spacing, self.origin, self.direction)
-
-    @property
-    def ijk_from_lps(self) -> np.ndarray:
-        """4×4 affine: LPS mm → continuous voxel index (i, j, k)."""
-        return np.linalg.inv(self.lps_from_ijk)
-
-    @property
-    def center(self) -> np.ndarray:
-        """LPS mm of the grid centre."""
-        return grid_center(self.shape_ijk, self.spacing, self.origin, self.direction)
 
     def volume(self, array_kji: np.ndarray, meta: dict | None = None) -> Volume:
         """A `Volume` on this grid (``array_kji`` in HU, shape `shape_kji`)."""
