@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..io.image import Volume
-from ..io.writers import atomic_output, itk_write
+from ..io.writers import atomic_output, itk_image, itk_write
 
 # RGB in [0, 1]; close to Slicer's General Anatomy colours for these structures
 COLORS = {"body": (0.694, 0.478, 0.396), "lungs": (0.772, 0.537, 0.490), "lung_left": (0.772, 0.537, 0.490),
@@ -27,20 +26,12 @@ COLORS = {"body": (0.694, 0.478, 0.396), "lungs": (0.772, 0.537, 0.490), "lung_l
 DEFAULT_COLOR = (0.5, 0.68, 0.5)
 
 
-def _image(labels: np.ndarray, like: Volume) -> sitk.Image:
-    img = sitk.GetImageFromArray(np.ascontiguousarray(labels))
-    img.SetSpacing(tuple(float(s) for s in like.spacing))
-    img.SetOrigin(tuple(float(o) for o in like.origin))
-    img.SetDirection(tuple(float(d) for d in like.direction.ravel()))
-    return img
-
-
 def write_nifti_labels(labels: np.ndarray, values: dict[str, int], like: Volume, folder) -> tuple[Path, Path]:
     """``segmentation.nii.gz`` (labels 1..n, 0 background) and ``labels.json`` ({"background": 0, name: value})."""
     folder = Path(folder)
     nii, js = folder / "segmentation.nii.gz", folder / "labels.json"
     with atomic_output(nii, make_parents=True) as tmp:
-        itk_write(_image(labels, like), tmp)
+        itk_write(itk_image(like, labels), tmp)
     with atomic_output(js, make_parents=True) as tmp:
         Path(tmp).write_text(json.dumps({"background": 0, **values}, indent=2) + "\n")
     return nii, js
@@ -99,12 +90,9 @@ def write_seg_nrrd(masks, values: dict[str, int], like: Volume, path) -> Path:
     else:
         layer_of, stack = None, np.asarray(masks)[None]
     if len(stack) == 1:
-        img = _image(stack[0], like)
+        img = itk_image(like, stack[0])
     else:
-        img = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(stack, 0, -1)), isVector=True)
-        img.SetSpacing(tuple(float(s) for s in like.spacing))
-        img.SetOrigin(tuple(float(o) for o in like.origin))
-        img.SetDirection(tuple(float(d) for d in like.direction.ravel()))
+        img = itk_image(like, np.moveaxis(stack, 0, -1), vector=True)
     for k, v in seg_nrrd_metadata(masks, values, layer_of).items():
         img.SetMetaData(k, v)
     path = Path(path)

@@ -19,7 +19,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import XWinInputError
-from .image import Radiograph, Volume
+from .image import Radiograph, Volume, VoxelFrame
 
 ITK_WRITE_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
 
@@ -279,6 +279,20 @@ def captured_stderr() -> Iterator[list[str]]:
         buf.close()
 
 
+def itk_image(frame: VoxelFrame, array: np.ndarray | None = None, vector: bool = False) -> sitk.Image:
+    """The one `Volume` → SimpleITK conversion: ``array`` (``[k, j, i]``, or ``[k, j, i, c]`` with ``vector``) on
+    ``frame``'s grid (a `Volume` or a `xwin.recon.grid.Grid`: spacing, LPS origin, direction); without ``array`` an
+    empty float32 image of the frame's size (a resampling reference)."""
+    if array is None:
+        image = sitk.Image([int(n) for n in frame.shape_ijk], sitk.sitkFloat32)
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
+    image.SetSpacing(tuple(float(s) for s in frame.spacing))
+    image.SetOrigin(tuple(float(o) for o in frame.origin))
+    image.SetDirection(tuple(float(d) for d in np.asarray(frame.direction).ravel()))
+    return image
+
+
 def itk_write(image: sitk.Image, path: Path, compress: bool = True) -> None:
     """``sitk.WriteImage`` that fails loudly: ITK's NIfTI writer reports a short write (a full disk) only on stderr
     and returns normally; that output, or an exception, becomes a RuntimeError carrying ITK's text."""
@@ -324,10 +338,7 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     _itk_extension(path)
-    image = sitk.GetImageFromArray(volume.array)
-    image.SetSpacing(tuple(float(s) for s in volume.spacing))
-    image.SetOrigin(tuple(float(o) for o in volume.origin))
-    image.SetDirection(tuple(float(d) for d in volume.direction.ravel()))
+    image = itk_image(volume, volume.array)
     meta = _volume_meta(volume.meta)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         descrip = meta.get("description") or "; ".join(f"{k}={v}" for k, v in meta.items())

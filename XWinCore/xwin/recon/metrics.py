@@ -17,26 +17,16 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
 from ..io.image import Volume
+from ..io.writers import itk_image
 from .grid import Grid
 
 WINDOW = (-1000.0, 1000.0)
 
 
-def _to_sitk(volume: Volume) -> sitk.Image:
-    img = sitk.GetImageFromArray(np.asarray(volume.array, np.float32))
-    img.SetSpacing(tuple(float(s) for s in volume.spacing))
-    img.SetOrigin(tuple(float(o) for o in volume.origin))
-    img.SetDirection(tuple(float(d) for d in np.asarray(volume.direction).ravel()))
-    return img
-
-
 def resample_to_grid(volume: Volume, grid: Grid, default_hu: float = -1000.0) -> Volume:
     """``volume`` (HU) linearly resampled onto ``grid`` (exact LPS geometry; ``default_hu`` outside)."""
-    ref = sitk.Image([int(n) for n in grid.shape_ijk], sitk.sitkFloat32)
-    ref.SetSpacing(tuple(float(s) for s in grid.spacing))
-    ref.SetOrigin(tuple(float(o) for o in grid.origin))
-    ref.SetDirection(tuple(float(d) for d in grid.direction.ravel()))
-    out = sitk.Resample(_to_sitk(volume), ref, sitk.Transform(), sitk.sitkLinear, float(default_hu), sitk.sitkFloat32)
+    out = sitk.Resample(itk_image(volume, volume.array), itk_image(grid), sitk.Transform(), sitk.sitkLinear,
+                        float(default_hu), sitk.sitkFloat32)
     return grid.volume(sitk.GetArrayFromImage(out), dict(volume.meta))
 
 
@@ -61,7 +51,11 @@ def psnr(test: np.ndarray, ref: np.ndarray, mask=None, window=WINDOW) -> float:
 
 
 def ssim(test: np.ndarray, ref: np.ndarray, mask=None, window=WINDOW, sigma: float = 1.5) -> float:
-    """Mean 3D SSIM (Gaussian window σ voxels) over ``mask`` of the images clipped to ``window`` (HU)."""
+    """Mean 3D SSIM (Gaussian window σ voxels) over ``mask`` of the images clipped to ``window`` (HU).
+
+    Not the 2D SSIM of radiographs (`xwin.models.losses.ssim`, training loss and `xwin eval world`) on purpose: it
+    scores volumes in HU (clipped to ``window``, data range its width), keeps every voxel (reflected borders, so that
+    ``mask`` can select any of them) and runs in NumPy/scipy, without torch."""
     lo, hi = window
     x = np.clip(np.asarray(test, np.float64), lo, hi) - lo
     y = np.clip(np.asarray(ref, np.float64), lo, hi) - lo
