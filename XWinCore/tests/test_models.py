@@ -468,3 +468,22 @@ def test_bad_config_base(tmp_path, text, problem):
 def test_negative_tau_message():
     with pytest.raises(XWinInputError, match=r"^config key 'loss\.tau': must be > 0, got -1$"):
         XWinConfig.from_dict({"loss": {"tau": -1}})
+
+
+def test_eval_ssim_is_the_training_ssim_at_window_7_and_matches_monai():
+    """`per_image_scores` scores with `xwin.models.losses.ssim` (window 7), which replaced MONAI's SSIMMetric: same
+    numbers (issue 15: one 2D SSIM), and a different score than the loss's 11 × 11 window."""
+    from monai.metrics import SSIMMetric
+
+    from xwin.eval.world import per_image_scores
+    from xwin.models.losses import ssim
+
+    gen = torch.Generator().manual_seed(3)
+    true = torch.rand(5, 1, 64, 64, generator=gen)
+    pred = (0.6 * true + 0.4 * torch.rand(5, 1, 64, 64, generator=gen)).clamp(0, 1)
+    _, scores = per_image_scores(pred, true)
+    monai = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7)(pred, true).reshape(-1).double().numpy()
+    torch.testing.assert_close(torch.from_numpy(scores), torch.from_numpy(monai), atol=1e-6, rtol=0)
+    assert abs(float(ssim(pred, true)) - scores.mean()) > 1e-3  # window 11 scores otherwise
+    per_image = ssim(pred, true, window=7, per_image=True)
+    torch.testing.assert_close(torch.from_numpy(scores).float(), per_image, atol=1e-7, rtol=0)

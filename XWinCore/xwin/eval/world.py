@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import SSIMMetric
 from tqdm import tqdm
 
 from ..data import bank_spec, training_cts
@@ -41,7 +40,7 @@ from ..drr import Projector
 from ..errors import XWinInputError
 from ..io.image import Volume
 from ..models import create_model, view_latent
-from ..models.losses import effective_rank
+from ..models.losses import effective_rank, ssim
 from ..predict import LoadedModel
 
 TARGET_LAO = tuple(float(a) for a in range(-90, 91, 15))
@@ -140,11 +139,13 @@ def latent_scores(pred_latent: torch.Tensor, true_latent: torch.Tensor, lao=TARG
 
 
 def per_image_scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(MSE (N,), SSIM (N,)) of (N, 1, S, S) images in [0, 1] (predictions clamped to [0, 1])."""
+    """(MSE (N,), SSIM (N,)) of (N, 1, S, S) images in [0, 1] (predictions clamped to [0, 1]). SSIM: the training
+    loss's `xwin.models.losses.ssim` with a 7 × 7 Gaussian window (σ 1.5 px, data range 1), not the loss's 11 × 11:
+    the window every reported score (docs/results.md) was computed with."""
     pred, true = pred.clamp(0, 1).float(), true.float()
     mse = (pred - true).square().flatten(1).mean(1)
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7)(pred, true).reshape(-1)
-    return mse.cpu().numpy().astype(np.float64), ssim.cpu().numpy().astype(np.float64)
+    similarity = ssim(pred, true, window=7, per_image=True)
+    return mse.cpu().numpy().astype(np.float64), similarity.cpu().numpy().astype(np.float64)
 
 
 def psnr(mse: float) -> float:

@@ -186,8 +186,14 @@ def domain_cosine(real_emb: torch.Tensor, sim_emb: torch.Tensor) -> torch.Tensor
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
-         data_range: float = 1.0) -> torch.Tensor:
-    """Mean structural similarity (Wang et al., 2004) of images (B, C, H, W) with a Gaussian window.
+         data_range: float = 1.0, per_image: bool = False) -> torch.Tensor:
+    """Mean structural similarity (Wang et al., 2004) of images (B, C, H, W) with a Gaussian window (σ ``sigma``
+    pixels, valid positions only), over the batch, or (B,) one per image with ``per_image``.
+
+    XWin's one 2D SSIM, at two window sizes on purpose: the decoder loss (`reconstruction_loss`) uses 11 × 11, Wang et
+    al.'s; `xwin.eval.world.per_image_scores` scores predictions with 7 × 7 (the window its published results were
+    computed with; equal to MONAI's ``SSIMMetric(win_size=7)`` it replaced, to 1e-7). The 3D SSIM of reconstructions,
+    `xwin.recon.metrics.ssim`, differs on purpose (volumes in HU clipped to a window, a mask, scipy).
 
     The five local statistics (means, second moments) are blurred together, with the separable Gaussian as two 1D
     convolutions (2·window instead of window² multiplies per pixel: the decoder loss runs it every training step)."""
@@ -208,7 +214,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
     cov = xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return (num / den).mean()
+    return (num / den).flatten(1).mean(1) if per_image else (num / den).mean()
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.2) -> torch.Tensor:
