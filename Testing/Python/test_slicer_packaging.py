@@ -88,6 +88,31 @@ def test_environment_override_wins(tmp_path):
 
 def test_embedded_model_found_in_the_source_tree():
     assert paths.embedded_checkpoint(ROOT) == ROOT / "Resources" / "Models" / "xwin_default.safetensors"
+    assert paths.embedded_checkpoint(ROOT).resolve() == \
+        ROOT / "XWinCore" / "xwin" / "models" / "weights" / "xwin_default.safetensors"  # one file (issue 15)
+
+
+def test_embedded_model_in_a_checkout_without_links(tmp_path):
+    """git without symbolic links (Windows' default) writes Resources/Models as a text file holding the link's target:
+    the module then uses the core's package data, the model's one file in the repository."""
+    share = make_share(tmp_path / "src")
+    (share / "Resources").mkdir()
+    (share / "Resources" / "Models").write_text("../XWinCore/xwin/models/weights")
+    assert paths.embedded_checkpoint(share) is None
+    model = share / "XWinCore" / "xwin" / "models" / "weights" / "xwin_default.safetensors"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"\0" * 4096)
+    assert paths.embedded_checkpoint(share) == model
+
+
+def test_install_tree_gets_the_model_files_not_a_link():
+    """CMake copies a symbolic link as a link: the model is installed from the package folder it lives in."""
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    m = re.search(r"install\(DIRECTORY (\S+)\s+DESTINATION (\S+)/Resources/Models\b", text)
+    assert m, "the embedded model is not installed to Resources/Models"
+    source = Path(m.group(1).replace("${PROJECT_SOURCE_DIR}", str(ROOT)))
+    assert not source.is_symlink() and (source / "xwin_default.safetensors").is_file()
+    assert (source / "MODEL_CARD.md").is_file()
 
 
 def test_sample_data_sources_point_at_the_shipped_files():

@@ -67,9 +67,17 @@ def find_shared_folder(module_dir: Path, environ=None) -> Path | None:
     return next((c for c in shared_folder_candidates(module_dir, environ) if is_shared_folder(c)), None)
 
 
+#: Where the embedded model sits in the shared folder, first found wins: ``Resources/Models`` (install tree; in the
+#: source tree a link to the second), then the core's package data, its one file in the repository (a checkout
+#: without symbolic links, e.g. git on Windows by default, has only that one).
+EMBEDDED_MODEL = (("Resources", "Models"), ("XWinCore", "xwin", "models", "weights"))
+
+
 def embedded_checkpoint(shared: Path | None) -> Path | None:
-    path = Path(shared) / "Resources" / "Models" / "xwin_default.safetensors" if shared else None
-    return path if path is not None and path.is_file() else None
+    if not shared:
+        return None
+    paths = (Path(shared).joinpath(*folder, "xwin_default.safetensors") for folder in EMBEDDED_MODEL)
+    return next((p for p in paths if p.is_file() and p.stat().st_size > 1024), None)  # not a link saved as text
 
 
 def default_export_folder(scene_folder: str | os.PathLike | None, home: str | os.PathLike | None = None) -> str:
