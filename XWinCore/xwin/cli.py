@@ -14,19 +14,13 @@ from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
 
 IMAGE_EXTENSIONS = (".nrrd", ".mha", ".nii", ".nii.gz", ".png")
-DRR_BYTES_PER_PIXEL = 64  # rendering one DRR: rays, line integrals, display map and the written copy
-SINOGRAM_BYTES_PER_PIXEL = 12  # reconstruction: projections, filtered projections, weights (float32)
-GRID_BYTES_PER_VOXEL = 24  # reconstruction: volume, update, normalisation, TV and output copies (float32)
 
 
 def _check_memory(request: str, nbytes: float) -> None:
-    """Refuse a request whose memory estimate exceeds the budget, before anything is allocated."""
-    from .io.validate import MEMORY_ENV, memory_budget
+    """Refuse a request (an option) whose memory estimate exceeds the budget, before anything is allocated."""
+    from .budget import check_request
 
-    budget = memory_budget()
-    if nbytes > budget:
-        raise XWinInputError(None, f"{request} needs about {nbytes / 2**30:.3g} GiB of memory, more than the "
-                                   f"{budget / 2**30:g} GiB allowed (set {MEMORY_ENV} to raise the limit)")
+    check_request(None, request, nbytes)
 
 
 def _check_device(ns: argparse.Namespace) -> None:
@@ -129,6 +123,8 @@ def cmd_render(ns: argparse.Namespace) -> int:
     elif ns.lao is None or ns.cran is None:
         raise XWinInputError(None, "give --lao and --cran (degrees), or --pose POSE.json")
     volume = read_ct(ns.ct)  # first: a bad CT is refused before torch is loaded (fast, small)
+    from .budget import DRR_BYTES_PER_PIXEL
+
     _check_memory(f"--size {ns.size[0]} {ns.size[1]}", ns.size[0] * ns.size[1] * DRR_BYTES_PER_PIXEL)
 
     from tqdm import tqdm
@@ -406,6 +402,7 @@ def _write_any_volume(volume, out: Path, description: str, identity=None) -> Non
 
 def _check_reconstruction(views: int, det, geometry, ns: argparse.Namespace) -> None:
     """Refuse projections or an output grid (--size, or --spacing over the field of view) beyond the memory budget."""
+    from .budget import GRID_BYTES_PER_VOXEL, SINOGRAM_BYTES_PER_PIXEL
     from .recon.grid import default_grid
 
     _check_memory(f"--views {views} of {det[0]} x {det[1]} pixels",
