@@ -30,6 +30,7 @@ CT and model cancels), and rounded up from the largest slope:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .errors import XWinInputError
 
@@ -53,3 +54,51 @@ def check_request(path: str | os.PathLike | None, request: str, need: float, how
     if need > budget:
         raise XWinInputError(path, f"{request} needs about {need / 2**30:.3g} GiB of memory, more than the "
                                    f"{budget / 2**30:g} GiB allowed ({how}set {MEMORY_ENV} to raise the limit)")
+
+
+def bank_bytes(cfg, cts: int) -> float:
+    """Peak memory of building the DRR bank of ``cfg`` over ``cts`` training CTs."""
+    instances = cts * (cfg.data.augmentations + 1)
+    pixels = len(cfg.data.lao) * len(cfg.data.cran) * cfg.model.img_size ** 2
+    return instances * pixels * BANK_BYTES_PER_PIXEL + BANK_TRANSIENT * (BANK_SPACING_MM / cfg.data.spacing_mm) ** 3
+
+
+def train_step_bytes(cfg) -> int:
+    """Peak memory of one training step of ``cfg``: weights with gradients and optimiser state, plus the activations
+    of a micro-batch (``train.batch_size`` pairs and ``data.real_per_batch`` real films)."""
+    weights = cfg.model.memory_bytes(0)
+    per_image = cfg.model.memory_bytes(1) - weights
+    images = cfg.train.batch_size + cfg.data.real_per_batch
+    return TRAIN_WEIGHT_COPIES * weights + images * TRAIN_BYTES_PER_IMAGE * per_image
+
+
+def check_training(cfg, config: str | os.PathLike, run: Path, step: bool = True) -> None:
+    """Refuse a training run of ``cfg`` (read from ``config``) whose step (``step``: it runs in host memory, on the
+    CPU), or whose DRR bank when it is still to be built, would exceed the memory budget; before the run folder or
+    the bank is made."""
+    t, d = cfg.train, cfg.data
+    if step:
+        films = f" and {d.real_per_batch} real films" if d.real_per_batch else ""
+        check_request(config, f"config key 'train.batch_size': a training step of {t.batch_size} pairs{films} at "
+                              f"{cfg.model.img_size} px", train_step_bytes(cfg),
+                      "lower train.batch_size and raise train.grad_accum for the same step, or ")
+    bank = Path(d.bank) if d.bank else run / "bank"
+    if d.online or (bank / "manifest.json").is_file():
+        return
+    from .data import training_cts
+
+    cts = len(training_cts(cfg))
+    check_request(config, f"the DRR bank of {cts} CT(s) x {d.augmentations + 1} copies x "
+                          f"{len(d.lao) * len(d.cran)} views (data.lao x data.cran) at {cfg.model.img_size} px, "
+                          f"{d.spacing_mm:g} mm voxels", bank_bytes(cfg, cts),
+                  "use fewer data.augmentations or views, a coarser data.spacing_mm, data.online: true, or ")
+
+
+def eval_world_bytes(model, renderings: int, cts: int, score_size: int) -> int:
+    """Peak memory of ``xwin eval world`` with a model of config ``model`` (`xwin.config.ModelConfig`): the jittered
+    renderings of one CT are kept at once (context and 13 targets at the model's size, the 13 targets again at
+    ``score_size`` when the model is smaller), the six methods' records of every CT, and a 13-view model pass."""
+    size = model.img_size
+    pixels = 14 * size ** 2 + (13 * score_size ** 2 if size < score_size else 0)
+    records = 6 * 13 * (model.embed_dim + 4) * 4
+    return model.memory_bytes(13) + renderings * (pixels * EVAL_BYTES_PER_RENDERING_PIXEL + cts * records)

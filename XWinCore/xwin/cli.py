@@ -188,6 +188,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     """Train or resume the world model (one process, or one per GPU under torchrun)."""
+    from .budget import check_training
     from .config import load_config
     from .train import train, with_overrides
     from .train.checkpoint import read_weights
@@ -196,10 +197,20 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if cfg.train.init is not None:
         read_weights(cfg.train.init)  # a bad model file is refused before the run folder is made
     run = Path(ns.out) if ns.out else Path("runs") / Path(ns.config).stem
+    check_training(cfg, ns.config, run, step=_train_on_cpu(ns.device))  # before the run folder and the bank
     last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device, stop_file=ns.stop_file)
     if ns.progress != "jsonl":
         print(f"checkpoint: {last}")
     return 0
+
+
+def _train_on_cpu(device: str | None) -> bool:
+    """Whether `xwin train --device` runs the step in host memory (auto: no CUDA GPU here)."""
+    if device in (None, "auto"):
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
 
 
 def cmd_export_model(ns: argparse.Namespace) -> int:
@@ -246,8 +257,9 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
     JSON object with --json)."""
     import json
 
+    from .budget import eval_world_bytes
     from .data import split_cts
-    from .eval.world import evaluate_world, format_table
+    from .eval.world import SCORE_SIZE, evaluate_world, format_table
     from .predict import load_model
 
     if ns.renderings < 1:
@@ -255,8 +267,11 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
     cts = list(ns.ct) + ([str(p) for p in split_cts(ns.cases, ns.split)] if ns.cases else [])
     if not cts:
         raise XWinInputError(None, "give the CTs to evaluate: --ct CT (repeatable) or --cases CSV [--split eval]")
-    result = evaluate_world(load_model(ns.checkpoint, ns.device), cts, renderings=ns.renderings, seed=ns.seed,
-                            train_cts=ns.train_ct or None, quiet=False)
+    loaded = load_model(ns.checkpoint, ns.device)
+    _check_memory(f"--renderings {ns.renderings} (jittered renderings of {len(cts)} CT(s), kept per CT)",
+                  eval_world_bytes(loaded.config.model, ns.renderings, len(cts), SCORE_SIZE))
+    result = evaluate_world(loaded, cts, renderings=ns.renderings, seed=ns.seed, train_cts=ns.train_ct or None,
+                            quiet=False)
     print(json.dumps(result) if ns.json else format_table(result))
     return 0
 
