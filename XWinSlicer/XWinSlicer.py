@@ -208,6 +208,10 @@ if parameterNodeWrapper is not None:
         pixel: Annotated[float, WithinRange(0.05, 20.0)] = 1.7
         lao: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
         cran: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
+        roll: float = 0.0  # set by "Align DRR to CXR" (degrees; no widget)
+        iso_dx: float = 0.0  # isocenter offset from the CT grid centre, LPS mm (set by "Align DRR to CXR")
+        iso_dy: float = 0.0
+        iso_dz: float = 0.0
         checkpoint: pathlib.Path
         recon_method: Annotated[str, Choice(["fdk", "sart", "cgls"])] = "fdk"
         recon_source: Annotated[str, Choice(["ct", "cxr"])] = "ct"
@@ -236,7 +240,7 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._guiConnections = None
         self._training = None
-        self._future = None  # the reconstruction `Job` while one runs
+        self._future = None  # the reconstruction or alignment `Job` while one runs
         self._wlLink = None
         self.controller = None  # `PanelController`, once the core is there
 
@@ -277,6 +281,9 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sampleDataButton.connect("clicked(bool)", self.onSampleData)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.reconstructButton.connect("clicked(bool)", self.onReconstruct)
+        self.ui.alignButton.connect("clicked(bool)", self.onAlign)
+        self.ui.overlayComboBox.connect("currentIndexChanged(int)", lambda *_: self.updateViews(preview=False,
+                                                                                               predict=False))
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
         self.ui.resumeTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=True))
@@ -428,7 +435,11 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             s.lao, s.cran = float(self.ui.laoSlider.value), float(self.ui.cranSlider.value)
             self.logic.session.update(lao=s.lao, cran=s.cran)
             ct, cxr = self.ui.ctSelector.currentNode(), self.ui.cxrSelector.currentNode()
-            if ct is not None:
+            overlay = self.ui.overlayComboBox.currentText
+            if ct is not None and cxr is not None and not preview and overlay != "DRR":
+                drr = self.logic.renderOverlay(ct, cxr, overlay, outputNode=p.nodeRef("drrVolume"))
+                p.setNodeRef("drrVolume", drr)
+            elif ct is not None:
                 drr = self.logic.renderDrr(ct, s.lao, s.cran, preview=preview, outputNode=p.nodeRef("drrVolume"))
                 p.setNodeRef("drrVolume", drr)
             if cxr is not None and not preview and (predict or self.ui.autoPredictCheckBox.checked):
@@ -447,13 +458,49 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.cxrSelector.setCurrentNode(cxr)
             self.updateViews(preview=False, fit=True)
 
+    # registration ----------------------------------------------------------------------------------------------
+    def onAlign(self) -> None:
+        """"Align DRR to CXR" (`xwin.register` from the current pose, a `Job` on the session's worker: progress in
+        the status line); pressed again while it runs, it cancels it. A converged pose is written to the parameter
+        node: the sliders, roll and isocenter follow."""
+        if self._future is not None:
+            if self._future.name == "alignment":
+                self._future.cancel()
+                self.ui.statusLabel.text = "Cancelling the alignment..."
+            else:
+                self.ui.statusLabel.text = f"Wait for the {self._future.name} to finish (or cancel it)."
+            return
+        if not self.requireCore():
+            return
+        with slicer.util.tryWithErrorDisplay("XWin: could not start the alignment."):
+            self.logic.applySettings()
+            self.logic.prepareAlignment(self.ui.ctSelector.currentNode(), self.ui.cxrSelector.currentNode())
+            self._future = self.panelController().start_alignment()
+            self.ui.alignButton.text = "Cancel alignment"
+            self.ui.statusLabel.text = "Aligning the DRR to the CXR..."
+            self.pollTimer.start()
+
+    def _alignmentDone(self) -> None:
+        job, self._future = self._future, None
+        self.panelController().finished_job()
+        self.ui.alignButton.text = "Align DRR to CXR"
+        if job.status == "cancelled":
+            self.ui.statusLabel.text = "Alignment cancelled; the pose was left unchanged"
+            return
+        with slicer.util.tryWithErrorDisplay("XWin: the alignment failed."):
+            self.ui.statusLabel.text = self.logic.applyAlignment(self.panelController(), job)
+            self.updateViews(preview=False)
+
     # reconstruction and export ---------------------------------------------------------------------------------
     def onReconstruct(self) -> None:
         """Start a reconstruction (a `Job` on the session's worker: progress in the status line); pressed again while
         one runs, it cancels it (the work stops at its next chunk of views or iteration)."""
         if self._future is not None:
-            self._future.cancel()
-            self.ui.statusLabel.text = "Cancelling the reconstruction..."
+            if self._future.name == "reconstruction":
+                self._future.cancel()
+                self.ui.statusLabel.text = "Cancelling the reconstruction..."
+            else:
+                self.ui.statusLabel.text = f"Wait for the {self._future.name} to finish (or cancel it)."
             return
         if not self.requireCore():
             return
@@ -538,14 +585,15 @@ class XWinSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopTrainingButton.enabled = running
 
     def poll(self) -> None:
-        """Timer: background reconstruction and the training process (never blocks)."""
+        """Timer: background reconstruction or alignment, and the training process (never blocks)."""
         if self._future is not None:
             if self._future.done():
-                self._reconstructionDone()
+                (self._alignmentDone if self._future.name == "alignment" else self._reconstructionDone)()
             else:
                 future = self._future
-                self.ui.statusLabel.text = (f"Reconstruction: {future.stage} ({100 * future.progress:.0f} %)"
-                                            + (", cancelling" if future.cancelled else ""))
+                self.ui.statusLabel.text = (f"{future.name.capitalize()}: {future.stage} "
+                                            f"({100 * future.progress:.0f} %)" + (", cancelling" if future.cancelled
+                                                                                  else ""))
         t = self._training
         if t is not None:
             records = t.poll()

@@ -23,7 +23,8 @@ MODULE_FILE = ROOT / "XWinSlicer" / "XWinSlicer.py"
 LOGIC_FILE = ROOT / "XWinSlicer" / "XWinSlicerLib" / "logic.py"
 WRAPPER_CLASS = "XWinSlicerParameterNode"
 #: Members the logic writes (output node references): no widget is bound to them.
-UNBOUND = {"drrVolume", "predictionVolume", "reconVolume", "segmentation"}
+UNBOUND = {"drrVolume", "predictionVolume", "reconVolume", "segmentation",
+           "roll", "iso_dx", "iso_dy", "iso_dz"}  # the pose "Align DRR to CXR" sets beyond the sliders
 
 # --- Slicer's connector rules ------------------------------------------------------------------------------------
 # Slicer/Slicer, tag v5.8.1, Base/Python/slicer/parameterNodeWrapper/guiConnectors.py: each GuiConnector's

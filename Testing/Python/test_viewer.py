@@ -190,3 +190,31 @@ def test_viewer_predicted_view(qapp, window, shots):
     pred = window.pred_view.array
     assert pred is not None and pred.ndim == 2 and 0.0 <= pred.min() and pred.max() <= 1.0
     window.pred_view.capture(shots / "viewer_predicted.png")
+
+
+def test_viewer_align_drr_to_cxr_moves_the_sliders_and_shows_the_overlay(qapp, window, shots):
+    """Issue 17: "Align DRR to CXR" registers in the background (the GUI keeps polling), then the sliders, roll and
+    isocenter take the found pose and the DRR view can show the checkerboard against the CXR."""
+    window.load_demo()
+    for name, value in (("height", 128), ("width", 128), ("pixel", 3.4)):  # as test_align.py: small for the CI
+        window.geometry_widgets[name].setValue(value)
+    session = window.session
+    session.update(lao=12.25, cran=-6.0, roll=1.5, iso_dx=4.0)  # 12.25°: between two half-degree slider steps
+    target = session.drr().image  # the CXR: a DRR of the demo CT at a known pose
+    window.set_cxr(target, session.settings.pixel)
+    session.update(lao=8.0, cran=-3.0, roll=0.0, iso_dx=0.0)
+    window._show_pose()
+    from xwin.register import Settings as RegistrationSettings
+    window.align(RegistrationSettings(restarts=0, time_limit_s=900.0))  # from 6° away: no restarts
+    assert window.align_button.text() == "Cancel alignment"
+    _spin(qapp, 600, until=lambda: window.future is None)
+    s = session.settings
+    assert window.status.currentMessage().startswith("aligned"), window.status.currentMessage()
+    assert (s.lao, s.cran, s.roll, s.iso_dx) == pytest.approx((12.25, -6.0, 1.5, 4.0), abs=0.3)
+    assert abs(2 * s.lao - round(2 * s.lao)) > 1e-6  # not rounded to the slider's half-degree steps
+    assert window.lao_label.text().startswith("+12.") and window.lao_slider.value() in (24, 25)
+    window.overlay_combo.setCurrentText("checkerboard")
+    board = window.drr_view.array
+    assert "checkerboard with the CXR" in window.drr_view.label.text()
+    assert np.corrcoef(board.ravel(), session.drr().image.ravel())[0, 1] > 0.99  # aligned: both halves agree
+    window.drr_view.capture(shots / "viewer_align_checkerboard.png")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .defaults import SDD_MM, SID_MM
 from .errors import XWinInputError
 from .geometry import D0, U0, V0, Geometry, Views, rotation
 
@@ -339,7 +340,7 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
             loss = -objective(w, level)
             loss.backward()
             if progress is not None:
-                progress(index, counters["evaluations"], -float(loss))
+                progress(index, counters["evaluations"], -float(loss.detach()))
             return loss
 
         try:
@@ -413,8 +414,8 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
 
 
 # ------------------------------------------------------------------------------------------------------- files
-def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float = 1600.0,
-                sdd: float = 1800.0) -> tuple[np.ndarray, Geometry, str, bool]:
+def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float = SID_MM,
+                sdd: float = SDD_MM) -> tuple[np.ndarray, Geometry, str, bool]:
     """The image to register and its detector: (array, geometry, DRR mode to compare with, simulated?).
 
     A DRR written by `xwin render` carries SID/SDD (``xwin_sid_mm``, ``xwin_sdd_mm``), its mode and its pixel size;
@@ -448,7 +449,7 @@ def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float 
 
 def register_files(ct: str | os.PathLike, image: str | os.PathLike, *, lao: float = 0.0, cran: float = 0.0,
                    roll: float = 0.0, isocenter: Sequence[float] | None = None, pixel: float | None = None,
-                   sid: float = 1600.0, sdd: float = 1800.0, settings: Settings | None = None,
+                   sid: float = SID_MM, sdd: float = SDD_MM, settings: Settings | None = None,
                    mu_water: float | None = None) -> RegistrationResult:
     """`register` a CT file to an image file (what ``xwin register`` runs): start at (lao, cran, roll) degrees and
     ``isocenter`` (LPS mm; default the CT grid centre). Films are compared within the CT's footprint."""

@@ -95,6 +95,12 @@ def radiographFromNode(node) -> np.ndarray:
     return a.reshape([n for n in a.shape if n != 1] or [1])
 
 
+def pixelOfNode(node) -> float | None:
+    """A 2D radiograph node's pixel size in mm (its spacing; square pixels only, else None: unknown)."""
+    sx, sy = node.GetSpacing()[:2]
+    return float(sx) if abs(sx - sy) <= 1e-3 * max(sx, sy) else None
+
+
 def nodeFromArray(scene, array_kji: np.ndarray, lps_from_ijk: np.ndarray, name: str, node=None,
                   nodeClass: str = "vtkMRMLScalarVolumeNode"):
     """Create (or refill ``node``) a volume node of ``array_kji`` placed by ``lps_from_ijk`` (converted to RAS)."""
@@ -363,7 +369,8 @@ class XWinLogic:
     def setCxr(self, cxrNode) -> None:
         key = (cxrNode.GetID(), cxrNode.GetMTime(), cxrNode.GetImageData().GetMTime()) if cxrNode else None
         if key != self._cxrKey:
-            self.session.set_cxr(radiographFromNode(cxrNode) if cxrNode is not None else None)
+            self.session.set_cxr(radiographFromNode(cxrNode) if cxrNode is not None else None,
+                                 pixelOfNode(cxrNode) if cxrNode is not None else None)
             self._cxrKey = key
 
     def linkWindowLevel(self, cxrNode, predictionNode, drrNode) -> WindowLevelLink:
@@ -404,6 +411,38 @@ class XWinLogic:
         self.setCxr(cxrNode)
         projection = self.session.predict(lao, cran)
         return nodeFromProjection(self.scene, projection, f"{cxrNode.GetName()}_predicted", node=outputNode)
+
+    def prepareAlignment(self, ctNode, cxrNode) -> None:
+        """Give the session the CT and the CXR before `PanelController.start_alignment` (GUI thread: reads nodes)."""
+        if ctNode is None or cxrNode is None:
+            raise ValueError("Choose a CT and a chest X-ray to align the DRR to")
+        self.setCt(ctNode)
+        self.setCxr(cxrNode)
+
+    def applyAlignment(self, controller, job) -> str:
+        """A finished alignment `Job`: a converged pose goes into the session and the parameter node (LAO/CRAN
+        sliders, roll, isocenter offset); returns the status line (`PanelController.apply_alignment`)."""
+        message = controller.apply_alignment(job)
+        self.parameters().setSettings(self.session.settings)
+        return message
+
+    def align(self, ctNode, cxrNode, **options):
+        """"Align DRR to CXR" in one call (scripting, tests): register from the parameter node's pose, apply a
+        converged result as `applyAlignment` does; returns the `xwin.register.RegistrationResult`."""
+        self.applySettings()
+        self.prepareAlignment(ctNode, cxrNode)
+        result = self.session.align(**options)
+        if result.converged:
+            self.session.apply_pose(result.pose)
+            self.parameters().setSettings(self.session.settings)
+        return result
+
+    def renderOverlay(self, ctNode, cxrNode, kind: str = "checkerboard", outputNode=None):
+        """The DRR at the current pose against the CXR (`Session.overlay`: 'checkerboard' or 'difference') as a
+        single-slice node on the detector plane."""
+        self.prepareAlignment(ctNode, cxrNode)
+        projection = self.session.overlay(kind)
+        return nodeFromProjection(self.scene, projection, f"{ctNode.GetName()}_{kind}", node=outputNode)
 
     def computeReconstruction(self, cxrOrCtNode, method: str | None = None, views: int | None = None,
                               arc: float | None = None, **options) -> Volume:

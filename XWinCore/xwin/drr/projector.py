@@ -139,10 +139,10 @@ class Projector:
         line = forward_project(self.mu, self.ijk_from_lps, v, self.backend, cache=self._cache)
         return apply_mode(line, mode)
 
-    def preview(self, lao=None, cran=None, *, mode: Mode = "radiograph", factor: int = 2) -> torch.Tensor:
+    def preview(self, lao=None, cran=None, *, pose=None, mode: Mode = "radiograph", factor: int = 2) -> torch.Tensor:
         """Interactive-quality images: μ pooled ``factor``× and a detector with ``factor``× fewer pixels per side."""
         mu, ijk_from_lps, cache = self._level(factor)
-        v = self.views(lao, cran, geometry=self.geometry.scaled(factor))
+        v = self.views(lao, cran, pose=pose, geometry=self.geometry.scaled(factor))
         return apply_mode(forward_project(mu, ijk_from_lps, v, self.backend, cache=cache), mode)
 
     def _level(self, factor: int) -> tuple[torch.Tensor, torch.Tensor, NumbaVolume | None]:

@@ -37,6 +37,10 @@ from .controller import POLL_MS, PREVIEW, PanelController
 from .session import PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
 from .training import TrainingProcess, new_stop_file, train_command
 
+ALIGN = "Align DRR to CXR"
+#: what the DRR view shows at full quality (`xwin.viewer.session.Session.overlay` for the comparisons)
+OVERLAYS = ("DRR", "checkerboard", "difference")
+
 preload_before_opengl()  # before any VTK window: see its docstring (triton vs Mesa's LLVM)
 
 
@@ -351,6 +355,14 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.predict_check.setChecked(True)
         f.addRow(self.predict_check)
         f.addRow(self._button("Predict projection", lambda: self.update_views(False, predict=True)))
+        self.align_button = self._button(ALIGN, self.align, "Register the CT to the CXR (LAO, CRAN, roll, isocenter) "
+                                                            "from the current pose: xwin register")
+        self.overlay_combo = QtWidgets.QComboBox()
+        self.overlay_combo.addItems(OVERLAYS)
+        self.overlay_combo.setToolTip("What the DRR view shows at full quality: the DRR, or the DRR against the CXR")
+        self.overlay_combo.currentIndexChanged.connect(lambda *_: self.update_views(False, predict=False))
+        f.addRow(self.align_button)
+        f.addRow("DRR view:", self.overlay_combo)
 
     def _slider(self, lo: int, hi: int):
         s = QtWidgets.QSlider(QtCore.Qt.Horizontal)
@@ -422,7 +434,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         path = path or QtWidgets.QFileDialog.getOpenFileName(self, "Open chest X-ray")[0]
         if path:
             from ..io import read_radiograph
-            self.set_cxr(read_radiograph(path).array)
+            radiograph = read_radiograph(path)
+            spacing = radiograph.pixel_spacing  # mm at the detector, when the header says (square pixels only)
+            square = spacing is not None and abs(spacing[0] - spacing[1]) <= 1e-3 * max(spacing)
+            self.set_cxr(radiograph.array, float(spacing[0]) if square else None)
 
     def load_demo(self) -> None:
         from ..sample_data import demo_ct_path, demo_cxr_path
@@ -433,8 +448,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.session.set_ct(volume)
         self.update_views(preview=False)
 
-    def set_cxr(self, image: np.ndarray) -> None:
-        self.session.set_cxr(image)
+    def set_cxr(self, image: np.ndarray, pixel: float | None = None) -> None:
+        self.session.set_cxr(image, pixel)
         self.cxr_view.show_image(self.session.cxr)
         self.update_views(preview=False)
 
@@ -443,6 +458,17 @@ class ViewerWindow(QtWidgets.QMainWindow):
         """Move the sliders (degrees) as a user would: preview follows via the debounce timer."""
         self.lao_slider.setValue(int(round(lao * 2)))
         self.cran_slider.setValue(int(round(cran * 2)))
+
+    def _show_pose(self) -> None:
+        """Sliders and labels to the session's pose without feeding it back (the sliders' half-degree steps must
+        not round a registered pose)."""
+        s = self.session.settings
+        for slider, label, value in ((self.lao_slider, self.lao_label, s.lao),
+                                     (self.cran_slider, self.cran_label, s.cran)):
+            slider.blockSignals(True)
+            slider.setValue(int(round(value * 2)))
+            slider.blockSignals(False)
+            label.setText(f"{value:+.1f}°")
 
     def _pose_changed(self, *_):
         lao, cran = self.lao_slider.value() / 2, self.cran_slider.value() / 2
@@ -481,10 +507,16 @@ class ViewerWindow(QtWidgets.QMainWindow):
         try:
             if self.session.ct is not None:
                 t0 = time.perf_counter()
-                drr = self.session.drr(preview=preview)
+                overlay = self.overlay_combo.currentText()
+                if overlay != "DRR" and not preview and self.session.cxr is not None:
+                    drr = self.session.overlay(overlay)
+                else:
+                    drr, overlay = self.session.drr(preview=preview), "DRR"
                 self.last_drr_ms = 1000 * (time.perf_counter() - t0)
-                self.drr_view.show_image(drr.image, f"LAO {s.lao:+.1f}° CRAN {s.cran:+.1f}°"
-                                         + (f" (preview 1/{PREVIEW_FACTOR})" if preview else ""))
+                roll = f" roll {s.roll:+.1f}°" if s.roll else ""
+                self.drr_view.show_image(drr.image, f"LAO {s.lao:+.1f}° CRAN {s.cran:+.1f}°{roll}"
+                                         + (f" (preview 1/{PREVIEW_FACTOR})" if preview else "")
+                                         + ("" if overlay == "DRR" else f" — {overlay} with the CXR"))
             if self.session.cxr is not None and not preview and (predict or self.predict_check.isChecked()):
                 pred = self.session.predict()
                 self.pred_view.show_image(pred.image, f"LAO {s.lao:+.1f}° CRAN {s.cran:+.1f}°")
@@ -503,15 +535,54 @@ class ViewerWindow(QtWidgets.QMainWindow):
     # reconstruction and export ---------------------------------------------------------------------------------
     def reconstruct(self) -> None:
         """Start a reconstruction job; pressed again while it runs, Cancel."""
-        if self.future is not None:
-            self.future.cancel()
-            self.status.showMessage("Cancelling the reconstruction…")
+        if self._busy("reconstruction"):
             return
         self.session.update(recon_source=self.source_combo.currentText(), recon_method=self.method_combo.currentText())
         self.future = self.controller.start_reconstruction()
         self.recon_button.setText("Cancel")
         self.status.showMessage("Reconstructing…")
         self.poll_timer.start()
+
+    def _busy(self, name: str) -> bool:
+        """True when a job runs (one at a time): a job of this button's kind is cancelled, another is named."""
+        if self.future is None:
+            return False
+        if self.future.name == name:
+            self.future.cancel()
+            self.status.showMessage(f"Cancelling the {name}…")
+        else:
+            self.status.showMessage(f"wait for the {self.future.name} to finish (or cancel it)")
+        return True
+
+    def align(self, settings=None) -> None:
+        """"Align DRR to CXR": register the CT to the CXR from the current pose on the worker thread (progress in the
+        status bar); pressed again while it runs, Cancel. A converged pose moves the sliders, roll and isocenter.
+        settings: `xwin.register.Settings` (default: the command line's)."""
+        if self._busy("alignment"):
+            return
+        if self.session.ct is None or self.session.cxr is None:
+            self.status.showMessage("open a CT and a chest X-ray first")
+            return
+        self.future = self.controller.start_alignment(settings=settings)
+        self.align_button.setText("Cancel alignment")
+        self.status.showMessage("Aligning…")
+        self.poll_timer.start()
+
+    def _alignment_done(self) -> None:
+        job, self.future = self.future, None
+        self.controller.finished_job()
+        self.align_button.setText(ALIGN)
+        if job.status == "cancelled":
+            self.status.showMessage("Alignment cancelled; the pose was left unchanged")
+            return
+        try:
+            message = self.controller.apply_alignment(job)
+        except Exception as exc:  # noqa: BLE001 - shown in the status bar
+            self.status.showMessage(f"alignment failed: {exc}")
+            return
+        self._show_pose()
+        self.render_due()
+        self.status.showMessage(message)
 
     def _reconstruction_done(self) -> None:
         job, self.future = self.future, None
@@ -576,9 +647,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         """Timer: background reconstruction and the training process (never blocks the GUI)."""
         if self.future is not None:
             if self.future.done():
-                self._reconstruction_done()
+                (self._alignment_done if self.future.name == "alignment" else self._reconstruction_done)()
             else:
-                self.status.showMessage(f"Reconstruction: {self.future.stage} ({100 * self.future.progress:.0f} %)")
+                self.status.showMessage(f"{self.future.name.capitalize()}: {self.future.stage} "
+                                        f"({100 * self.future.progress:.0f} %)")
         t = self.training
         if t.proc is not None:
             records = t.poll()

@@ -13,8 +13,8 @@ while changes keep coming, so a drag shows a frame at least every ~70 ms (a debo
 stops); full quality once the pose has been still for ``settle_ms`` or at once on release. The clock is injectable,
 so the throttle is tested without Qt or sleeping (Testing/Python/test_preview_controller.py).
 
-Long work (reconstruction) runs as a `Job` on the session's worker thread with progress (0–1 and a stage) and a
-cooperative Cancel; the panels poll it from their timer.
+Long work (reconstruction, "Align DRR to CXR") runs as a `Job` on the session's worker thread with progress (0–1 and
+a stage) and a cooperative Cancel; the panels poll it from their timer.
 """
 from __future__ import annotations
 
@@ -179,11 +179,32 @@ class PanelController:
 
     # --- long work --------------------------------------------------------------------------------------------
     def start_reconstruction(self, source: str | None = None, **options) -> Job:
-        """`Session.reconstruct` as a `Job` on the worker thread (one at a time: raises while one runs)."""
+        """`Session.reconstruct` as a `Job` named 'reconstruction' on the worker thread (one job at a time)."""
+        return self._start("reconstruction", self.session.reconstruct, source, **options)
+
+    def start_alignment(self, **options) -> Job:
+        """`Session.align` ("Align DRR to CXR") as a `Job` named 'alignment'; when it is done, apply a converged
+        result with `apply_alignment` on the GUI thread."""
+        return self._start("alignment", self.session.align, **options)
+
+    def apply_alignment(self, job: Job) -> str:
+        """A finished alignment job: a converged pose goes into the session (sliders, roll, isocenter) and a full
+        frame is scheduled; returns the one-line status to show (a failure leaves the pose as it was)."""
+        result = job.result()
+        if not result.converged:
+            return f"alignment failed ({result.status}): {result.message}; the pose was left unchanged"
+        self.session.apply_pose(result.pose)
+        self.throttle.released()
+        p = result.pose
+        return (f"aligned in {result.seconds:.0f} s: LAO {p.lao:.1f}°, CRAN {p.cran:.1f}°, roll {p.roll:.1f}°, "
+                f"isocenter shift ({', '.join(f'{v:.1f}' for v in self.session.settings.iso_offset)}) mm LPS; "
+                f"{result.message}")
+
+    def _start(self, name: str, fn: Callable, *args, **options) -> Job:
         if self.job is not None and not self.job.done():
-            raise RuntimeError("a reconstruction is already running")
-        job = Job("reconstruction")
-        job.future = self.session.submit(self.session.reconstruct, source, report=job.report, **options)
+            raise RuntimeError(f"the {self.job.name or 'previous job'} is still running (one job at a time)")
+        job = Job(name)
+        job.future = self.session.submit(fn, *args, report=job.report, **options)
         self.job = job
         return job
 

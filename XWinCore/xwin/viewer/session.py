@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from ..drr.projector import MU_WATER, Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, carm_views
@@ -38,13 +39,23 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 PREVIEW_FACTOR = 2
 
 
-def detector_lps_from_ijk(geometry: Geometry, isocenter, lao: float, cran: float) -> np.ndarray:
+def pose_arguments(lao: float, cran: float, roll: float = 0.0) -> dict:
+    """Keyword arguments of `carm_views` / `Projector.render` for a C-arm at (lao, cran, roll) degrees: the angles,
+    or at a non-zero roll the full 4×4 rotation of `xwin.register.Pose` (R = Rz(lao)·Rx(−cran)·Ry(roll))."""
+    if roll == 0.0:
+        return {"lao": float(lao), "cran": float(cran)}
+    from ..register import Pose
+    return {"pose": Pose(float(lao), float(cran), float(roll), (0.0, 0.0, 0.0)).matrix()}
+
+
+def detector_lps_from_ijk(geometry: Geometry, isocenter, lao: float, cran: float, roll: float = 0.0) -> np.ndarray:
     """4×4 affine taking a projection's voxel index (i = column c, j = row r, k = 0) to LPS mm on the detector.
 
     Pixel (r, c) lands at ``P(r, c) = corner + c·du + r·dv`` (docs/geometry.md); the k axis is ``du × dv`` scaled to
-    one pixel (it points toward the source), so the matrix is a proper rotation times spacing (p, p, p).
+    one pixel (it points toward the source), so the matrix is a proper rotation times spacing (p, p, p). Angles in
+    degrees (``roll``: the detector rolled about the beam, as `xwin register` estimates it); isocenter LPS mm.
     """
-    v = carm_views(geometry, np.asarray(isocenter, np.float64), float(lao), float(cran))
+    v = carm_views(geometry, np.asarray(isocenter, np.float64), **pose_arguments(lao, cran, roll))
     du, dv, corner = (t[0].detach().double().numpy() for t in (v.du, v.dv, v.corner))
     n = np.cross(du, dv)
     n *= geometry.pixel / np.linalg.norm(n)
@@ -83,6 +94,27 @@ def volume_rendering_points(array: np.ndarray) -> tuple[list[tuple[float, float]
     return opacity, color
 
 
+def compare_images(a: np.ndarray, b: np.ndarray, kind: str = "checkerboard", tiles: int = 8) -> np.ndarray:
+    """Two (H, W) images of one detector, each scaled to its 1st–99th percentile, as one float32 image in [0, 1]:
+    'checkerboard' (``tiles`` squares per side, ``a`` in the top-left one) or 'difference' (|a − b|)."""
+    if a.shape != b.shape:
+        raise XWinInputError(None, f"images of different shapes {a.shape} and {b.shape} cannot be compared")
+
+    def scaled(x):
+        lo, hi = np.percentile(x, [1, 99])
+        return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+    a, b = scaled(np.asarray(a, np.float32)), scaled(np.asarray(b, np.float32))
+    if kind == "difference":
+        return np.abs(a - b)
+    if kind != "checkerboard":
+        raise XWinInputError(None, f"unknown overlay {kind!r}: use 'checkerboard' or 'difference'")
+    h, w = a.shape
+    rows = (np.arange(h) * tiles // h)[:, None]
+    cols = (np.arange(w) * tiles // w)[None, :]
+    return np.where((rows + cols) % 2 == 0, a, b)
+
+
 @dataclass(frozen=True)
 class Projection:
     """One image on the detector: ``image`` (H, W) float32 in [0, 1], ``lps_from_ijk`` (4×4, see
@@ -93,6 +125,7 @@ class Projection:
     lao: float
     cran: float
     preview: bool = False
+    roll: float = 0.0
 
     @property
     def ras_from_ijk(self) -> np.ndarray:
@@ -103,19 +136,25 @@ class Projection:
 class Settings:
     """Every panel setting (saved in the Slicer parameter node / restored by the viewer).
 
-    sid, sdd, pixel: mm; height, width: detector pixels; lao, cran: degrees (RAO/CAUD negative); checkpoint: model
-    file or run folder ('' = the embedded model); recon_method: 'fdk', 'sart' or 'cgls'; recon_source: 'ct' (DRRs
+    sid, sdd, pixel: mm; height, width: detector pixels; lao, cran: degrees (RAO/CAUD negative); roll: the detector
+    rolled about the beam (degrees); iso_dx, iso_dy, iso_dz: the isocenter's offset from the CT grid centre (LPS mm)
+    — roll and offset are what "Align DRR to CXR" (`Session.align`) sets; checkpoint: model file or run folder ('' =
+    the embedded model); recon_method: 'fdk', 'sart' or 'cgls'; recon_source: 'ct' (DRRs
     of the CT) or 'cxr' (the model's predicted projections of the CXR); recon_views over recon_arc degrees (LAO
     orbit at CRAN 0); train_*: paths for `xwin train`.
     """
 
-    sid: float = 1600.0
-    sdd: float = 1800.0
-    height: int = 256
-    width: int = 256
-    pixel: float = 1.7
+    sid: float = SID_MM
+    sdd: float = SDD_MM
+    height: int = DETECTOR_PIXELS[0]
+    width: int = DETECTOR_PIXELS[1]
+    pixel: float = PIXEL_MM
     lao: float = 0.0
     cran: float = 0.0
+    roll: float = 0.0
+    iso_dx: float = 0.0
+    iso_dy: float = 0.0
+    iso_dz: float = 0.0
     checkpoint: str = ""
     recon_method: str = "fdk"
     recon_source: str = "ct"
@@ -130,6 +169,11 @@ class Settings:
     def geometry(self) -> Geometry:
         return Geometry(sid=self.sid, sdd=self.sdd, height=int(self.height), width=int(self.width), pixel=self.pixel)
 
+    @property
+    def iso_offset(self) -> np.ndarray:
+        """(3,) LPS mm."""
+        return np.array([self.iso_dx, self.iso_dy, self.iso_dz], np.float64)
+
 
 class Session:
     """One CT, one CXR and the settings; every action of the panel as a plain function call.
@@ -143,6 +187,8 @@ class Session:
         self.mu_water = mu_water
         self.ct: Volume | None = None
         self.cxr: np.ndarray | None = None
+        self.cxr_pixel: float | None = None  # mm per CXR pixel at the detector, when its header says
+        self._center = np.zeros(3)  # LPS mm: the CT grid centre (the isocenter before any offset)
         self._projector: Projector | None = None
         self._predictor = None
         self._predictor_key: str | None = None
@@ -160,6 +206,8 @@ class Session:
         ``warmed`` is set when it is done."""
         self.ct = volume
         self._projector = None if volume is None else Projector(volume, self.geometry, mu_water=self.mu_water)
+        self._center = np.zeros(3) if volume is None else np.array(self._projector.isocenter, np.float64)
+        self._place_isocenter()
         if self._projector is not None and warm_up:
             projector, done = self._projector, threading.Event()
             self.warmed = done
@@ -174,11 +222,16 @@ class Session:
 
             threading.Thread(target=_warm, name="xwin-warm-up", daemon=True).start()
 
-    def set_cxr(self, image: np.ndarray | None) -> None:
-        """Use ``image`` ((H, W), any range: brought to [0, 1]) as the model's context view."""
+    def set_cxr(self, image: np.ndarray | None, pixel: float | None = None) -> None:
+        """Use ``image`` ((H, W), any range: brought to [0, 1]) as the model's context view (and the target of
+        `align`). pixel: its pixel size at the detector in mm (square pixels), when known; else the film is taken
+        to span the panel's detector width."""
         self.cxr = None if image is None else to_unit_range(np.squeeze(np.asarray(image)))
         if self.cxr is not None and self.cxr.ndim != 2:
             raise XWinInputError(None, f"a chest X-ray must be one 2D image, got shape {self.cxr.shape}")
+        if pixel is not None and not (np.isfinite(pixel) and pixel > 0):
+            raise XWinInputError(None, f"the CXR pixel size must be a positive number of mm, got {pixel}")
+        self.cxr_pixel = None if pixel is None else float(pixel)
 
     def update(self, **changes) -> None:
         """Change settings; a new geometry is applied to the projector without recomputing μ.
@@ -190,6 +243,7 @@ class Session:
         self.settings = replace(self.settings, **changes)
         if self._projector is not None:
             self._projector.geometry = self.geometry
+        self._place_isocenter()
         if (self.settings.checkpoint or "") != old_checkpoint:
             self._predictor = None
             self._predictor_key = None
@@ -198,10 +252,14 @@ class Session:
     def geometry(self) -> Geometry:
         return self.settings.geometry()
 
+    def _place_isocenter(self) -> None:
+        if self._projector is not None:
+            self._projector.isocenter = self.isocenter
+
     @property
     def isocenter(self) -> np.ndarray:
-        """LPS mm: the CT grid centre, or the origin when there is no CT (prediction only)."""
-        return self._projector.isocenter if self._projector is not None else np.zeros(3)
+        """LPS mm: the CT grid centre (the origin when there is no CT: prediction only) plus the settings' offset."""
+        return self._center + self.settings.iso_offset
 
     # --- images -----------------------------------------------------------------------------------------------
     def drr(self, lao: float | None = None, cran: float | None = None, preview: bool = False) -> Projection:
@@ -211,15 +269,18 @@ class Session:
             raise XWinInputError(None, "no CT loaded: choose a CT volume first")
         lao = self.settings.lao if lao is None else float(lao)
         cran = self.settings.cran if cran is None else float(cran)
+        roll = self.settings.roll
+        pose = pose_arguments(lao, cran, roll)
         with torch.no_grad(), self._lock:
             if preview:
-                img = self._projector.preview(lao, cran, mode="radiograph", factor=PREVIEW_FACTOR)
+                img = self._projector.preview(**pose, mode="radiograph", factor=PREVIEW_FACTOR)
                 geometry = self.geometry.scaled(PREVIEW_FACTOR)
             else:
-                img = self._projector.render(lao, cran, mode="radiograph")
+                img = self._projector.render(**pose, mode="radiograph")
                 geometry = self.geometry
         image = img[0].cpu().numpy().astype(np.float32)
-        return Projection(image, detector_lps_from_ijk(geometry, self.isocenter, lao, cran), lao, cran, preview)
+        return Projection(image, detector_lps_from_ijk(geometry, self.isocenter, lao, cran, roll), lao, cran,
+                          preview, roll)
 
     @property
     def predictor(self):
@@ -250,6 +311,56 @@ class Session:
             out = self.predictor.predict(self.cxr, [float(a) for a in np.atleast_1d(lao)],
                                          [float(c) for c in np.atleast_1d(cran)])
         return np.asarray(out, np.float32)
+
+    # --- registration ("Align DRR to CXR", issue 17) ------------------------------------------------------------
+    def cxr_on_detector(self, geometry: Geometry | None = None) -> np.ndarray:
+        """The CXR resampled onto the panel's detector (H, W), centres aligned, [0, 1]: at ``cxr_pixel`` mm per pixel
+        when known, else spanning the detector's width."""
+        if self.cxr is None:
+            raise XWinInputError(None, "no chest X-ray loaded: choose a CXR volume first")
+        from ..register import resample_image
+        g = geometry or self.geometry
+        pixel = self.cxr_pixel or g.pixel * g.width / self.cxr.shape[1]
+        return resample_image(torch.from_numpy(self.cxr), pixel, g).numpy()
+
+    def align(self, report: Callable[[float, str], None] | None = None, settings=None):
+        """Register the CT to the CXR from the current pose (`xwin.register.register`: LAO, CRAN, roll, isocenter;
+        the film compared within the CT's footprint). Returns the `RegistrationResult` and changes nothing: apply a
+        converged result with `apply_pose` (on the GUI thread). report(fraction, stage): called during the
+        optimisation; it may raise (`Job.report` after Cancel) to stop it. settings: `xwin.register.Settings`."""
+        from ..register import Pose, level_geometries, register
+        from ..register import Settings as RegistrationSettings
+        if self._projector is None:
+            raise XWinInputError(None, "no CT loaded: choose a CT volume to align")
+        settings = settings or RegistrationSettings()
+        g = self.geometry
+        target = self.cxr_on_detector(g)
+        s = self.settings
+        start = Pose(s.lao, s.cran, s.roll, tuple(float(x) for x in self.isocenter))
+        levels = len(level_geometries(g, settings.sizes))
+
+        def progress(level: int, evaluations: int, similarity: float) -> None:
+            if report is not None:
+                report(min(0.99, (level + min(evaluations, 50) / 50.0) / max(levels, 1)),
+                       f"aligning: level {level + 1} of {levels}, similarity {similarity:.3f}")
+
+        # the μ and pyramid levels are read only; the torch renderer runs no numba kernel (no lock needed)
+        return register(self._projector, target, g, start, mode="radiograph", settings=settings, mask_to_ct=True,
+                        progress=progress)
+
+    def apply_pose(self, pose) -> None:
+        """Take an `xwin.register.Pose` (degrees, isocenter LPS mm) into the settings: LAO, CRAN, roll and the
+        isocenter's offset from the CT grid centre."""
+        dx, dy, dz = (float(v) for v in np.asarray(pose.isocenter, np.float64) - self._center)
+        self.update(lao=float(pose.lao), cran=float(pose.cran), roll=float(pose.roll), iso_dx=dx, iso_dy=dy, iso_dz=dz)
+
+    def overlay(self, kind: str = "checkerboard", tiles: int = 8) -> Projection:
+        """The DRR at the current pose against the CXR on the same detector (each scaled to its 1st–99th
+        percentile): 'checkerboard' (``tiles`` × ``tiles`` squares alternating DRR / CXR) or 'difference'
+        (|DRR − CXR|). Shows how well the pose matches the film."""
+        drr = self.drr()
+        film = self.cxr_on_detector()
+        return replace(drr, image=compare_images(drr.image, film, kind, tiles))
 
     # --- long work --------------------------------------------------------------------------------------------
     def reconstruct(self, source: str | None = None, method: str | None = None, views: int | None = None,
