@@ -141,6 +141,26 @@ def test_multiblock_masks():
     assert torch.equal(again.context, masks.context) and torch.equal(again.targets, masks.targets)
 
 
+def test_masks_on_a_tiny_grid_always_leave_context():
+    """2×2 patches (a 32 px model), four 1-patch targets: one draw in ~11 covers the grid; the generator keeps the
+    best of its tries, so no batch ever ends without context (it raised a ValueError out of `xwin train`)."""
+    gen = MultiBlockMaskGenerator((2, 2), MaskConfig())
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        masks = gen(8, g)
+        assert masks.context.shape[1] >= 1
+        for i in range(8):
+            assert set(masks.context[i].tolist()).isdisjoint(masks.targets[:, i].flatten().tolist())
+
+
+def test_a_target_block_as_large_as_the_grid_is_refused_up_front():
+    with pytest.raises(XWinInputError, match=r"mask.target_scale.*covers the whole 2×2 patch grid"):
+        XWinConfig(model=ModelConfig(img_size=32, patch_size=16), mask=MaskConfig(target_scale=(0.5, 1.0)))
+    XWinConfig(model=ModelConfig(img_size=32, patch_size=16), mask=MaskConfig(target_scale=(0.5, 1.0)),
+               loss=LossConfig(mim=0.0))  # no masked modelling: no masks drawn
+    XWinConfig(model=ModelConfig(img_size=32, patch_size=16))  # default masks on 2×2: 1-patch targets, accepted
+
+
 # ---------------------------------------------------------------- encoder, EMA, predictor, decoder
 
 def test_encoder_tokens_embedding_and_masked_context(model):

@@ -265,6 +265,14 @@ class LossConfig(_Section):
                       f"must be >= loss.ema_start ({self.ema_start}), got {self.ema_end}")
 
 
+def block_size(grid: tuple[int, int], scale: float, aspect: float) -> tuple[int, int]:
+    """(rows, columns) of a mask block covering ``scale`` of a (rows, columns) patch grid at ``aspect`` = rows /
+    columns: at least one patch, at most the grid (`xwin.models.masks.MaskGenerator` draws scale and aspect)."""
+    keep = scale * grid[0] * grid[1]
+    return (min(max(round(math.sqrt(keep * aspect)), 1), grid[0]),
+            min(max(round(math.sqrt(keep / aspect)), 1), grid[1]))
+
+
 @dataclass
 class MaskConfig(_Section):
     """I-JEPA multi-block masking for masked latent modelling (scales are fractions of the patch grid)."""
@@ -275,6 +283,17 @@ class MaskConfig(_Section):
     target_aspect: tuple[float, float] = _f((0.75, 1.5), gt=0.0)
     context_scale: tuple[float, float] = _f((0.85, 1.0), gt=0.0, le=1.0)
     min_keep: int = _f(4, ge=1)
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        """Refuse target blocks that can cover the whole (rows, columns) patch grid alone: no context would be left
+        (the largest block: scale at its maximum, aspect over its range)."""
+        lo, hi = self.target_aspect
+        largest = max((block_size(grid, self.target_scale[1], lo + (hi - lo) * i / 64) for i in range(65)),
+                      key=lambda hw: hw[0] * hw[1])
+        if largest[0] * largest[1] >= grid[0] * grid[1]:
+            raise _fail("mask.target_scale", f"a target block of up to {largest[0]}×{largest[1]} patches covers the "
+                                             f"whole {grid[0]}×{grid[1]} patch grid (model.img_size / "
+                                             "model.patch_size): no context patch would be left; lower it")
 
 
 @dataclass
@@ -351,6 +370,10 @@ class XWinConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.mim > 0:  # the masks are drawn on the model's patch grid
+            self.mask.check_grid(self.model.grid_size)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> XWinConfig:

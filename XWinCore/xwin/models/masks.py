@@ -1,12 +1,11 @@
 """I-JEPA multi-block masking on the patch grid (Assran et al., 2023)."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-from ..config import MaskConfig
+from ..config import MaskConfig, block_size
 
 
 class MaskBatch(NamedTuple):
@@ -39,10 +38,7 @@ class MultiBlockMaskGenerator:
         u = torch.rand(2, generator=generator).tolist()
         s = scale[0] + u[0] * (scale[1] - scale[0])
         r = aspect[0] + u[1] * (aspect[1] - aspect[0])
-        keep = s * self.height * self.width
-        h = min(max(round(math.sqrt(keep * r)), 1), self.height)
-        w = min(max(round(math.sqrt(keep / r)), 1), self.width)
-        return h, w
+        return block_size((self.height, self.width), s, r)
 
     def _block(self, size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
         h, w = size
@@ -53,16 +49,21 @@ class MultiBlockMaskGenerator:
         return mask.flatten()
 
     def _sample_one(self, t_size, c_size, generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        best = None  # after max_tries: the draw that left most patches uncovered, all of them as context
         for _ in range(self.max_tries):
             targets = [self._block(t_size, generator) for _ in range(self.cfg.num_targets)]
             covered = torch.stack(targets).any(0)
             context = self._block(c_size, generator) & ~covered
             if int(context.sum()) >= self.cfg.min_keep:
                 break
+            if best is None or int((~covered).sum()) > int((~best[0]).sum()):
+                best = covered, targets
         else:
+            covered, targets = best
             context = ~covered
-        if not context.any():
-            raise ValueError("mask: target blocks cover the whole patch grid; lower mask.target_scale")
+        if not context.any():  # every draw covered the grid: a config for a larger grid (see MaskConfig.check_grid)
+            raise ValueError(f"mask: in {self.max_tries} draws the target blocks covered the whole patch grid; "
+                             "lower mask.num_targets or mask.target_scale")
         return context.nonzero().squeeze(1), [t.nonzero().squeeze(1) for t in targets]
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> MaskBatch:
