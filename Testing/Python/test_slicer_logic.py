@@ -278,6 +278,30 @@ def test_segmentation_seg_nrrd_round_trip(logic, ct_path, tmp_path):
         np.testing.assert_array_equal(got.astype(bool), mask)
 
 
+def test_segments_carry_the_standard_terms_in_slicer(logic, ct_path, tmp_path):
+    """The logic's segmentation node and the .seg.nrrd `xwin export` writes both give each segment Slicer's
+    terminology entry (SNOMED CT category / type of the General Anatomy list) and its colour, read back by Slicer's
+    own storage node: the Segment Editor shows the standard term, not a free name (issue 14)."""
+    from xwin.export import export_segmentation
+    from xwin.io import read_ct
+
+    ct = logic.loadVolume(ct_path, "ct")
+    built = logic.exportSegmentation(ct, logic.masks(ct))
+    export_segmentation(read_ct(ct_path), ["body", "lungs", "bone"], tmp_path / "out")
+    written = logic.loadSegmentation(tmp_path / "out" / "segmentation.seg.nrrd")
+    context = "Segmentation category and type - 3D Slicer General Anatomy list"
+    expected = {"lungs": (f"{context}~SCT^123037004^Anatomical Structure~SCT^39607008^Lung~^^"
+                           "~Anatomic codes - DICOM master list~^^~^^", (0.772, 0.537, 0.490)),
+                "bone": (f"{context}~SCT^85756007^Tissue~SCT^272673000^Bone~^^"
+                         "~Anatomic codes - DICOM master list~^^~^^", (0.945, 0.839, 0.569))}
+    for node in (built, written):
+        segmentation = node.GetSegmentation()
+        for name, (entry, color) in expected.items():
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+            assert segment.GetTerminology() == entry, (node.GetName(), name)
+            np.testing.assert_allclose(segment.GetColor(), color, atol=1e-3)
+
+
 def test_export_masks_come_from_the_core(logic, ct_path, tmp_path):
     """`xwin.export` (threshold masks + writers) behind exportFiles: NIfTI labels and .seg.nrrd written."""
     from xwin import export  # noqa: F401 - fails loudly while xwin.export is not there

@@ -20,6 +20,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from xwin.export.terminology import slicer_terminology_entry, term
 from xwin.io.image import Volume
 from xwin.viewer.session import LPS_TO_RAS, Projection, Session, Settings, volume_rendering_points
 from xwin.viewer.training import (  # noqa: F401
@@ -33,9 +34,6 @@ from xwin.viewer.training import (  # noqa: F401
 MODULE_NAME = "XWinSlicer"
 #: Parameter-node node-reference roles (same names as the @parameterNodeWrapper fields in XWinSlicer.py).
 NODE_ROLES = ("ctVolume", "cxrVolume", "drrVolume", "predictionVolume", "reconVolume", "segmentation")
-#: Segment colours (RGB 0–1) by mask name; others get a default.
-SEGMENT_COLORS = {"body": (0.89, 0.72, 0.59), "lungs": (0.77, 0.49, 0.40), "lung": (0.77, 0.49, 0.40),
-                  "bone": (0.95, 0.84, 0.57)}
 
 
 # --- matrices ---------------------------------------------------------------------------------------------------
@@ -518,7 +516,8 @@ class XWinLogic:
                 added = [name]
             segment = segmentation.GetSegment(added[0])
             segment.SetName(name)
-            segment.SetColor(*SEGMENT_COLORS.get(name, (0.5, 0.7, 0.9)))
+            segment.SetColor(*term(name).color)  # colour and standard term as the .seg.nrrd export writes them
+            segment.SetTag(segment.GetTerminologyEntryTagName(), slicer_terminology_entry(name))
         return seg
 
     def saveSegmentation(self, segmentationNode, path: str | os.PathLike) -> Path:

@@ -13,11 +13,8 @@ import numpy as np
 
 from ..errors import XWinInputError
 from ..io import atomic_output
+from .terminology import term
 
-# (SNOMED CT code, meaning) of the segmented property type; category: Anatomical Structure (SCT 123037004)
-CODES = {"body": ("38266002", "Entire body"), "lungs": ("39607008", "Lung"),
-         "lung_left": ("44029006", "Left lung"), "lung_right": ("3341006", "Right lung"),
-         "bone": ("272673000", "Bone structure")}
 
 
 def available() -> bool:
@@ -46,16 +43,16 @@ def write_dicom_seg(masks, values: dict[str, int], ct_files: list, path, *, flip
     else:
         planes = np.stack([np.asarray(masks) == values[n] for n in order], axis=-1)
     frames = planes[::-1] if flip_k else planes
-    category = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
     algorithm = hd.AlgorithmIdentificationSequence(
         name="xwin-threshold-masks", version="0.1.0",
         family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
     descriptions = []
     for number, name in enumerate(order, start=1):
-        code, meaning = CODES.get(name, ("85756007", "Tissue"))
+        t = term(name)
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name, segmented_property_category=category,
-            segmented_property_type=hd.sr.CodedConcept(code, "SCT", meaning),
+            segment_number=number, segment_label=name,
+            segmented_property_category=hd.sr.CodedConcept(t.category[0], "SCT", t.category[1]),
+            segmented_property_type=hd.sr.CodedConcept(t.type[0], "SCT", t.type[1]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm))
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=np.ascontiguousarray(frames.astype(np.uint8)),
