@@ -16,7 +16,6 @@ from ..io import atomic_output
 from .terminology import term
 
 
-
 def available() -> bool:
     try:
         import highdicom  # noqa: F401

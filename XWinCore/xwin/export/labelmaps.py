@@ -22,7 +22,6 @@ from ..io.writers import atomic_output, itk_image, itk_write
 from .terminology import slicer_terminology_entry, term
 
 
-
 def write_nifti_labels(labels: np.ndarray, values: dict[str, int], like: Volume, folder) -> tuple[Path, Path]:
     """``segmentation.nii.gz`` (labels 1..n, 0 background) and ``labels.json`` ({"background": 0, name: value})."""
     folder = Path(folder)
