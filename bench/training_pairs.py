@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     from xwin.config import XWinConfig
     from xwin.data import PairSampler, load_bank
     from xwin.demo import save_contact_sheet
-    from xwin.train.checkpoint import latest_checkpoint, load_checkpoint
+    from xwin.models.model_file import latest_checkpoint, load_checkpoint
 
     cfg = XWinConfig.from_dict(load_checkpoint(latest_checkpoint(Path(ns.run)))[2]["config"])
     d = cfg.data

@@ -122,7 +122,7 @@ def _events(t: TrainingProcess) -> list[str]:
 
 @pytest.mark.skipif(os.name == "nt", reason="the launcher stand-in and /proc checks are POSIX")
 def test_stop_through_a_launcher_that_forwards_no_signal(tiny_run_config, tmp_path):
-    from xwin.train.checkpoint import latest_checkpoint, load_checkpoint
+    from xwin.models.model_file import latest_checkpoint, load_checkpoint
 
     root, cfg_path, launcher = tiny_run_config
     run = tmp_path / "run"

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from xwin.cli import main
 from xwin.config import XWinConfig, load_config
 from xwin.models import create_model
+from xwin.models.model_file import MODEL_FORMAT
 from xwin.predict import INFERENCE_MODULES
-from xwin.train.checkpoint import MODEL_FORMAT
 
 SECONDS = 30  # CPU seconds per case (the goal; other jobs may share the cores), wall clock 10 times that
 RSS_GROWTH = 1 << 30  # bytes a case may add to the process's peak memory

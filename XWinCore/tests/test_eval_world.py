@@ -28,8 +28,8 @@ from xwin.eval.world import (
 from xwin.io import write_volume
 from xwin.io.image import Volume
 from xwin.models import create_model
+from xwin.models.model_file import MODEL_FORMAT
 from xwin.predict import LoadedModel
-from xwin.train.checkpoint import MODEL_FORMAT
 
 TINY = {
     "model": {"encoder": "tiny", "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 32,

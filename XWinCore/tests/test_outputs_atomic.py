@@ -33,8 +33,8 @@ from xwin.export.dicom_seg import available as highdicom_available
 from xwin.io import atomic_output, write_image, write_volume
 from xwin.io.image import Volume
 from xwin.io.writers import publish_together
+from xwin.models.model_file import save_checkpoint
 from xwin.predict import export_model
-from xwin.train.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import torso  # noqa: E402
@@ -160,8 +160,7 @@ def patch_disk_full(monkeypatch) -> None:
     monkeypatch.setattr(Image.Image, "save", oserror)
     monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", oserror)
     monkeypatch.setattr(safetensors.torch, "save_file", safetensors_error)
-    monkeypatch.setattr("xwin.predict.save_file", safetensors_error)
-    monkeypatch.setattr("xwin.train.checkpoint.save_file", safetensors_error)
+    monkeypatch.setattr("xwin.models.model_file.save_file", safetensors_error)
 
 
 @pytest.fixture

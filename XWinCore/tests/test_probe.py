@@ -201,8 +201,8 @@ def _model_file(path: Path, cxr: tuple[str, ...]) -> Path:
     """An exported model file (random weights) whose config trained on the real-CXR folders ``cxr``."""
     from safetensors.torch import save_file
 
+    from xwin.models.model_file import MODEL_FORMAT
     from xwin.predict import INFERENCE_MODULES
-    from xwin.train.checkpoint import MODEL_FORMAT
     cfg = _tiny_config(cxr)
     torch.manual_seed(1)
     weights = {k: v.contiguous() for k, v in create_model(cfg).state_dict().items() if k.startswith(INFERENCE_MODULES)}

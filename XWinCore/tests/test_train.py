@@ -22,78 +22,11 @@ from xwin.data.bank import render_views
 from xwin.drr import Projector
 from xwin.io import read_ct, write_volume
 from xwin.io.image import Volume
-from xwin.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-
-
-def _torso(shift: float, scale: float) -> Volume:
-    """A small synthetic chest: body ellipsoid, two air lungs, a dense spine (2.5 mm voxels)."""
-    n = 40
-    k, j, i = np.meshgrid(*[np.arange(n, dtype=np.float32)] * 3, indexing="ij")
-    x, y, z = (i - 19.5) * 2.5, (j - 19.5) * 2.5, (k - 19.5) * 2.5
-    hu = np.full((n, n, n), -1000.0, np.float32)
-    hu[(x / (40 * scale)) ** 2 + (y / 30) ** 2 + (z / 45) ** 2 < 1] = 30.0
-    for side in (-1, 1):
-        hu[((x - side * 18 * scale) / 12) ** 2 + ((y + shift) / 16) ** 2 + (z / 30) ** 2 < 1] = -850.0
-    hu[((x) ** 2 + (y - 18) ** 2 < 36)] = 700.0
-    return Volume(hu, (2.5, 2.5, 2.5), (-48.75, -48.75, -48.75))
-
-
-TINY = {
-    "model": {"encoder": "tiny", "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32,
-              "predictor_depth": 1, "predictor_width": 32, "predictor_heads": 2, "mask_predictor_depth": 1,
-              "mask_predictor_width": 32, "mask_predictor_heads": 2, "decoder_depth": 1, "decoder_width": 32,
-              "decoder_heads": 2, "domain_hidden": 16},
-    "mask": {"num_targets": 1, "min_keep": 1},
-    "data": {"lao": [-30.0, 0.0, 30.0], "cran": [0.0], "augmentations": 1, "spacing_mm": 5.0, "sid": 400.0,
-             "sdd": 600.0, "field_mm": 200.0, "real_per_batch": 2},
-    "train": {"lr": 1e-3, "warmup_steps": 2, "total_steps": 12, "batch_size": 4, "checkpoint_every": 4,
-              "amp": False},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    cts = []
-    for n, (shift, scale) in enumerate([(0.0, 1.0), (4.0, 0.9), (-3.0, 1.1)]):
-        path = root / f"patient{n}.nrrd"
-        write_volume(_torso(shift, scale), path)
-        cts.append(str(path))
-    cxr = root / "cxr"
-    cxr.mkdir()
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for n in range(3):
-        Image.fromarray((rng.random((48, 40)) * 255).astype(np.uint8)).save(cxr / f"real{n}.png")
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"].update({"ct": cts, "holdout": ["patient2"], "cxr": [str(cxr)], "bank": str(root / "bank")})
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return root, path, cts
-
-
-@pytest.fixture
-def trained_run(tiny_setup):
-    """The tiny run trained to step 12 by the SIGKILL test (skips when that test did not run first)."""
-    run = tiny_setup[0] / "run_kill"
-    if latest_checkpoint(run) is None:
-        pytest.skip("needs the run of test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve")
-    return run
+from xwin.models.model_file import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _run(args, **kw):
     return subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, text=True, **kw)
-
-
-@pytest.fixture(scope="module")
-def straight_run(tiny_setup):
-    """The tiny run trained to step 12 in one go (the reference a resumed run must reproduce)."""
-    root, cfg_path, _ = tiny_setup
-    run = root / "run_straight"
-    if latest_checkpoint(run) is None:
-        r = _run(["train", "--config", str(cfg_path), "--out", str(run), "--progress", "none", "--device", "cpu"])
-        assert r.returncode == 0, r.stderr[-2000:]
-    return run
 
 
 def _assert_same_run(run: Path, reference: Path) -> None:
@@ -113,13 +46,13 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6, msg=name)
 
 
-def test_bank_holds_the_rendered_views_and_respects_the_split(tiny_setup):
+def test_bank_holds_the_rendered_views_and_respects_the_split(tiny_setup, tiny_bank):
     root, cfg_path, cts = tiny_setup
     cfg = load_config(cfg_path)
-    from xwin.data import build_bank, training_cts
+    from xwin.data import training_cts
     chosen = training_cts(cfg)
     assert [c["patient_id"] for c in chosen] == ["patient0", "patient1"]  # patient2 is held out
-    bank = load_bank(build_bank(chosen, root / "bank", bank_spec(cfg), quiet=True))
+    bank = load_bank(tiny_bank)  # built by the session fixture from the same training_cts(cfg) and bank_spec(cfg)
     assert bank.images.shape == (4, 3, 32, 32)  # 2 CTs × (1 + 1 augmentation), 3 views
     assert 0.0 <= float(bank.images.min()) and float(bank.images.max()) < 1.0
     m = bank.manifest
@@ -133,9 +66,9 @@ def test_bank_holds_the_rendered_views_and_respects_the_split(tiny_setup):
     assert not np.allclose(bank.images[1], bank.images[0], atol=1e-2)  # the deformed copy differs
 
 
-def test_pair_sampler_actions_are_pose_differences(tiny_setup):
+def test_pair_sampler_actions_are_pose_differences(tiny_setup, tiny_bank):
     root, cfg_path, _ = tiny_setup
-    bank = load_bank(root / "bank")
+    bank = load_bank(tiny_bank)
     s = PairSampler(bank, real=np.zeros((3, 32, 32), np.float32), augment=False, seed=1)
     b = s.sample(16, real_size=2)
     assert b["context"].shape == (16, 1, 32, 32) and b["real"].shape == (2, 1, 32, 32)
@@ -151,11 +84,11 @@ def test_pair_sampler_actions_are_pose_differences(tiny_setup):
     torch.testing.assert_close(s.sample(4)["target"], again["target"])
 
 
-def test_sampler_state_continues_the_augmented_stream_exactly(tiny_setup):
+def test_sampler_state_continues_the_augmented_stream_exactly(tiny_setup, tiny_bank):
     """A fresh sampler restored from a checkpointed state() (through JSON, as a checkpoint stores it) draws exactly
     the batches, augmentation (MONAI noise and blur) included, that the saved sampler draws next."""
     root, _, _ = tiny_setup
-    bank = load_bank(root / "bank")
+    bank = load_bank(tiny_bank)
     real = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
     s = PairSampler(bank, real=real, seed=7)  # augment=True, the training default
     for _ in range(3):
@@ -183,11 +116,11 @@ def test_sampler_state_continues_the_augmented_stream_exactly(tiny_setup):
     assert (other.sample(4, real_size=2)["context"] - expected[0]["context"]).abs().max() > 1e-3
 
 
-def test_pairs_per_instance_draws_runs_of_one_instance(tiny_setup):
+def test_pairs_per_instance_draws_runs_of_one_instance(tiny_setup, tiny_bank):
     """Hard negatives: with pairs_per_instance = k a batch holds runs of k pairs of one (deformed) CT, each pair at its
     own angles; k = 1 draws exactly as before."""
     root, _, _ = tiny_setup
-    bank = load_bank(root / "bank")
+    bank = load_bank(tiny_bank)
     for k, batch in ((8, 16), (4, 12)):
         s = PairSampler(bank, augment=False, seed=2, pairs_per_instance=k)
         for _ in range(5):
@@ -221,7 +154,7 @@ def test_zoom_magnifies_both_views_of_a_pair_about_the_detector_centre():
         XWinConfig.from_dict({"data": {"zoom": [0.5, 1.0]}})
 
 
-def test_online_sampler_renders_pairs_like_the_bank(tiny_setup):
+def test_online_sampler_renders_pairs_like_the_bank(tiny_setup, tiny_bank):
     """On-the-fly pairs: continuous angles inside the configured ranges, action = target − context, the same image
     as the bank at a grid pose (undeformed CT, no shift or roll), and a checkpointable generator."""
     import dataclasses
@@ -229,7 +162,7 @@ def test_online_sampler_renders_pairs_like_the_bank(tiny_setup):
     from xwin.data import OnlineDrrSampler, training_cts
     root, cfg_path, _ = tiny_setup
     cfg = load_config(cfg_path)
-    bank = load_bank(root / "bank")
+    bank = load_bank(tiny_bank)
     spec = dataclasses.replace(bank_spec(cfg), augmentations=0, iso_shift_mm=0.0, roll_deg=0.0)
     s = OnlineDrrSampler(training_cts(cfg)[:1], spec, real=np.zeros((3, 32, 32), np.float32), pa_fraction=1.0,
                          augment=False, seed=3)
@@ -268,9 +201,9 @@ def _steps(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve(tiny_setup, straight_run):
+def test_sigkill_mid_run_then_resume_keeps_checkpoint_and_curve(tiny_setup, straight_run, tmp_path):
     root, cfg_path, _ = tiny_setup
-    run = root / "run_kill"
+    run = tmp_path / "run_kill"
     proc = subprocess.Popen([sys.executable, "-m", "xwin", "train", "--config", str(cfg_path), "--out", str(run),
                              "--progress", "jsonl", "--device", "cpu"], stdout=subprocess.PIPE, text=True)
     seen_ckpt = False
@@ -356,14 +289,14 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
     assert r.returncode == 2 and "loss.tau" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_export_predict_and_world_eval(tiny_setup, trained_run, tmp_path):
+def test_export_predict_and_world_eval(tiny_setup, tiny_bank, trained_run, tmp_path):
     root, cfg_path, cts = tiny_setup
     run = trained_run
     model_file = tmp_path / "model.safetensors"
     assert main(["export-model", str(run), "--out", str(model_file)]) == 0
     from xwin.predict import load_model, load_predictor
     loaded = load_model(model_file)
-    bank = load_bank(root / "bank")  # the run's bank (config key data.bank): its mean image per view
+    bank = load_bank(tiny_bank)  # the run's bank (config key data.bank): its mean image per view
     np.testing.assert_allclose(loaded.mean_projection.numpy(), np.asarray(bank.images, np.float32).mean(0), atol=1e-3)
     noise = np.random.default_rng(0).random((50, 40))
     pred = load_predictor(model_file).predict(noise, [0, 30], [0, 0])

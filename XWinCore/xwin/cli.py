@@ -190,8 +190,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     """Train or resume the world model (one process, or one per GPU under torchrun)."""
     from .budget import check_training
     from .config import load_config
+    from .models.model_file import read_weights
     from .train import train, with_overrides
-    from .train.checkpoint import read_weights
 
     cfg = with_overrides(load_config(ns.config), ns.ct_dir, ns.cxr_dir, ns.init)
     if cfg.train.init is not None:
@@ -216,8 +216,8 @@ def _train_on_cpu(device: str | None) -> bool:
 def cmd_export_model(ns: argparse.Namespace) -> int:
     """Export the inference part of a checkpoint (plus the bank's mean projections) to one file."""
     from .data import load_bank
+    from .models.model_file import latest_checkpoint, load_checkpoint
     from .predict import export_model
-    from .train.checkpoint import latest_checkpoint, load_checkpoint
 
     run = Path(ns.checkpoint)
     state = load_checkpoint(run)[2]

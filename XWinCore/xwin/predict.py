@@ -2,41 +2,40 @@
 
 Model files: a training checkpoint folder / run folder, or an exported inference file (``.safetensors`` with the config
 in its metadata, fp16 weights of the encoders, view predictor and decoder, and the training bank's mean projections
-as the ``mean_projection`` baseline). Nothing is unpickled. The embedded default lives in ``Resources/Models/``.
+as the ``mean_projection`` baseline). Nothing is unpickled. The embedded default ships with the package
+(``xwin/models/weights/``, package data; the repository's ``Resources/Models`` is a link to that folder).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from .config import XWinConfig
 from .data.cxr import to_model_input
 from .errors import XWinInputError
 from .models import create_model
-from .train.checkpoint import MODEL_FORMAT, load_checkpoint, read_weights
+from .models.model_file import load_checkpoint, read_weights, write_model_file
 
 INFERENCE_MODULES = ("context_encoder.", "target_encoder.", "view_predictor.", "decoder.")
 DEFAULT_NAME = "xwin_default.safetensors"
 
 
 def default_checkpoint() -> Path:
-    """$XWIN_CHECKPOINT, else the embedded model in ``Resources/Models/`` beside ``XWinCore/``."""
+    """$XWIN_CHECKPOINT, else the embedded model shipped in the package (``xwin/models/weights/``, read through
+    `importlib.resources`, so an installed wheel finds it wherever it is installed)."""
     env = os.environ.get("XWIN_CHECKPOINT")
     if env:
         return Path(env)
-    here = Path(__file__).resolve()
-    for root in here.parents[1:4]:
-        candidate = root / "Resources" / "Models" / DEFAULT_NAME
-        if candidate.is_file():
-            return candidate
+    shipped = resources.files(__package__) / "models" / "weights" / DEFAULT_NAME
+    if isinstance(shipped, Path) and shipped.is_file():  # a zipped package would need extracting: not supported
+        return shipped
     raise XWinInputError(None, f"no default model found: set XWIN_CHECKPOINT or pass --checkpoint "
-                               f"(looked for Resources/Models/{DEFAULT_NAME} beside XWinCore)")
+                               f"(the package has no {DEFAULT_NAME}: looked at {shipped})")
 
 
 @dataclass
@@ -51,18 +50,12 @@ class LoadedModel:
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=None) -> Path:
     """Write the inference part of a checkpoint (fp16) plus the bank's mean projections to one safetensors file."""
-    from .io import atomic_output
-
     weights, _, state = load_checkpoint(checkpoint)
     tensors = {k: v.half() for k, v in weights.items() if k.startswith(INFERENCE_MODULES)}
     if bank is not None:
         tensors["mean_projection.images"] = torch.from_numpy(np.asarray(bank.images, np.float32).mean(0)).half()
         tensors["mean_projection.poses"] = torch.from_numpy(np.asarray(bank.poses[0], np.float32))
-    meta = {"format": MODEL_FORMAT, "config": json.dumps(state["config"]), "step": str(state["step"])}
-    out = Path(out)
-    with atomic_output(out) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    return out
+    return write_model_file(out, tensors, state["config"], state["step"])
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:

@@ -19,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import XWinConfig
 from ..errors import XWinInputError
 from ..models import create_model
+from ..models import model_file as ckpt
 from ..models.world_model import LOSS_KEYS
-from . import checkpoint as ckpt
 from .data import prepare_sampler
 from .distributed import Dist, setup, teardown
 from .progress import ProgressLog, plot_loss_curve, trim_metrics

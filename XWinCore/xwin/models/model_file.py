@@ -1,10 +1,15 @@
-"""Atomic, pickle-free checkpoints: safetensors for tensors, JSON for everything else.
+"""The model-file formats, read and written here only: training checkpoints and exported inference files. Atomic and
+pickle-free: safetensors for tensors, JSON for everything else. Below `xwin.train` (which writes checkpoints) and
+`xwin.predict` / `xwin.eval` (which read both), so that inference never imports the trainer.
 
 A run folder holds ``checkpoints/step_NNNNNNN/`` folders, each with ``model.safetensors``, ``optimizer.safetensors``
 and ``state.json`` (step, optimizer hyper-parameters, RNG states, config, metrics), and ``checkpoints/latest.json``
 naming the newest complete one. Each checkpoint is written into a temporary folder and renamed into place, and
 ``latest.json`` is replaced atomically afterwards, so a crash (even SIGKILL) at any moment leaves the previous
 checkpoint intact and loadable. Loading never unpickles code.
+
+An exported inference file (`write_model_file`, ``xwin export-model``) is one ``.safetensors`` file whose metadata
+holds ``format`` (``MODEL_FORMAT``), ``config`` (the config as JSON) and ``step``; `read_weights` reads either form.
 """
 from __future__ import annotations
 
@@ -159,6 +164,16 @@ def restore_rng(rng: dict) -> None:
     torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+
+
+def write_model_file(out: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict, step: int) -> Path:
+    """Write an exported model file atomically: ``tensors`` with the metadata `read_weights` checks (``MODEL_FORMAT``,
+    ``config`` (a plain dict, `XWinConfig.to_dict`) as JSON, the training ``step``)."""
+    meta = {"format": MODEL_FORMAT, "config": json.dumps(config), "step": str(step)}
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    return out
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], XWinConfig]:
