@@ -671,6 +671,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.poll_timer.stop()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        for timer in (self.frame_timer, self.poll_timer):  # a frame due after close would render into finalised views
+            timer.stop()
         self.training.terminate()  # never blocks: stop file (checkpoint), tree killed after the grace period
         self.controller.cancel()
         self.session.close()
