@@ -9,7 +9,14 @@ import torch
 
 from xwin.config import LossConfig, MaskConfig, ModelConfig, XWinConfig
 from xwin.models import create_model
-from xwin.models.losses import beam_directions, effective_rank, geometry_labels, variance_covariance
+from xwin.models.losses import (
+    beam_directions,
+    effective_rank,
+    geometry_labels,
+    soft_info_nce,
+    variance_covariance,
+    view_contrast_loss,
+)
 from xwin.train.loop import use_bf16
 
 torch.set_num_threads(1)
@@ -77,7 +84,7 @@ def test_geometry_alignment_uses_the_target_poses_and_needs_them():
     torch.manual_seed(0)
     model = create_model(tiny(alignment_labels="geometry", contrastive_latent="tokens"))
     out = model.training_losses(batch(), 0, 10)
-    from xwin.models.losses import soft_info_nce, view_latent
+    from xwin.models.losses import view_latent
     b = batch()
     pred = model.predict_view(b["context"], b["d_lao"], b["d_cran"])
     with torch.no_grad():
@@ -87,6 +94,52 @@ def test_geometry_alignment_uses_the_target_poses_and_needs_them():
     assert float(out["contrastive"]) == pytest.approx(float(expected), rel=1e-4)
     b.pop("pose")
     with pytest.raises(KeyError, match="pose"):
+        model.training_losses(b, 0, 10)
+
+
+def test_view_contrast_hand_case_sees_only_what_differs_between_views_of_one_volume():
+    """Volume 0: two views 30° apart whose latents share a large anatomy vector s; volume 1: one view whose latent
+    equals volume 0's first (a cross-volume pair the loss must not see). With a perfect prediction the centred
+    latents are ±u, S = ±1/τ, and each of volume 0's rows costs −[a log σ₊ + (1 − a) log σ₋] with a = 1/(1 + e^{−8})
+    (30° at σ = 7.5°) and σ₊ = 1/(1 + e^{−2/τ}); volume 1's row costs 0: L = ⅔ of a row."""
+    u = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    s = torch.tensor([0.0, 5.0, 5.0, 0.0])
+    target = torch.stack([s + u, s - u, s + u])
+    pose = torch.tensor([[0.0, 0.0], [30.0, 0.0], [0.0, 0.0]])
+    group = torch.tensor([0, 0, 1])
+    tau = 0.1
+    a = 1 / (1 + math.exp(-8.0))
+    log_plus, log_minus = -math.log1p(math.exp(-2 / tau)), -2 / tau - math.log1p(math.exp(-2 / tau))
+    expected = 2 / 3 * -(a * log_plus + (1 - a) * log_minus)
+    assert float(view_contrast_loss(target, target, pose, group, 7.5, tau)) == pytest.approx(expected, rel=1e-5)
+    # the shared anatomy does not count: moving both volumes' latents by their own offsets changes nothing
+    shift = torch.stack([s * 3, s * 3, -s])
+    moved = view_contrast_loss(target + shift, target + shift, pose, group, 7.5, tau)
+    assert float(moved) == pytest.approx(expected, rel=1e-5)
+    # ... while on raw latents (the plain alignment) the same prediction is far from certain of its view
+    raw = soft_info_nce(target, target, geometry_labels(pose, group, 7.5), tau)
+    assert float(raw) > 10 * expected
+    # a prediction that swaps the two views costs more than the right one
+    swapped = view_contrast_loss(target[[1, 0, 2]], target, pose, group, 7.5, tau)
+    assert float(swapped) > 2 / 3 * 1.9 / tau  # two of three rows at ≈ 2/τ
+
+
+def test_view_contrast_in_the_losses_uses_the_volume_ids_and_needs_them():
+    torch.manual_seed(0)
+    model = create_model(tiny(view_contrast=1.0))
+    b = batch()
+    out = model.training_losses(b, 0, 10)
+    from xwin.models.losses import view_latent
+    pred = model.predict_view(b["context"], b["d_lao"], b["d_cran"])
+    with torch.no_grad():
+        tgt = model.target_encoder(b["target"])
+    expected = view_contrast_loss(view_latent(pred), view_latent(tgt), torch.stack([b["d_lao"], b["d_cran"]], 1),
+                                  b["group"], 7.5, 0.1)
+    assert float(out["view_contrast"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out["view_contrast"]) > 0
+    assert float(create_model(tiny()).training_losses(b, 0, 10)["view_contrast"]) == 0.0
+    b.pop("group")
+    with pytest.raises(KeyError, match="group"):
         model.training_losses(b, 0, 10)
 
 

@@ -238,6 +238,7 @@ class LossConfig(_Section):
     section: ClassVar[str] = "loss"
     view: float = _f(1.0, ge=0.0)
     contrastive: float = _f(0.5, ge=0.0)
+    view_contrast: float = _f(0.0, ge=0.0)
     mim: float = _f(1.0, ge=0.0)
     domain: float = _f(0.1, ge=0.0)
     recon: float = _f(1.0, ge=0.0)

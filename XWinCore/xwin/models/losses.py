@@ -60,17 +60,41 @@ def geometry_labels(pose_deg: torch.Tensor, patient: torch.Tensor, sigma_deg: fl
     return logits.softmax(dim=-1)
 
 
-def soft_info_nce(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def soft_info_nce(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, tau: float = 0.1,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between predicted and target embeddings (B, D) with soft labels ``labels`` (B, B) (rows sum
     to 1, symmetric up to row normalisation): with p, t the L2-normalised rows and S = p tᵀ/τ,
-    L = ½[CE(softmax_row(S), A) + CE(softmax_row(Sᵀ), A)], CE(Q, A) = −(1/B) Σ_ij A_ij log Q_ij."""
+    L = ½[CE(softmax_row(S), A) + CE(softmax_row(Sᵀ), A)], CE(Q, A) = −(1/B) Σ_ij A_ij log Q_ij.
+    ``allowed`` (B, B) bool, symmetric: only those pairs enter the softmaxes (the labels must be 0 elsewhere)."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
     with _no_autocast(p):
         logits = p @ t.T / tau
-    loss_pt = -(labels * logits.log_softmax(dim=-1)).sum(-1).mean()
-    loss_tp = -(labels * logits.T.log_softmax(dim=-1)).sum(-1).mean()
-    return 0.5 * (loss_pt + loss_tp)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+
+    def cross_entropy(s: torch.Tensor) -> torch.Tensor:
+        return -torch.where(labels > 0, labels * s.log_softmax(dim=-1), 0.0).sum(-1).mean()
+
+    return 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
+
+
+def view_contrast_loss(pred: torch.Tensor, target: torch.Tensor, pose_deg: torch.Tensor, group: torch.Tensor,
+                       sigma_deg: float, tau: float = 0.1) -> torch.Tensor:
+    """Tell the views of one volume apart: symmetric InfoNCE within each volume of the batch on *centred* latents.
+
+    pred, target (B, D) view latents; pose_deg (B, 2) the target views' (lao, cran) degrees; group (B,) volume ids.
+    With m_g the mean target latent of volume g's views in the batch (sg), p_i = pred_i − m_g(i), t_i = target_i −
+    m_g(i), softmaxes over the views of i's own volume only and geometry labels (`geometry_labels` with the volume as
+    the patient). Views of one anatomy share most of their latent (cosine ≈ 0.95 near PA), so on raw latents the
+    logits of neighbouring views differ by a fraction of 1/τ; centring removes what they share and leaves what the
+    retrieval of `xwin eval world` decides on. Volumes with one view in the batch add 0."""
+    same = group[:, None] == group[None, :]
+    weights = same.float() / same.sum(dim=1, keepdim=True)
+    with _no_autocast(target):
+        centre = weights @ target.detach().float()  # (B, D) the mean target latent of each row's volume
+    labels = geometry_labels(pose_deg, group, sigma_deg)
+    return soft_info_nce(pred.float() - centre, target.float() - centre, labels, tau, allowed=same)
 
 
 def affinity_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.1,

@@ -22,13 +22,15 @@ from .losses import (
     reconstruction_loss,
     soft_info_nce,
     variance_covariance,
+    view_contrast_loss,
     view_latent,
     view_prediction_loss,
 )
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 
-LOSS_KEYS = ("view", "contrastive", "mim", "domain", "recon", "real_identity", "pose", "variance", "covariance")
+LOSS_KEYS = ("view", "contrastive", "view_contrast", "mim", "domain", "recon", "real_identity", "pose", "variance",
+             "covariance")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -118,12 +120,12 @@ class XWinWorldModel(nn.Module):
         ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) volume ids; ``patient`` (B,) CT ids and ``pose`` (B, 2) the
         context view's (lao, cran) degrees (needed with ``loss.pose`` > 0 or ``loss.alignment_labels: geometry``);
         optional ``real`` (R, 1, H, W) CXRs.
-        Returns ``view``, ``contrastive``, ``mim``, ``domain`` (0 without ``real``), ``recon``, ``real_identity``
-        (0 without ``real``), ``pose``, ``variance``, ``covariance``, ``total``, the metric ``effective_rank`` (of
-        the batch's target-view embeddings) and with ``real`` the metric ``domain_cosine``. Masks are drawn from a
-        generator seeded by (train.seed, step).
-        A loss whose weight is 0 is not computed (reported as 0); with view, contrastive and recon all 0 the view
-        predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
+        Returns ``view``, ``contrastive``, ``view_contrast``, ``mim``, ``domain`` (0 without ``real``), ``recon``,
+        ``real_identity`` (0 without ``real``), ``pose``, ``variance``, ``covariance``, ``total``, the metric
+        ``effective_rank`` (of the batch's target-view embeddings) and with ``real`` the metric ``domain_cosine``.
+        Masks are drawn from a generator seeded by (train.seed, step); ``loss.view_contrast`` needs ``group``.
+        A loss whose weight is 0 is not computed (reported as 0); with view, contrastive, view_contrast and recon all
+        0 the view predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
         """
         lc = self.cfg.loss
         ctx, tgt, real = batch["context"], batch["target"], batch.get("real")
@@ -132,7 +134,8 @@ class XWinWorldModel(nn.Module):
         group = batch.get("group") if lc.affinity_within_group else None
         images = ctx if real is None else torch.cat([ctx, real])  # simulated then real
         zero = torch.zeros((), device=device)
-        views = any(getattr(lc, k) > 0 for k in ("view", "contrastive", "recon"))  # else skip the world-model path
+        # with none of these the world-model path is skipped (the MIM-only ablation)
+        views = any(getattr(lc, k) > 0 for k in ("view", "contrastive", "view_contrast", "recon"))
 
         with torch.no_grad():
             target_all = self.target_encoder(torch.cat([tgt, images]) if views else images)
@@ -155,6 +158,15 @@ class XWinWorldModel(nn.Module):
             out["contrastive"] = soft_info_nce(pred_latent, target_latent, labels, lc.tau)
         else:
             out["contrastive"] = zero
+        if lc.view_contrast > 0:  # the views of one volume told apart on centred view latents
+            target_pose = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1)
+            if "group" not in batch:
+                raise KeyError("loss.view_contrast > 0 needs the batch's 'group' (B,): the volume ids")
+            out["view_contrast"] = view_contrast_loss(view_latent(pred_tokens), view_latent(target_tokens),
+                                                      target_pose, batch["group"].to(device), lc.label_sigma_deg,
+                                                      lc.tau)
+        else:
+            out["view_contrast"] = zero
         if lc.mim == 0 or (lc.mim_on == "real" and real is None):
             out["mim"] = zero
         else:  # on every image, or (``loss.mim_on: real``) on the real films only: MIM is what the films teach
