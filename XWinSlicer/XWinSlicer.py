@@ -213,6 +213,7 @@ if parameterNodeWrapper is not None:
         iso_dy: float = 0.0
         iso_dz: float = 0.0
         checkpoint: pathlib.Path
+        device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
         recon_method: Annotated[str, Choice(["fdk", "sart", "cgls"])] = "fdk"
         recon_source: Annotated[str, Choice(["ct", "cxr"])] = "ct"
         recon_views: Annotated[int, WithinRange(4, 720)] = 120

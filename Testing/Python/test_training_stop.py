@@ -232,10 +232,12 @@ def test_the_slicer_logic_starts_training_through_the_launcher_with_a_stop_file(
     store = logic.parameters()
     settings = store.settings()
     settings.train_config, settings.train_run_dir = "cfg.yaml", str(tmp_path / "run")
+    settings.device = "cpu"  # the panel's "Compute on" choice reaches the trainer
     store.setSettings(settings)
 
     t = logic.startTraining(resume=False, python=str(fake))
     assert t.stop_file and "--stop-file" in t.proc.args
+    assert t.proc.args[t.proc.args.index("--device") + 1] == "cpu"
     _poll_until(t, lambda: t.state.step >= 3 and pid_file.exists() and pid_file.read_text(), 30)
     pids = [t.proc.pid, int(pid_file.read_text())]
     t.stop()

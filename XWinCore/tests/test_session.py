@@ -21,7 +21,7 @@ def loads(monkeypatch) -> list:
     calls: list = []
 
     def fake_load_predictor(checkpoint=None, device="cpu"):
-        calls.append(checkpoint)
+        calls.append(checkpoint if device == "cpu" else (checkpoint, device))
         return FakePredictor()
 
     monkeypatch.setattr(xwin.predict, "load_predictor", fake_load_predictor)
@@ -77,3 +77,37 @@ def test_changing_the_checkpoint_releases_the_old_model(loads):
         assert loads == [None, "/models/b.safetensors"]
     finally:
         s.close()
+
+
+def test_the_compute_device_setting(loads, monkeypatch):
+    """'auto' is the CPU without CUDA and CUDA with it; choosing 'cuda' without it is a clear error, not a crash in
+    torch; a new device reloads the model once, on that device; the trainer gets the same --device."""
+    from xwin.errors import XWinInputError
+    from xwin.viewer.training import train_command
+
+    s = _session()
+    try:
+        s.update(**vars(Settings(device="cpu")))
+        s.predict()
+        s.update(**vars(Settings(device="cpu", lao=20.0)))  # every setting pushed again: no reload
+        s.predict()
+        assert loads == [None]
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+        s.update(device="cuda")
+        assert s._predictor is None  # dropped at once
+        with pytest.raises(XWinInputError, match="CUDA was chosen.*no CUDA GPU"):
+            s.predict()
+        s.update(device="tpu")
+        with pytest.raises(XWinInputError, match="unknown compute device 'tpu'"):
+            s.compute_device()
+        monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+        s.update(device="auto")
+        assert s.compute_device() == "cuda"
+        s.predict()
+        s.predict(lao=30.0)
+        assert loads == [None, (None, "cuda")]
+    finally:
+        s.close()
+    cmd = train_command("c.yaml", "runs/x", device="cuda")
+    assert cmd[cmd.index("--device") + 1] == "cuda"
+    assert "--device" not in train_command("c.yaml", "runs/x")

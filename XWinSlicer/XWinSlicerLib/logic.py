@@ -552,7 +552,7 @@ class XWinLogic:
         e.g. PythonSlicer; ``stopFile``: the trainer checkpoints and stops when this file appears)."""
         s = self.parameters().settings()
         return train_command(s.train_config, s.train_run_dir, resume, s.train_ct_dir, s.train_cxr_dir, s.train_init,
-                             python=python, stop_file=stopFile)
+                             python=python, stop_file=stopFile, device=s.device)
 
     def startTraining(self, resume: bool = False, python: str | None = None, **startOptions) -> TrainingProcess:
         """Start the trainer in its own process and return it (poll it from a timer; `TrainingProcess.stop` stops it).

@@ -34,7 +34,7 @@ from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkSmartVolumeMapper  # noqa: F
 
 from ..io.image import Volume
 from .controller import POLL_MS, PREVIEW, PanelController
-from .session import PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
+from .session import DEVICES, PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
 from .training import TrainingProcess, new_stop_file, train_command
 
 ALIGN = "Align DRR to CXR"
@@ -320,6 +320,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.checkpoint_edit.editingFinished.connect(
             lambda: self.session.update(checkpoint=self.checkpoint_edit.text().strip()))
         f.addRow("Model:", self.checkpoint_edit)
+        self.device_combo = QtWidgets.QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.device_combo.setCurrentText(self.session.settings.device)
+        self.device_combo.setToolTip("Where prediction, reconstruction and training run: auto (the GPU when PyTorch "
+                                     "sees CUDA, else the CPU), cpu or cuda; the interactive DRR stays on the CPU")
+        self.device_combo.currentTextChanged.connect(lambda name: self.session.update(device=name))
+        f.addRow("Compute on:", self.device_combo)
 
     def _build_geometry(self) -> None:
         f = self._group("Geometry (mm)")
@@ -622,7 +629,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         try:
             cmd = command or train_command(values["train_config"], values["train_run_dir"], resume,
                                            values["train_ct_dir"], values["train_cxr_dir"], values["train_init"],
-                                           stop_file=new_stop_file())
+                                           stop_file=new_stop_file(), device=self.session.settings.device)
         except ValueError as exc:
             self.status.showMessage(str(exc))
             return

@@ -35,6 +35,8 @@ def preload_before_opengl() -> None:
 
 #: RAS = LPS_TO_RAS · LPS (and back: the matrix is its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Choices of ``Settings.device`` (`Session.compute_device`).
+DEVICES = ("auto", "cpu", "cuda")
 #: Interactive preview: μ pooled 2× and a detector with 2× fewer pixels per side (docs/geometry.md).
 PREVIEW_FACTOR = 2
 
@@ -139,7 +141,9 @@ class Settings:
     sid, sdd, pixel: mm; height, width: detector pixels; lao, cran: degrees (RAO/CAUD negative); roll: the detector
     rolled about the beam (degrees); iso_dx, iso_dy, iso_dz: the isocenter's offset from the CT grid centre (LPS mm)
     — roll and offset are what "Align DRR to CXR" (`Session.align`) sets; checkpoint: model file or run folder ('' =
-    the embedded model); recon_method: 'fdk', 'sart' or 'cgls'; recon_source: 'ct' (DRRs
+    the embedded model); device: where prediction, reconstruction and training run — 'auto' (CUDA when PyTorch sees
+    it, else the CPU), 'cpu' or 'cuda' (`compute_device`; the interactive DRR stays on the CPU); recon_method: 'fdk',
+    'sart' or 'cgls'; recon_source: 'ct' (DRRs
     of the CT) or 'cxr' (the model's predicted projections of the CXR); recon_views over recon_arc degrees (LAO
     orbit at CRAN 0); train_*: paths for `xwin train`.
     """
@@ -156,6 +160,7 @@ class Settings:
     iso_dy: float = 0.0
     iso_dz: float = 0.0
     checkpoint: str = ""
+    device: str = "auto"
     recon_method: str = "fdk"
     recon_source: str = "ct"
     recon_views: int = 120
@@ -191,7 +196,7 @@ class Session:
         self._center = np.zeros(3)  # LPS mm: the CT grid centre (the isocenter before any offset)
         self._projector: Projector | None = None
         self._predictor = None
-        self._predictor_key: str | None = None
+        self._predictor_key: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xwin-session")
         self.warmed = threading.Event()  # set once the projector of the current CT is warmed up (`set_ct`)
@@ -236,17 +241,33 @@ class Session:
     def update(self, **changes) -> None:
         """Change settings; a new geometry is applied to the projector without recomputing μ.
 
-        The world model is dropped only when the checkpoint *value* changes: the panels push every setting on each
-        update (the Slicer logic's ``applySettings``), and a key that is merely present must not reload the model.
+        The world model is reloaded (on its next use) only when the checkpoint or device *value* changes: the panels
+        push every setting on each update (the Slicer logic's ``applySettings``), and a key that is merely present
+        must not reload the model; a changed value drops the model at once (its memory).
         """
-        old_checkpoint = self.settings.checkpoint or ""
+        def model_key(s: Settings) -> tuple[str, str]:
+            return s.checkpoint or "", s.device or "auto"
+
+        old = model_key(self.settings)
         self.settings = replace(self.settings, **changes)
         if self._projector is not None:
             self._projector.geometry = self.geometry
         self._place_isocenter()
-        if (self.settings.checkpoint or "") != old_checkpoint:
+        if model_key(self.settings) != old:
             self._predictor = None
             self._predictor_key = None
+
+    def compute_device(self) -> str:
+        """'cuda' or 'cpu' for ``settings.device`` ('auto' or '': CUDA when PyTorch sees a GPU). Raises
+        `XWinInputError` for 'cuda' without a CUDA device, or an unknown name."""
+        name = (self.settings.device or "auto").lower()
+        if name not in DEVICES:
+            raise XWinInputError(None, f"unknown compute device {self.settings.device!r}: choose auto, cpu or cuda")
+        cuda = torch.cuda.is_available()
+        if name == "cuda" and not cuda:
+            raise XWinInputError(None, "CUDA was chosen, but this PyTorch sees no CUDA GPU (a CPU-only build, or no "
+                                       "driver): choose auto or cpu")
+        return "cuda" if name == "cuda" or (name == "auto" and cuda) else "cpu"
 
     @property
     def geometry(self) -> Geometry:
@@ -284,11 +305,13 @@ class Session:
 
     @property
     def predictor(self):
-        """The world model (`xwin.predict.load_predictor`), loaded on first use from ``settings.checkpoint``."""
-        key = self.settings.checkpoint or ""
+        """The world model (`xwin.predict.load_predictor`) from ``settings.checkpoint`` on `compute_device`, loaded
+        on first use and again only when either changes."""
+        key = (self.settings.checkpoint or "", self.compute_device())
         if self._predictor is None or self._predictor_key != key:
             from ..predict import load_predictor
-            self._predictor = load_predictor(key or None)
+            self._predictor = None  # a failed load leaves no model of the previous key behind
+            self._predictor = load_predictor(key[0] or None, device=key[1])
             self._predictor_key = key
         return self._predictor
 
@@ -411,7 +434,7 @@ class Session:
         if rest:
             return recon.reconstruct_from_ct(self.ct, views=views, arc=arc, method=method, iters=iters, size=size,
                                              spacing=spacing, geometry=self.geometry, window=window, tv=tv,
-                                             mu_water=self.mu_water, **rest)
+                                             mu_water=self.mu_water, device=self.compute_device(), **rest)
         if method not in recon.METHODS:
             raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(recon.METHODS)}")
         if iters is not None and (int(iters) != iters or iters < 1):
@@ -419,8 +442,10 @@ class Session:
         if not (math.isfinite(tv) and tv >= 0):
             raise XWinInputError(None, f"the TV weight must be ≥ 0 HU, got {tv}")
         geometry = self.geometry
-        projector = Projector(self.ct, geometry, mu_water=self.mu_water) if self._projector is None \
-            else self._projector
+        device = self.compute_device()
+        projector = self._projector
+        if projector is None or device != "cpu":  # the session's projector is the CPU one of the live preview
+            projector = Projector(self.ct, geometry, isocenter=self.isocenter, mu_water=self.mu_water, device=device)
         lao = recon.orbit_angles(views, arc)
         grid = recon.default_grid(geometry, projector.isocenter, size, spacing)
         poses = projector.views(lao, np.zeros_like(lao))
@@ -442,7 +467,7 @@ class Session:
                                    tv=tv * self.mu_water / 1000.0, isocenter=projector.isocenter,
                                    callback=None if method == "fdk" else callback)
             seconds = time.perf_counter() - t0
-            seen = recon.coverage(poses, grid).cpu().numpy()
+            seen = recon.coverage(poses.to(device=projections.device), grid, device=projections.device).cpu().numpy()
         meta = {"xwin_recon_method": method, "xwin_recon_views": int(views), "xwin_recon_arc_deg": float(arc),
                 "xwin_recon_iters": k, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
                 "xwin_mu_water": self.mu_water,

@@ -36,11 +36,12 @@ def new_stop_file() -> str:
 
 
 def train_command(config: str, run_dir: str, resume: bool = False, ct_dir: str = "", cxr_dir: str = "",
-                  init: str = "", python: str | None = None, stop_file: str = "") -> list[str]:
+                  init: str = "", python: str | None = None, stop_file: str = "", device: str = "") -> list[str]:
     """argv of ``python -m xwin train --config CFG --out DIR [--resume] --progress jsonl`` plus, when given,
     ``--ct-dir`` / ``--cxr-dir`` (train on the CTs and radiographs of these folders instead of the config's),
     ``--init`` (fine-tune: start from this model file or checkpoint) and ``--stop-file`` (the trainer checkpoints and
-    stops when this file appears: how `TrainingProcess.stop` stops it; `new_stop_file` gives a fresh path)."""
+    stops when this file appears: how `TrainingProcess.stop` stops it; `new_stop_file` gives a fresh path) and
+    ``--device`` (auto, cpu or cuda)."""
     if not config:
         raise ValueError("choose a training config (YAML) first")
     if not run_dir:
@@ -50,7 +51,7 @@ def train_command(config: str, run_dir: str, resume: bool = False, ct_dir: str =
         cmd.append("--resume")
     cmd += ["--progress", "jsonl"]
     for flag, value in (("--ct-dir", ct_dir), ("--cxr-dir", cxr_dir), ("--init", init),
-                        ("--stop-file", stop_file)):
+                        ("--stop-file", stop_file), ("--device", device)):
         if value:
             cmd += [flag, str(value)]
     return cmd
