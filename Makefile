@@ -19,8 +19,9 @@ $(STAMP): XWinCore/pyproject.toml
 	$(PIP) install -e 'XWinCore[test]'
 	touch $@
 
-$(TESTSTAMP): $(STAMP) Resources/requirements-test-slicer.txt
+$(TESTSTAMP): $(STAMP) Resources/requirements-test-slicer.txt Makefile
 	$(PIP) install -r Resources/requirements-test-slicer.txt
+	$(PIP) install -q --no-deps --target $(VENV)/pydicom24 pydicom==2.4.3  # 3D Slicer 5.10's (test_pydicom24)
 	command -v xvfb-run >/dev/null && command -v dciodvfy >/dev/null || (SUDO=; sudo -n true 2>/dev/null && SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(APT_TEST))
 	touch $@

@@ -7,6 +7,8 @@ import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from xwin.io.dicom_compat import save
+
 SLOPE, INTERCEPT = 2.0, -1024.0
 
 
@@ -54,7 +56,7 @@ def ct_series(folder: Path, n: int = 5, size: tuple[int, int] = (8, 8), step: fl
         ds.PixelSpacing = list(pixel_spacing)
         ds.SliceThickness = step
         ds.RescaleSlope, ds.RescaleIntercept = SLOPE, INTERCEPT
-        ds.save_as(path, enforce_file_format=True)
+        save(ds, path)
         files.append(path)
     return files, stored
 
@@ -66,5 +68,5 @@ def radiograph(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
     ds.PhotometricInterpretation = photometric
     for key, value in tags.items():
         setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
+    save(ds, path)
     return path

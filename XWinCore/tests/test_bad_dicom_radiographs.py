@@ -24,13 +24,14 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 from synthetic_dicom import ct_series, radiograph
 
 from xwin.cli import main
 from xwin.errors import XWinInputError
 from xwin.io import read_ct, read_radiograph
+from xwin.io.dicom_compat import frames
 from xwin.sample_data import demo_cxr_path
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="FIFOs, sockets, /dev/zero and RLIMIT_AS are POSIX")
@@ -85,7 +86,7 @@ def j2k_series(folder: Path, frame_edit=None, edit=None, slices=(2,)) -> tuple[P
         ds.compress(JPEG2000Lossless)
         if n in slices:
             if frame_edit:
-                frame = frame_edit(next(generate_frames(ds.PixelData)))
+                frame = frame_edit(next(frames(ds.PixelData, number_of_frames=1)))
                 ds.PixelData = encapsulate([frame + b"\0" * (len(frame) % 2)])
             if edit:
                 edit(ds)
@@ -124,7 +125,7 @@ def _renamed(old: bytes, new: bytes):
 def _sample_cr(path: Path, frame_edit) -> tuple[Path, Path]:
     """The repo's own JPEG 2000 CR (xwin.sample_data, 1841 x 1955) with its codestream edited by ``frame_edit``."""
     ds = pydicom.dcmread(demo_cxr_path())
-    frame = frame_edit(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    frame = frame_edit(next(frames(ds.PixelData, number_of_frames=1)))
     ds.PixelData = encapsulate([frame + b"\0" * (len(frame) % 2)])
     ds.save_as(path)
     return path, path
@@ -561,7 +562,7 @@ def test_real_j2k_slice_damaged_mid_stream_is_refused(shared_data, tmp_path, cap
             (folder / f.name).write_bytes(f.read_bytes())
         culprit = folder / files[len(files) // 2].name
         ds = pydicom.dcmread(culprit)
-        frame = damage(next(generate_frames(ds.PixelData, number_of_frames=1)))
+        frame = damage(next(frames(ds.PixelData, number_of_frames=1)))
         ds.PixelData = encapsulate([frame + b"\0" * (len(frame) % 2)])
         ds.save_as(culprit)
         assert main(["info", str(folder)]) == 2

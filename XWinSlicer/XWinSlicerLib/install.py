@@ -11,8 +11,9 @@ Policy (issue 14):
 * Never replace a package Slicer bundles (SlicerTotalSegmentator's approach: install the package itself with
   ``--no-deps``, then each requirement except a skip list; lassoan/SlicerTotalSegmentator,
   TotalSegmentator/TotalSegmentator.py, ``setupPythonRequirements`` / ``pipInstallSelective``, ``packagesToSkip``). A
-  bundled package is kept even when XWinCore asks for a newer one (Slicer 5.10's pydicom 2.4.3 vs ``pydicom>=3``:
-  Slicer's DICOM browser is built on it); such a mismatch is reported, not "fixed".
+  bundled package is kept even when XWinCore would ask for a newer one (Slicer's DICOM browser is built on its
+  pydicom); such a mismatch is reported, not "fixed". The core works with Slicer 5.10's pydicom 2.4.3
+  (``xwin.io.dicom_compat``, tested by XWinCore/tests/test_pydicom24.py).
 * torch comes from the PyTorch extension (``PyTorchUtils``, which picks the CUDA/CPU wheel for the machine), and only
   when it is missing; pip never installs it as a dependency of the core.
 * Installation happens on the first action that needs the core, after the user agreed; declining is not remembered,

@@ -28,6 +28,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 from pydicom.valuerep import format_number_as_ds
 
 from ..errors import XWinInputError
+from ..io.dicom_compat import save
 from ..io.image import Volume
 from ..io.writers import atomic_output, check_target
 
@@ -204,7 +205,7 @@ def write_datasets(datasets: list[Dataset], folder: str | os.PathLike) -> list[P
     folder = Path(folder)
     with atomic_output(folder, folder=True, make_parents=True) as tmp:
         for k, ds in enumerate(datasets):
-            ds.save_as(tmp / f"slice_{k:04d}.dcm", enforce_file_format=True)
+            save(ds, tmp / f"slice_{k:04d}.dcm")
     return [folder / f"slice_{k:04d}.dcm" for k in range(len(datasets))]
 
 

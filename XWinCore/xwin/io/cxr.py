@@ -16,9 +16,9 @@ import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from ..errors import XWinInputError
+from .dicom_compat import apply_modality_lut, apply_voi_lut, read_little_endian
 from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, nifti_truncated
 from .image import Radiograph
 from .validate import (
@@ -141,7 +141,7 @@ def _check_lut(p: Path, ds: pydicom.Dataset, item: pydicom.Dataset, what: str, b
                                 f"{', '.join(map(str, bits_allowed))})")
     data = item.LUTData
     if isinstance(data, bytes):  # VR OW: 16-bit words in the dataset's byte order
-        little = ds.file_meta.TransferSyntaxUID.is_little_endian if "TransferSyntaxUID" in ds.file_meta else True
+        little = read_little_endian(ds)
         entries = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
     else:
         entries = np.atleast_1d(np.asarray(data, dtype=np.int64))

@@ -33,11 +33,11 @@ from typing import Iterator
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.uid import JPEG2000TransferSyntaxes
 
 from ..errors import XWinInputError
+from .dicom_compat import frames, read_little_endian
 from .formats import has_extension, itk_reason
 from .j2k import CodestreamError, check_codestream
 
@@ -509,7 +509,7 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
             raise XWinInputError(path, f"pixel data holds {len(data)} bytes, but {dims} make {expected}: the image "
                                        "size or bit depth in the header is wrong")
     if native and samples == 1:  # as stored: pydicom would mask the bits above BitsStored away
-        little = syntax.is_little_endian if syntax is not None else ds.original_encoding[1] is not False
+        little = read_little_endian(ds)
         dtype = np.dtype(f"{'<' if little else '>'}{'iu'[m['PixelRepresentation'] == 0]}{allocated // 8}")
         pixels = np.frombuffer(data, dtype, count=rows * cols).reshape(rows, cols)
     else:
@@ -529,7 +529,7 @@ def check_j2k(path: Path, ds: pydicom.Dataset, rows: int, cols: int, samples: in
     Rows x Columns x SamplesPerPixel, before it is decoded. Damage inside the compressed data that keeps all of these
     cannot be seen (see `xwin.io.j2k`)."""
     try:
-        siz = check_codestream(next(generate_frames(ds.PixelData, number_of_frames=1)))
+        siz = check_codestream(next(frames(ds.PixelData, number_of_frames=1)))
     except CodestreamError as e:
         raise XWinInputError(path, f"pixel data cannot be decoded: the JPEG 2000 codestream is damaged: {e}") from None
     except (ValueError, StopIteration, struct.error) as e:  # the encapsulation (items, offset table) is broken
