@@ -64,7 +64,8 @@ def test_request_over_budget(argv, culprit, words, env, inputs, case_dir, monkey
 def test_shipped_cpu_configs_fit_the_default_budget():
     """cpu_small and its stages: a step and the bank of 8 CTs (their data) within the default 4 GiB."""
     budget = DEFAULT_MEMORY_GB * 2**30
-    for name in ("cpu_small", "cpu_small_stage2", "cpu_small_stage3", "cpu_small_mim_only"):
+    for name in ("cpu_small", "cpu_small_stage2", "cpu_small_stage3", "cpu_small_stage4", "cpu_small_stage5",
+                 "cpu_small_mim_only"):
         cfg = load_config(config_path(name))
         assert train_step_bytes(cfg) < budget / 2 and bank_bytes(cfg, 8) < budget / 2, name
 

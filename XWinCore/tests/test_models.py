@@ -431,14 +431,16 @@ def test_a_few_steps_decrease_the_total_loss(model):
 # ---------------------------------------------------------------- config
 
 @pytest.mark.parametrize("name", ["cpu_small", "cpu_small_mim_only", "cpu_small_stage2", "cpu_small_stage3",
-                                  "full_224"])
+                                  "cpu_small_stage4", "cpu_small_stage5", "full_224"])
 def test_committed_configs_load_and_round_trip(name):
     cfg = load_config(config_path(name))
     assert XWinConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.model.img_size % cfg.model.patch_size == 0
     if name.startswith("cpu_small_stage"):  # later stages of the shipped model: same model and objectives
-        first = load_config(config_path("cpu_small"))
-        assert (cfg.model, cfg.loss, cfg.mask) == (first.model, first.loss, first.mask)
+        first = load_config(config_path("cpu_small"))  # stages 4 and 5 add the view contrast, nothing else
+        assert (cfg.model, cfg.mask) == (first.model, first.mask)
+        view_contrast = 0.5 if name in ("cpu_small_stage4", "cpu_small_stage5") else 0.0
+        assert cfg.loss == dataclasses.replace(first.loss, view_contrast=view_contrast)
         assert cfg.train.init is not None and cfg.data.split == "train"
     if name == "full_224":
         assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.img_size) == (768, 12, 224)
@@ -469,9 +471,9 @@ def test_config_base_is_read_first_and_overridden_key_by_key(tmp_path):
     assert (cfg.loss.tau, cfg.loss.mim, cfg.train.total_steps) == (0.2, 2.0, 40)
     mim_only, full = load_config(config_path("cpu_small_mim_only")), load_config(config_path("cpu_small"))
     # The ablation differs only in its losses, a batch of 2 DRR pairs (MIM runs on the real films) and the steps of
-    # the shipped model's three stages.
+    # the shipped model's five stages.
     assert (mim_only.model, mim_only.data) == (full.model, full.data)
-    assert mim_only.train == dataclasses.replace(full.train, batch_size=2, total_steps=3 * full.train.total_steps)
+    assert mim_only.train == dataclasses.replace(full.train, batch_size=2, total_steps=5 * full.train.total_steps)
     assert (mim_only.loss.mim, mim_only.loss.view, mim_only.loss.recon) == (full.loss.mim, 0.0, 0.0)
 
 
