@@ -1,8 +1,10 @@
 """The embedded demo CT and chest X-ray as Slicer SampleData sources (pure: builds the arguments; Python 3.9).
 
-Slicer's SampleData module (Slicer/Slicer, Modules/Scripted/SampleData/SampleData.py,
+Slicer's SampleData module (Slicer/Slicer, Modules/Scripted/SampleData/SampleData.py, read at commit 07c5324cd4af;
 ``SampleDataLogic.registerCustomSampleDataSource(category, sampleName, uris, fileNames, nodeNames, customDownloader,
-thumbnailFileName, loadFileType(s), loadFiles, loadFileProperties, checksums)``) downloads each ``uri`` into its cache
+thumbnailFileName, loadFileTypes, loadFiles, loadFileProperties, checksums, loadFileType)``; older releases have
+``loadFileType='VolumeFile'`` in place of ``loadFileTypes``; every argument is passed by keyword here) downloads each
+``uri`` into its cache
 (``urllib`` also reads ``file://`` URIs, so the files shipped with the extension need no network), checks the
 ``SHA256:<digest>`` checksum and loads the file with the named reader. ``loadFileType`` is used, not the newer
 ``loadFileTypes``: the newest SampleData still accepts it (mapped to ``loadFileTypes``) and older releases know only it.
