@@ -143,9 +143,8 @@ class Settings:
     — roll and offset are what "Align DRR to CXR" (`Session.align`) sets; checkpoint: model file or run folder ('' =
     the embedded model); device: where prediction, reconstruction and training run — 'auto' (CUDA when PyTorch sees
     it, else the CPU), 'cpu' or 'cuda' (`compute_device`; the interactive DRR stays on the CPU); recon_method: 'fdk',
-    'sart' or 'cgls'; recon_source: 'ct' (DRRs
-    of the CT) or 'cxr' (the model's predicted projections of the CXR); recon_views over recon_arc degrees (LAO
-    orbit at CRAN 0); train_*: paths for `xwin train`.
+    'sart' or 'cgls'; recon_source: 'ct' (DRRs of the CT) or 'cxr' (the model's predicted projections of the CXR);
+    recon_views over recon_arc degrees (LAO orbit at CRAN 0); train_*: paths for `xwin train`.
     """
 
     sid: float = SID_MM
