@@ -253,3 +253,11 @@ def test_the_rules_reject_what_slicer_rejects():
         is not None
     assert connector_problem(Widget("n", "qMRMLNodeComboBox", "x", [], {}),
                              Member("x", "slicer.vtkMRMLScalarVolumeNode", {}, None, None)) is None
+
+
+def test_the_device_choices_are_the_cores():
+    """The parameter node cannot import the core (it loads before the core is installed), so its "Compute on"
+    choices are written out: they must stay the ones `xwin.viewer.session.Session.compute_device` accepts."""
+    from xwin.viewer.session import DEVICES
+
+    assert list(wrapper_members()["device"].validators["Choice"][0]) == list(DEVICES)

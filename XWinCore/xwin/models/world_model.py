@@ -145,13 +145,16 @@ class XWinWorldModel(nn.Module):
         pred_tokens = self.view_predictor(tokens[:b], d_lao, d_cran) if views else None
         emb = tokens.mean(1)
 
+        geometry = lc.contrastive > 0 and lc.alignment_labels == "geometry"
+        # (B, 2) the target views' (lao, cran) degrees, for the labels that follow the geometry
+        target_pose = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1) \
+            if geometry or lc.view_contrast > 0 else None
         out: dict[str, torch.Tensor] = {}
         out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss) if lc.view > 0 else zero
         if lc.contrastive > 0:
             latent = (lambda z: z.mean(1)) if lc.contrastive_latent == "embedding" else view_latent
             pred_latent, target_latent = latent(pred_tokens), latent(target_tokens)
-            if lc.alignment_labels == "geometry":
-                target_pose = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1)
+            if geometry:
                 labels = geometry_labels(target_pose, batch["patient"].to(device), lc.label_sigma_deg)
             else:
                 labels = affinity_matrix(target_latent, lc.tau_affinity, None if group is None else group.to(device))
@@ -159,7 +162,6 @@ class XWinWorldModel(nn.Module):
         else:
             out["contrastive"] = zero
         if lc.view_contrast > 0:  # the views of one volume told apart on centred view latents
-            target_pose = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1)
             if "group" not in batch:
                 raise KeyError("loss.view_contrast > 0 needs the batch's 'group' (B,): the volume ids")
             out["view_contrast"] = view_contrast_loss(view_latent(pred_tokens), view_latent(target_tokens),
