@@ -173,10 +173,14 @@ def main(argv=None) -> int:
     ceiling = world["decoder_ceiling"]
     lines += [f"| decoder fed the true tokens (ceiling) | | | | {ceiling['psnr']:.2f} | {ceiling['ssim']:.3f} | |"]
     shown_names = ("model", "copy_context", "nearest_training_patient", "mean_projection", "decoder_ceiling")
-    lines += ["", "SSIM (PSNR dB) per target angle, pooled over CTs × renderings:", "",
-              "| LAO | " + " | ".join(shown_names) + " |", "|---:|" + "---:|" * len(shown_names)]
+    lines += ["", "SSIM (PSNR dB) per target angle, pooled over CTs × renderings; last column: the model's retrieval "
+              "top-1 and the mean signed offset of its retrieved angle (°, + toward LAO):", "",
+              "| LAO | " + " | ".join(shown_names) + " | model top-1 (offset °) |",
+              "|---:|" + "---:|" * (len(shown_names) + 1)]
     for row in world["per_angle"]:
         cells = ["—" if row[n]["ssim"] is None else f"{row[n]['ssim']:.3f} ({row[n]['psnr']:.1f})" for n in shown_names]
+        m = row["model"]
+        cells.append(f"{m['retrieval_top1']:.3f} ({m['offset_deg']:+.1f})")
         lines.append(f"| {row['lao']:.0f} | " + " | ".join(cells) + " |")
     lines += ["", "Per CT (model: retrieval top-1 / within 15° / error ° / SSIM; copy_context SSIM; nearest training "
               "patient SSIM):", ""]

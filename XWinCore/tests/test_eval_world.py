@@ -20,8 +20,10 @@ from xwin.eval.world import (
     bootstrap_ci,
     evaluate_world,
     latent_scores,
+    per_angle,
     per_image_scores,
     render_units,
+    retrieval,
     summarize,
     to_score_size,
 )
@@ -126,11 +128,32 @@ def test_retrieval_oracle_and_one_step_off():
     scores = latent_scores(flipped, true)
     assert scores["retrieval_top1"] == pytest.approx(1 / 13)
     assert scores["angular_error_deg"] == pytest.approx(np.mean([abs(2 * a) for a in TARGET_LAO]))
-    record = {"correct": np.ones(13, bool), "error": np.zeros(13), "mse": np.zeros(13), "ssim": np.ones(13),
+    record = {"correct": np.ones(13, bool), "offset": np.zeros(13), "mse": np.zeros(13), "ssim": np.ones(13),
               "embed": true}
     pooled = summarize([record, record])
     assert pooled["retrieval_top1"] == 1.0 and pooled["retrieval_ci"] == [1.0, 1.0] and pooled["ssim"] == 1.0
     assert pooled["psnr"] == 100.0  # an exact prediction: the floored MSE
+
+
+def test_per_angle_retrieval_offset_is_signed():
+    """A model that shrinks every rotation one step toward PA: offset −15° on the LAO side, +15° on the RAO side, 0
+    at PA; a second unit that is exact halves the offsets and gives top-1 0.5 off PA."""
+    torch.manual_seed(0)
+    true = torch.randn(13, 64)
+    toward_pa = torch.stack([true[j + 1] if a < 0 else true[j - 1] if a > 0 else true[j]
+                             for j, a in enumerate(TARGET_LAO)])
+    correct, offset = retrieval(toward_pa, true)
+    assert offset.tolist() == [15.0] * 6 + [0.0] + [-15.0] * 6
+
+    def record(c, o):
+        return {"correct": c, "offset": o, "mse": np.zeros(13), "ssim": np.ones(13), "embed": None}
+
+    rows = per_angle({"model": [record(correct, offset), record(np.ones(13, bool), np.zeros(13))],
+                      "copy_context": [record(None, None)], "mean_projection": None})
+    assert [r["model"]["offset_deg"] for r in rows] == [7.5] * 6 + [0.0] + [-7.5] * 6
+    assert [r["model"]["retrieval_top1"] for r in rows] == [0.5] * 6 + [1.0] + [0.5] * 6
+    assert rows[0]["copy_context"] == {"psnr": 100.0, "ssim": 1.0, "retrieval_top1": None, "offset_deg": None}
+    assert rows[0]["mean_projection"] == dict.fromkeys(("psnr", "ssim", "retrieval_top1", "offset_deg"))
 
 
 def test_blur_does_not_pay_at_the_score_size(chests):

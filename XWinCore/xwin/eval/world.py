@@ -124,16 +124,17 @@ def render_units(volume: Volume, spec: BankSpec, renderings: int, seed: int = 0,
 def retrieval(pred_latent: torch.Tensor, true_latent: torch.Tensor,
               lao=TARGET_LAO) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 retrieval by cosine of each predicted latent (N, F) among the true ones (N, F) at angles ``lao``:
-    (correct (N,) bool, |retrieved − true angle| (N,) degrees)."""
+    (correct (N,) bool, retrieved − true angle (N,) degrees, signed: + is toward LAO)."""
     sim = F.normalize(pred_latent.float(), dim=-1) @ F.normalize(true_latent.float(), dim=-1).T
     idx = sim.argmax(dim=1).cpu().numpy()
     angles = np.asarray(lao, dtype=np.float64)
-    return idx == np.arange(len(idx)), np.abs(angles[idx] - angles)
+    return idx == np.arange(len(idx)), angles[idx] - angles
 
 
 def latent_scores(pred_latent: torch.Tensor, true_latent: torch.Tensor, lao=TARGET_LAO) -> dict:
     """``retrieval_top1``, ``within_15`` and ``angular_error_deg`` of `retrieval`."""
-    correct, error = retrieval(pred_latent, true_latent, lao)
+    correct, offset = retrieval(pred_latent, true_latent, lao)
+    error = np.abs(offset)
     return {"retrieval_top1": float(correct.mean()), "within_15": float((error <= WITHIN_DEG + 1e-6).mean()),
             "angular_error_deg": float(error.mean())}
 
@@ -163,10 +164,11 @@ def image_scores(pred: torch.Tensor, true: torch.Tensor) -> tuple[float, float]:
 
 def _scores(unit: Unit, images: torch.Tensor, embed: torch.Tensor | None,
             hit: tuple[np.ndarray, np.ndarray] | None) -> dict:
-    """One unit's record: retrieval (correct, error) or None, per-image MSE and SSIM at the score size, embeddings."""
+    """One unit's record: retrieval (correct, signed offset) or None, per-image MSE and SSIM at the score size,
+    embeddings."""
     mse, ssim = per_image_scores(to_score_size(images, unit.truth.shape[-1]), unit.truth)
-    correct, error = hit if hit is not None else (None, None)
-    return {"correct": correct, "error": error, "mse": mse, "ssim": ssim,
+    correct, offset = hit if hit is not None else (None, None)
+    return {"correct": correct, "offset": offset, "mse": mse, "ssim": ssim,
             "embed": None if embed is None else embed.float().cpu()}
 
 
@@ -253,7 +255,7 @@ def summarize(records: list[dict] | None, seed: int = 0) -> dict:
     out = {"retrieval_top1": None, "retrieval_ci": None, "within_15": None, "angular_error_deg": None,
            "psnr": _r(psnr(mse.mean())), "ssim": _r(ssim.mean()), "effective_rank": None}
     if records[0]["correct"] is not None:
-        correct, error = np.stack([r["correct"] for r in records]), np.stack([r["error"] for r in records])
+        correct, error = np.stack([r["correct"] for r in records]), np.abs(np.stack([r["offset"] for r in records]))
         out.update(retrieval_top1=_r(correct.mean()), within_15=_r((error <= WITHIN_DEG + 1e-6).mean()),
                    retrieval_ci=[_r(x) for x in bootstrap_ci(correct.mean(axis=1), seed=seed)],
                    angular_error_deg=_r(error.mean()))
@@ -263,14 +265,21 @@ def summarize(records: list[dict] | None, seed: int = 0) -> dict:
 
 
 def per_angle(records: dict[str, list[dict] | None]) -> list[dict]:
-    """Per target angle: ``{"lao", name: {"psnr", "ssim"}}`` pooled over units (null for unavailable names)."""
+    """Per target angle: ``{"lao", name: {"psnr", "ssim", "retrieval_top1", "offset_deg"}}`` pooled over units;
+    ``offset_deg`` is the mean signed retrieved − true angle (degrees, + toward LAO: a model that shrinks its
+    rotations toward PA shows − at LAO 90 and + at RAO 90). Null where a name is unavailable or has no retrieval."""
     rows = []
     for j, a in enumerate(TARGET_LAO):
         row = {"lao": a}
         for name, recs in records.items():
-            row[name] = ({"psnr": _r(psnr(np.mean([r["mse"][j] for r in recs]))),
-                          "ssim": _r(np.mean([r["ssim"][j] for r in recs]))} if recs else
-                         {"psnr": None, "ssim": None})
+            cell = dict.fromkeys(("psnr", "ssim", "retrieval_top1", "offset_deg"))
+            if recs:
+                cell.update(psnr=_r(psnr(np.mean([r["mse"][j] for r in recs]))),
+                            ssim=_r(np.mean([r["ssim"][j] for r in recs])))
+            if recs and recs[0]["correct"] is not None:
+                cell.update(retrieval_top1=_r(np.mean([r["correct"][j] for r in recs])),
+                            offset_deg=_r(np.mean([r["offset"][j] for r in recs])))
+            row[name] = cell
         rows.append(row)
     return rows
 
@@ -372,7 +381,8 @@ def _f(v, p: int = 3) -> str:
 
 
 def format_table(result: dict) -> str:
-    """A readable report of `evaluate_world`: pooled scores, then PSNR / SSIM per target angle."""
+    """A readable report of `evaluate_world`: pooled scores, PSNR / SSIM per target angle, then the model's
+    retrieval per target angle."""
     methods = {"model": result["model"], **result["baselines"]}
     ceiling = {**dict.fromkeys(KEYS), **result[CEILING]}
     lines = [f"{result['renderings']} jittered renderings per CT, {len(result['per_ct'])} CT(s); images scored at "
@@ -391,4 +401,9 @@ def format_table(result: dict) -> str:
     for row in result["per_angle"]:
         cells = [f"{_f(row[n]['psnr'], 2)} / {_f(row[n]['ssim'])}" for n in methods]
         lines.append(f"{row['lao']:>5.0f} " + " ".join(f"{c:>24}" for c in cells))
+    lines += ["", "model retrieval per target angle: top-1, mean signed offset of the retrieved angle (° + toward LAO)",
+              f"{'LAO':>5} {'top-1':>6} {'offset°':>8}"]
+    for row in result["per_angle"]:
+        m = row["model"]
+        lines.append(f"{row['lao']:>5.0f} {_f(m['retrieval_top1']):>6} {_f(m['offset_deg'], 1):>8}")
     return "\n".join(lines)
