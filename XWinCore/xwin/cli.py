@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import re
@@ -127,9 +128,6 @@ def cmd_render(ns: argparse.Namespace) -> int:
 
     _check_memory(f"--size {ns.size[0]} {ns.size[1]}", ns.size[0] * ns.size[1] * DRR_BYTES_PER_PIXEL)
 
-    from tqdm import tqdm
-
-
     lao, cran = _angles(ns)
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "drr", ns.ext)
@@ -153,7 +151,11 @@ def cmd_render(ns: argparse.Namespace) -> int:
         render = lambda a, c: projector.render(a, c, mode=ns.mode)[0].cpu().numpy()  # noqa: E731
     with publish_together() as publication:  # all DRRs, or none (failure, Ctrl-C, SIGTERM)
         poses = list(zip(lao, cran, _staged_targets(publication, out, targets)))
-        for a, c, target in tqdm(poses, desc="render", unit="DRR", disable=len(poses) < 2 or ns.quiet):
+        if len(poses) > 1 and not ns.quiet:  # a progress bar for several DRRs only: one needs no tqdm import
+            from tqdm import tqdm
+
+            poses = tqdm(poses, desc="render", unit="DRR")
+        for a, c, target in poses:
             image = render(float(a), float(c))
             meta = {"xwin_lao_deg": a, "xwin_cran_deg": c, "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd,
                     "xwin_mode": ns.mode,
@@ -748,6 +750,13 @@ def _on_sigterm(handler):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends in one readable line on stderr and exit status 2 (no traceback)."""
     ns = build_parser().parse_args(argv)
+    # `xwin render` as a program (issue 15): its start-up creates some 10⁵ long-lived objects (imports, numba's type
+    # system) whose cyclic garbage collections, while it runs and again at exit, find next to nothing yet cost
+    # 0.15–0.25 s, more than the render; its arrays hold no cycles (reference counting frees them) and the process
+    # ends with the command. Called from Python (``argv`` given), the collector is left alone.
+    one_shot = argv is None and ns.command == "render"
+    if one_shot:
+        gc.disable()
     previous = _on_sigterm(_raise_terminated)
     try:
         _check_device(ns)
@@ -769,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             _on_sigterm(previous)
+        if one_shot:
+            gc.freeze()  # Python's collections at exit then skip every object alive now
 
 
 if __name__ == "__main__":

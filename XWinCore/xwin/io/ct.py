@@ -10,11 +10,10 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
 
 from ..errors import XWinInputError
 from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, nifti_truncated
@@ -33,6 +32,9 @@ from .validate import (
     open_header,
     validate_header,
 )
+
+if TYPE_CHECKING:  # pydicom is imported by the DICOM series functions only (issue 15: NIfTI/NRRD start faster)
+    import pydicom
 
 _POSITION_TOL_MM = 0.01
 _SPACING_TOL = 0.01
@@ -101,6 +103,8 @@ def _read_dicom_series(folder: Path) -> Volume:
 
 def _read_slice(f: Path) -> pydicom.Dataset:
     """The whole file (pixel data included); pydicom's warnings are dropped: `dicom_pixels` says what is wrong."""
+    import pydicom
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -118,6 +122,9 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     from the others is named. Entries that are neither files nor folders (FIFOs, sockets, devices) are refused
     without being opened.
     """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         entries = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
     except OSError as e:

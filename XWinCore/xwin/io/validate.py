@@ -28,18 +28,17 @@ import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
-from pydicom.multival import MultiValue
-from pydicom.uid import JPEG2000TransferSyntaxes
 
 from ..errors import XWinInputError
-from .dicom_compat import frames, read_little_endian
 from .formats import has_extension, itk_reason
 from .j2k import CodestreamError, check_codestream
+
+if TYPE_CHECKING:
+    import pydicom
 
 ORTHONORMAL_TOL = 1e-3  # max |cos| between two axes (0.057° off 90°); also the relative pixdim vs sform scale
 MEMORY_ENV = "XWIN_MAX_VOLUME_GB"
@@ -426,10 +425,14 @@ def _check_data_files(path: Path, names: list[str]) -> None:
 
 
 # --- DICOM images (CT slices and radiographs) ----------------------------------------------------------------------
+# pydicom is imported inside these functions, where a dataset in hand means it is loaded already: the volume file
+# checks above, and so `xwin render` of a NIfTI/NRRD CT, never import it (issue 15: a tenth of a second).
 
 def dicom_numbers(path: Path, ds: pydicom.Dataset, keyword: str, count: int, positive: bool = False) -> np.ndarray:
     """The ``count`` finite numbers (positive ones with ``positive``) of a DICOM attribute, else an error naming the
     file: pydicom hands back text it cannot parse (``'abc'``) and any number of values unchanged."""
+    from pydicom.multival import MultiValue
+
     value = ds[keyword].value
     items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
     shown = "\\".join(str(v) for v in items)
@@ -493,6 +496,10 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     whose errors and warnings are refused, and must decode to Rows × Columns within BitsStored. The declared size is
     checked against the memory budget first.
     """
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    from .dicom_compat import read_little_endian
+
     m = dicom_pixel_module(path, ds)
     rows, cols, samples, allocated = m["Rows"], m["Columns"], m["SamplesPerPixel"], m["BitsAllocated"]
     expected = rows * cols * samples * allocated // 8
@@ -528,6 +535,8 @@ def check_j2k(path: Path, ds: pydicom.Dataset, rows: int, cols: int, samples: in
     segment and tile-part lengths, every tile, EOC at the end, no marker code inside the compressed data) and declare
     Rows x Columns x SamplesPerPixel, before it is decoded. Damage inside the compressed data that keeps all of these
     cannot be seen (see `xwin.io.j2k`)."""
+    from .dicom_compat import frames
+
     try:
         siz = check_codestream(next(frames(ds.PixelData, number_of_frames=1)))
     except CodestreamError as e:

@@ -15,8 +15,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from ..errors import XWinInputError
 from .image import Radiograph, Volume, VoxelFrame
@@ -385,6 +383,9 @@ def write_image(image: np.ndarray | Radiograph, path: str | os.PathLike,
 
 
 def _write_png(array: np.ndarray, path: Path, text: dict[str, str], bits: int) -> Path:
+    from PIL import Image  # here: NRRD/MHA/NIfTI writers (`xwin render`'s default) need no Pillow
+    from PIL.PngImagePlugin import PngInfo
+
     if bits not in (8, 16):
         raise XWinInputError(path, f"PNG bit depth must be 8 or 16, got {bits}")
     values = array.astype(np.float64)
