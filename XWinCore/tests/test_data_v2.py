@@ -87,3 +87,10 @@ def test_pose_mix_of_the_bank_sampler(pa, ctx0, tgt0):
     share = np.mean(target[:, 1] == 0)  # CRAN 0 targets: tgt0 + (1 − tgt0) / 3 of the grid
     assert share == pytest.approx(tgt0 + (1 - tgt0) / 3, abs=0.03)
     assert np.array_equal(b["patient"].numpy(), b["group"].numpy() // 2)  # two volumes per patient in the manifest
+
+
+def test_augmented_batches_are_plain_tensors():
+    """MONAI's augmentations return MetaTensors; the batch must not (every op of a training step would pay for it)."""
+    real = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    b = PairSampler(_bank(), real, augment=True, seed=0).sample(6, real_size=2)
+    assert all(type(b[k]) is torch.Tensor for k in ("context", "target", "real"))

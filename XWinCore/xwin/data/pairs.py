@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import Compose, RandGaussianNoise, RandGaussianSmooth
+from monai.utils import convert_to_tensor
 
 from .bank import Bank
 
@@ -92,10 +93,12 @@ class _Sampler:
         return zoomed[:, 0], zoomed[:, 1]
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled."""
+        """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled. Always a plain `torch.Tensor`:
+        MONAI's transforms return a `MetaTensor`, whose Python ``__torch_function__`` would otherwise run (and carry
+        metadata) for every operation of the training step on the batch."""
         x = x.float()[:, None]
         if self.augment is not None:
-            x = torch.stack([torch.as_tensor(self.augment(im)).clamp(0, 1) for im in x]).float()
+            x = torch.stack([convert_to_tensor(self.augment(im), track_meta=False).clamp(0, 1) for im in x]).float()
         return x
 
     def _add_real(self, batch: dict, real_size: int) -> dict:
