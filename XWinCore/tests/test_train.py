@@ -298,6 +298,12 @@ def test_export_predict_and_world_eval(tiny_setup, tiny_bank, trained_run, tmp_p
     loaded = load_model(model_file)
     bank = load_bank(tiny_bank)  # the run's bank (config key data.bank): its mean image per view
     np.testing.assert_allclose(loaded.mean_projection.numpy(), np.asarray(bank.images, np.float32).mean(0), atol=1e-3)
+    # --bank names the bank (a data.online run has none of its own); a folder that is not a bank is refused
+    assert main(["export-model", str(run), "--out", str(tmp_path / "b.safetensors"), "--bank", str(tiny_bank)]) == 0
+    np.testing.assert_allclose(load_model(tmp_path / "b.safetensors").mean_projection.numpy(),
+                               loaded.mean_projection.numpy())
+    assert main(["export-model", str(run), "--out", str(tmp_path / "c.safetensors"), "--bank", str(tmp_path)]) == 2
+    assert not (tmp_path / "c.safetensors").exists()
     noise = np.random.default_rng(0).random((50, 40))
     pred = load_predictor(model_file).predict(noise, [0, 30], [0, 0])
     assert pred.shape == (2, 32, 32)

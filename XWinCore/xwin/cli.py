@@ -222,8 +222,13 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
     from .predict import export_model
 
     run = Path(ns.checkpoint)
-    state = load_checkpoint(run)[2]
-    folder = state["config"]["data"]["bank"] or (run if latest_checkpoint(run) else run.parent.parent) / "bank"
+    if ns.bank:
+        folder = Path(ns.bank)
+        if not (folder / "manifest.json").is_file():
+            raise XWinInputError(folder, "--bank: not a DRR bank (no manifest.json)")
+    else:
+        state = load_checkpoint(run)[2]
+        folder = state["config"]["data"]["bank"] or (run if latest_checkpoint(run) else run.parent.parent) / "bank"
     bank = load_bank(folder) if (Path(folder) / "manifest.json").is_file() else None
     print(export_model(run, ns.out, bank=bank))
     return 0
@@ -568,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-model", help="export a checkpoint's inference weights to one .safetensors file")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--bank", help="DRR bank whose mean projection per pose the file carries (the mean_projection "
+                                  "baseline; default: the run's data.bank or RUN/bank — a data.online run has none)")
     p.set_defaults(func=cmd_export_model)
 
     p = sub.add_parser("predict", help="predicted projections of a CXR at new C-arm poses",
