@@ -195,6 +195,20 @@ def flat_image(path: Path, value: int = 128) -> tuple[Path, Path]:
     return path, path
 
 
+def raster_as(path: Path, kind: str) -> tuple[Path, Path]:
+    """A film saved as ``kind`` (TIFF, BMP...) under the PNG/JPEG name ``path``."""
+    Image.fromarray((RAMP % 256).astype(np.uint8)).save(path, format=kind)
+    return path, path
+
+
+def nrrd_2d(path: Path, kind: str, values: np.ndarray, fields: str = "") -> tuple[Path, Path]:
+    """A 2D NRRD film of ``values`` (C order) of NRRD type ``kind``."""
+    shape = " ".join(map(str, values.shape[::-1]))
+    header = f"NRRD0004\ntype: {kind}\ndimension: 2\nsizes: {shape}\nencoding: raw\nendian: little\n{fields}\n"
+    path.write_bytes(header.encode() + values.tobytes())
+    return path, path
+
+
 def detached_2d(folder: Path, data_file: str) -> tuple[Path, Path]:
     (folder / "hdr").mkdir()
     header = folder / "hdr" / "cxr.nhdr"
@@ -219,6 +233,20 @@ def unix_socket(path: Path) -> tuple[Path, Path]:
 def device(path: Path, target: str = "/dev/zero") -> tuple[Path, Path]:
     os.symlink(target, path)
     return path, path
+
+
+def colour_slice(ds: pydicom.Dataset) -> None:
+    """An RGB slice whose pixel data has the size its header declares."""
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = ds.PixelData * 3
+
+
+# the meta header's TransferSyntaxUID (Explicit VR Little Endian) and an unknown UID of the same length; a CT slice's
+# and a 64×64 CR's PixelData element (OW) with its true length, and with 4294967280 bytes declared
+TS_KNOWN, TS_UNKNOWN = b"1.2.840.10008.1.2.1\0", b"1.2.3.4.5.6.7.8.9.1\0"
+PIXEL_DATA = b"\xe0\x7f\x10\x00OW\x00\x00"
+CT_PIXEL_DATA = (PIXEL_DATA + (128).to_bytes(4, "little"), PIXEL_DATA + (0xFFFFFFF0).to_bytes(4, "little"))
+CR_PIXEL_DATA = (PIXEL_DATA + (8192).to_bytes(4, "little"), PIXEL_DATA + (0xFFFFFFF0).to_bytes(4, "little"))
 
 
 def series_with(folder: Path, special) -> tuple[Path, Path]:
@@ -258,6 +286,11 @@ CT_HEADERS = [
     ("rescale_slope_text", patched("RescaleSlope", 7.75, b"7.75", b"one "), ["rescaleslope", "one"]),
     ("rescale_intercept_nan", patched("RescaleIntercept", -1024.5, b"-1024.5", b"nan    "),
      ["rescaleintercept", "nan"]),
+    # finite, but no CT: a pixel of 5e-324 mm, slices 1e300 mm apart (the series folder is named: all slices agree)
+    ("pixel_spacing_subnormal", lambda d: (series(d, pixel_spacing=(5e-324, 0.5), slices=())[0],) * 2,
+     ["spacing", "between 0.0001 and 10000 mm"]),
+    ("slices_1e300_mm_apart", lambda d: (series(d, step=1e300, slices=())[0],) * 2,
+     ["spacing", "between 0.0001 and 10000 mm", "1e+300"]),
 ]
 CT_IDENTITY = [
     ("other_patient", lambda d: series(d, one(PatientID="SOMEONE-ELSE")),
@@ -272,6 +305,7 @@ CT_IDENTITY = [
      ["frameofreferenceuid", "(none) (1 files)"]),
     ("patient_missing_in_two", lambda d: series(d, drop("PatientID"), slices=(2, 3)),
      ["patientid", "(none) (2 files)"]),
+    ("one_slice_mr", lambda d: series(d, one(Modality="MR")), ["modality is mr, not ct"]),
 ]
 CT_PIXELS = [
     ("rows_larger_than_data", lambda d: series(d, one(Rows=9), slices=range(5)),
@@ -297,6 +331,17 @@ CT_PIXELS = [
     ("pixel_data_cut_short", lambda d: series(d, one(PixelData=bytes(100))), ["truncated", "100 bytes"]),
     ("series_declares_40000_squared", lambda d: (series(d, one(Rows=40000, Columns=40000), slices=range(5))[0],) * 2,
      ["5 slices of 40000 x 40000", "xwin_max_volume_gb"]),
+    ("one_slice_rgb", lambda d: series(d, colour_slice), ["photometricinterpretation is rgb", "3 sample(s)",
+                                                          "monochrome1 or monochrome2"]),
+    ("one_slice_palette_color", lambda d: series(d, one(PhotometricInterpretation="PALETTE COLOR")),
+     ["photometricinterpretation is palette color"]),
+    ("transfer_syntax_unknown", lambda d: series(d, raw=(TS_KNOWN, TS_UNKNOWN)),
+     ["transfersyntaxuid 1.2.3.4.5.6.7.8.9.1", "not a transfer syntax"]),
+    ("pixel_data_declares_4gib", lambda d: series(d, raw=CT_PIXEL_DATA), ["pixel data is truncated",
+                                                                            "declares 4294967280 bytes"]),
+    ("number_of_frames_text", patched("NumberOfFrames", -7531, b"-7531", b"abcde"), ["numberofframes is 'abcde'"]),
+    ("rescale_slope_beyond_float32", lambda d: series(d, one(RescaleSlope=3e38)),
+     ["hu values", "beyond the float32 range"]),
 ]
 CT_COMPRESSED = [
     ("j2k_truncated", lambda d: j2k_series(d, lambda f: f[: len(f) // 2]), ["cannot be decoded"]),
@@ -381,6 +426,15 @@ CXR_DICOM = [
      ["50000 x 50000", "xwin_max_volume_gb"]),
     ("cr_native_declares_40000_squared", lambda d: cr(d / "cxr.dcm", Rows=40000, Columns=40000),
      ["40000 x 40000", "xwin_max_volume_gb"]),
+    ("cr_pixel_spacing_negative", lambda d: cr(d / "cxr.dcm", PixelSpacing=[-0.1, -0.1]),
+     ["pixelspacing", "positive", "-0.1"]),
+    ("cr_imager_pixel_spacing_text", lambda d: cr(d / "cxr.dcm", ImagerPixelSpacing=[7.75, 7.75],
+                                                  raw=(b"7.75\\7.75", b"wide\\tall")),
+     ["imagerpixelspacing", "wide"]),
+    ("cr_slope_beyond_float32", lambda d: cr(d / "cxr.dcm", RescaleSlope=777.5, RescaleIntercept=0,
+                                             raw=(b"777.5", b"1e308")), ["modality lut", "beyond the float32 range"]),
+    ("cr_transfer_syntax_unknown", lambda d: cr(d / "cxr.dcm", raw=(TS_KNOWN, TS_UNKNOWN)),
+     ["not a transfer syntax"]),
 ]
 CXR_RASTER = [
     ("png_blank", lambda d: flat_image(d / "cxr.png"), ["blank"]),
@@ -388,6 +442,12 @@ CXR_RASTER = [
     ("jpeg_blank", lambda d: flat_image(d / "cxr.jpg", 200), ["blank"]),
     ("nhdr_2d_data_outside", lambda d: detached_2d(d, "../../../../../../../../etc/passwd"),
      ["outside the header's folder"]),
+    ("png_holding_a_tiff", lambda d: raster_as(d / "cxr.png", "TIFF"), ["not a png/jpeg image"]),
+    ("jpeg_holding_a_bmp", lambda d: raster_as(d / "cxr.jpg", "BMP"), ["not a png/jpeg image"]),
+    ("nrrd_2d_double_beyond_float32", lambda d: nrrd_2d(d / "cxr.nrrd", "double", np.linspace(0, 1e300, 64)
+                                                        .reshape(8, 8)), ["pixel values", "float32 range"]),
+    ("nrrd_2d_spacing_1e5", lambda d: nrrd_2d(d / "cxr.nrrd", "uchar", RAMP[:8, :8].astype(np.uint8),
+                                              "spacings: 1e5 1e5\n"), ["pixel spacing", "between 0.0001 and 10000 mm"]),
 ]
 # run in a subprocess: they would hang, or allocate gigabytes, if a check were missing
 CXR_BOMBS = [
@@ -399,6 +459,8 @@ CXR_BOMBS = [
      ["9000 x 9000", "xwin_max_volume_gb", "0.5 gib"], {"XWIN_MAX_VOLUME_GB": "0.5"}),
     ("jpeg_declares_65000_squared", lambda d: jpeg_declaring(d / "cxr.jpg", 65000, 65000),
      ["too many pixels"], {}),
+    ("cr_pixel_data_declares_4gib", lambda d: cr(d / "cxr.dcm", raw=CR_PIXEL_DATA),
+     ["pixel data is truncated", "declares 4294967280 bytes"], {}),
 ]
 SPECIAL = [
     ("fifo_cxr_png", "cxr", lambda d: fifo(d / "cxr.png"), ["fifo", "not a regular file"]),
@@ -416,7 +478,8 @@ IN_PROCESS = [(c[0], CT, *c[1:]) for c in CT_HEADERS + CT_IDENTITY + CT_PIXELS +
 # `reconstruct` loads the model (seconds) before it reads the radiograph: one case per kind of problem runs it
 CXR_WRITTEN = {"cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
                "cr_rows_larger_than_data", "cr_j2k_garbage", "png_blank", "nhdr_2d_data_outside",
-               "cr_high_bit_above_bits_stored", "cr_sample_j2k_marker_code_in_data"}
+               "cr_high_bit_above_bits_stored", "cr_sample_j2k_marker_code_in_data", "png_holding_a_tiff",
+               "cr_pixel_spacing_negative"}
 RUNS = [(command, *c) for c in IN_PROCESS for command in ("info", "write")
         if command == "info" or c[1] == CT or c[0] in CXR_WRITTEN]
 SUBPROCESS = [(c[0], "cxr", *c[1:]) for c in CXR_BOMBS] + [(*c, {}) for c in SPECIAL]
@@ -521,8 +584,9 @@ def test_edge_series_are_read(tmp_path):
 
 
 def test_edge_radiographs_are_read(tmp_path):
-    """A window inside the data, a valid VOI LUT (US and OW), a non-integer rescale under a VOI LUT and a PNG that
-    is not blank: read without warnings."""
+    """A window inside the data, a valid VOI LUT (US and OW), a non-integer rescale under a VOI LUT, a SIGMOID window
+    (its output range is found far from the centre, where exp overflows) and a PNG that is not blank: read without
+    warnings."""
     lut = np.linspace(0, 4095, 4096).astype(int).tolist()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -531,9 +595,12 @@ def test_edge_radiographs_are_read(tmp_path):
         ow = read_radiograph(cr(tmp_path / "ow.dcm", VOILUTSequence=voi_lut((4096, 0, 16), lut, "OW"))[0])
         scaled = read_radiograph(cr(tmp_path / "s.dcm", RescaleSlope=0.5, RescaleIntercept=0.25,
                                     VOILUTSequence=voi_lut((4096, 0, 12), lut))[0])
+        sigmoid = read_radiograph(cr(tmp_path / "sg.dcm", WindowCenter=2000, WindowWidth=500,
+                                     VOILUTFunction="SIGMOID")[0])
         Image.fromarray(np.eye(8, dtype=np.uint8) * 9).save(tmp_path / "p.png")
         png = read_radiograph(tmp_path / "p.png")
     assert window.array.min() == 0 and window.array.max() == 1
+    assert 0 < sigmoid.array.min() < 0.01 and 0.99 < sigmoid.array.max() < 1
     np.testing.assert_allclose(us.array, ow.array, atol=1e-6)
     assert 0 < scaled.array.max() <= 1 and png.array.max() == pytest.approx(9 / 255)
 

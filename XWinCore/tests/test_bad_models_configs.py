@@ -128,6 +128,8 @@ MODEL_CASES = [
     ("metadata_not_json", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
                                                                              "config": "{model: [1,"}), _predict),
     ("metadata_no_config", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT}), _predict),
+    ("config_nested_deeper_than_the_stack", lambda d, g: _model(
+        d / "m.safetensors", g, meta={"format": MODEL_FORMAT, "config": "[" * 100_000 + "]" * 100_000}), _predict),
     ("config_a_list", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
                                                                          "config": "[1, 2]"}), _predict),
     ("config_a_number", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
@@ -179,6 +181,14 @@ MODEL_CASES = [
                                                                                "config": "{"}), _train_init),
     ("train_init_random_bytes", lambda d, g: _bytes(d / "m.safetensors", np.random.default_rng(1).bytes(999)),
      _train_init),
+    # integer or boolean tensors where the model has floats: cast without a word today
+    ("weight_int8", lambda d, g: _model(d / "m.safetensors", g, lambda t: _set(
+        t, "decoder.head.weight", t["decoder.head.weight"].to(torch.int8))), _predict),
+    ("mean_projection_int16", lambda d, g: _model(d / "m.safetensors", g, lambda t: t.update(
+        {"mean_projection.images": torch.zeros(3, 32, 32, dtype=torch.int16),
+         "mean_projection.poses": torch.zeros(3, 2)})), _predict),
+    ("train_init_weight_bool", lambda d, g: _model(d / "m.safetensors", g, lambda t: _set(
+        t, "decoder.head.bias", t["decoder.head.bias"].bool())), _train_init),
 ]
 
 # --- configs: (id, text of the YAML, name of the culprit file when it is not the config) -----------------------
@@ -208,6 +218,7 @@ CONFIG_CASES = [
     ("huge_img_size", _model_yaml(img_size=1_600_000)),
     ("huge_depth", _model_yaml(depth=10**9)),
     ("huge_widths", _model_yaml(predictor_width=4 * 10**6, predictor_heads=1)),
+    ("empty_file", ""),
 ]
 
 
@@ -223,7 +234,32 @@ SPECIAL_CONFIGS = [
     ("fifo", lambda d: _fifo(d / "bad.yaml"), "bad.yaml"),
     ("folder", lambda d: (d / "bad.yaml").mkdir() or d / "bad.yaml", "bad.yaml"),
     ("nine_mib_file", lambda d: _sparse(d / "bad.yaml", 9 << 20), "bad.yaml"),
+    ("holdout_every_ct", lambda d: _data_yaml(d, holdout=["ct"]), "bad.yaml"),
+    ("cases_csv_not_utf8", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split\n\xff,train\n")), "cases.csv"),
+    ("cases_csv_row_without_file", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"split,file\ntrain\n")),
+     "cases.csv"),
+    ("cxr_folder_with_truncated_png", lambda d: _data_yaml(d, cxr=[str(_films(d / "films"))]), "b.png"),
+    ("bank_is_a_file", lambda d: _data_yaml(d, bank=str(_bytes(d / "bank.txt", b"not a bank"))), "bank.txt"),
 ]
+
+
+def _data_yaml(d: Path, **data) -> Path:
+    """The tiny model's config with ``data`` (default: one CT file, whose contents the cases never reach)."""
+    data.setdefault("ct", [str(_bytes(d / "ct.nrrd", b"never read"))])
+    return _yaml(d / "bad.yaml", json.dumps({**TINY, "data": data}))
+
+
+def _cases(d: Path, text: bytes) -> str:
+    return str(_bytes(d / "cases.csv", text))
+
+
+def _films(folder: Path) -> Path:
+    """A folder of two PNG films of noise, the second cut in half."""
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / name)
+    _bytes(folder / "b.png", (folder / "b.png").read_bytes()[:2000])
+    return folder
 
 
 def _sparse(path: Path, size: int) -> Path:
@@ -296,6 +332,22 @@ def test_bad_config_file(make, culprit, case_dir, capsys):
     _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, culprit, capsys)
 
 
+def _truncated_ct(path: Path) -> Path:
+    """A NIfTI CT whose header is sound and whose voxels are cut short: found only when the data is read."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20, 20), np.int16)), str(path))
+    return _bytes(path, path.read_bytes()[:2000])
+
+
+def test_bad_training_ct_is_named(case_dir, capsys):
+    """A training CT found broken only when the DRR bank reads it: one line naming it (not MONAI's RuntimeError
+    around the error), no run folder or bank left, and no progress bar under ``--progress none``."""
+    ct = _truncated_ct(case_dir / "broken.nii")
+    config = _yaml(case_dir / "bad.yaml", json.dumps({**TINY, "data": {"ct": [str(ct)]}}))
+    line = _refused(["train", "--config", str(config), "--out", str(case_dir / "run"), "--progress", "none"],
+                    case_dir, str(ct), capsys)
+    assert "truncated" in line
+
+
 def test_valid_descending_lists_and_pairs_are_accepted(tmp_path):
     """The `:g` bug: a 2-element list in descending order is a list (docs/model.md), not a [low, high] pair."""
     config = load_config(_yaml(tmp_path / "ok.yaml", "data:\n  lao: [15, 0]\n  cran: [0, -10]\n"
@@ -350,6 +402,9 @@ REQUEST_CASES = [
      "--device cuda:1", {}),
     ("eval_world_device_empty", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--device", ""],
      "--device ''", {}),
+    ("eval_world_train_ct_truncated", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--train-ct",
+                                                    str(_truncated_ct(d / "t.nii")), "--checkpoint",
+                                                    str(i["model"]), "--renderings", "1"], "t.nii", {}),
     ("render_out_existing_file_several_poses", lambda i, d: [
         "render", str(i["ct"]), "--lao", "0", "30", "--cran", "0", "--out", str(d / _existing_file(d, "taken"))],
      "taken", {}),

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ TIMEOUT_S = 30
 
 # NIfTI-1 header offsets (nifti1.h)
 DIM, PIXDIM, VOX_OFFSET, SCL, QFORM_CODE, SFORM_CODE, QUATERN, QOFFSET, SROW = 40, 76, 108, 112, 252, 254, 256, 268, 280
+DATATYPE, BITPIX = 70, 72
 SPACING, ORIGIN = (0.7, 0.8, 2.5), (-10.0, 20.0, 30.0)
 
 
@@ -70,9 +72,10 @@ def rotated_sform(path: Path, degrees: float) -> Path:
     return nifti(path, *rows, (QFORM_CODE, "h", 0))
 
 
-def nrrd(path: Path, fields: str = "", data: bytes | None = None, sizes: str = "6 5 4") -> Path:
-    """A hand-written int16 NRRD; ``data`` None: the voxels attached after the blank line, else a detached header."""
-    header = f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nencoding: raw\nendian: little\n{fields}"
+def nrrd(path: Path, fields: str = "", data: bytes | None = None, sizes: str = "6 5 4", kind: str = "short") -> Path:
+    """A hand-written NRRD (int16 unless ``kind``); ``data`` None: the voxels attached after the blank line, else
+    written right after the header fields (b"" for a detached header)."""
+    header = f"NRRD0004\ntype: {kind}\ndimension: 3\nsizes: {sizes}\nencoding: raw\nendian: little\n{fields}"
     path.write_bytes(header.encode() + (b"\n" + _voxels().tobytes() if data is None else data))
     return path
 
@@ -83,9 +86,10 @@ def nrrd_geometry(path: Path, directions: str, origin: str = "(1,2,3)", extra: s
 
 
 def metaimage(path: Path, fields: str = "", data_file: str = "LOCAL", data: bytes | None = None,
-              sizes: str = "6 5 4") -> Path:
-    """A hand-written int16 MetaImage; LOCAL: the voxels (or ``data``) follow the header."""
-    header = (f"ObjectType = Image\nNDims = 3\nDimSize = {sizes}\nElementType = MET_SHORT\n{fields}"
+              sizes: str = "6 5 4", element_type: str = "MET_SHORT") -> Path:
+    """A hand-written MetaImage (int16 unless ``element_type``); LOCAL: the voxels (or ``data``) follow the
+    header."""
+    header = (f"ObjectType = Image\nNDims = 3\nDimSize = {sizes}\nElementType = {element_type}\n{fields}"
               f"ElementDataFile = {data_file}\n")
     body = (_voxels().tobytes() if data is None else data) if data_file == "LOCAL" else b""
     path.write_bytes(header.encode() + body)
@@ -98,12 +102,13 @@ def raw(path: Path) -> Path:
     return path
 
 
-def detached(folder: Path, kind: str, data_file: str, name: str = "ct") -> Path:
+def detached(folder: Path, kind: str, data_file: str, name: str = "ct", compressed: bool = False) -> Path:
     """A detached header ``folder/hdr/ct.nhdr`` or ``.mhd`` naming ``data_file`` (relative to its own folder)."""
     (folder / "hdr").mkdir(exist_ok=True)
     if kind == "nhdr":
         return nrrd(folder / "hdr" / f"{name}.nhdr", f"data file: {data_file}\n", data=b"")
-    return metaimage(folder / "hdr" / f"{name}.mhd", data_file=data_file)
+    return metaimage(folder / "hdr" / f"{name}.mhd", "CompressedData = True\n" if compressed else "",
+                     data_file=data_file)
 
 
 def symlinked_data(folder: Path) -> Path:
@@ -138,6 +143,23 @@ def device(path: Path) -> Path:
 def huge_nifti(path: Path) -> Path:
     """A .nii.gz of a few hundred bytes whose header declares 1024 × 1024 × 1536 int16 (3 GiB of voxels)."""
     return nifti(path, (DIM, "4h", (3, 1024, 1024, 1536)))
+
+
+ZLIB = zlib.compress(_voxels().tobytes())
+
+
+def compressed_metaimage(path: Path, data: bytes, size: int | None = None) -> Path:
+    """A MetaImage whose LOCAL data is ``data`` under CompressedData = True (and CompressedDataSize when given)."""
+    fields = "CompressedData = True\n" + ("" if size is None else f"CompressedDataSize = {size}\n")
+    return metaimage(path, fields, data=data)
+
+
+def slice_files(folder: Path, count: int, pattern: str = "") -> Path:
+    """A detached .mhd over ``count`` slice files s0.raw... named by LIST, or by a file ``pattern`` when given."""
+    names = [f"s{n}.raw" for n in range(count)]
+    for name in names:
+        raw(folder / "hdr" / name)
+    return detached(folder, "mhd", pattern or "LIST\n" + "\n".join(names))
 
 
 def truncated_metaimage(path: Path) -> Path:
@@ -180,6 +202,36 @@ BAD = [
      ["not orthonormal"], {}),
     ("mha_offset_nan", lambda d: metaimage(d / "ct.mha", "Offset = nan 0 0\n"), ["origin", "not finite"], {}),
     ("mha_spacing_nan", lambda d: metaimage(d / "ct.mha", "ElementSpacing = 1 nan 1\n"), ["spacing", "nan"], {}),
+    # read today as something else than the file says: the header's own bytes as voxels, a lying bitpix, bytes of a
+    # MET_STRING, a 'none' axis given 1 mm, garbage or zeros out of a broken zlib stream, too few slice files
+    ("nifti_vox_offset_inside_header", lambda d: nifti(d / "ct.nii", (VOX_OFFSET, "f", 0.0)),
+     ["vox_offset is 0", "inside the 352-byte header"], {}),
+    ("nifti_bitpix_contradicts_datatype", lambda d: nifti(d / "ct.nii", (BITPIX, "h", 8)),
+     ["bitpix is 8", "datatype 4 has 16 bits"], {}),
+    ("mha_element_type_string", lambda d: metaimage(d / "ct.mha", element_type="MET_STRING"),
+     ["elementtype met_string", "not a number type"], {}),
+    ("nrrd_direction_none_on_grid_axis", lambda d: nrrd_geometry(d / "ct.nrrd", "(2,0,0) (0,3,0) none"),
+     ["space directions", "('none')", "axis 3"], {}),
+    ("mha_compressed_not_zlib", lambda d: compressed_metaimage(d / "ct.mha", bytes(range(200)), 200),
+     ["compressed voxel data", "240 bytes", "zlib"], {}),
+    ("mha_compressed_size_cuts_stream", lambda d: compressed_metaimage(d / "ct.mha", ZLIB, 10),
+     ["compressed voxel data", "ends after"], {}),
+    ("mha_compressed_stream_short", lambda d: compressed_metaimage(d / "ct.mha", zlib.compress(
+        _voxels().tobytes()[:200]), 200), ["compressed voxel data", "inflates to 200 bytes"], {}),
+    ("mha_compressed_without_size", lambda d: compressed_metaimage(d / "ct.mha", zlib.compress(_voxels().tobytes())),
+     ["without compresseddatasize"], {}),
+    ("mhd_list_too_few_slices", lambda d: slice_files(d, 2), ["names 2 file(s)", "needs 4"], {}),
+    ("mhd_pattern_too_many_slices", lambda d: slice_files(d, 5, "s%d.raw 0 4 1"), ["names 5 file(s)", "needs 4"],
+     {}),
+    # finite, but no CT: a voxel of 1e-320 mm, a grid 1e308 mm away, values float32 cannot hold (DRRs of NaN)
+    ("nrrd_spacing_subnormal", lambda d: nrrd(d / "ct.nrrd", "spacings: 1e-320 1 1\n"),
+     ["spacing", "between 0.0001 and 10000 mm"], {}),
+    ("mha_spacing_1e300", lambda d: metaimage(d / "ct.mha", "ElementSpacing = 1e300 1 1\n"),
+     ["spacing", "between 0.0001 and 10000 mm", "1e+300"], {}),
+    ("nrrd_origin_1e308", lambda d: nrrd_geometry(d / "ct.nrrd", "(1,0,0) (0,1,0) (0,0,2)", "(1e308,0,0)"),
+     ["origin", "1 km"], {}),
+    ("nrrd_double_beyond_float32", lambda d: nrrd(d / "ct.nrrd", data=b"\n" + np.full(120, -1e300).tobytes(),
+                                                  kind="double"), ["120 voxel values", "float32 range"], {}),
     # detached data files: never outside the header's folder, never a pipe, and present
     ("nhdr_data_etc_passwd", lambda d: detached(d, "nhdr", "../" * 30 + "etc/passwd"),
      ["outside the header's folder", "/etc/passwd"], {}),
@@ -228,6 +280,13 @@ EDGE = [
     ("symlink_to_regular_file", lambda d: os.symlink(nrrd(d / "real.nrrd"), d / "ct.nrrd") or d / "ct.nrrd",
      (1, 1, 1), (0, 119), {}),
     ("budget_raised", lambda d: nrrd(d / "ct.nrrd"), (1, 1, 1), (0, 119), {"XWIN_MAX_VOLUME_GB": "0.001"}),
+    ("mha_compressed_zlib", lambda d: compressed_metaimage(d / "ct.mha", ZLIB, len(ZLIB)), (1, 1, 1), (0, 119), {}),
+    ("mhd_compressed_gzip_beside", lambda d: (d / "hdr").mkdir() or (d / "hdr" / "ct.zraw").write_bytes(
+        gzip.compress(_voxels().tobytes())) and detached(d, "mhd", "ct.zraw", compressed=True), (1, 1, 1), (0, 119),
+     {}),
+    ("mhd_list_one_file_per_slice", lambda d: slice_files(d, 4), (1, 1, 1), (0, 29), {}),
+    ("nrrd_spacing_at_the_limits", lambda d: nrrd(d / "ct.nrrd", "spacings: 1e-4 1 1e4\n"), (1e-4, 1, 1e4), (0, 119),
+     {}),
 ]
 
 

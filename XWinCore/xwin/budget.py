@@ -83,11 +83,13 @@ def check_training(cfg, config: str | os.PathLike, run: Path, step: bool = True)
                               f"{cfg.model.img_size} px", train_step_bytes(cfg),
                       "lower train.batch_size and raise train.grad_accum for the same step, or ")
     bank = Path(d.bank) if d.bank else run / "bank"
-    if d.online or (bank / "manifest.json").is_file():
+    if not d.online and (bank / "manifest.json").is_file():
         return
     from .data import training_cts
 
-    cts = len(training_cts(cfg))
+    cts = len(training_cts(cfg, config))  # a config that leaves no CT is named before any work
+    if d.online:
+        return
     check_request(config, f"the DRR bank of {cts} CT(s) x {d.augmentations + 1} copies x "
                           f"{len(d.lao) * len(d.cran)} views (data.lao x data.cran) at {cfg.model.img_size} px, "
                           f"{d.spacing_mm:g} mm voxels", bank_bytes(cfg, cts),

@@ -24,6 +24,7 @@ from ..config import DataConfig, ModelConfig, TrainConfig, XWinConfig
 from ..drr import Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, rotation
+from ..io import read_ct
 from ..io.image import Volume
 from ..io.writers import atomic_output
 from .ct import FeatherBordersd, RandCropZd, ct_transforms, deformation_transforms, to_volume
@@ -102,7 +103,7 @@ def prepared_ct(ct, spec: BankSpec) -> Volume:
     """The volume every DRR of XWin's world model sees: a CT (path or `Volume`) resampled to ``spec.spacing_mm``
     isotropic (LPS mm, HU clipped) with its faces feathered to air over ``spec.feather_mm``. Training instances start
     from it; `xwin eval world` renders it."""
-    item = ct_transforms(spacing_mm=spec.spacing_mm)({"ct": ct})
+    item = ct_transforms(spacing_mm=spec.spacing_mm)({"ct": ct if isinstance(ct, Volume) else read_ct(ct)})
     return to_volume(FeatherBordersd("ct", spec.feather_mm)(item)["ct"])
 
 
@@ -118,7 +119,7 @@ def deformed_instances(cts: list[dict], spec: BankSpec, quiet: bool = False):
     feather = FeatherBordersd("ct", spec.feather_mm)
     steps = tqdm(total=len(cts) * (spec.augmentations + 1), desc="CT instances", unit="CT", disable=quiet)
     for ct_index, ct in enumerate(cts):
-        base = load({"ct": ct["path"]})
+        base = load({"ct": read_ct(ct["path"])})  # read here: MONAI would wrap a bad CT's error in its own
         for aug in range(spec.augmentations + 1):
             seed = int(rng.integers(2**31))
             if aug == 0:

@@ -60,17 +60,25 @@ def split_cts(cases: str | Path, split: str) -> list[Path]:
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise XWinInputError(cases, f"cannot read the cases CSV: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise XWinInputError(cases, f"cannot read the cases CSV: it is not UTF-8 text (byte "
+                                    f"0x{exc.object[exc.start]:02x})") from None
+    except csv.Error as exc:
+        raise XWinInputError(cases, f"cannot read the cases CSV: {exc}") from None
     if not rows or not {"file", "split"} <= set(rows[0]):
         raise XWinInputError(cases, "a cases CSV needs the columns 'file' and 'split'")
+    short = next((n for n, r in enumerate(rows, 1) if not r["file"] or r["split"] is None), None)
+    if short is not None:
+        raise XWinInputError(cases, f"data row {short} has no value in column 'file' or 'split'")
     files = [cases.parent / r["file"] for r in rows if r["split"] == split]
     if not files:
         raise XWinInputError(cases, f"no CT has split '{split}'")
     return files
 
 
-def training_cts(cfg) -> list[dict]:
+def training_cts(cfg, config: str | os.PathLike | None = None) -> list[dict]:
     """CTs to train on: every path of ``data.ct`` and, with ``data.cases``, every CT of split ``data.split``, minus
-    held-out patients (splits are by patient)."""
+    held-out patients (splits are by patient). ``config``: the file ``cfg`` came from, named when none is left."""
     held = set(cfg.data.holdout)
     listed = [Path(p) for p in cfg.data.ct]
     if cfg.data.cases:
@@ -83,8 +91,10 @@ def training_cts(cfg) -> list[dict]:
         if patient in held or str(p) in held:
             continue
         cts.append({"path": str(p), "patient_id": patient})
+    if not listed:
+        raise XWinInputError(config, "config key 'data.ct': no training CT given (data.ct and data.cases list none)")
     if not cts:
-        raise XWinInputError(None, "config key 'data.ct': no training CT left after removing held-out patients")
+        raise XWinInputError(config, f"config key 'data.holdout': every training CT ({len(listed)}) is held out")
     return cts
 
 

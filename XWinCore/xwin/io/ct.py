@@ -16,13 +16,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XWinInputError
-from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file, nifti_truncated
+from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file
 from .image import Volume
 from .validate import (
     ORTHONORMAL_TOL,
     check_budget,
+    check_float32,
     check_orthonormal,
     check_regular_file,
+    check_voxel_data,
     dicom_numbers,
     dicom_pixel_module,
     dicom_pixels,
@@ -71,10 +73,12 @@ def _read_image_file(p: Path) -> Volume:
     """NIfTI / NRRD / MetaImage via SimpleITK, once `validate` has passed its header (no voxel read before)."""
     reader = open_header(p)
     validate_header(p, reader)
-    if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
-        raise XWinInputError(p, "is truncated: the file holds fewer voxels than its header announces")
+    check_voxel_data(p, reader)
     image = itk_read(p, reader.Execute, "is truncated or corrupt")
-    array = sitk.GetArrayViewFromImage(image).astype(np.float32)  # one copy: the view shares ITK's buffer
+    view = sitk.GetArrayViewFromImage(image)  # shares ITK's buffer
+    if view.dtype == np.float64:
+        check_float32(p, view, "voxel values")
+    array = view.astype(np.float32)  # one copy
     return Volume(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()),
                   np.array(image.GetDirection()).reshape(3, 3), {"source": str(p), "format": file_format(p)})
 
@@ -94,7 +98,15 @@ def _read_dicom_series(folder: Path) -> Volume:
     array = np.empty((n, rows, cols), np.float32)
     for k, (f, header) in enumerate(ordered):
         slope, intercept = dicom_rescale(f, header)
-        array[k] = dicom_pixels(f, _read_slice(f)) * slope + intercept
+        pixels = dicom_pixels(f, _read_slice(f))
+        photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+        if pixels.ndim != 2 or not photometric.startswith("MONOCHROME"):
+            raise XWinInputError(f, f"PhotometricInterpretation is {photometric or '(empty)'} with "
+                                    f"{header.SamplesPerPixel} sample(s) per pixel; a CT slice holds one grey value "
+                                    "(HU) per pixel (MONOCHROME1 or MONOCHROME2)")
+        hu = pixels * slope + intercept
+        check_float32(f, hu, "HU values (RescaleSlope x stored value + RescaleIntercept)")
+        array[k] = hu
     meta = {"source": str(folder), "format": "DICOM series", "modality": str(first.get("Modality", "")),
             "series_uid": str(first.get("SeriesInstanceUID", "")), "patient_id": str(first.get("PatientID", "")),
             "slices": str(n)}
@@ -102,13 +114,14 @@ def _read_dicom_series(folder: Path) -> Volume:
 
 
 def _read_slice(f: Path) -> pydicom.Dataset:
-    """The whole file (pixel data included); pydicom's warnings are dropped: `dicom_pixels` says what is wrong."""
+    """The whole file, its pixel data read on first use (`dicom_pixels` checks its declared length first); pydicom's
+    warnings are dropped: `dicom_pixels` says what is wrong."""
     import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return pydicom.dcmread(f)
+            return pydicom.dcmread(f, defer_size=_HEADER_BYTES)
         except OSError as e:
             raise XWinInputError(f, f"cannot be read: {e.strerror or e}") from None
         except Exception as e:  # pydicom raises many types for damaged files
@@ -167,9 +180,10 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             listing += ", ..." if len(values) > 3 else ""
             raise XWinInputError(f, f"mixed series: {len(values)} {keyword}s in the folder ({listing}): this file "
                                     f"belongs to another {what}; put one series per folder")
-    modality = str(headers[0][1].get("Modality", "unknown"))
-    if modality != "CT":
-        raise XWinInputError(folder, f"modality is {modality}, not CT")
+    other = [(f, str(ds.get("Modality", "unknown"))) for f, ds in headers if str(ds.get("Modality", "")) != "CT"]
+    if other:  # the folder when no file is CT, else the first file that is not
+        raise XWinInputError(folder if len(other) == len(headers) else other[0][0],
+                             f"modality is {other[0][1]}, not CT")
     if len(headers) == 1:
         raise XWinInputError(folder, f"holds a single 2D slice ({headers[0][0].name}); a CT volume needs at least 2")
     return headers

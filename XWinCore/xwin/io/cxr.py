@@ -19,12 +19,14 @@ from pydicom.multival import MultiValue
 
 from ..errors import XWinInputError
 from .dicom_compat import apply_modality_lut, apply_voi_lut, read_little_endian
-from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, nifti_truncated
+from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension
 from .image import Radiograph
 from .validate import (
     check_budget,
+    check_float32,
     check_memory,
     check_regular_file,
+    check_voxel_data,
     dicom_numbers,
     dicom_pixels,
     dicom_rescale,
@@ -91,7 +93,7 @@ def _read_dicom(p: Path) -> Radiograph:
     meta = {"source": str(p), "format": "DICOM", "modality": modality, "photometric_interpretation": photometric,
             "view_position": str(ds.get("ViewPosition", "")), "original_dtype": str(pixels.dtype),
             "bits_stored": str(ds.get("BitsStored", "")), "transfer_syntax": str(ds.file_meta.TransferSyntaxUID.name)}
-    return Radiograph(image.astype(np.float32), _dicom_spacing(ds), meta)
+    return Radiograph(image.astype(np.float32), _dicom_spacing(p, ds), meta)
 
 
 def _modality_values(pixels: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.ndarray:
@@ -100,7 +102,10 @@ def _modality_values(pixels: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.nda
         _check_lut(p, ds, ds.ModalityLUTSequence[0], "Modality LUT", (8, 16))
     else:
         dicom_rescale(p, ds)
-    return apply_modality_lut(pixels, ds)
+    with np.errstate(over="ignore"):  # a huge slope: refused just below
+        values = apply_modality_lut(pixels, ds)
+    check_float32(p, values, "values out of the Modality LUT (RescaleSlope x stored value + RescaleIntercept)")
+    return values
 
 
 def _display_values(values: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.ndarray:
@@ -119,8 +124,9 @@ def _display_values(values: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.ndar
     else:
         values = np.asarray(values, dtype=np.float64)
         return (values - values.min()) / np.ptp(values)
-    shown = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-    lo, hi = np.asarray(apply_voi_lut(np.array([-(2**31), 2**31 - 1]), ds), dtype=np.float64)
+    with np.errstate(over="ignore"):  # SIGMOID far from its centre: exp overflows to inf, the output to its limit
+        shown = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+        lo, hi = np.asarray(apply_voi_lut(np.array([-(2**31), 2**31 - 1]), ds), dtype=np.float64)
     if np.ptp(shown) == 0:
         raise XWinInputError(p, f"its VOI LUT or window maps every pixel to the same value {shown.flat[0]:g}: the "
                                 "film would be one flat grey")
@@ -176,15 +182,14 @@ def _check_window(p: Path, ds: pydicom.Dataset) -> None:
                                 f"{first['WindowWidth']:g}")
 
 
-def _dicom_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    """(row, col) mm from PixelSpacing, else ImagerPixelSpacing; None when absent or zero (e.g. ``0\\0``)."""
+def _dicom_spacing(p: Path, ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(row, col) mm from PixelSpacing, else ImagerPixelSpacing; None when absent, empty or zero (``0\\0``: not
+    known). Any other value must be two positive numbers (`dicom_numbers`): one XWin cannot read is refused, not
+    taken for "not known"."""
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        try:
-            spacing = tuple(float(v) for v in ds.get(tag) or ())
-        except (TypeError, ValueError):
+        if tag not in ds or not ds[tag].value or not np.any(dicom_numbers(p, ds, tag, 2)):
             continue
-        if len(spacing) == 2 and all(np.isfinite(spacing)) and min(spacing) > 0:
-            return spacing
+        return tuple(float(v) for v in dicom_numbers(p, ds, tag, 2, positive=True))
     return None
 
 
@@ -197,7 +202,7 @@ def _read_raster(p: Path) -> Radiograph:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(p, formats=("PNG", "JPEG")) as im:  # not TIFF, BMP... whatever the name says
                 width, height = im.size
                 decoded = width * height * len(im.getbands()) * (4 if im.mode[0] in "IF" else 1)
                 check_budget(p, f"{width} x {height} pixels of mode {im.mode}", decoded,
@@ -228,8 +233,7 @@ def _read_itk_2d(p: Path) -> Radiograph:
     its size the memory budget before any pixel is read."""
     reader = open_header(p)
     check_memory(p, reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
-    if has_extension(p, (".nii", ".nii.gz")) and nifti_truncated(p):
-        raise XWinInputError(p, "is truncated: the file holds fewer pixels than its header announces")
+    check_voxel_data(p, reader, "pixels")
     image = itk_read(p, reader.Execute, "is truncated, corrupt or not an image file")
     size = image.GetSize()
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -239,6 +243,8 @@ def _read_itk_2d(p: Path) -> Radiograph:
     if image.GetDimension() != 2:
         raise XWinInputError(p, f"is a {image.GetDimension()}D image of size {size}, not a 2D radiograph")
     pixels = sitk.GetArrayFromImage(image)
+    if pixels.dtype == np.float64:
+        check_float32(p, pixels, "pixel values")
     values = pixels / np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else pixels
     sx, sy = image.GetSpacing()
     meta = {"source": str(p), "format": file_format(p), "original_dtype": str(pixels.dtype)}

@@ -20,7 +20,8 @@ else:  # pydicom 2.4
     from pydicom.encaps import generate_pixel_data_frame as _generate_pixel_data_frame
     from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
-__all__ = ["PYDICOM_3", "apply_modality_lut", "apply_voi_lut", "frames", "read_little_endian", "save"]
+__all__ = ["PYDICOM_3", "apply_modality_lut", "apply_voi_lut", "frames", "read_little_endian", "save",
+           "stored_element"]
 
 
 def frames(pixel_data: bytes, number_of_frames: int) -> Iterator[bytes]:
@@ -45,3 +46,11 @@ def save(ds: pydicom.Dataset, path: str | os.PathLike) -> None:
         ds.save_as(path, enforce_file_format=True)
     else:
         ds.save_as(path, write_like_original=False)
+
+
+def stored_element(ds: pydicom.Dataset, tag: int):
+    """The element ``tag`` as stored, a deferred value (``dcmread(defer_size=...)``) left unread: a `RawDataElement`
+    whose ``value`` is None until read (pydicom 2.4's ``get_item`` would read it); None when absent."""
+    if PYDICOM_3:
+        return ds.get_item(tag, keep_deferred=True)
+    return next((e for e in ds.values() if e.tag == tag), None)

@@ -17,14 +17,32 @@ import numpy as np
 
 from ..errors import XWinInputError
 
+SPACING_MM = (1e-4, 1e4)  # a voxel or detector pixel is 0.1 µm to 10 m: beyond, a header error (or no image)
+ORIGIN_MM = 1e6  # a grid's origin lies within 1 km of the patient frame's origin
+
+
+def _spacing_problem(spacing) -> str | None:
+    """Why ``spacing`` (mm) is not a physical voxel or pixel size, or None."""
+    values = tuple(float(s) for s in spacing)
+    if not all(np.isfinite(values)) or min(values) <= 0:
+        return f"must be positive, got {values} mm"
+    if min(values) < SPACING_MM[0] or max(values) > SPACING_MM[1]:
+        shown = ", ".join(f"{v:g}" for v in values)
+        return f"must lie between {SPACING_MM[0]:g} and {SPACING_MM[1]:g} mm, got ({shown}) mm"
+    return None
+
 
 def _check_geometry(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray, source: str | None, n: int) -> None:
     if spacing.shape != (n,) or origin.shape != (n,) or direction.shape != (n, n):
         raise XWinInputError(source, f"geometry must be {n}-D (spacing {spacing.shape}, origin {origin.shape})")
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise XWinInputError(source, f"voxel spacing must be positive, got {tuple(float(s) for s in spacing)} mm")
+    problem = _spacing_problem(spacing)
+    if problem:
+        raise XWinInputError(source, f"voxel spacing {problem}")
     if not np.all(np.isfinite(origin)):
         raise XWinInputError(source, "origin is not finite")
+    if np.max(np.abs(origin)) > ORIGIN_MM:
+        raise XWinInputError(source, f"origin ({', '.join(f'{v:g}' for v in origin)}) mm lies more than "
+                                     f"{ORIGIN_MM:g} mm (1 km) from the patient frame's origin")
     if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
         raise XWinInputError(source, "direction cosines are not an orthonormal matrix")
 
@@ -122,8 +140,9 @@ class Radiograph:
         object.__setattr__(self, "array", np.ascontiguousarray(arr, dtype=np.float32))
         if self.pixel_spacing is not None:
             sp = tuple(float(s) for s in self.pixel_spacing)
-            if len(sp) != 2 or not all(np.isfinite(sp)) or min(sp) <= 0:
-                raise XWinInputError(source, f"pixel spacing must be two positive numbers in mm, got {sp}")
+            problem = f"must be two numbers in mm, got {sp}" if len(sp) != 2 else _spacing_problem(sp)
+            if problem:
+                raise XWinInputError(source, f"pixel spacing {problem}")
             object.__setattr__(self, "pixel_spacing", sp)
 
     @property

@@ -1,17 +1,19 @@
 """Checks on a volume file (NIfTI, NRRD, MetaImage) before any voxel is read: one layer for every volume reader path.
 
 `open_header` refuses anything that is not a regular file, checks the raw header fields that ITK would silently
-repair or ignore (NIfTI pixdim, qform, sform, scl_slope/scl_inter, vox_offset; NRRD spacings and space fields;
-MetaImage spacing, offset and matrix), refuses detached data files outside the header's folder, and then reads the
-header (never the voxels) with SimpleITK. `validate_header` checks what SimpleITK reports against what XWin accepts:
-a 3D scalar grid, positive finite spacing, a finite origin, orthonormal direction cosines (one tolerance,
-`ORTHONORMAL_TOL`, for every format) and a declared size whose reading fits the memory budget
-(``XWIN_MAX_VOLUME_GB``, GiB, default 4). `itk_reading` is the state every SimpleITK read runs in: no ITK warnings,
-and whatever ITK's C/C++ libraries print to stderr is captured instead of shown (the CLI's only output is its line).
-The DICOM checks (`dicom_numbers`, `dicom_rescale`, `dicom_pixel_module`, `dicom_pixels`) serve the CT series and the
-radiograph readers alike: numbers that are numbers, a usable rescale, pixel data that matches its header, a JPEG 2000
-codestream whose structure is sound (`xwin.io.j2k`), and a decode without a complaint from pydicom's decoder plugins,
-within the same memory budget.
+repair or ignore (NIfTI pixdim, bitpix, qform, sform, scl_slope/scl_inter, vox_offset; NRRD spacings and space
+fields; MetaImage element type, spacing, offset and matrix), refuses detached data files outside the header's folder
+(and MetaImage slice-file lists of the wrong length), and then reads the header (never the voxels) with SimpleITK.
+`validate_header` checks what SimpleITK reports against what XWin accepts: a 3D scalar grid, positive finite spacing,
+a finite origin, orthonormal direction cosines (one tolerance, `ORTHONORMAL_TOL`, for every format) and a declared
+size whose reading fits the memory budget (``XWIN_MAX_VOLUME_GB``, GiB, default 4); `check_voxel_data` then checks
+that the data is all there as declared (NIfTI length, compressed MetaImage stream). `itk_reading` is the state every
+SimpleITK read runs in: no ITK warnings, and whatever ITK's C/C++ libraries print to stderr is captured instead of
+shown (the CLI's only output is its line). The DICOM checks (`dicom_numbers`, `dicom_rescale`, `dicom_pixel_module`,
+`dicom_pixels`) serve the CT series and the radiograph readers alike: numbers that are numbers, a usable rescale, a
+known transfer syntax, pixel data that matches its header and fits in its file, a JPEG 2000 codestream whose
+structure is sound (`xwin.io.j2k`), and a decode without a complaint from pydicom's decoder plugins, within the same
+memory budget. `check_float32`: values that XWin's float32 images cannot hold are refused, not turned into ±inf.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XWinInputError
-from .formats import has_extension, itk_reason
+from .formats import has_extension, itk_reason, nifti_truncated
 from .j2k import CodestreamError, check_codestream
 
 if TYPE_CHECKING:
@@ -46,6 +48,10 @@ DEFAULT_MEMORY_GB = 4.0
 _MAX_HEADER_BYTES = 1 << 20  # NRRD / MetaImage text headers larger than this are not parsed further
 _MAX_DATA_FILES = 100_000
 _NIFTI = (".nii", ".nii.gz")
+_NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64,
+               1536: 128, 1792: 128, 2048: 256, 2304: 32}  # NIfTI-1 datatype code: bits per voxel (nifti1.h)
+_META_TYPES = {f"MET_{t}" for t in ("CHAR", "UCHAR", "SHORT", "USHORT", "INT", "UINT", "LONG", "ULONG", "LONG_LONG",
+                                    "ULONG_LONG", "FLOAT", "DOUBLE")}  # numeric MetaIO element types (and _ARRAY)
 _NRRD = (".nrrd", ".nhdr")
 _META = (".mha", ".mhd")
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -220,14 +226,20 @@ def memory_budget() -> float:
     return value * 2**30
 
 
+def _voxel_bytes(pixel_id: int, components: int) -> int:
+    """Bytes per voxel of a SimpleITK pixel type with ``components`` components."""
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    bits = re.search(r"(\d+)-bit", name)
+    return (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in name else 1) * max(components, 1)
+
+
 def check_memory(path: Path, size, pixel_id: int, components: int = 1) -> None:
     """Refuse a declared grid whose reading would need more than the budget (checked before any voxel is read).
 
     Reading holds the file's buffer (NIfTI: twice, nifti_clib's and ITK's) and the float32 HU copy at once.
     """
     name = sitk.GetPixelIDValueAsString(pixel_id)
-    bits = re.search(r"(\d+)-bit", name)
-    nbytes = (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in name else 1) * max(components, 1)
+    nbytes = _voxel_bytes(pixel_id, components)
     voxels = math.prod(int(s) for s in size)
     check_budget(path, f"{' x '.join(str(int(s)) for s in size)} voxels of {name}", voxels * nbytes,
                  voxels * (2 * nbytes + 4))
@@ -240,6 +252,65 @@ def check_budget(path: Path, declared: str, data_bytes: float, need: float) -> N
         raise XWinInputError(path, f"declares {declared} ({data_bytes / 2**30:.1f} GiB); reading it needs about "
                                    f"{need / 2**30:.1f} GiB of memory, more than the {budget / 2**30:g} GiB allowed "
                                    f"(set {MEMORY_ENV} to raise the limit)")
+
+
+def check_voxel_data(path: Path, reader: sitk.ImageFileReader, what: str = "voxels") -> None:
+    """Once the header passed and its size fits the budget, before ITK reads the data: it must all be there as
+    declared, which ITK does not check (it zero-fills or reads leftovers without a word): a NIfTI file holds every
+    voxel its header announces, and the zlib stream of a compressed MetaImage inflates to exactly the declared bytes
+    (streamed, never held; in the header file, CompressedDataSize must say where it ends)."""
+    if has_extension(path, _NIFTI) and nifti_truncated(path):
+        raise XWinInputError(path, f"is truncated: the file holds fewer {what} than its header announces")
+    if not has_extension(path, _META):
+        return
+    fields, _ = _metaimage_fields(path)
+    if fields.get("compresseddata", "").lower() not in ("true", "1"):
+        return
+    name = fields.get("elementdatafile", "")
+    if name.upper() == "LOCAL" and "compresseddatasize" not in fields:  # MetaIO fails to inflate it, reads garbage
+        raise XWinInputError(path, "is corrupt: CompressedData = True without CompressedDataSize, which MetaIO needs "
+                                   "to inflate voxel data stored in the header file (LOCAL)")
+    if name.upper() == "LOCAL":
+        with open(path, "rb") as f:
+            head = f.read(_MAX_HEADER_BYTES)
+        line = re.search(rb"^[ \t]*ElementDataFile[ \t]*=[^\n]*\n", head, re.IGNORECASE | re.MULTILINE)
+        data, offset = path, line.end() if line else len(head)
+    elif len(name.split()) == 1:
+        data, offset = path.parent / name, 0
+    else:
+        return  # a LIST or pattern of compressed files: MetaIO's own checks only
+    declared = math.prod(reader.GetSize()) * _voxel_bytes(reader.GetPixelID(), reader.GetNumberOfComponents())
+    try:
+        size = int(fields["compresseddatasize"]) if "compresseddatasize" in fields else None
+    except ValueError:
+        raise XWinInputError(path, f"is corrupt: CompressedDataSize is {fields['compresseddatasize']!r}") from None
+    inflated, complete, error = _inflate(data, offset, size, declared)
+    if error or not complete or inflated != declared:
+        cause = (f"zlib: {error}" if error else f"it ends after {inflated} bytes" if not complete
+                 else f"it inflates to {'more than ' if inflated > declared else ''}{inflated} bytes")
+        raise XWinInputError(path, f"is truncated or corrupt: its compressed voxel data does not inflate to the "
+                                   f"{declared} bytes the header declares ({cause})")
+
+
+def _inflate(path: Path, offset: int, compressed: int | None, limit: int) -> tuple[int, bool, str]:
+    """(bytes inflated, stopping past ``limit``; whether the zlib/gzip stream ended; zlib's error or '') of the
+    ``compressed`` bytes (None: to the end of the file) from ``offset`` of ``path``, read and inflated in chunks."""
+    stream = zlib.decompressobj(47)  # zlib or gzip header, as MetaIO
+    total, left = 0, compressed
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while not stream.eof and total <= limit:
+                chunk = stream.unconsumed_tail
+                if not chunk:
+                    chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+                    if not chunk:
+                        break
+                    left = None if left is None else left - len(chunk)
+                total += len(stream.decompress(chunk, 1 << 20))
+    except zlib.error as e:
+        return total, False, str(e)
+    return total, stream.eof, ""
 
 
 def _fmt(values) -> str:
@@ -275,9 +346,16 @@ def _check_nifti(path: Path) -> None:
     if not np.all(np.isfinite(pixdim[1 : spatial + 1])) or np.any(pixdim[1 : spatial + 1] <= 0):
         raise XWinInputError(path, f"voxel spacing (NIfTI pixdim) must be positive and finite, got "
                                    f"{_fmt(pixdim[1 : spatial + 1])} mm")
+    datatype, bitpix = get("2h", 70)
+    if datatype in _NIFTI_BITS and bitpix != _NIFTI_BITS[datatype]:  # nifti_clib reads datatype's size, not bitpix
+        raise XWinInputError(path, f"is corrupt: NIfTI bitpix is {bitpix}, but datatype {datatype} has "
+                                   f"{_NIFTI_BITS[datatype]} bits per voxel")
     (vox_offset,) = get("f", 108)
     if not math.isfinite(vox_offset) or vox_offset < 0:
         raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset}")
+    if h[344:348] == b"n+1\0" and vox_offset < 352:  # one file: ITK would read the header's last bytes as voxels
+        raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset:g}, inside the 352-byte header "
+                                   "(the voxels of a .nii start at 352 or later)")
     slope, inter = get("2f", 112)
     if math.isinf(slope) or math.isinf(inter):
         raise XWinInputError(path, f"scaling must be finite: scl_slope {slope}, scl_inter {inter}")
@@ -359,6 +437,11 @@ def _check_nrrd(path: Path) -> None:
     for key in ("space directions", "space origin"):
         if re.search(r"nan|inf", fields.get(key, ""), re.IGNORECASE):
             raise XWinInputError(path, f"NRRD {key} is not finite: {fields[key]}")
+    vectors = fields.get("space directions", "").split()
+    nones = [n for n, v in enumerate(vectors) if v.lower() == "none" and (spatial is None or n in spatial)]
+    if nones:  # ITK would invent 1 mm and an axis for it
+        raise XWinInputError(path, f"NRRD space directions give no vector ('none') for grid axis {nones[0] + 1}: "
+                                   f"{fields['space directions']}")
     units = re.findall(r'"([^"]*)"', fields.get("space units", ""))
     if any(u.strip().lower() not in ("", "mm") for u in units):
         raise XWinInputError(path, f"space units are {units}; XWin reads millimetres only")
@@ -367,15 +450,25 @@ def _check_nrrd(path: Path) -> None:
         _check_data_files(path, _data_file_names(path, data, rest))
 
 
-def _check_metaimage(path: Path) -> None:
+def _metaimage_fields(path: Path) -> tuple[dict[str, str], list[str]]:
+    """(lower-case key: value of a MetaImage header, the file names listed after ``ElementDataFile = LIST``)."""
     lines, rest = _header_lines(path, re.compile(r"^\s*ElementDataFile\s*=", re.IGNORECASE))
     fields = {}
     for line in lines:
         key, eq, value = line.partition("=")
         if eq:
             fields[key.strip().lower()] = value.strip()
+    return fields, rest
+
+
+def _check_metaimage(path: Path) -> None:
+    fields, rest = _metaimage_fields(path)
     if "elementdatafile" not in fields:
         return  # not a MetaImage header: ITK says why
+    kind = fields.get("elementtype", "").upper()
+    if kind and kind.removesuffix("_ARRAY") not in _META_TYPES:  # MetaIO reads MET_STRING & co. as bytes
+        raise XWinInputError(path, f"ElementType {fields['elementtype']} is not a number type (MET_SHORT, "
+                                   "MET_FLOAT...): no voxel values can be read from it")
     for key in ("elementspacing", "elementsize"):  # MetaIO reads "nan" as 0
         if key in fields:
             spacing = _numbers(path, key, fields[key])
@@ -388,7 +481,28 @@ def _check_metaimage(path: Path) -> None:
             raise XWinInputError(path, f"{what} (MetaImage {key}) is not finite: {fields[key]}")
     data = fields["elementdatafile"]
     if data.upper() != "LOCAL":
-        _check_data_files(path, _data_file_names(path, data, rest))
+        names = _data_file_names(path, data, rest)
+        _check_data_files(path, names)
+        _check_slice_files(path, fields, data, names)
+
+
+def _check_slice_files(path: Path, fields: dict[str, str], data: str, names: list[str]) -> None:
+    """A MetaImage LIST or file pattern must name one file per slice (MetaIO reads too few without a word): as many
+    as the DimSize axes above the files' own dimension (``LIST 2D``, the pattern's fifth field; default NDims - 1)."""
+    tokens = data.split()
+    if len(names) < 2 and not (tokens and tokens[0].upper() == "LIST"):
+        return  # one data file: its length is checked by MetaIO
+    sub = tokens[1] if tokens[0].upper() == "LIST" and len(tokens) > 1 else tokens[4] if len(tokens) > 4 else ""
+    try:
+        dims = [int(t) for t in fields.get("dimsize", "").split()]
+        per_file = int(sub.upper().removesuffix("D")) if sub else len(dims) - 1
+    except ValueError:
+        return  # MetaIO refuses these itself
+    needed = math.prod(dims[per_file:]) if 0 < per_file <= len(dims) else None
+    if needed is not None and len(names) != needed:
+        raise XWinInputError(path, f"data file {'LIST' if tokens[0].upper() == 'LIST' else 'pattern'} names "
+                                   f"{len(names)} file(s), but DimSize {fields.get('dimsize')} in {per_file}D files "
+                                   f"needs {needed}")
 
 
 def _data_file_names(path: Path, value: str, listed: list[str]) -> list[str]:
@@ -462,8 +576,14 @@ def dicom_pixel_module(path: Path, ds: pydicom.Dataset) -> dict[str, int]:
     checked against each other (no pixel data is read)."""
     if "PixelData" not in ds:
         raise XWinInputError(path, "has no pixel data: truncated, or not an image object")
-    frames = ds.get("NumberOfFrames", 1)
-    if str(frames).strip() not in ("", "1"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about a value that is not an IS: refused below, by name
+        frames = str(ds.get("NumberOfFrames", "") or "").strip()
+    try:
+        count = int(frames or 1)
+    except ValueError:
+        raise XWinInputError(path, f"NumberOfFrames is {frames[:60]!r}, not a number of frames") from None
+    if count != 1:
         raise XWinInputError(path, f"is multi-frame ({frames} frames); XWin reads single-frame images only")
     m = {}
     for keyword, allowed in (("Rows", None), ("Columns", None), ("SamplesPerPixel", (1, 3)),
@@ -506,6 +626,10 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     check_budget(path, f"{rows} x {cols} pixels of {samples} x {allocated} bits", expected,
                  expected + rows * cols * samples * 16)  # decoded buffer, a float64 and a float32 copy
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and not syntax.is_transfer_syntax:
+        raise XWinInputError(path, f"TransferSyntaxUID {syntax} is not a transfer syntax XWin knows: its pixel data "
+                                   "cannot be read")
+    _check_declared_length(path, ds)
     native = syntax is None or not syntax.is_encapsulated
     if native:
         data = ds.PixelData
@@ -528,6 +652,20 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
             raise XWinInputError(path, f"pixel data decodes to {pixels.shape}, not Rows x Columns = {shape}")
     check_bits_stored(path, pixels, m["BitsStored"], m["PixelRepresentation"])
     return pixels
+
+
+def _check_declared_length(path: Path, ds: pydicom.Dataset) -> None:
+    """Pixel data not read yet (deferred) must fit in the file: reading a declared 4 GiB would allocate it first."""
+    from .dicom_compat import stored_element
+
+    raw = stored_element(ds, 0x7FE00010)
+    length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if getattr(raw, "value", b"") is not None or length in (None, 0xFFFFFFFF) or start is None:
+        return
+    size = os.path.getsize(path)
+    if start + length > size:
+        raise XWinInputError(path, f"pixel data is truncated: its header declares {length} bytes, the file ends "
+                                   f"{size - start} bytes after its start")
 
 
 def check_j2k(path: Path, ds: pydicom.Dataset, rows: int, cols: int, samples: int) -> None:
@@ -576,3 +714,11 @@ def check_bits_stored(path: Path, values: np.ndarray, bits_stored: int, signed: 
         raise XWinInputError(path, f"{outside} pixels hold values outside the BitsStored = {bits_stored} "
                                    f"{'signed' if signed else 'unsigned'} range {lo}…{hi} (found {vmin}…{vmax}): "
                                    "BitsStored does not describe the data")
+
+
+def check_float32(path: Path, values: np.ndarray, what: str) -> None:
+    """``values`` (float64) must fit XWin's float32 images: larger ones would become ±inf without a word."""
+    beyond = np.abs(values) > np.finfo(np.float32).max
+    if beyond.any():
+        raise XWinInputError(path, f"{int(np.count_nonzero(beyond))} {what} lie beyond the float32 range (±3.4e38), "
+                                   f"e.g. {float(values[beyond].flat[0]):g}")

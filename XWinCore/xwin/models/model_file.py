@@ -139,12 +139,21 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _floating(path: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights``, refused when one is an int or bool tensor (a model would cast it to floats without a word)."""
+    for name, value in weights.items():
+        if not value.is_floating_point():
+            raise XWinInputError(path, f"weight {_one_line(name)} is {str(value.dtype).removeprefix('torch.')}, "
+                                       "not floating point")
+    return weights
+
+
 def _model_config(path: Path, config: Any) -> XWinConfig:
     """The validated config stored with a model, as JSON text or a mapping (``path``: the file it came from)."""
     if isinstance(config, str):
         try:
             config = json.loads(config)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than Python's stack
             raise XWinInputError(path, f"the model's config is not valid JSON ({_one_line(exc)})") from None
     if not isinstance(config, dict):
         raise XWinInputError(path, f"the model's config must be a mapping of sections, got "
@@ -184,7 +193,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], XWin
     path = Path(path)
     if path.is_dir():
         weights, _, state = load_checkpoint(path)
-        return weights, XWinConfig.from_dict(state["config"])
+        return _floating(path, weights), XWinConfig.from_dict(state["config"])
     if not path.exists():
         raise XWinInputError(path, "model not found (expected an exported .safetensors file or a checkpoint folder)")
     problem = file_problem(path)
@@ -197,6 +206,6 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], XWin
             raise XWinInputError(path, f"not an XWin model file (format {_one_line(meta.get('format', 'none'))!r}, "
                                        f"expected {MODEL_FORMAT})")
         config = _model_config(path, meta.get("config"))
-        return _load_tensors(path), config
+        return _floating(path, _load_tensors(path)), config
     except (OSError, SafetensorError) as exc:  # safetensors raises these for foreign and truncated files
         raise XWinInputError(path, f"not an XWin model file ({_one_line(exc)})") from None

@@ -18,6 +18,7 @@ from ..data import (
     load_cxrs,
     training_cts,
 )
+from ..io.writers import check_target
 from .distributed import Dist
 
 
@@ -42,22 +43,26 @@ def real_cxrs(cfg) -> np.ndarray | None:
     return load_cxrs(files, cfg.model.img_size) if files else None
 
 
-def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None) -> PairSampler | OnlineDrrSampler:
+def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None,
+                    quiet: bool = False) -> PairSampler | OnlineDrrSampler:
     """With ``data.online``: render pairs on this rank's device. Otherwise load (or, on rank 0, build) the bank named
-    by ``data.bank`` (default RUN/bank) and wrap it in a sampler. Each rank draws with its own seed."""
+    by ``data.bank`` (default RUN/bank) and wrap it in a sampler. Each rank draws with its own seed. The real films
+    are read, and the bank's folder checked, before the CTs are rendered; ``quiet``: no progress bar."""
     seed = cfg.train.seed + 1000 * d.rank
     c = cfg.data
     mix = dict(pa_fraction=c.pa_fraction, pairs_per_instance=c.pairs_per_instance, zoom=c.zoom,
                context_cran0_fraction=c.context_cran0_fraction, target_cran0_fraction=c.target_cran0_fraction)
+    real = real_cxrs(cfg)
     if cfg.data.online:
-        sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real_cxrs(cfg), seed=seed, device=d.device,
-                                   quiet=not d.main, **mix)
+        sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real, seed=seed, device=d.device,
+                                   quiet=quiet or not d.main, **mix)
     else:
         bank_dir = Path(cfg.data.bank) if cfg.data.bank else run_dir / "bank"
         if d.main and not (bank_dir / "manifest.json").is_file():
-            build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=False)
+            check_target(bank_dir, folder=True, make_parents=True)
+            build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=quiet)
         d.barrier()
-        sampler = PairSampler(load_bank(bank_dir), real_cxrs(cfg), seed=seed, **mix)
+        sampler = PairSampler(load_bank(bank_dir), real, seed=seed, **mix)
     if state is not None:
         sampler.restore(state)
     return sampler

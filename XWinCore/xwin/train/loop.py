@@ -170,7 +170,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
                 trim_metrics(run_dir, step)
         elif t.init is not None:
             fresh = load_initial_weights(model, t.init)
-        sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state)
+        sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state, quiet=progress == "none")
         net = _Losses(model)
         if d.world > 1:
             net = DistributedDataParallel(net, find_unused_parameters=True)
