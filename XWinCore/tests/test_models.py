@@ -471,9 +471,9 @@ def test_config_base_is_read_first_and_overridden_key_by_key(tmp_path):
     assert (cfg.loss.tau, cfg.loss.mim, cfg.train.total_steps) == (0.2, 2.0, 40)
     mim_only, full = load_config(config_path("cpu_small_mim_only")), load_config(config_path("cpu_small"))
     # The ablation differs only in its losses, a batch of 2 DRR pairs (MIM runs on the real films) and the steps of
-    # the shipped model's five stages.
+    # the shipped model's six stages.
     assert (mim_only.model, mim_only.data) == (full.model, full.data)
-    assert mim_only.train == dataclasses.replace(full.train, batch_size=2, total_steps=5 * full.train.total_steps)
+    assert mim_only.train == dataclasses.replace(full.train, batch_size=2, total_steps=6 * full.train.total_steps)
     assert (mim_only.loss.mim, mim_only.loss.view, mim_only.loss.recon) == (full.loss.mim, 0.0, 0.0)
 
 
