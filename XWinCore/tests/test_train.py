@@ -196,6 +196,32 @@ def test_online_training_run(tiny_setup, tmp_path):
     assert not (tmp_path / "run" / "bank").exists()  # nothing pre-rendered
 
 
+def test_frozen_modules_keep_their_weights(tiny_setup, tiny_bank, trained_run, tmp_path):
+    """`train.freeze`: the frozen encoders (and the EMA target: no step) end as they started, the rest trains;
+    an unknown module name is a config error that names the key."""
+    from xwin.errors import XWinInputError
+    from xwin.train import train
+
+    _, cfg_path, _ = tiny_setup
+    data = yaml.safe_load(cfg_path.read_text())
+    data["train"].update({"init": str(trained_run), "total_steps": 2, "checkpoint_every": 2,
+                          "freeze": ["context_encoder", "target_encoder"]})
+    path = tmp_path / "frozen.yaml"
+    path.write_text(yaml.safe_dump(data))
+    train(load_config(path), tmp_path / "run", progress="none", device="cpu")
+    before, _, _ = load_checkpoint(latest_checkpoint(trained_run))
+    after, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    for name, value in after.items():
+        if name.startswith(("context_encoder.", "target_encoder.")):
+            assert torch.equal(value, before[name]), f"{name} changed although frozen"
+    changed = [n for n in after if n.startswith("view_predictor.") and not torch.equal(after[n], before[n])]
+    assert changed, "the view predictor did not train"
+    data["train"]["freeze"] = ["encoder"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(XWinInputError, match="train.freeze"):
+        load_config(path)
+
+
 def _steps(run: Path) -> list[dict]:
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))

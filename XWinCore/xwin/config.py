@@ -29,6 +29,9 @@ ENCODER_PRESETS = {
     "large": (1024, 24, 16),
 }
 
+# world-model modules `train.freeze` may hold fixed (e.g. a stage that trains the predictors on frozen encoders)
+FREEZABLE = ("context_encoder", "target_encoder", "view_predictor", "mask_predictor", "domain_classifier", "decoder")
+
 
 def _f(default: Any, *, gt=None, ge=None, lt=None, le=None, choices=None):
     """A dataclass field with its allowed range (checked by ``_Section.__post_init__``)."""
@@ -353,6 +356,7 @@ class TrainConfig(_Section):
     seed: int = _f(0, ge=0)
     checkpoint_every: int = _f(500, ge=1)
     init: str | None = _f(None)
+    freeze: tuple[str, ...] = _f((), choices=FREEZABLE)  # modules kept as initialised (target_encoder: no EMA step)
 
     def _check(self) -> None:
         self._require(self.warmup_steps <= self.total_steps, "warmup_steps",

@@ -157,6 +157,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
                                           "or choose an empty folder")
         torch.manual_seed(t.seed + d.rank)
         model = create_model(cfg).to(d.device)
+        for name in t.freeze:  # held at their initial weights: no gradient (and the target: no EMA step)
+            getattr(model, name).requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
         step, sampler_state, fresh = 0, None, None
@@ -200,7 +202,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / t.grad_accum
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             opt.step()
-            model.update_target(step, t.total_steps)
+            if "target_encoder" not in t.freeze:
+                model.update_target(step, t.total_steps)
             step += 1
             seconds = time.perf_counter() - tick
             record = {"step": step, "epoch": round(step * per_step / sampler.epoch_size, 3), "lr": lr,
