@@ -2,9 +2,10 @@
 (`XWinSlicer/XWinSlicerLib/install.py`): the DICOM readers and the CT series writer must work with pydicom 2.4 too.
 
 A child Python that finds pydicom 2.4 first on its path (`make test` installs it into ``.venv/pydicom24``) reads what
-this process wrote with pydicom 3 — a CT series, a windowed MONOCHROME1 CR, the embedded JPEG 2000 chest film and a
-truncated file — and writes a CT series with `xwin.export.write_ct_series`; this process compares every value with
-its own reads. Skipped, with the command, where pydicom 2.4 is not installed there.
+this process wrote with pydicom 3 — a CT series, a windowed MONOCHROME1 CR, the embedded JPEG 2000 chest film, a
+truncated file and a CR whose pixel data declares 4 GiB — and writes a CT series with `xwin.export.write_ct_series`;
+this process compares every value with its own reads. Skipped, with the command, where pydicom 2.4 is not installed
+there.
 """
 from __future__ import annotations
 
@@ -40,11 +41,12 @@ np.save(work / "ct.npy", ct.array)
 report["ct_affine"] = ct.lps_from_ijk.tolist()
 for name in ("cr.dcm", "film.dcm"):
     np.save(work / (name + ".npy"), read_radiograph(work / name).array)
-try:
-    read_radiograph(work / "truncated.dcm")
-    report["truncated"] = None
-except XWinInputError as e:
-    report["truncated"] = str(e)
+for name in ("truncated", "declares_4gib"):
+    try:
+        read_radiograph(work / f"{name}.dcm")
+        report[name] = None
+    except XWinInputError as e:
+        report[name] = str(e)
 write_ct_series(ct, work / "written")
 print(json.dumps(report))
 """
@@ -65,6 +67,14 @@ def test_readers_and_writer_work_with_pydicom_2_4(child_python, tmp_path):
     (tmp_path / "film.dcm").write_bytes(Path(demo_cxr_path()).read_bytes())  # JPEG 2000 lossy, MONOCHROME1
     whole = (tmp_path / "cr.dcm").read_bytes()
     (tmp_path / "truncated.dcm").write_bytes(whole[: len(whole) - 200])
+    # a 64×64 CR whose PixelData (OW, 8192 bytes: deferred by the reader) declares 4294967280 bytes: pydicom 2.4's
+    # path of `dicom_compat.stored_element` must see the declared length without reading the value
+    radiograph(tmp_path / "big.dcm", np.zeros((64, 64), np.uint16))
+    element = b"\xe0\x7f\x10\x00OW\x00\x00"
+    big = (tmp_path / "big.dcm").read_bytes()
+    assert big.count(element + (8192).to_bytes(4, "little")) == 1
+    (tmp_path / "declares_4gib.dcm").write_bytes(
+        big.replace(element + (8192).to_bytes(4, "little"), element + (0xFFFFFFF0).to_bytes(4, "little")))
 
     done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=child_python, capture_output=True,
                           text=True, timeout=300)
@@ -81,6 +91,9 @@ def test_readers_and_writer_work_with_pydicom_2_4(child_python, tmp_path):
     with pytest.raises(XWinInputError) as mine:
         read_radiograph(tmp_path / "truncated.dcm")
     assert report["truncated"] == str(mine.value)
+    with pytest.raises(XWinInputError, match="declares 4294967280 bytes") as mine:
+        read_radiograph(tmp_path / "declares_4gib.dcm")
+    assert report["declares_4gib"] == str(mine.value)
 
     written = read_ct(tmp_path / "written")  # pydicom 2.4's series, read here with pydicom 3
     np.testing.assert_allclose(written.array, ct.array, atol=0.5)  # HU stored as integers
