@@ -33,6 +33,7 @@ demo: $(STAMP)
 
 test: $(TESTSTAMP)
 	$(VENV)/bin/ruff check --config XWinCore/pyproject.toml XWinCore bench Testing XWinSlicer
+	$(PY) -m mypy --config-file XWinCore/pyproject.toml XWinCore/xwin
 	$(PY) -m pytest -q -ra XWinCore/tests Testing/Python
 
 bench: $(STAMP)

@@ -14,7 +14,7 @@ import reprlib
 import sys
 import types
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -71,7 +71,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats, lists for tuples."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
+        args: Sequence[Any] = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
         (tp,) = args
@@ -104,7 +104,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _check_range(key: str, value: Any, meta: dict, pair: bool) -> None:
+def _check_range(key: str, value: Any, meta: Mapping[str, Any], pair: bool) -> None:
     """Check ``meta``'s range on a value (each element of a list); a ``pair`` is a [low, high] range."""
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
@@ -124,6 +124,8 @@ class _Section:
     """Validates every field of a config section on construction; subclasses add cross-field checks."""
 
     section: ClassVar[str] = ""
+    if TYPE_CHECKING:  # every section is a dataclass
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -143,6 +145,12 @@ class _Section:
             raise _fail(f"{self.section}.{name}", problem)
 
 
+if TYPE_CHECKING:  # `ModelConfig._check` fills a None from the encoder preset: an int once the config is built
+    _Preset = int
+else:  # the type the values are validated against: null allowed
+    _Preset = int | None
+
+
 @dataclass
 class ModelConfig(_Section):
     """Encoder, predictors, decoder and domain classifier sizes.
@@ -153,9 +161,9 @@ class ModelConfig(_Section):
 
     section: ClassVar[str] = "model"
     encoder: str = _f("tiny", choices=tuple(ENCODER_PRESETS))
-    embed_dim: int | None = _f(None, ge=8)
-    depth: int | None = _f(None, ge=1)
-    num_heads: int | None = _f(None, ge=1)
+    embed_dim: _Preset = _f(None, ge=8)
+    depth: _Preset = _f(None, ge=1)
+    num_heads: _Preset = _f(None, ge=1)
     img_size: int = _f(96, ge=16)
     patch_size: int = _f(16, ge=2)
     in_chans: int = _f(1, ge=1)

@@ -197,7 +197,8 @@ def projection_matrices(views: Views) -> torch.Tensor:
     return torch.cat([minv, -(minv @ views.source[..., None])], dim=-1)
 
 
-def parse_angles(lao: Sequence[float], cran: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def parse_angles(lao: Sequence[float] | np.ndarray,
+                 cran: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pair LAO and CRAN angles (degrees) in order; one value of either broadcasts to the other's length."""
     lao, cran = np.atleast_1d(np.asarray(lao, float)), np.atleast_1d(np.asarray(cran, float))
     if lao.size != cran.size and 1 not in (lao.size, cran.size):

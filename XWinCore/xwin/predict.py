@@ -18,7 +18,7 @@ import torch
 from .config import XWinConfig
 from .data.cxr import to_model_input
 from .errors import XWinInputError
-from .models import create_model
+from .models import XWinWorldModel, create_model
 from .models.model_file import load_checkpoint, read_weights, write_model_file
 
 INFERENCE_MODULES = ("context_encoder.", "target_encoder.", "view_predictor.", "decoder.")
@@ -42,7 +42,7 @@ def default_checkpoint() -> Path:
 class LoadedModel:
     """A world model ready for inference, its config, and the mean training projections (V, H, W) at ``poses``."""
 
-    model: torch.nn.Module
+    model: XWinWorldModel
     config: XWinConfig
     mean_projection: torch.Tensor | None = None
     mean_poses: torch.Tensor | None = None

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from .defaults import SDD_MM, SID_MM
 from .errors import XWinInputError
 from .geometry import D0, U0, V0, Geometry, Views, rotation
+
+if TYPE_CHECKING:
+    from .drr.projector import Mode
 
 Similarity = Literal["gncc", "ncc", "mixed"]
 STATUS_CONVERGED = "converged"
@@ -212,7 +215,7 @@ def resample_image(image: torch.Tensor, pixel: float, target: Geometry) -> torch
 def level_geometries(geometry: Geometry, sizes: Sequence[int]) -> list[Geometry]:
     """Coarse-to-fine detectors covering ``geometry``'s field of view, the longest side ``sizes`` pixels each (never
     finer than ``geometry`` itself)."""
-    out = []
+    out: list[Geometry] = []
     longest = max(geometry.height, geometry.width)
     for n in sorted(set(sizes)):
         n = min(n, longest)
@@ -272,7 +275,7 @@ class _TimeUp(Exception):
     pass
 
 
-def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, mode: str = "radiograph",
+def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, mode: Mode = "radiograph",
              settings: Settings | None = None, mask_to_ct: bool = False, progress=None) -> RegistrationResult:
     """Estimate the C-arm pose (LAO, CRAN, roll in degrees; isocenter in LPS mm) at which ``projector``'s CT renders
     like ``image``.
@@ -415,7 +418,7 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
 
 # ------------------------------------------------------------------------------------------------------- files
 def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float = SID_MM,
-                sdd: float = SDD_MM) -> tuple[np.ndarray, Geometry, str, bool]:
+                sdd: float = SDD_MM) -> tuple[np.ndarray, Geometry, Mode, bool]:
     """The image to register and its detector: (array, geometry, DRR mode to compare with, simulated?).
 
     A DRR written by `xwin render` carries SID/SDD (``xwin_sid_mm``, ``xwin_sdd_mm``), its mode and its pixel size;
@@ -444,7 +447,7 @@ def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float 
     mode = str(meta.get("xwin_mode", "radiograph")) if simulated else "radiograph"
     if mode not in ("line", "intensity", "radiograph"):
         mode = "radiograph"
-    return radiograph.array, geometry, mode, simulated
+    return radiograph.array, geometry, cast("Mode", mode), simulated
 
 
 def register_files(ct: str | os.PathLike, image: str | os.PathLike, *, lao: float = 0.0, cran: float = 0.0,
@@ -462,7 +465,8 @@ def register_files(ct: str | os.PathLike, image: str | os.PathLike, *, lao: floa
     volume = read_ct(ct)
     array, geometry, mode, simulated = load_target(image, pixel, sid, sdd)
     projector = Projector(volume, geometry, isocenter=isocenter, mu_water=mu_water or MU_WATER)
-    start = Pose(float(lao), float(cran), float(roll), tuple(float(x) for x in projector.isocenter))
+    start = Pose(float(lao), float(cran), float(roll),
+                 cast("tuple[float, float, float]", tuple(float(x) for x in projector.isocenter)))
     return register(projector, array, geometry, start, mode=mode, settings=settings, mask_to_ct=not simulated)
 
 
@@ -501,7 +505,7 @@ def read_pose(path: str | os.PathLike) -> tuple[Pose, Geometry]:
     try:
         if not isinstance(doc, dict) or doc.get("format") != POSE_FORMAT:
             raise ValueError(f"format is not {POSE_FORMAT}")
-        iso = tuple(float(v) for v in doc["isocenter_lps_mm"])
+        iso = cast("tuple[float, float, float]", tuple(float(v) for v in doc["isocenter_lps_mm"]))  # checked below
         pose = Pose(float(doc["lao_deg"]), float(doc["cran_deg"]), float(doc.get("roll_deg", 0.0)), iso)
         if len(iso) != 3 or not all(map(math.isfinite, (pose.lao, pose.cran, pose.roll, *iso))):
             raise ValueError("angles and isocenter must be finite numbers")

@@ -48,7 +48,7 @@ _SchemaFields = dataclasses.make_dataclass(
 
 
 @dataclass(frozen=True)
-class BankSpec(_SchemaFields):
+class BankSpec(_SchemaFields):  # type: ignore[valid-type, misc]  # a base made at run time: its fields are Any
     """What a bank holds: ``img_size`` (``model.img_size``, the model's input size in pixels), the `DATA_KEYS` of the
     config's data section (angles in degrees, lengths in mm; see `xwin.config.DataConfig`), ``seed``
     (``train.seed``) and ``supersample``, the one key of its own. `bank_spec` builds it from a config."""

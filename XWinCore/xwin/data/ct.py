@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Hashable, Mapping
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ def from_volume(volume: Volume) -> MetaTensor:
                       meta={k: v for k, v in volume.meta.items() if isinstance(v, (str, int, float))})
 
 
-def to_volume(image: torch.Tensor, meta: dict | None = None) -> Volume:
+def to_volume(image: MetaTensor, meta: dict | None = None) -> Volume:
     """MONAI MetaTensor ``[1, i, j, k]`` (RAS affine) → Volume in HU (LPS affine)."""
     affine = LPS_TO_RAS @ np.asarray(image.affine, dtype=np.float64)  # RAS→LPS is the same flip
     lin = affine[:3, :3]
@@ -123,7 +123,7 @@ class LoadCTd(MapTransform):
     """Read the CT whose path is under ``keys`` with `xwin.io.read_ct` (or take the `Volume` given) into a
     MetaTensor (HU)."""
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = from_volume(d[key] if isinstance(d[key], Volume) else read_ct(d[key]))
@@ -152,7 +152,7 @@ class FeatherBordersd(MapTransform):
         super().__init__(keys)
         self.width_mm = width_mm
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if self.width_mm <= 0:
             return d
@@ -179,7 +179,7 @@ class RandCropZd(MapTransform, RandomizableTransform):
         RandomizableTransform.__init__(self, prob=1.0)
         self.fraction = fraction
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if self.fraction[0] >= 1.0:
             return d

@@ -56,17 +56,18 @@ class OnlineDrrSampler(_Sampler):
         tgt = self._angles(batch_size, self.target_cran0_fraction)
         roll = self.rng.normal(0.0, self.spec.roll_deg, batch_size)
         shift = self.rng.normal(0.0, self.spec.iso_shift_mm, (batch_size, 3))
-        context, target = [], []
+        contexts, targets = [], []
         for i in np.unique(inst):
             rows = np.flatnonzero(inst == i)
-            poses = torch.stack([roll_pose(*angles[r], roll[r], shift[r]) for angles in (ctx, tgt) for r in rows])
+            poses = torch.stack([roll_pose(angles[r, 0], angles[r, 1], roll[r], shift[r])
+                                 for angles in (ctx, tgt) for r in rows])
             with torch.no_grad():
                 images = self.projectors[i].render(pose=poses, mode="radiograph")
                 images = F.avg_pool2d(images[:, None].float(), self.spec.supersample)[:, 0]
-            context.append(images[:len(rows)])
-            target.append(images[len(rows):])
+            contexts.append(images[:len(rows)])
+            targets.append(images[len(rows):])
         d = (tgt - ctx).astype(np.float32)
-        context, target = self._zoomed(torch.cat(context), torch.cat(target))
+        context, target = self._zoomed(torch.cat(contexts), torch.cat(targets))
         batch = {"context": self._images(context), "target": self._images(target),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
                  "group": torch.from_numpy(inst), "patient": torch.from_numpy(self.patient[inst]),

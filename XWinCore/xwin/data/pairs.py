@@ -7,6 +7,8 @@ field of a pair (both views alike) so that the DRRs also look like films collima
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,7 @@ class _Sampler:
         """JSON-serialisable sampler state, for checkpoints: the seed, the pair generator, the number of batches drawn
         and, with augmentation, the numpy RandomState (MT19937) of the MONAI Compose and of each of its random
         transforms, so that a restored sampler draws exactly what this one draws next."""
-        state = {"seed": self.seed, "rng": self.rng.bit_generator.state, "draws": self.draws}
+        state: dict[str, Any] = {"seed": self.seed, "rng": self.rng.bit_generator.state, "draws": self.draws}
         if self.augment is not None:
             state["augment"] = []
             for transform in (self.augment, *self.augment.transforms):

@@ -88,9 +88,9 @@ def best_layouts(ijk_from_lps: np.ndarray, views: Views,
     keeps rows everywhere: for one-off projections of a changing volume (iterative reconstruction, its adjoint), where
     the transposed copies a column walk needs would cost more than they save."""
     a = np.asarray(ijk_from_lps, dtype=np.float64)[:3, :3]
-    centre = (views.corner + (views.width - 1) / 2 * views.du + (views.height - 1) / 2 * views.dv
-              - views.source)
-    centre = _np(centre) @ a.T
+    ray = (views.corner + (views.width - 1) / 2 * views.du + (views.height - 1) / 2 * views.dv
+           - views.source)
+    centre = _np(ray) @ a.T
     steps = [_np(t) @ a.T for t in (views.du, views.dv)]
 
     def layout(d, step):

@@ -59,7 +59,7 @@ def ensure_cache_folder(module_file: str) -> None:
     site-packages run by a user with a read-only home (containers, clusters) could not even import the projector.
     Then the cache goes to a private folder under the temp directory (`_private_temp_folder`) through
     ``numba.config.CACHE_DIR``. ``$NUMBA_CACHE_DIR``, when set, is left to numba."""
-    if numba.config.CACHE_DIR:
+    if numba.config.CACHE_DIR:  # type: ignore[attr-defined]  # numba.config sets its settings at run time
         return
     if _writable(Path(module_file).resolve().parent / "__pycache__"):
         return
@@ -67,7 +67,7 @@ def ensure_cache_folder(module_file: str) -> None:
 
     if _writable(Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)):
         return
-    numba.config.CACHE_DIR = str(_private_temp_folder())
+    numba.config.CACHE_DIR = str(_private_temp_folder())  # type: ignore[attr-defined]  # as above
 
 
 ensure_cache_folder(__file__)
@@ -327,4 +327,4 @@ def adjoint(sino, out, src, corner, du, dv, src_mm, corner_mm, du_mm, dv_mm) -> 
 
 def set_threads(n: int | None) -> None:
     """Limit numba's worker threads (None: all cores)."""
-    numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # set at run time

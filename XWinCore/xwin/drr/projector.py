@@ -6,7 +6,7 @@ integral ∫μ dl is dimensionless; views come from `xwin.geometry` (LPS mm).
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -95,9 +95,10 @@ def back_project(sino: torch.Tensor, shape_kji: tuple[int, int, int], ijk_from_l
                  backend: Backend = "auto") -> torch.Tensor:
     """Adjoint Aᵀ of `forward_project`: spreads (B, H, W) values back onto a ``[k, j, i]`` grid."""
     a = torch.as_tensor(np.asarray(ijk_from_lps) if not isinstance(ijk_from_lps, torch.Tensor) else ijk_from_lps)
+    shape = cast("tuple[int, int, int]", tuple(shape_kji))
     if _pick(backend, sino, views) == "numba":
-        return torch.from_numpy(numba_adjoint(sino.detach().cpu().numpy(), tuple(shape_kji), a.double().numpy(), views))
-    return joseph_torch.adjoint(sino, tuple(shape_kji), a, views)
+        return torch.from_numpy(numba_adjoint(sino.detach().cpu().numpy(), shape, a.double().numpy(), views))
+    return joseph_torch.adjoint(sino, shape, a, views)
 
 
 def _downsample(mu: torch.Tensor, lps_from_ijk: np.ndarray, factor: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -168,6 +169,7 @@ class Projector:
             return
         for factor in preview_factors:
             cache = self._level(factor)[2]
+            assert cache is not None  # a CPU projector has its numba caches
             cache.warm_up()
         with torch.no_grad():  # load the compiled kernel (cache=True) off the GUI thread
             tiny = Geometry(sid=self.geometry.sid, sdd=self.geometry.sdd, height=2, width=2,
@@ -175,6 +177,7 @@ class Projector:
             v = self.views(0.0, 0.0, geometry=tiny)
             level = self._level(preview_factors[0]) if preview_factors else (self.mu, self.ijk_from_lps, self._cache)
             forward_project(level[0], level[1], v, "numba", cache=level[2])
+        assert self._cache is not None  # as above
         if 6 * self._cache.nbytes <= max_bytes:
             self._cache.warm_up()
 

@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -242,8 +242,8 @@ def finetune_scores(encoder, train_x, train_y, test_x, steps: int = 30, lr: floa
         return head(embeddings(enc, test_x))[:, 0].numpy()
 
 
-def probe(encoders: dict[str, torch.nn.Module], sets: Sequence[ProbeSet], size: int, folds: int = 5,
-          shots: Sequence[int] = (5,), seed: int = 0, seen: dict[str, Sequence[str] | None] | None = None,
+def probe(encoders: Mapping[str, torch.nn.Module], sets: Sequence[ProbeSet], size: int, folds: int = 5,
+          shots: Sequence[int] = (5,), seed: int = 0, seen: Mapping[str, Sequence[str] | None] | None = None,
           resamples: int = 1000) -> dict:
     """Per task and encoder: AUROC [95 % patient-bootstrap interval] of the linear probe and k-shot fine-tuning
     (patient-level folds), with the task's image, patient and positive counts and its source-only AUROC.
@@ -255,12 +255,12 @@ def probe(encoders: dict[str, torch.nn.Module], sets: Sequence[ProbeSet], size: 
     shots = tuple(k for k in shots if k > 0)
     index: dict[Path, int] = {}
     for s in sets:
-        for f in s.files:
-            index.setdefault(Path(f).resolve(), len(index))
+        for file in s.files:
+            index.setdefault(Path(file).resolve(), len(index))
     images = torch.from_numpy(load_cxrs(list(index), size))[:, None]
     rows = {s.task.name: np.array([index[Path(f).resolve()] for f in s.files]) for s in sets}
-    out = {"folds": folds, "shots": list(shots), "bootstrap": {"resamples": resamples, "unit": "patient"},
-           "encoders": {}, "tasks": {}}
+    out: dict[str, Any] = {"folds": folds, "shots": list(shots),
+                           "bootstrap": {"resamples": resamples, "unit": "patient"}, "encoders": {}, "tasks": {}}
     for s in sets:
         t = s.task
         out["tasks"][t.name] = {
@@ -282,7 +282,7 @@ def probe(encoders: dict[str, torch.nn.Module], sets: Sequence[ProbeSet], size: 
                 raise XWinInputError(None, f"task {s.task.name}: needs at least 2 patients and 2 folds")
             fold = patient_folds(labels, patients, k_folds, seed)
             x = feats[idx]
-            result = {"transductive": is_transductive(s.files, folders)}
+            result: dict[str, Any] = {"transductive": is_transductive(s.files, folders)}
             scores = np.zeros(len(labels))
             for f in range(k_folds):
                 tr, te = fold != f, fold == f

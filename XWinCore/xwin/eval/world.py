@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -55,8 +56,8 @@ KEYS = ("retrieval_top1", "retrieval_ci", "within_15", "angular_error_deg", "psn
 
 def view_spec(spec: BankSpec, lao=(0.0,) + TARGET_LAO, img_size: int | None = None) -> BankSpec:
     """``spec`` posed at ``lao`` (CRAN 0) and, when given, rendered at ``img_size`` (same field of view)."""
-    return dataclasses.replace(spec, lao=tuple(float(a) for a in lao), cran=(0.0,),
-                               img_size=img_size or spec.img_size)
+    return dataclasses.replace(spec, lao=tuple(float(a) for a in lao), cran=(0.0,),  # type: ignore[call-arg]
+                               img_size=img_size or spec.img_size)  # ignored: BankSpec's fields are made at run time
 
 
 def jitters(spec: BankSpec, renderings: int, seed: int = 0) -> list[tuple[float, np.ndarray]]:
@@ -74,8 +75,8 @@ def render_targets(volume: Volume, spec: BankSpec, roll: float = 0.0,
     """(context (1, 1, S, S) PA view, targets (13, 1, S, S) at TARGET_LAO, CRAN 0) of ``volume`` as given (pass it
     through `prepared_ct` for the training path), in [0, 1]."""
     posed = view_spec(spec)
-    images = render_views(Projector(volume, posed.geometry()), posed, roll, np.zeros(3) if shift is None else shift)
-    images = torch.from_numpy(images)[:, None].float()
+    array = render_views(Projector(volume, posed.geometry()), posed, roll, np.zeros(3) if shift is None else shift)
+    images = torch.from_numpy(array)[:, None].float()
     return images[:1], images[1:]
 
 
@@ -213,12 +214,12 @@ class References:
 def training_references(model, spec: BankSpec, cts: list[tuple[str, object]], device="cpu",
                         quiet: bool = True) -> References:
     """`References` of the training CTs ``cts`` ((name, path or `Volume`) pairs), each through `prepared_ct`."""
-    pas, targets = [], []
+    pas, target_sets = [], []
     for _, ct in tqdm(cts, desc="training CTs", unit="CT", disable=_quiet(quiet)):
         context, views = render_targets(prepared_ct(ct, spec), spec)
         pas.append(context[0])
-        targets.append(views)
-    targets = torch.stack(targets).to(device)
+        target_sets.append(views)
+    targets = torch.stack(target_sets).to(device)
     tokens = torch.stack([model.target_encoder(t) for t in targets])
     return References([name for name, _ in cts], torch.stack(pas).to(device), targets, tokens)
 
@@ -264,13 +265,13 @@ def summarize(records: list[dict] | None, seed: int = 0) -> dict:
     return out
 
 
-def per_angle(records: dict[str, list[dict] | None]) -> list[dict]:
+def per_angle(records: Mapping[str, list[dict] | None]) -> list[dict]:
     """Per target angle: ``{"lao", name: {"psnr", "ssim", "retrieval_top1", "offset_deg"}}`` pooled over units;
     ``offset_deg`` is the mean signed retrieved − true angle (degrees, + toward LAO: a model that shrinks its
     rotations toward PA shows − at LAO 90 and + at RAO 90). Null where a name is unavailable or has no retrieval."""
     rows = []
     for j, a in enumerate(TARGET_LAO):
-        row = {"lao": a}
+        row: dict[str, Any] = {"lao": a}
         for name, recs in records.items():
             cell = dict.fromkeys(("psnr", "ssim", "retrieval_top1", "offset_deg"))
             if recs:
@@ -301,6 +302,7 @@ def _mean_images(loaded: LoadedModel, lao: torch.Tensor) -> torch.Tensor | None:
     """The model file's mean training DRR at the pose nearest each (lao, 0), (13, 1, S, S), or None."""
     if loaded.mean_projection is None:
         return None
+    assert loaded.mean_poses is not None  # load_model gives the poses with the mean projection
     want = torch.stack([lao, torch.zeros_like(lao)], dim=1)
     idx = torch.cdist(want, loaded.mean_poses.float().to(lao.device)).argmin(dim=1)
     return loaded.mean_projection.to(lao.device)[idx][:, None].float()
@@ -323,7 +325,7 @@ def _unit_records(model, untrained, unit: Unit, lao, mean, refs: References | No
     return out, refs.names[k]
 
 
-def _result(records: dict[str, list], seed: int, notes: dict) -> dict:
+def _result(records: Mapping[str, list[dict] | None], seed: int, notes: dict) -> dict:
     out = {name: summarize(records[name], seed) for name in ("model",) + BASELINES}
     for name, note in notes.items():
         if note:
@@ -354,21 +356,23 @@ def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0,
     notes = {"mean_projection": None if mean is not None else "the model file holds no mean projection",
              "nearest_training_patient": note}
     names = ("model",) + BASELINES + (CEILING,)
-    pooled = {name: [] for name in names}
+    pooled: dict[str, list | None] = {name: [] for name in names}
     per_ct = []
     steps = tqdm(total=len(_named(cts)) * renderings, desc="eval world", unit="rendering", disable=_quiet(quiet))
     for name, ct in _named(cts):
-        mine, picked = {n: [] for n in names}, []
+        mine: dict[str, list] = {n: [] for n in names}  # a record, or None where a baseline is unavailable
+        picked: list[str | None] = []
         for unit in render_units(prepared_ct(ct, spec), spec, renderings, seed, score_size):
             recs, nearest = _unit_records(model, untrained, unit.to(device), lao, mean, refs)
             for n in names:
                 mine[n].append(recs[n])
             picked.append(nearest)
             steps.update()
-        mine = {n: None if any(r is None for r in v) else v for n, v in mine.items()}
-        per_ct.append({"ct": name, **_result(mine, seed, {}), "nearest_training_ct": picked})
+        kept = {n: None if any(r is None for r in v) else v for n, v in mine.items()}
+        per_ct.append({"ct": name, **_result(kept, seed, {}), "nearest_training_ct": picked})
         for n in names:
-            pooled[n] = None if pooled[n] is None or mine[n] is None else pooled[n] + mine[n]
+            so_far, more = pooled[n], kept[n]
+            pooled[n] = None if so_far is None or more is None else so_far + more
     steps.close()
     return {**_result(pooled, seed, notes), "per_angle": per_angle(pooled), "per_ct": per_ct,
             "renderings": renderings, "score_size": score_size}

@@ -36,7 +36,7 @@ def write_dicom_seg(masks, values: dict[str, int], ct_files: list, path, *, flip
     from pydicom.uid import generate_uid
 
     sources = [f if isinstance(f, pydicom.Dataset) else pydicom.dcmread(str(f)) for f in ct_files]
-    order = sorted(values, key=values.get)
+    order = sorted(values, key=values.__getitem__)
     if isinstance(masks, dict):
         planes = np.stack([np.asarray(masks[n], bool) for n in order], axis=-1)
     else:

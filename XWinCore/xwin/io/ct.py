@@ -151,7 +151,7 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             raise XWinInputError(f, problem)
     if not files:
         raise XWinInputError(folder, "is an empty folder: no DICOM files (subfolders are not searched)")
-    headers = []
+    headers: list[tuple[Path, pydicom.Dataset]] = []
     for f in files:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid values are refused below, by name
@@ -200,9 +200,9 @@ def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
         missing = [f.name for f, ds in headers if tag not in ds]
         if missing:
             raise XWinInputError(folder, f"{tag} is missing in {len(missing)} files (e.g. {missing[0]})")
-    ipp, iop, pixel = [], [], []
+    positions, iop, pixel = [], [], []
     for f, ds in headers:
-        ipp.append(dicom_numbers(f, ds, "ImagePositionPatient", 3))
+        positions.append(dicom_numbers(f, ds, "ImagePositionPatient", 3))
         iop.append(_orientation(f, ds))
         pixel.append(dicom_numbers(f, ds, "PixelSpacing", 2, positive=True))  # (between rows, between columns)
         dicom_rescale(f, ds)
@@ -219,7 +219,7 @@ def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
                 raise XWinInputError(folder, f"inconsistent {tag}: {f.name} differs from {f0.name}")
     row, col = iop[0][:3], iop[0][3:]
     normal = np.cross(row, col)
-    ipp = np.array(ipp)
+    ipp = np.array(positions)
     order = np.argsort(ipp @ normal, kind="stable")
     ordered, ipp = [headers[n] for n in order], ipp[order]
     along = ipp @ normal

@@ -9,6 +9,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pydicom
@@ -189,7 +190,7 @@ def _dicom_spacing(p: Path, ds: pydicom.Dataset) -> tuple[float, float] | None:
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         if tag not in ds or not ds[tag].value or not np.any(dicom_numbers(p, ds, tag, 2)):
             continue
-        return tuple(float(v) for v in dicom_numbers(p, ds, tag, 2, positive=True))
+        return cast("tuple[float, float]", tuple(float(v) for v in dicom_numbers(p, ds, tag, 2, positive=True)))
     return None
 
 

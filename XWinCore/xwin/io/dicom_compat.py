@@ -18,7 +18,10 @@ if PYDICOM_3:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 else:  # pydicom 2.4
     from pydicom.encaps import generate_pixel_data_frame as _generate_pixel_data_frame
-    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # same functions, pydicom 2 module
+        apply_modality_lut,
+        apply_voi_lut,
+    )
 
 __all__ = ["PYDICOM_3", "apply_modality_lut", "apply_voi_lut", "frames", "read_little_endian", "save",
            "stored_element"]

@@ -11,7 +11,7 @@ Frames and units
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,7 +52,10 @@ class VoxelFrame:
     ``shape_ijk`` (voxels along i, j, k), ``spacing`` (mm along i, j, k), ``origin`` (LPS mm of voxel (0, 0, 0)) and
     ``direction`` (3×3, columns = LPS unit vectors of the i, j, k axes)."""
 
-    shape_ijk: tuple[int, int, int]
+    if TYPE_CHECKING:  # a field of `Grid`, a property of `Volume`
+        @property
+        def shape_ijk(self) -> tuple[int, int, int]: ...
+
     spacing: np.ndarray
     origin: np.ndarray
     direction: np.ndarray

@@ -124,6 +124,7 @@ def check_codestream(data: bytes) -> Siz:
     absent = [t for t in range(tiles) if t not in parts]
     if absent:
         raise CodestreamError(f"it lacks tile {absent[0]} of the {tiles} tiles its SIZ declares")
+    assert siz is not None  # the SIZ segment follows SOC, checked above
     return siz
 
 

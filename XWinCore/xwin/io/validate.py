@@ -690,7 +690,7 @@ def check_j2k(path: Path, ds: pydicom.Dataset, rows: int, cols: int, samples: in
 
 def _decoded(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     """``ds.pixel_array``; what pydicom or its decoder plugin raises or warns about is an error naming the file."""
-    error = None
+    error: Exception | str | None = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -1,6 +1,8 @@
 """Projection decoder: encoder-space patch tokens → a radiograph in the [0, 1] display convention."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from einops import rearrange
 from timm.models.vision_transformer import Block
@@ -37,8 +39,8 @@ class ProjectionDecoder(nn.Module):
                                         nn.Conv2d(cfg.decoder_refine, c, 5, padding=2))
         self.apply(init_weights)
         if self.refine is not None:
-            nn.init.zeros_(self.refine[-1].weight)
-            nn.init.zeros_(self.refine[-1].bias)
+            nn.init.zeros_(cast(torch.Tensor, self.refine[-1].weight))
+            nn.init.zeros_(cast(torch.Tensor, self.refine[-1].bias))
 
         self.context = ContextRefiner(cfg.in_chans, cfg.decoder_context) if cfg.decoder_context else None
 
@@ -76,7 +78,7 @@ class ContextRefiner(nn.Module):
                                   nn.Conv2d(2 * width, width, 3, padding=1), nn.GELU())
         self.out = nn.Conv2d(2 * width, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.out.bias))  # a Conv2d made with its bias
 
     def forward(self, logits: torch.Tensor, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         a = torch.deg2rad(action.float())

@@ -33,5 +33,5 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """θ_target ← m·θ_target + (1 − m)·θ_online for every parameter; buffers are copied."""
     for t, o in zip(target.parameters(), online.parameters()):
         t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)

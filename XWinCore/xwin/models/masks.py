@@ -49,7 +49,8 @@ class MultiBlockMaskGenerator:
         return mask.flatten()
 
     def _sample_one(self, t_size, c_size, generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        best = None  # after max_tries: the draw that left most patches uncovered, all of them as context
+        # after max_tries: the draw that left most patches uncovered, all of them as context
+        best: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         for _ in range(self.max_tries):
             targets = [self._block(t_size, generator) for _ in range(self.cfg.num_targets)]
             covered = torch.stack(targets).any(0)
@@ -59,6 +60,7 @@ class MultiBlockMaskGenerator:
             if best is None or int((~covered).sum()) > int((~best[0]).sum()):
                 best = covered, targets
         else:
+            assert best is not None  # max_tries ≥ 1: the loop kept its best draw
             covered, targets = best
             context = ~covered
         if not context.any():  # every draw covered the grid: a config for a larger grid (see MaskConfig.check_grid)

@@ -69,7 +69,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     with atomic_output(final, folder=True) as tmp:  # a complete folder replaces any older one of the same step
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
-        meta = {}
+        meta: dict[str, Any] = {}
         if optimizer is not None:
             tensors, meta = _optimizer_tensors(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))

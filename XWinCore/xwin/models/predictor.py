@@ -49,6 +49,8 @@ class TokenPredictor(nn.Module):
     the outputs at the query tokens are normed and projected back to the encoder width D.
     """
 
+    pos_embed: torch.Tensor  # buffer
+
     def __init__(self, embed_dim: int, width: int, depth: int, num_heads: int, grid_size: tuple[int, int]):
         super().__init__()
         self.grid_size = grid_size
@@ -90,6 +92,8 @@ class ActionEmbedding(nn.Module):
     (Linear → GELU → Linear → LayerNorm). The harmonics make the embedding 360°-periodic and smooth in both
     angles; the final LayerNorm gives the action the scale of the positional embeddings from the first step.
     """
+
+    freqs: torch.Tensor  # buffer
 
     def __init__(self, width: int, num_frequencies: int = 4):
         super().__init__()

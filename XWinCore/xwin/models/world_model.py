@@ -1,6 +1,8 @@
 """The X-WIN chest-radiograph world model (Yang et al., 2025): encoder, EMA target, predictors, domain head, decoder."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -139,15 +141,17 @@ class XWinWorldModel(nn.Module):
 
         with torch.no_grad():
             target_all = self.target_encoder(torch.cat([tgt, images]) if views else images)
+        # target_tokens, pred_tokens and target_pose are None only where no loss below reads them (Any for mypy)
+        target_tokens: Any
         target_tokens, image_targets = (target_all[:b], target_all[b:]) if views else (None, target_all)
 
         tokens = self.context_encoder(images)
-        pred_tokens = self.view_predictor(tokens[:b], d_lao, d_cran) if views else None
+        pred_tokens: Any = self.view_predictor(tokens[:b], d_lao, d_cran) if views else None
         emb = tokens.mean(1)
 
         geometry = lc.contrastive > 0 and lc.alignment_labels == "geometry"
         # (B, 2) the target views' (lao, cran) degrees, for the labels that follow the geometry
-        target_pose = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1) \
+        target_pose: Any = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1) \
             if geometry or lc.view_contrast > 0 else None
         out: dict[str, torch.Tensor] = {}
         out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss) if lc.view > 0 else zero
@@ -202,8 +206,9 @@ class XWinWorldModel(nn.Module):
         else:  # both latents know their view: the context's pose from f_θ, the target's from g_v's prediction
             pose = self._pose(batch, device)
             target_pose = pose + torch.stack([d_lao, d_cran], dim=1)
-            out["pose"] = 0.5 * (pose_loss(self.pose_head(emb[:b]), pose)
-                                 + pose_loss(self.pose_head(pred_tokens.mean(1)), target_pose))
+            # pose_head exists when loss.pose > 0
+            out["pose"] = 0.5 * (pose_loss(self.pose_head(emb[:b]), pose)  # type: ignore[misc]
+                                 + pose_loss(self.pose_head(pred_tokens.mean(1)), target_pose))  # type: ignore[misc]
         if lc.variance > 0 or lc.covariance > 0:  # collapse guard on the image embeddings (simulated and real)
             out["variance"], out["covariance"] = variance_covariance(emb)
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def centered_grid(isocenter, size, spacing, direction=None) -> Grid:
         raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}")
     d = np.eye(3) if direction is None else np.asarray(direction, np.float64)
     origin = iso - d @ (sp * (size.astype(np.float64) - 1) / 2.0)
-    return Grid(tuple(int(n) for n in size), sp, origin, d)
+    return Grid(cast("tuple[int, int, int]", tuple(int(n) for n in size)), sp, origin, d)
 
 
 def default_grid(geometry: Geometry, isocenter, size=None, spacing=None) -> Grid:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..drr.projector import back_project, forward_project
+from ..drr.projector import Backend, back_project, forward_project
 from ..errors import XWinInputError
 from ..geometry import Views
 from .grid import Grid
@@ -41,7 +41,7 @@ class IterativeResult(NamedTuple):
 
 def _subset(views: Views, idx) -> Views:
     idx = torch.as_tensor(np.asarray(idx), device=views.source.device)
-    return Views(*(t[idx] for t in views[:4]), views.height, views.width)
+    return Views(views.source[idx], views.corner[idx], views.du[idx], views.dv[idx], views.height, views.width)
 
 
 def _safe_inverse(t: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def _check(projections: torch.Tensor, views: Views, iters: int) -> None:
 class _Operator:
     """A and Aᵀ on one grid (μ ``[k, j, i]`` ↔ line integrals) for a fixed set of views."""
 
-    def __init__(self, grid: Grid, views: Views, backend: str, device):
+    def __init__(self, grid: Grid, views: Views, backend: Backend, device):
         self.grid, self.views, self.backend = grid, views, backend
         self.affine = torch.from_numpy(grid.ijk_from_lps)
         self.device = torch.device(device)
@@ -112,7 +112,7 @@ def tv_prox(x: torch.Tensor, weight: float, iters: int = 20) -> torch.Tensor:
 
 def sart(projections: torch.Tensor, views: Views, grid: Grid, *, iters: int = 10, subsets: int | None = None,
          relaxation: float = 0.8, positivity: bool = True, tv: float = 0.0, tv_iters: int = 20,
-         x0: torch.Tensor | None = None, backend: str = "auto", progress: bool = False,
+         x0: torch.Tensor | None = None, backend: Backend = "auto", progress: bool = False,
          callback: Callback | None = None) -> IterativeResult:
     """(OS-)SART. subsets: number of ordered subsets (interleaved views b ≡ s mod n; default B = classic SART, one
     view per update, as RTK's SART; 1 = SIRT-like); relaxation λ ∈ (0, 2); positivity: clamp μ ≥ 0; tv: TV-prox weight
@@ -158,7 +158,7 @@ def sart(projections: torch.Tensor, views: Views, grid: Grid, *, iters: int = 10
 
 
 def cgls(projections: torch.Tensor, views: Views, grid: Grid, *, iters: int = 10, tv: float = 0.0,
-         tv_iters: int = 20, positivity: bool = False, x0: torch.Tensor | None = None, backend: str = "auto",
+         tv_iters: int = 20, positivity: bool = False, x0: torch.Tensor | None = None, backend: Backend = "auto",
          progress: bool = False, callback: Callback | None = None) -> IterativeResult:
     """CGLS on the normal equations AᵀA x = Aᵀb. tv > 0 (μ per mm) or positivity apply a TV prox / clamp after each
     iteration and restart the conjugate directions."""

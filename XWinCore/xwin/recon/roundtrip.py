@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 import torch
 
-from ..drr.projector import MU_WATER, Projector
+from ..drr.projector import MU_WATER, Backend, Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, Views
 from ..io.image import Volume
-from .fdk import WINDOWS, coverage, fdk
+from .fdk import WINDOWS, Window, coverage, fdk
 from .grid import Grid, default_grid, to_volume
 from .iterative import cgls, sart
 from .metrics import compare
@@ -40,8 +40,8 @@ def orbit_angles(views: int, arc: float) -> np.ndarray:
 
 
 def reconstruct(projections: torch.Tensor, views: Views, grid: Grid, method: str = "fdk", *, iters: int | None = None,
-                window: str = "hann", tv: float = 0.0, isocenter=None, backend: str = "auto", progress: bool = False,
-                callback: Callable | None = None) -> torch.Tensor:
+                window: str = "hann", tv: float = 0.0, isocenter=None, backend: Backend = "auto",
+                progress: bool = False, callback: Callable | None = None) -> torch.Tensor:
     """μ per mm ``[k, j, i]`` on ``grid`` from line integrals (B, H, W); tv: TV weight in μ per mm (iterative)."""
     if method not in METHODS:
         raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -49,7 +49,8 @@ def reconstruct(projections: torch.Tensor, views: Views, grid: Grid, method: str
         raise XWinInputError(None, f"{projections.shape[0]} projections for {views.batch} poses: they must match "
                                    "and be at least one")
     if method == "fdk":
-        return fdk(projections, views, grid, window=window, isocenter=isocenter, backend=backend)
+        # fdk refuses a window not in WINDOWS (`ramp_response`)
+        return fdk(projections, views, grid, window=cast(Window, window), isocenter=isocenter, backend=backend)
     k = DEFAULT_ITERS[method] if iters is None else iters
     run = sart if method == "sart" else cgls
     return run(projections, views, grid, iters=k, tv=tv, backend=backend, progress=progress, callback=callback).mu

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 DEMO_CT = "lidc_idri_0001_ct_small.nii.gz"
 DEMO_CXR = "nema_wg04_rg1_chest_cr_j2k.dcm"
@@ -11,7 +12,7 @@ DEMO_CXR = "nema_wg04_rg1_chest_cr_j2k.dcm"
 
 def _path(name: str) -> Path:
     """Filesystem path of a packaged file (the package is installed as plain files, never zipped)."""
-    path = Path(os.fspath(resources.files(__package__) / name))
+    path = Path(os.fspath(cast("os.PathLike[str]", resources.files(__package__) / name)))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: XWin sample data missing from the installation")
     return path

@@ -53,6 +53,7 @@ def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None,
     mix = dict(pa_fraction=c.pa_fraction, pairs_per_instance=c.pairs_per_instance, zoom=c.zoom,
                context_cran0_fraction=c.context_cran0_fraction, target_cran0_fraction=c.target_cran0_fraction)
     real = real_cxrs(cfg)
+    sampler: PairSampler | OnlineDrrSampler
     if cfg.data.online:
         sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real, seed=seed, device=d.device,
                                    quiet=quiet or not d.main, **mix)

@@ -20,7 +20,7 @@ from ..config import XWinConfig
 from ..errors import XWinInputError
 from ..models import create_model
 from ..models import model_file as ckpt
-from ..models.world_model import LOSS_KEYS
+from ..models.world_model import LOSS_KEYS, XWinWorldModel
 from .data import prepare_sampler
 from .distributed import Dist, setup, teardown
 from .progress import ProgressLog, plot_loss_curve, trim_metrics
@@ -46,7 +46,7 @@ def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.01) 
 class _Losses(torch.nn.Module):
     """Makes `training_losses` the forward of a module so DDP can wrap it."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: XWinWorldModel):
         super().__init__()
         self.model = model
 
@@ -138,7 +138,7 @@ def replica_spread(model: torch.nn.Module, d: Dist) -> float:
 
 
 def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progress: str = "bar",
-          device: str = "auto", stop_file: str | Path | None = None) -> Path:
+          device: str = "auto", stop_file: str | Path | None = None) -> Path | None:
     """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder.
 
     stop_file: when this file appears (checked after every step), finish the step, write a checkpoint, log a
@@ -165,7 +165,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         if resume and last is not None:
             weights, opt_tensors, state = ckpt.load_checkpoint(last)
             model.load_state_dict(weights)
-            ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"])
+            ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"])  # type: ignore[arg-type]  # saved by train
             ckpt.restore_rng(state["rng"])
             step, sampler_state = state["step"], state.get("sampler")
             if d.main:
@@ -173,7 +173,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         elif t.init is not None:
             fresh = load_initial_weights(model, t.init)
         sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state, quiet=progress == "none")
-        net = _Losses(model)
+        net: _Losses | DistributedDataParallel = _Losses(model)
         if d.world > 1:
             net = DistributedDataParallel(net, find_unused_parameters=True)
         amp = torch.autocast(d.device.type, dtype=torch.bfloat16) if use_bf16(t.amp, d.device) else nullcontext()
@@ -194,7 +194,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             sums: dict[str, float] = {}
             for micro in range(t.grad_accum):
                 batch = _to(sampler.sample(t.batch_size, cfg.data.real_per_batch), d.device)
-                sync = net.no_sync() if (d.world > 1 and micro < t.grad_accum - 1) else nullcontext()
+                sync = (net.no_sync()  # type: ignore[operator]  # DDP's, with world > 1
+                        if (d.world > 1 and micro < t.grad_accum - 1) else nullcontext())
                 with sync, amp:
                     out = net(batch, step, t.total_steps)
                     (out["total"] / t.grad_accum).backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 - OpenGL back end
@@ -33,7 +34,7 @@ from vtkmodules.vtkRenderingCore import (
 from vtkmodules.vtkRenderingVolumeOpenGL2 import vtkSmartVolumeMapper  # noqa: F401 - registers the GPU mapper
 
 from ..io.image import Volume
-from .controller import POLL_MS, PREVIEW, PanelController
+from .controller import POLL_MS, PREVIEW, Job, PanelController
 from .session import DEVICES, PREVIEW_FACTOR, Session, Settings, preload_before_opengl, volume_rendering_points
 from .training import TrainingProcess, new_stop_file, train_command
 
@@ -64,14 +65,14 @@ class ImageView(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.label = QtWidgets.QLabel(title)
-        self.label.setAlignment(QtCore.Qt.AlignCenter)
+        self.label.setAlignment(QtCore.Qt.AlignCenter)  # type: ignore[attr-defined]  # Qt.py: unscoped enum name
         layout.addWidget(self.label)
         self.vtk = QVTKRenderWindowInteractor(self)
         layout.addWidget(self.vtk, 1)
         self.renderer = vtkRenderer()
         self.renderer.SetBackground(0.08, 0.08, 0.1)
         self.vtk.GetRenderWindow().AddRenderer(self.renderer)
-        self.style = vtkInteractorStyleImage()
+        self.style = vtkInteractorStyleImage()  # type: ignore[method-assign, assignment]  # hides QWidget.style
         self.vtk.SetInteractorStyle(self.style)
         self.mapper = vtkImageSliceMapper()
         self.slice = vtkImageSlice()
@@ -81,10 +82,11 @@ class ImageView(QtWidgets.QWidget):
         self.slice.GetProperty().SetInterpolationTypeToLinear()
         self.slice.SetVisibility(False)
         self.renderer.AddViewProp(self.slice)
-        self._shape = None
+        self._shape: tuple[int, int] | None = None
         self.array: np.ndarray | None = None
-        self.style.AddObserver(vtkCommand.WindowLevelEvent, self._window_level)
-        self.on_window_level = None
+        # self.style: the VTK style above, which mypy takes for QWidget.style
+        self.style.AddObserver(vtkCommand.WindowLevelEvent, self._window_level)  # type: ignore[attr-defined]
+        self.on_window_level: Callable[[ImageView, float, float], None] | None = None
 
     def show_image(self, image: np.ndarray | None, caption: str = "") -> None:
         """Show (H, W) image in [0, 1]; the camera is reset only when the field (shape) changes."""
@@ -157,7 +159,7 @@ class VolumeView(QtWidgets.QWidget):
         # axis-aligned image (spacing 1, origin 0) placed by the volume's user matrix = lps_from_ijk (mm, LPS)
         self.mapper.SetInputData(_vtk_image(volume.array))
         matrix = vtkMatrix4x4()
-        matrix.DeepCopy(volume.lps_from_ijk.ravel())
+        matrix.DeepCopy(volume.lps_from_ijk.ravel())  # type: ignore[call-overload]  # VTK takes any sequence of 16
         self.volume.SetUserMatrix(matrix)
         opacity_points, color_points = volume_rendering_points(volume.array)
         opacity = vtkPiecewiseFunction()
@@ -243,7 +245,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         # when to render (throttled previews while dragging, full on release/settle) and the reconstruction job
         self.controller = PanelController(self.session)
         self.training = TrainingProcess()
-        self.future = None
+        self.future: Job | None = None
         self.recon: Volume | None = None
         self.last_drr_ms = 0.0
 
@@ -331,7 +333,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
     def _build_geometry(self) -> None:
         f = self._group("Geometry (mm)")
         s = self.session.settings
-        self.geometry_widgets = {}
+        self.geometry_widgets: dict[str, QtWidgets.QDoubleSpinBox | QtWidgets.QSpinBox] = {}
         for name, lo, hi, step, suffix in (("sid", 100, 5000, 10, " mm"), ("sdd", 100, 5000, 10, " mm"),
                                            ("pixel", 0.05, 20, 0.1, " mm")):
             w = QtWidgets.QDoubleSpinBox()
@@ -344,13 +346,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
             self.geometry_widgets[name] = w
             f.addRow(name.upper() + ":" if name != "pixel" else "Pixel:", w)
         for name in ("height", "width"):
-            w = QtWidgets.QSpinBox()
-            w.setRange(16, 2048)
-            w.setSuffix(" px")
-            w.setValue(getattr(s, name))
-            w.valueChanged.connect(self._geometry_changed)
-            self.geometry_widgets[name] = w
-            f.addRow("Rows:" if name == "height" else "Columns:", w)
+            box = QtWidgets.QSpinBox()
+            box.setRange(16, 2048)
+            box.setSuffix(" px")
+            box.setValue(getattr(s, name))
+            box.valueChanged.connect(self._geometry_changed)
+            self.geometry_widgets[name] = box
+            f.addRow("Rows:" if name == "height" else "Columns:", box)
 
     def _build_pose(self) -> None:
         f = self._group("C-arm pose (degrees)")
@@ -372,7 +374,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         f.addRow("DRR view:", self.overlay_combo)
 
     def _slider(self, lo: int, hi: int):
-        s = QtWidgets.QSlider(QtCore.Qt.Horizontal)
+        s = QtWidgets.QSlider(QtCore.Qt.Horizontal)  # type: ignore[attr-defined]  # Qt.py: unscoped enum name
         s.setRange(lo * 2, hi * 2)  # half-degree steps
         s.setValue(0)
         label = QtWidgets.QLabel("+0.0°")
@@ -577,6 +579,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def _alignment_done(self) -> None:
         job, self.future = self.future, None
+        assert job is not None  # polled while the job runs
         self.controller.finished_job()
         self.align_button.setText(ALIGN)
         if job.status == "cancelled":
@@ -593,6 +596,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     def _reconstruction_done(self) -> None:
         job, self.future = self.future, None
+        assert job is not None  # polled while the job runs
         self.controller.finished_job()
         self.recon_button.setText("Reconstruct")
         if job.status == "cancelled":
@@ -683,7 +687,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.training.terminate()  # never blocks: stop file (checkpoint), tree killed after the grace period
         self.controller.cancel()
         self.session.close()
-        for v in (*self.image_views, self.volume_view):
+        views: tuple[ImageView | VolumeView, ...] = (*self.image_views, self.volume_view)
+        for v in views:
             v.vtk.Finalize()
         super().closeEvent(event)
 

@@ -134,6 +134,7 @@ class Job:
         """'running', 'cancelling', 'cancelled', 'failed' or 'done'."""
         if not self.done():
             return "cancelling" if self.cancelled else "running"
+        assert self.future is not None  # done() needs a future
         if self.future.cancelled() or isinstance(self.future.exception(), Cancelled):
             return "cancelled"
         return "failed" if self.future.exception() is not None else "done"

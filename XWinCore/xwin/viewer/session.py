@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 import torch
@@ -77,7 +77,8 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     return ((a - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(a)
 
 
-def volume_rendering_points(array: np.ndarray) -> tuple[list[tuple[float, float]], list[tuple[float, ...]]]:
+def volume_rendering_points(
+        array: np.ndarray) -> tuple[list[tuple[float, float]], list[tuple[float, float, float, float]]]:
     """Transfer functions for a CT or CT-like reconstruction: (value, opacity) and (value, r, g, b) points.
 
     HU-like data (values below −500 present): soft tissue faint, bone opaque. Otherwise (μ or arbitrary units) a
@@ -210,7 +211,7 @@ class Session:
         ``warmed`` is set when it is done."""
         self.ct = volume
         self._projector = None if volume is None else Projector(volume, self.geometry, mu_water=self.mu_water)
-        self._center = np.zeros(3) if volume is None else np.array(self._projector.isocenter, np.float64)
+        self._center = np.zeros(3) if self._projector is None else np.array(self._projector.isocenter, np.float64)
         self._place_isocenter()
         if self._projector is not None and warm_up:
             projector, done = self._projector, threading.Event()
@@ -358,7 +359,7 @@ class Session:
         g = self.geometry
         target = self.cxr_on_detector(g)
         s = self.settings
-        start = Pose(s.lao, s.cran, s.roll, tuple(float(x) for x in self.isocenter))
+        start = Pose(s.lao, s.cran, s.roll, cast("tuple[float, float, float]", tuple(float(x) for x in self.isocenter)))
         levels = len(level_geometries(g, settings.sizes))
 
         def progress(level: int, evaluations: int, similarity: float) -> None:
@@ -430,6 +431,7 @@ class Session:
         from .. import recon
         from ..recon.roundtrip import DEFAULT_ITERS
 
+        assert self.ct is not None  # `reconstruct` checked it
         if rest:
             return recon.reconstruct_from_ct(self.ct, views=views, arc=arc, method=method, iters=iters, size=size,
                                              spacing=spacing, geometry=self.geometry, window=window, tv=tv,

@@ -235,7 +235,8 @@ class TrainingProcess:
             Path(self.stop_file).unlink(missing_ok=True)  # a stale request must not stop the new run
         options: dict = {}
         if os.name == "nt":  # pragma: no cover - Windows: no console window, own process group
-            options["creationflags"] = CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
+            options["creationflags"] = (CREATE_NO_WINDOW  # typeshed has the next constant on win32 only
+                                        | subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
         else:  # own session: `kill_process_tree` reaches the launcher's children too
             options.update(start_new_session=True, preexec_fn=_set_parent_death_signal)
         self.proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
@@ -290,6 +291,7 @@ class TrainingProcess:
                 Path(self.stop_file).parent.mkdir(parents=True, exist_ok=True)
                 Path(self.stop_file).write_text("stop\n")
             elif os.name != "nt" and self.running:
+                assert self.proc is not None  # running: a process was started
                 self.proc.send_signal(signal.SIGTERM)
             self._kill_at = time.monotonic() + self.grace_s
             self.state.status = "stopping"
