@@ -311,6 +311,27 @@ def test_reconstruction_cancel_stops_the_work(ct_path):
     c.job.future.result()
 
 
+def test_fdk_cancel_takes_effect_between_back_projected_chunks(ct_path):
+    """Cancel during the FDK back-projection: the work stops after the chunk of views under way, not at the end."""
+    from xwin.io import read_ct
+
+    c = PanelController(Session())
+    c.session.set_ct(read_ct(str(ct_path)), warm_up=False)
+    stages = []
+    job = Job("reconstruction")
+
+    def report(fraction, stage):
+        stages.append(stage)
+        if stage.startswith("FDK: back-projected"):
+            job.cancel()  # the user presses Cancel once the first chunk is back-projected
+        job.report(fraction, stage)
+
+    job.future = c.session.submit(c.session.reconstruct, "ct", "fdk", 40, 360.0, report=report, size=32)
+    job.future.exception(120)
+    assert job.status == "cancelled"
+    assert stages[-1] == "FDK: back-projected 16 of 40 views", stages
+
+
 # --- the loss plot after Close Scene --------------------------------------------------------------------------------
 def test_loss_plot_is_rebuilt_after_close_scene(logic, scene):
     """Close Scene removes the plot nodes; the panel keeps the training state and rebuilds the chart from it

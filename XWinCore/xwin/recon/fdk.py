@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -281,25 +281,40 @@ def _backproject_torch(img: torch.Tensor, pm: torch.Tensor, q2: torch.Tensor, sh
 
 
 def backproject(images: torch.Tensor, views: Views, grid: Grid, orbit_scale=None, *, weighted: bool = True,
-                backend: str = "auto") -> torch.Tensor:
+                backend: str = "auto", callback: Callable[[int, int], None] | None = None,
+                chunk: int = 16) -> torch.Tensor:
     """Voxel-driven back-projection of (B, H, W) ``images`` onto ``grid`` (``[k, j, i]``).
 
     Each voxel centre x is projected with the view's matrix (homogeneous (c·t, r·t, t), t = depth / SDD) and the
     image sampled bilinearly (0 outside the detector). weighted: multiply by (SID/depth)² = (q / t)² with
     q = SID/SDD per view (``orbit_scale``, (B,)); unweighted it counts, per voxel, the views that see it when the
     images are ones. backend: ``numba`` (CPU), ``torch`` (any device) or ``auto`` (numba for CPU tensors).
+    The views are summed ``chunk`` at a time, in order (the numba sum is the same, bit for bit, for any chunk);
+    ``callback(views_done, views_total)`` after each chunk may raise to stop the work there (Cancel).
     """
     pm = projection_matrices(views).double().cpu().numpy() @ grid.lps_from_ijk[None]  # (B, 3, 4) on indices
     q2 = np.ones(views.batch) if orbit_scale is None else np.asarray(orbit_scale, np.float64) ** 2
     use_numba = backend == "numba" or (backend == "auto" and images.device.type == "cpu")
+    nb, chunk = views.batch, max(1, int(chunk))
     if use_numba:
         out = np.zeros(grid.shape_kji, np.float32)
         img = np.ascontiguousarray(images.detach().cpu().numpy().astype(np.float32))
-        _backproject_numba(img, pm, q2, out, weighted)
+        for start in range(0, nb, chunk):
+            part = slice(start, start + chunk)
+            _backproject_numba(img[part], np.ascontiguousarray(pm[part]), q2[part], out, weighted)
+            if callback is not None:
+                callback(min(start + chunk, nb), nb)
         return torch.from_numpy(out)
     dt = images.dtype if images.is_floating_point() else torch.float32
-    return _backproject_torch(images.to(dt), torch.as_tensor(pm, dtype=dt, device=images.device),
-                              torch.as_tensor(q2, dtype=dt, device=images.device), grid.shape_kji, weighted)
+    img_t, pm_t = images.to(dt), torch.as_tensor(pm, dtype=dt, device=images.device)
+    q2_t = torch.as_tensor(q2, dtype=dt, device=images.device)
+    total = torch.zeros(grid.shape_kji, dtype=dt, device=images.device)
+    for start in range(0, nb, chunk):
+        part = slice(start, start + chunk)
+        total += _backproject_torch(img_t[part], pm_t[part], q2_t[part], grid.shape_kji, weighted)
+        if callback is not None:
+            callback(min(start + chunk, nb), nb)
+    return total
 
 
 def coverage(views: Views, grid: Grid, backend: str = "auto", device="cpu") -> torch.Tensor:
@@ -310,12 +325,13 @@ def coverage(views: Views, grid: Grid, backend: str = "auto", device="cpu") -> t
 
 # ----------------------------------------------------------------------------------------------------------- FDK
 def fdk(projections: torch.Tensor, views: Views, grid: Grid, *, window: Window = "hann", isocenter=None,
-        backend: str = "auto") -> torch.Tensor:
+        backend: str = "auto", callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """μ per mm (``[k, j, i]`` on ``grid``) from line integrals (B, H, W) of one circular orbit.
 
     projections: ∫μ dl per pixel (dimensionless), on any device (the result lives there too); views: the B views
     in acquisition order (LAO increasing or decreasing); window: ramp apodisation; isocenter: LPS mm (default: the
     point nearest to every central ray). Full scans (≥ 360°) use weights ½, shorter arcs Parker weights.
+    callback(views_done, views_total): after each chunk of back-projected views (`backproject`); may raise to cancel.
     """
     if projections.ndim != 3 or projections.shape != (views.batch, views.height, views.width):
         raise XWinInputError(None, f"projections of shape {tuple(projections.shape)} do not match the "
@@ -325,4 +341,4 @@ def fdk(projections: torch.Tensor, views: Views, grid: Grid, *, window: Window =
     orbit = Orbit(views, isocenter)
     p = projections.to(torch.float64 if projections.device.type == "cpu" else torch.float32)
     filtered = weighted_filtered(p, orbit, window)
-    return backproject(filtered.float(), views, grid, orbit.sid / orbit.sdd, backend=backend)
+    return backproject(filtered.float(), views, grid, orbit.sid / orbit.sdd, backend=backend, callback=callback)

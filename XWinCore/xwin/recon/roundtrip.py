@@ -42,7 +42,10 @@ def orbit_angles(views: int, arc: float) -> np.ndarray:
 def reconstruct(projections: torch.Tensor, views: Views, grid: Grid, method: str = "fdk", *, iters: int | None = None,
                 window: str = "hann", tv: float = 0.0, isocenter=None, backend: Backend = "auto",
                 progress: bool = False, callback: Callable | None = None) -> torch.Tensor:
-    """μ per mm ``[k, j, i]`` on ``grid`` from line integrals (B, H, W); tv: TV weight in μ per mm (iterative)."""
+    """μ per mm ``[k, j, i]`` on ``grid`` from line integrals (B, H, W); tv: TV weight in μ per mm (iterative).
+
+    callback: called by the iterative methods after each iteration (`xwin.recon.iterative`), by FDK as
+    callback(views_done, views_total) after each chunk of back-projected views; it may raise to cancel."""
     if method not in METHODS:
         raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if projections.shape[0] != views.batch or views.batch < 1:
@@ -50,7 +53,8 @@ def reconstruct(projections: torch.Tensor, views: Views, grid: Grid, method: str
                                    "and be at least one")
     if method == "fdk":
         # fdk refuses a window not in WINDOWS (`ramp_response`)
-        return fdk(projections, views, grid, window=cast(Window, window), isocenter=isocenter, backend=backend)
+        return fdk(projections, views, grid, window=cast(Window, window), isocenter=isocenter, backend=backend,
+                   callback=callback)
     k = DEFAULT_ITERS[method] if iters is None else iters
     run = sart if method == "sart" else cgls
     return run(projections, views, grid, iters=k, tv=tv, backend=backend, progress=progress, callback=callback).mu

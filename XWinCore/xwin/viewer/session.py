@@ -464,9 +464,12 @@ class Session:
             def callback(iteration, *_):
                 report(0.5 + 0.5 * (iteration + 1) / max(k, 1), f"{method.upper()} iteration {iteration + 1} of {k}")
 
+            def back_projected(done, total):  # FDK: Cancel takes effect between chunks of views
+                report(0.5 + 0.5 * done / total, f"FDK: back-projected {done} of {total} views")
+
             mu = recon.reconstruct(projections, poses, grid, method, iters=iters, window=window,
                                    tv=tv * self.mu_water / 1000.0, isocenter=projector.isocenter,
-                                   callback=None if method == "fdk" else callback)
+                                   callback=back_projected if method == "fdk" else callback)
             seconds = time.perf_counter() - t0
             seen = recon.coverage(poses.to(device=projections.device), grid, device=projections.device).cpu().numpy()
         meta = {"xwin_recon_method": method, "xwin_recon_views": int(views), "xwin_recon_arc_deg": float(arc),
