@@ -287,32 +287,12 @@ def test_reconstruction_job_reports_progress(ct_path):
     assert job.result().array.shape == (24, 24, 24)
 
 
-def test_reconstruction_cancel_stops_the_work(ct_path):
-    from xwin.io import read_ct
-
-    c = PanelController(Session())
-    c.session.set_ct(read_ct(str(ct_path)), warm_up=False)
-    started = []
-    job = Job("reconstruction")
-
-    def report(fraction, stage):
-        started.append(stage)
-        job.cancel()  # the user presses Cancel during the first chunk of views
-        job.report(fraction, stage)
-
-    job.future = c.session.submit(c.session.reconstruct, "ct", "fdk", 120, 360.0, report=report, size=32)
-    job.future.exception(60)
-    assert job.status == "cancelled"
-    assert started == ["rendering views 1–8 of 120"], "the work went on after Cancel"
-    with pytest.raises(RuntimeError):
-        c.job = Job()
-        c.job.future = c.session.submit(time.sleep, 0.2)
-        c.start_reconstruction("ct")
-    c.job.future.result()
-
-
-def test_fdk_cancel_takes_effect_between_back_projected_chunks(ct_path):
-    """Cancel during the FDK back-projection: the work stops after the chunk of views under way, not at the end."""
+@pytest.mark.parametrize("views,cancel_at,last", [
+    (120, "rendering views", "rendering views 1–8 of 120"),  # Cancel during the first chunk of rendered views
+    (40, "FDK: back-projected", "FDK: back-projected 16 of 40 views"),  # ... once the first chunk is back-projected
+])
+def test_reconstruction_cancel_stops_the_work(ct_path, views, cancel_at, last):
+    """Cancel stops the work after the chunk under way (rendering or FDK back-projection), not at the end."""
     from xwin.io import read_ct
 
     c = PanelController(Session())
@@ -322,14 +302,19 @@ def test_fdk_cancel_takes_effect_between_back_projected_chunks(ct_path):
 
     def report(fraction, stage):
         stages.append(stage)
-        if stage.startswith("FDK: back-projected"):
-            job.cancel()  # the user presses Cancel once the first chunk is back-projected
+        if stage.startswith(cancel_at):
+            job.cancel()  # the user presses Cancel
         job.report(fraction, stage)
 
-    job.future = c.session.submit(c.session.reconstruct, "ct", "fdk", 40, 360.0, report=report, size=32)
+    job.future = c.session.submit(c.session.reconstruct, "ct", "fdk", views, 360.0, report=report, size=32)
     job.future.exception(120)
     assert job.status == "cancelled"
-    assert stages[-1] == "FDK: back-projected 16 of 40 views", stages
+    assert stages[-1] == last, f"the work went on after Cancel: {stages}"
+    with pytest.raises(RuntimeError):
+        c.job = Job()
+        c.job.future = c.session.submit(time.sleep, 0.2)
+        c.start_reconstruction("ct")
+    c.job.future.result()
 
 
 # --- the loss plot after Close Scene --------------------------------------------------------------------------------
