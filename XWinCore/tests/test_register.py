@@ -18,6 +18,7 @@ from xwin.register import (
     Pose,
     Settings,
     level_geometries,
+    load_target,
     pose_rotation,
     pose_views,
     read_pose,
@@ -113,6 +114,25 @@ def test_real_radiograph_of_another_patient_ends_with_a_clear_status(tmp_path, c
         err = captured.err.strip().splitlines()
         assert len(err) == 1 and printed["status"] in err[0]
     assert json.loads(out.read_text())["status"] == printed["status"]
+
+
+def test_film_distances_come_from_the_flags_else_the_dicom_header_else_the_defaults(tmp_path):
+    """SDD: --sdd, else DICOM Distance Source to Detector (the embedded NEMA film says 1996 mm), else 1800; SID: --sid,
+    else 1600/1800 of the SDD. An unusable header value is ignored (the attribute is optional)."""
+    from synthetic_dicom import radiograph
+
+    _, g, _, simulated = load_target(demo_cxr_path(), pixel=0.2)
+    assert not simulated and (g.sdd, g.sid) == pytest.approx((1996.0, 1996.0 * 1600 / 1800))
+    _, g, _, _ = load_target(demo_cxr_path(), pixel=0.2, sdd=1500.0)
+    assert (g.sdd, g.sid) == pytest.approx((1500.0, 1500.0 * 1600 / 1800))
+    _, g, _, _ = load_target(demo_cxr_path(), pixel=0.2, sid=1700.0)
+    assert (g.sdd, g.sid) == pytest.approx((1996.0, 1700.0))
+    pixels = (np.arange(32 * 32).reshape(32, 32) * 40).astype(np.uint16)
+    for name, tags in (("plain", {}), ("absurd", {"DistanceSourceToDetector": "5"}),
+                       ("negative", {"DistanceSourceToDetector": "-1800"})):
+        path = radiograph(tmp_path / f"{name}.dcm", pixels, ImagerPixelSpacing=[0.5, 0.5], **tags)
+        _, g, _, _ = load_target(path)
+        assert (g.sdd, g.sid) == (1800.0, 1600.0), name
 
 
 def test_a_pose_that_runs_to_the_bound_is_a_failure(demo):

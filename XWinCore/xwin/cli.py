@@ -670,10 +670,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start isocenter in patient LPS mm (default: centre of the CT grid)")
     p.add_argument("--pixel", type=float, metavar="MM",
                    help="detector pixel size of IMAGE in mm (overrides its header)")
-    p.add_argument("--sid", type=float, default=SID_MM,
-                   help=f"film: source → isocenter distance in mm (default {SID_MM:g})")
-    p.add_argument("--sdd", type=float, default=SDD_MM,
-                   help=f"film: source → detector distance in mm (default {SDD_MM:g})")
+    p.add_argument("--sid", type=float,
+                   help=f"film: source → isocenter distance in mm (default {SID_MM:g}/{SDD_MM:g} of the SDD)")
+    p.add_argument("--sdd", type=float,
+                   help="film: source → detector distance in mm (default: the DICOM Distance Source to Detector, "
+                        f"else {SDD_MM:g})")
     p.add_argument("--similarity", choices=("mixed", "gncc", "ncc"), default="mixed",
                    help="gncc: gradient correlation; ncc; mixed: their mean (default)")
     p.add_argument("--restarts", type=int, default=4, help="extra coarse-level starts around the start (default 4)")

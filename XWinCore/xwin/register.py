@@ -417,13 +417,24 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
 
 
 # ------------------------------------------------------------------------------------------------------- files
-def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float = SID_MM,
-                sdd: float = SDD_MM) -> tuple[np.ndarray, Geometry, Mode, bool]:
+def film_distances(meta: dict, sid: float | None = None, sdd: float | None = None) -> tuple[float, float]:
+    """(SID, SDD) in mm for a film: SDD as given, else the DICOM Distance Source to Detector (``meta``'s
+    ``distance_source_to_detector_mm``), else 1800; SID as given, else the same fraction of SDD as the defaults
+    (1600 / 1800). A single view hardly tells them apart from the isocenter depth (docs/registration.md), so they are
+    not estimated."""
+    if sdd is None:
+        sdd = float(meta.get("distance_source_to_detector_mm", SDD_MM))
+    return (sdd * SID_MM / SDD_MM if sid is None else sid), sdd
+
+
+def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float | None = None,
+                sdd: float | None = None) -> tuple[np.ndarray, Geometry, Mode, bool]:
     """The image to register and its detector: (array, geometry, DRR mode to compare with, simulated?).
 
     A DRR written by `xwin render` carries SID/SDD (``xwin_sid_mm``, ``xwin_sdd_mm``), its mode and its pixel size;
     a film takes its pixel size from the header (DICOM Imager Pixel Spacing...) or ``pixel`` (mm at the detector)
-    and ``sid``/``sdd`` (mm) from the caller. ``pixel`` given overrides the file's spacing."""
+    and its distances from `film_distances` (``sid``/``sdd`` in mm when given, else its header or the defaults).
+    ``pixel`` given overrides the file's spacing."""
     from .io import read_radiograph
 
     radiograph = read_radiograph(path)
@@ -434,6 +445,8 @@ def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float 
             sid, sdd = float(meta["xwin_sid_mm"]), float(meta["xwin_sdd_mm"])
         except (KeyError, ValueError):
             raise XWinInputError(path, "its xwin_sid_mm / xwin_sdd_mm metadata are not numbers") from None
+    else:
+        sid, sdd = film_distances(meta, sid, sdd)
     spacing = (pixel, pixel) if pixel is not None else radiograph.pixel_spacing
     if spacing is None:
         raise XWinInputError(path, "has no pixel spacing in its header: give --pixel MM (detector pixel size)")
@@ -452,7 +465,7 @@ def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float 
 
 def register_files(ct: str | os.PathLike, image: str | os.PathLike, *, lao: float = 0.0, cran: float = 0.0,
                    roll: float = 0.0, isocenter: Sequence[float] | None = None, pixel: float | None = None,
-                   sid: float = SID_MM, sdd: float = SDD_MM, settings: Settings | None = None,
+                   sid: float | None = None, sdd: float | None = None, settings: Settings | None = None,
                    mu_water: float | None = None) -> RegistrationResult:
     """`register` a CT file to an image file (what ``xwin register`` runs): start at (lao, cran, roll) degrees and
     ``isocenter`` (LPS mm; default the CT grid centre). Films are compared within the CT's footprint."""
@@ -519,4 +532,5 @@ def read_pose(path: str | os.PathLike) -> tuple[Pose, Geometry]:
 
 __all__ = ["Pose", "RegistrationResult", "Settings", "register", "pose_rotation", "pose_views", "similarity", "ncc",
            "gradient_ncc", "rotation_error_deg", "translation_error_mm", "write_pose", "read_pose", "pose_document",
-           "level_geometries", "resample_image", "load_target", "register_files", "FAILURES", "STATUS_CONVERGED"]
+           "level_geometries", "resample_image", "film_distances", "load_target", "register_files", "FAILURES",
+           "STATUS_CONVERGED"]

@@ -91,10 +91,24 @@ def _read_dicom(p: Path) -> Radiograph:
         image = pixels.astype(np.float64) @ _LUMA / np.iinfo(pixels.dtype).max
     else:
         raise XWinInputError(p, f"unsupported photometric interpretation {photometric!r}")
-    meta = {"source": str(p), "format": "DICOM", "modality": modality, "photometric_interpretation": photometric,
-            "view_position": str(ds.get("ViewPosition", "")), "original_dtype": str(pixels.dtype),
-            "bits_stored": str(ds.get("BitsStored", "")), "transfer_syntax": str(ds.file_meta.TransferSyntaxUID.name)}
+    meta: dict[str, object] = {
+        "source": str(p), "format": "DICOM", "modality": modality, "photometric_interpretation": photometric,
+        "view_position": str(ds.get("ViewPosition", "")), "original_dtype": str(pixels.dtype),
+        "bits_stored": str(ds.get("BitsStored", "")), "transfer_syntax": str(ds.file_meta.TransferSyntaxUID.name)}
+    distance = _source_detector_mm(ds)
+    if distance is not None:
+        meta["distance_source_to_detector_mm"] = distance
     return Radiograph(image.astype(np.float32), _dicom_spacing(p, ds), meta)
+
+
+def _source_detector_mm(ds: pydicom.Dataset) -> float | None:
+    """Distance Source to Detector (0018,1110) in mm when the film states a plausible one (100 mm to 10 m), else None:
+    an optional attribute, so an unreadable value is ignored rather than refused."""
+    try:
+        value = float(ds.get("DistanceSourceToDetector"))
+    except (TypeError, ValueError):
+        return None
+    return value if 100.0 <= value <= 10_000.0 else None
 
 
 def _modality_values(pixels: np.ndarray, ds: pydicom.Dataset, p: Path) -> np.ndarray:
