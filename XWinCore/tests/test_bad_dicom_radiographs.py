@@ -201,6 +201,43 @@ def raster_as(path: Path, kind: str) -> tuple[Path, Path]:
     return path, path
 
 
+def slice_replaced(d: Path, data: bytes, name: str = "slice004.dcm") -> tuple[Path, Path]:
+    """A sound series whose slice ``name`` is then overwritten by ``data`` (emptied, or not DICOM any more)."""
+    folder, _ = series(d, slices=())
+    (folder / name).write_bytes(data)
+    return folder, folder / name
+
+
+def noisy_png(path: Path, mode: str = "L") -> Path:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 65535 if mode == "I;16" else 255, (64, 80))
+    Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.uint8)).save(path)
+    return path
+
+
+def png_crc_flipped(path: Path) -> tuple[Path, Path]:
+    """A 16-bit PNG whose IDAT CRC (only) is wrong: the data inflates, Pillow reads it without a word."""
+    data = bytearray(noisy_png(path, "I;16").read_bytes())
+    at = data.index(b"IDAT")
+    data[at + 4 + struct.unpack(">I", data[at - 4:at])[0]] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path, path
+
+
+def animated_png(path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    return path, path
+
+
+def png_after_iend(path: Path) -> tuple[Path, Path]:
+    body = zlib.compress(bytes(100))
+    extra = struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+    path.write_bytes(noisy_png(path).read_bytes() + extra)
+    return path, path
+
+
 def nrrd_2d(path: Path, kind: str, values: np.ndarray, fields: str = "") -> tuple[Path, Path]:
     """A 2D NRRD film of ``values`` (C order) of NRRD type ``kind``."""
     shape = " ".join(map(str, values.shape[::-1]))
@@ -308,6 +345,9 @@ CT_IDENTITY = [
     ("one_slice_mr", lambda d: series(d, one(Modality="MR")), ["modality is mr, not ct"]),
 ]
 CT_PIXELS = [
+    # campaign 2: a slice file emptied or overwritten was skipped as "not DICOM" (a series one slice short, read)
+    ("last_slice_emptied", lambda d: slice_replaced(d, b""), ["empty (0 bytes)"]),
+    ("slice_dcm_not_dicom", lambda d: slice_replaced(d, b"hello" * 50), ["named like a dicom slice", "no dicm"]),
     ("rows_larger_than_data", lambda d: series(d, one(Rows=9), slices=range(5)),
      ["truncated", "9 x 8 x 1 x 16", "128 bytes"]),
     ("columns_smaller_than_data", lambda d: series(d, one(Columns=7), slices=range(5)), ["128 bytes", "make 112"]),
@@ -371,6 +411,8 @@ CT_COMPRESSED = [
     ("j2k_high_bit_7_of_16_bits", lambda d: j2k_series(d, edit=one(HighBit=7)), ["highbit is 7", "needs highbit 15"]),
 ]
 CXR_DICOM = [
+    ("cr_pixel_data_empty", lambda d: cr(d / "cxr.dcm", edit=lambda ds: setattr(ds, "PixelData", b"")),
+     ["pixel data is truncated", "0 bytes"]),  # campaign 2: a TypeError traceback before
     ("cr_slope_zero", lambda d: cr(d / "cxr.dcm", RescaleSlope=0, RescaleIntercept=0), ["rescaleslope is 0"]),
     ("cr_slope_nan", lambda d: cr(d / "cxr.dcm", RescaleSlope=7.75, RescaleIntercept=0, raw=(b"7.75", b"nan ")),
      ["rescaleslope", "nan"]),
@@ -437,6 +479,10 @@ CXR_DICOM = [
      ["not a transfer syntax"]),
 ]
 CXR_RASTER = [
+    # campaign 2: read as if fine before (Pillow checks no IDAT CRC, reads the first frame, stops at IEND)
+    ("png16_idat_crc_wrong", lambda d: png_crc_flipped(d / "cxr.png"), ["crc", "'idat'"]),
+    ("png_animated_3_frames", lambda d: animated_png(d / "cxr.png"), ["animated png of 3 frames"]),
+    ("png_data_after_iend", lambda d: png_after_iend(d / "cxr.png"), ["follows the png's end"]),
     ("png_blank", lambda d: flat_image(d / "cxr.png"), ["blank"]),
     ("png_black", lambda d: flat_image(d / "cxr.png", 0), ["blank", "value 0"]),
     ("jpeg_blank", lambda d: flat_image(d / "cxr.jpg", 200), ["blank"]),
@@ -476,7 +522,7 @@ SPECIAL = [
 IN_PROCESS = [(c[0], CT, *c[1:]) for c in CT_HEADERS + CT_IDENTITY + CT_PIXELS + CT_COMPRESSED] + \
              [(c[0], "cxr", *c[1:]) for c in CXR_DICOM + CXR_RASTER]
 # `reconstruct` loads the model (seconds) before it reads the radiograph: one case per kind of problem runs it
-CXR_WRITTEN = {"cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
+CXR_WRITTEN = {"png16_idat_crc_wrong", "cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
                "cr_rows_larger_than_data", "cr_j2k_garbage", "png_blank", "nhdr_2d_data_outside",
                "cr_high_bit_above_bits_stored", "cr_sample_j2k_marker_code_in_data", "png_holding_a_tiff",
                "cr_pixel_spacing_negative"}
@@ -599,6 +645,9 @@ def test_edge_radiographs_are_read(tmp_path):
                                      VOILUTFunction="SIGMOID")[0])
         Image.fromarray(np.eye(8, dtype=np.uint8) * 9).save(tmp_path / "p.png")
         png = read_radiograph(tmp_path / "p.png")
+        Image.fromarray(np.stack([np.eye(8, dtype=np.uint8) * 9, np.full((8, 8), 255, np.uint8)], -1),
+                        mode="LA").save(tmp_path / "la.png")  # grey + alpha: chunks and CRCs checked, read as grey
+        assert read_radiograph(tmp_path / "la.png").array.max() == pytest.approx(9 / 255)
     assert window.array.min() == 0 and window.array.max() == 1
     assert 0 < sigmoid.array.min() < 0.01 and 0.99 < sigmoid.array.max() < 1
     np.testing.assert_allclose(us.array, ow.array, atol=1e-6)

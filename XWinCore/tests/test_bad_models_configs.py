@@ -95,6 +95,17 @@ def _checkpoint(folder: Path, good: Path, state="ok", model: bytes | None = None
     return folder
 
 
+def _named_twice(path: Path, good: Path) -> Path:
+    """The tiny model file with its header's first tensor entry repeated (JSON with a duplicate key)."""
+    data = good.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    text = json.dumps(header)[:-1] + ", " + json.dumps({name: header[name]})[1:]
+    text += " " * (-len(text) % 8)
+    return _bytes(path, len(text).to_bytes(8, "little") + text.encode() + data[8 + n :])
+
+
 def _set(tensors, name, value):
     tensors[name] = value
 
@@ -187,6 +198,9 @@ MODEL_CASES = [
     ("mean_projection_int16", lambda d, g: _model(d / "m.safetensors", g, lambda t: t.update(
         {"mean_projection.images": torch.zeros(3, 32, 32, dtype=torch.int16),
          "mean_projection.poses": torch.zeros(3, 2)})), _predict),
+    ("tensor_named_twice", lambda d, g: _named_twice(d / "m.safetensors", g), _predict),
+    ("weight_float8", lambda d, g: _model(d / "m.safetensors", g, lambda t: _set(
+        t, "decoder.head.weight", t["decoder.head.weight"].float().to(torch.float8_e4m3fn))), _predict),
     ("train_init_weight_bool", lambda d, g: _model(d / "m.safetensors", g, lambda t: _set(
         t, "decoder.head.bias", t["decoder.head.bias"].bool())), _train_init),
 ]
@@ -238,6 +252,12 @@ SPECIAL_CONFIGS = [
     ("cases_csv_not_utf8", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split\n\xff,train\n")), "cases.csv"),
     ("cases_csv_row_without_file", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"split,file\ntrain\n")),
      "cases.csv"),
+    # campaign 2: PyYAML keeps the last of two equal keys without a word; a CT listed twice trained twice
+    ("duplicate_section", lambda d: _edited(_data_yaml(d), '{"model"', '{"data": {"ct": []}, "model"'), "bad.yaml"),
+    ("duplicate_key", lambda d: _edited(_data_yaml(d), '"img_size": 32', '"img_size": 32, "img_size": 64'),
+     "bad.yaml"),
+    ("cases_csv_same_ct_twice", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split\nct.nrrd,train\n"
+                                                                             b"./ct.nrrd,train\n")), "cases.csv"),
     ("cxr_folder_with_truncated_png", lambda d: _data_yaml(d, cxr=[str(_films(d / "films"))]), "b.png"),
     ("bank_is_a_file", lambda d: _data_yaml(d, bank=str(_bytes(d / "bank.txt", b"not a bank"))), "bank.txt"),
 ]
@@ -247,6 +267,12 @@ def _data_yaml(d: Path, **data) -> Path:
     """The tiny model's config with ``data`` (default: one CT file, whose contents the cases never reach)."""
     data.setdefault("ct", [str(_bytes(d / "ct.nrrd", b"never read"))])
     return _yaml(d / "bad.yaml", json.dumps({**TINY, "data": data}))
+
+
+def _edited(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text
+    return _yaml(path, text.replace(old, new, 1))
 
 
 def _cases(d: Path, text: bytes) -> str:
@@ -375,7 +401,50 @@ def _existing_file(d: Path, name: str) -> str:
     return name
 
 
+def _pose(d: Path, geometry: dict | None = None, matrix=None, **changes) -> Path:
+    """A pose file as `xwin register` writes it (format, angles, isocenter, geometry, matrix), then changed."""
+    from xwin.register import POSE_FORMAT, Pose
+
+    detector = {"sid_mm": 400.0, "sdd_mm": 600.0, "height": 16, "width": 16, "pixel_mm": 4.0, **(geometry or {})}
+    doc = {"format": POSE_FORMAT, "lao_deg": 10.0, "cran_deg": 5.0, "roll_deg": 0.0, "isocenter_lps_mm": [0, 0, 0],
+           "geometry": detector,
+           "matrix": Pose(10.0, 5.0, 0.0, (0.0, 0.0, 0.0)).matrix().tolist()}
+    if matrix is not None:
+        doc["matrix"] = matrix(np.array(doc["matrix"])).tolist()
+    doc.update(changes)
+    return _yaml(d / "pose.json", json.dumps(doc))
+
+
+def _render_pose(inputs, d: Path, pose: Path) -> list[str]:
+    return ["render", str(inputs["ct"]), "--pose", str(pose), "--out", str(d / "drr.nrrd")]
+
+
+def _drr_of_mode(d: Path, mode: str) -> Path:
+    """A 16 × 16 float DRR as `xwin render` writes it (SID, SDD, mode in the NRRD key/values)."""
+    header = ("NRRD0004\ntype: float\ndimension: 2\nsizes: 16 16\nencoding: raw\nendian: little\nspacings: 2 2\n"
+              f"xwin_sid_mm:=400\nxwin_sdd_mm:=600\nxwin_mode:={mode}\n\n")
+    return _bytes(d / "drr.nrrd", header.encode() + np.random.default_rng(0).random(256).astype(np.float32).tobytes())
+
+
 REQUEST_CASES = [
+    # campaign 2: pose files read as if fine (numbers as texts, truncated sizes, a matrix that is not the angles' own
+    # rotation, an isocenter 1e300 mm away, a detector of 4e10 pixels) and a DRR of an unknown mode (registered as a
+    # radiograph, exit 3)
+    ("pose_lao_a_text", lambda i, d: _render_pose(i, d, _pose(d, lao_deg="30")), "pose.json", {}),
+    ("pose_height_fraction", lambda i, d: _render_pose(i, d, _pose(d, {"height": 16.7})), "pose.json", {}),
+    ("pose_width_true", lambda i, d: _render_pose(i, d, _pose(d, {"width": True})), "pose.json", {}),
+    ("pose_matrix_scaled", lambda i, d: _render_pose(i, d, _pose(d, matrix=lambda m: m * np.diag([2, 2, 2, 1]))),
+     "pose.json", {}),
+    ("pose_matrix_reflection", lambda i, d: _render_pose(i, d, _pose(d, matrix=lambda m: m @ np.diag([1, 1, -1, 1]))),
+     "pose.json", {}),
+    ("pose_matrix_of_other_angles", lambda i, d: _render_pose(i, d, _pose(d, lao_deg=40.0)), "pose.json", {}),
+    ("pose_isocenter_1e300", lambda i, d: _render_pose(i, d, _pose(d, isocenter_lps_mm=[1e300, 0, 0])), "pose.json",
+     {}),
+    ("pose_detector_200000_squared", lambda i, d: _render_pose(i, d, _pose(d, {"height": 200000, "width": 200000})),
+     "pose.json", {}),
+    ("register_drr_mode_unknown", lambda i, d: ["register", str(i["ct"]), str(_drr_of_mode(d, "bogus")),
+                                                "--restarts", "0", "--time-limit", "5", "--out", str(d / "pose.json")],
+     "drr.nrrd", {}),
     ("render_size_100000", lambda i, d: _render(i, d, "--size", "100000", "100000"), "--size 100000 100000", {}),
     ("render_size_over_a_small_budget", lambda i, d: _render(i, d, "--size", "256", "256"), "XWIN_MAX_VOLUME_GB",
      {"XWIN_MAX_VOLUME_GB": "0.001"}),
@@ -458,3 +527,11 @@ def test_bombs_and_budgets_under_limits(argv, inputs, case_dir):
     lines = run.stderr.splitlines()
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     assert run.stdout == "" and _tree(case_dir) == before
+
+
+def test_cases_csv_with_byte_order_mark_is_read(tmp_path):
+    """A cases CSV saved by Excel (UTF-8 with a byte-order mark) is read: the mark is not part of the column name."""
+    from xwin.data.ct import split_cts
+
+    cases = _bytes(tmp_path / "cases.csv", b"\xef\xbb\xbffile,split\na.nii,train\nb.nii,eval\n")
+    assert split_cts(cases, "train") == [tmp_path / "a.nii"]

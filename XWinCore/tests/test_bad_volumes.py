@@ -167,6 +167,45 @@ def truncated_metaimage(path: Path) -> Path:
     return metaimage(path, data=_voxels().tobytes()[:100])
 
 
+def nifti_bytes(path: Path, data: bytes, **kw) -> Path:
+    """A NIfTI (as `nifti`) whose bytes after the header are replaced by ``data``."""
+    nifti(path.with_name("_h.nii"), **kw)
+    header = path.with_name("_h.nii").read_bytes()[:352]
+    path.with_name("_h.nii").unlink()
+    (gzip.open if path.name.endswith(".gz") else open)(path, "wb").write(header + data)
+    return path
+
+
+def float_nifti(path: Path, values: np.ndarray) -> Path:
+    """A float32 6×5×4 NIfTI holding ``values`` (in voxel order)."""
+    image = sitk.GetImageFromArray(values.astype(np.float32).reshape(4, 5, 6))
+    image.SetSpacing(SPACING)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def gzip_nrrd(path: Path, body: bytes, data_file: str | None = None) -> Path:
+    """A gzip-encoded 6×5×4 int16 NRRD: ``body`` attached, or written to ``data_file`` beside a detached header."""
+    header = "NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nencoding: gzip\nendian: little\n"
+    if data_file is None:
+        path.write_bytes(header.encode() + b"\n" + body)
+    else:
+        (path.parent / data_file).write_bytes(body)
+        path.write_bytes(f"{header}data file: {data_file}\n".encode())
+    return path
+
+
+def two_gzip_members(path: Path) -> Path:
+    """A .nii.gz written as two gzip members (concatenated streams: one valid gzip file)."""
+    nifti(path.with_name("_p.nii"))
+    data = path.with_name("_p.nii").read_bytes()
+    path.with_name("_p.nii").unlink()
+    path.write_bytes(gzip.compress(data[:400]) + gzip.compress(data[400:]))
+    return path
+
+
+TWICE = _voxels().tobytes() * 2  # the declared 240 bytes of voxels, then as many again
+
 # (id, make(folder) -> path given to the CLI, words the message must hold (lower case), extra environment)
 NAN, INF = float("nan"), float("inf")
 BAD = [
@@ -204,6 +243,35 @@ BAD = [
     ("mha_spacing_nan", lambda d: metaimage(d / "ct.mha", "ElementSpacing = 1 nan 1\n"), ["spacing", "nan"], {}),
     # read today as something else than the file says: the header's own bytes as voxels, a lying bitpix, bytes of a
     # MET_STRING, a 'none' axis given 1 mm, garbage or zeros out of a broken zlib stream, too few slice files
+    # campaign 2: read as if fine before — a NIfTI magic ITK takes for Analyze (orientation dropped), float NaN
+    # voxels ITK turns into 0, more data than the header declares (wrong sizes: ITK reads the first part), a gzip
+    # stream with junk after it or inflating past the declared size, MetaIO's reading of 'Maybe' as False and of
+    # '6.5' as 6, a negative CompressedDataSize (a Python traceback)
+    ("nifti_magic_garbage", lambda d: nifti(d / "ct.nii", (344, "4s", b"xyz\0")), ["nifti magic", "orientation"],
+     {}),
+    ("nifti_magic_pair_in_single_file", lambda d: nifti(d / "ct.nii.gz", (344, "4s", b"ni1\0")),
+     ["nifti magic", "b'ni1"], {}),
+    ("nifti_float_nan_voxels", lambda d: float_nifti(d / "ct.nii", np.where(np.arange(120) % 7, 1.0, np.nan)),
+     ["18 voxels are nan or infinite"], {}),
+    ("nifti_gz_float_inf_voxel", lambda d: float_nifti(d / "ct.nii.gz", np.where(np.arange(120) == 5, np.inf, 0)),
+     ["1 voxels are nan or infinite"], {}),
+    ("nifti_twice_the_voxels", lambda d: nifti_bytes(d / "ct.nii", TWICE), ["holds 480 bytes", "declares 240"], {}),
+    ("nrrd_raw_twice_the_voxels", lambda d: nrrd(d / "ct.nrrd", data=b"\n" + TWICE),
+     ["holds 480 bytes", "declares 240"], {}),
+    ("nhdr_raw_data_file_twice_the_voxels", lambda d: (d / "ct.raw").write_bytes(TWICE) and nrrd(
+        d / "ct.nhdr", "data file: ct.raw\n", data=b""), ["holds 480 bytes", "declares 240"], {}),
+    ("nrrd_gzip_junk_after_stream", lambda d: gzip_nrrd(d / "ct.nrrd", gzip.compress(_voxels().tobytes())
+                                                        + b"junk" * 50), ["gzip", "200 bytes that are not gzip"], {}),
+    ("nhdr_gzip_inflates_past_sizes", lambda d: gzip_nrrd(d / "ct.nhdr", gzip.compress(TWICE), "ct.raw.gz"),
+     ["gzip", "inflates to more than the 240 bytes"], {}),
+    ("mha_local_twice_the_voxels", lambda d: metaimage(d / "ct.mha", data=TWICE), ["holds 480 bytes"], {}),
+    ("mhd_raw_twice_the_voxels", lambda d: (d / "ct.raw").write_bytes(TWICE) and metaimage(
+        d / "ct.mhd", data_file="ct.raw"), ["holds 480 bytes"], {}),
+    ("mha_byte_order_maybe", lambda d: metaimage(d / "ct.mha", "ElementByteOrderMSB = Maybe\n"),
+     ["elementbyteordermsb", "not true or false"], {}),
+    ("mha_dimsize_fraction", lambda d: metaimage(d / "ct.mha", sizes="6.5 5 4"), ["dimsize", "whole numbers"], {}),
+    ("mha_compressed_size_negative", lambda d: compressed_metaimage(d / "ct.mha", ZLIB, -5),
+     ["compresseddatasize", "'-5'"], {}),
     ("nifti_vox_offset_inside_header", lambda d: nifti(d / "ct.nii", (VOX_OFFSET, "f", 0.0)),
      ["vox_offset is 0", "inside the 352-byte header"], {}),
     ("nifti_bitpix_contradicts_datatype", lambda d: nifti(d / "ct.nii", (BITPIX, "h", 8)),
@@ -285,6 +353,12 @@ EDGE = [
         gzip.compress(_voxels().tobytes())) and detached(d, "mhd", "ct.zraw", compressed=True), (1, 1, 1), (0, 119),
      {}),
     ("mhd_list_one_file_per_slice", lambda d: slice_files(d, 4), (1, 1, 1), (0, 29), {}),
+    ("nifti_gz_two_gzip_members", lambda d: two_gzip_members(d / "ct.nii.gz"), SPACING, (0, 119), {}),
+    ("nrrd_raw_padding_under_a_slice", lambda d: nrrd(d / "ct.nrrd", data=b"\n" + _voxels().tobytes() + b"\0" * 16),
+     (1, 1, 1), (0, 119), {}),
+    ("nrrd_gzip_two_members", lambda d: gzip_nrrd(d / "ct.nrrd", gzip.compress(_voxels().tobytes()[:100])
+                                                  + gzip.compress(_voxels().tobytes()[100:])), (1, 1, 1), (0, 119), {}),
+    ("nifti_float_finite", lambda d: float_nifti(d / "ct.nii", np.arange(120.0)), SPACING, (0, 119), {}),
     ("nrrd_spacing_at_the_limits", lambda d: nrrd(d / "ct.nrrd", "spacings: 1e-4 1 1e4\n"), (1e-4, 1, 1e4), (0, 119),
      {}),
 ]

@@ -446,6 +446,29 @@ def _expanded_nodes(root: yaml.Node) -> int:
     return counts[id(root)]
 
 
+def _duplicate_key(root: yaml.Node) -> yaml.Node | None:
+    """The first key node that repeats a key of the same mapping (PyYAML keeps the last value without a word), or
+    None; each node visited once (after `_expanded_nodes` has bounded the graph)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or isinstance(node, yaml.ScalarNode):
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if (key.tag, key.value) in keys:
+                        return key
+                    keys.add((key.tag, key.value))
+                stack += [key, value]
+        else:
+            stack += node.value
+    return None
+
+
 def _parse_yaml(path: str | os.PathLike) -> Any:
     """The YAML document of ``path``, bounded before it is built: a regular file of at most ``MAX_CONFIG_BYTES``,
     UTF-8, at most ``MAX_CONFIG_NODES`` nodes once aliases are expanded."""
@@ -473,6 +496,10 @@ def _parse_yaml(path: str | os.PathLike) -> Any:
             if node is not None and _expanded_nodes(node) > MAX_CONFIG_NODES:
                 raise XWinInputError(path, f"the YAML expands to more than {MAX_CONFIG_NODES:,} values through its "
                                            "aliases (&anchor/*alias): refused unbuilt")
+            twice = None if node is None else _duplicate_key(node)
+            if twice is not None:
+                raise XWinInputError(path, f"config key {_quote(twice.value)} appears twice in one mapping (line "
+                                           f"{twice.start_mark.line + 1}): which value is meant?")
             return None if node is None else loader.construct_document(node)
         finally:
             loader.dispose()

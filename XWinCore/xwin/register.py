@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .defaults import SDD_MM, SID_MM
 from .errors import XWinInputError
 from .geometry import D0, U0, V0, Geometry, Views, rotation
+from .io.image import ORIGIN_MM
 
 if TYPE_CHECKING:
     from .drr.projector import Mode
@@ -458,8 +459,8 @@ def load_target(path: str | os.PathLike, pixel: float | None = None, sid: float 
     except XWinInputError as e:
         raise XWinInputError(path, e.problem) from None
     mode = str(meta.get("xwin_mode", "radiograph")) if simulated else "radiograph"
-    if mode not in ("line", "intensity", "radiograph"):
-        mode = "radiograph"
+    if mode not in ("line", "intensity", "radiograph"):  # compared in another mode, the match would fail or mislead
+        raise XWinInputError(path, f"its xwin_mode metadata is {mode[:40]!r}, not line, intensity or radiograph")
     return radiograph.array, geometry, cast("Mode", mode), simulated
 
 
@@ -518,16 +519,52 @@ def read_pose(path: str | os.PathLike) -> tuple[Pose, Geometry]:
     try:
         if not isinstance(doc, dict) or doc.get("format") != POSE_FORMAT:
             raise ValueError(f"format is not {POSE_FORMAT}")
-        iso = cast("tuple[float, float, float]", tuple(float(v) for v in doc["isocenter_lps_mm"]))  # checked below
-        pose = Pose(float(doc["lao_deg"]), float(doc["cran_deg"]), float(doc.get("roll_deg", 0.0)), iso)
-        if len(iso) != 3 or not all(map(math.isfinite, (pose.lao, pose.cran, pose.roll, *iso))):
-            raise ValueError("angles and isocenter must be finite numbers")
+        iso = cast("tuple[float, float, float]", tuple(_pose_number(f"isocenter_lps_mm[{n}]", v)
+                                                       for n, v in enumerate(_pose_list(doc, "isocenter_lps_mm"))))
+        pose = Pose(_pose_number("lao_deg", doc["lao_deg"]), _pose_number("cran_deg", doc["cran_deg"]),
+                    _pose_number("roll_deg", doc.get("roll_deg", 0.0)), iso)
+        if len(iso) != 3:
+            raise ValueError(f"isocenter_lps_mm holds {len(iso)} numbers, not 3")
+        if max(map(abs, iso)) > ORIGIN_MM:
+            raise ValueError(f"the isocenter {iso} mm lies more than {ORIGIN_MM:g} mm (1 km) from the patient frame's "
+                             "origin")
         g = doc["geometry"]
-        geometry = Geometry(float(g["sid_mm"]), float(g["sdd_mm"]), int(g["height"]), int(g["width"]),
-                            float(g["pixel_mm"]))
-    except (KeyError, TypeError, ValueError) as e:
+        if not isinstance(g, dict):
+            raise ValueError("geometry is not a mapping")
+        height, width = (_pose_number(f"geometry.{k}", g[k], integer=True) for k in ("height", "width"))
+        geometry = Geometry(_pose_number("geometry.sid_mm", g["sid_mm"]), _pose_number("geometry.sdd_mm", g["sdd_mm"]),
+                            int(height), int(width), _pose_number("geometry.pixel_mm", g["pixel_mm"]))
+        if "matrix" in doc:  # written from the angles: one that disagrees means a damaged or hand-edited file
+            matrix = np.array([[_pose_number("matrix", v) for v in _pose_list({"row": row}, "row")]
+                               for row in _pose_list(doc, "matrix")])
+            if matrix.shape != (4, 4) or not np.allclose(matrix, pose.matrix(), atol=1e-6):
+                raise ValueError("its matrix is not the rotation of its lao_deg, cran_deg and roll_deg (a 4x4 "
+                                 "proper rotation, zero translation)")
+    except KeyError as e:
+        raise XWinInputError(p, f"is not an XWin pose file (no {e})") from None
+    except (TypeError, ValueError) as e:
         raise XWinInputError(p, f"is not an XWin pose file ({e})") from None
+    from .io.validate import check_budget
+    check_budget(p, f"a detector of {geometry.height} x {geometry.width} pixels",
+                 geometry.height * geometry.width * 4, geometry.height * geometry.width * 64)  # rays, DRR, image
     return pose, geometry
+
+
+def _pose_list(doc: dict, key: str) -> list:
+    if not isinstance(doc[key], list):
+        raise ValueError(f"{key} is not a list")
+    return doc[key]
+
+
+def _pose_number(key: str, value: object, integer: bool = False) -> float:
+    """A JSON number of a pose file (not a text, a boolean or null), finite; a whole one with ``integer``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} is {json.dumps(value)[:40]}, not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{key} is {value}: angles, isocenter and geometry must be finite numbers")
+    if integer and value != int(value):
+        raise ValueError(f"{key} is {value}, not a whole number of pixels")
+    return float(value)
 
 
 __all__ = ["Pose", "RegistrationResult", "Settings", "register", "pose_rotation", "pose_views", "similarity", "ncc",

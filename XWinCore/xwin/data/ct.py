@@ -56,7 +56,7 @@ def split_cts(cases: str | Path, split: str) -> list[Path]:
     ``split`` (e.g. ../shared/data/ct/cases.csv: ``train`` may train a shipped model, ``eval`` only evaluates)."""
     cases = Path(cases)
     try:
-        with open(cases, newline="", encoding="utf-8") as f:
+        with open(cases, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) is not a column name
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise XWinInputError(cases, f"cannot read the cases CSV: {exc.strerror or exc}") from None
@@ -70,6 +70,12 @@ def split_cts(cases: str | Path, split: str) -> list[Path]:
     short = next((n for n, r in enumerate(rows, 1) if not r["file"] or r["split"] is None), None)
     if short is not None:
         raise XWinInputError(cases, f"data row {short} has no value in column 'file' or 'split'")
+    first: dict[str, int] = {}
+    for n, r in enumerate(rows, 1):
+        n0 = first.setdefault(os.path.normpath(r["file"]), n)
+        if n0 != n:
+            raise XWinInputError(cases, f"data rows {n0} and {n} both list the CT {r['file']!r}: each CT belongs to "
+                                        "one split, once")
     files = [cases.parent / r["file"] for r in rows if r["split"] == split]
     if not files:
         raise XWinInputError(cases, f"no CT has split '{split}'")

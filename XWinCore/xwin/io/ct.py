@@ -158,6 +158,10 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             try:
                 ds = pydicom.dcmread(f, defer_size=_HEADER_BYTES)
             except InvalidDicomError:
+                if _dicom_named(f):  # a slice damaged or emptied, not some other file beside the series
+                    raise XWinInputError(f, "is empty (0 bytes) where a DICOM slice is expected" if f.stat().st_size
+                                         == 0 else "is named like a DICOM slice but is not a DICOM file (no DICM "
+                                         "marker): truncated or corrupt") from None
                 continue
             except OSError as e:
                 raise XWinInputError(f, f"cannot be read: {e.strerror or e}") from None
@@ -256,6 +260,12 @@ def _orientation(f: Path, ds: pydicom.Dataset) -> np.ndarray:
                                 f"{norms[0]:.6g} and {norms[1]:.6g}")
     check_orthonormal(f, cosines.T, "ImageOrientationPatient row and column cosines")
     return (cosines / norms[:, None]).ravel()
+
+
+def _dicom_named(f: Path) -> bool:
+    """A name that only a DICOM slice would have: .dcm, .dicom or .ima (any case), or no suffix and no bytes."""
+    suffix = f.suffix.lower()
+    return suffix in (".dcm", ".dicom", ".ima") or (not suffix and f.stat().st_size == 0)
 
 
 def _image_sop_class(ds: pydicom.Dataset) -> bool:

@@ -26,6 +26,7 @@ from .validate import (
     check_budget,
     check_float32,
     check_memory,
+    check_png,
     check_regular_file,
     check_voxel_data,
     dicom_numbers,
@@ -214,6 +215,7 @@ def _read_raster(p: Path) -> Radiograph:
     The size the header declares is checked against the memory budget before anything is decoded; Pillow's own
     decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well, as an error instead of a warning.
     """
+    check_png(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -37,6 +37,39 @@ def file_format(path: Path) -> str:
     return next((ext[1:].upper() for ext in ITK_EXTENSIONS + RASTER_EXTENSIONS if name.endswith(ext)), "")
 
 
+def nifti_layout(path: Path) -> tuple[int, int, int, int, str, int] | None:
+    """(vox_offset, bytes after it, bytes the header declares, bytes of one k slice, byte order, datatype) of a
+    .nii/.nii.gz; None when the header cannot be read or the gzip stream is cut short or damaged (CRC, length).
+
+    Reads the whole (decompressed) stream once."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(540)
+            length = f.seek(0, io.SEEK_END)
+    except (EOFError, OSError):
+        return None
+    for order in "<>":
+        if len(header) < 348:
+            return None
+        size = struct.unpack(order + "i", header[:4])[0]
+        if size == 348:  # NIfTI-1: dim int16[8] @40, datatype, bitpix int16 @70, @72, vox_offset float32 @108
+            dim = struct.unpack(order + "8h", header[40:56])
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif size == 540 and len(header) == 540:  # NIfTI-2: datatype, bitpix int16 @12, dim int64[8] @16, vox_offset
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
+            dim = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dim[0] <= 7 or not math.isfinite(offset):
+            return None
+        shape = dim[1 : dim[0] + 1]
+        declared = math.prod(shape) * bitpix // 8
+        return int(offset), length - int(offset), declared, math.prod(shape[:2]) * bitpix // 8, order, datatype
+    return None
+
+
 def nifti_truncated(path: Path) -> bool:
     """True when a .nii/.nii.gz holds fewer bytes than its header announces (ITK would silently zero-fill them).
 

@@ -7,13 +7,16 @@ fields; MetaImage element type, spacing, offset and matrix), refuses detached da
 `validate_header` checks what SimpleITK reports against what XWin accepts: a 3D scalar grid, positive finite spacing,
 a finite origin, orthonormal direction cosines (one tolerance, `ORTHONORMAL_TOL`, for every format) and a declared
 size whose reading fits the memory budget (``XWIN_MAX_VOLUME_GB``, GiB, default 4); `check_voxel_data` then checks
-that the data is all there as declared (NIfTI length, compressed MetaImage stream). `itk_reading` is the state every
-SimpleITK read runs in: no ITK warnings, and whatever ITK's C/C++ libraries print to stderr is captured instead of
-shown (the CLI's only output is its line). The DICOM checks (`dicom_numbers`, `dicom_rescale`, `dicom_pixel_module`,
-`dicom_pixels`) serve the CT series and the radiograph readers alike: numbers that are numbers, a usable rescale, a
-known transfer syntax, pixel data that matches its header and fits in its file, a JPEG 2000 codestream whose
-structure is sound (`xwin.io.j2k`), and a decode without a complaint from pydicom's decoder plugins, within the same
-memory budget. `check_float32`: values that XWin's float32 images cannot hold are refused, not turned into ±inf.
+that the data is all there as declared (NIfTI length, compressed MetaImage stream) and no more of it (a slice or more
+beyond the declared size in a NIfTI, raw NRRD/MetaImage file, or a gzip NRRD stream: wrong sizes), and that float
+NIfTI voxels are finite (ITK reads NaN as 0). `check_png` walks a PNG's chunks (CRCs, one frame, nothing after IEND).
+`itk_reading` is the state every SimpleITK read runs in: no ITK warnings, and whatever ITK's C/C++ libraries print
+to stderr is captured instead of shown (the CLI's only output is its line). The DICOM checks (`dicom_numbers`,
+`dicom_rescale`, `dicom_pixel_module`, `dicom_pixels`) serve the CT series and the radiograph readers alike: numbers
+that are numbers, a usable rescale, a known transfer syntax, pixel data that matches its header and fits in its
+file, a JPEG 2000 codestream whose structure is sound (`xwin.io.j2k`), and a decode without a complaint from
+pydicom's decoder plugins, within the same memory budget. `check_float32`: values that XWin's float32 images cannot
+hold are refused, not turned into ±inf.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XWinInputError
-from .formats import has_extension, itk_reason, nifti_truncated
+from .formats import has_extension, itk_reason, nifti_layout, nifti_truncated
 from .j2k import CodestreamError, check_codestream
 
 if TYPE_CHECKING:
@@ -261,10 +264,15 @@ def check_voxel_data(path: Path, reader: sitk.ImageFileReader, what: str = "voxe
     (streamed, never held; in the header file, CompressedDataSize must say where it ends)."""
     if has_extension(path, _NIFTI) and nifti_truncated(path):
         raise XWinInputError(path, f"is truncated: the file holds fewer {what} than its header announces")
+    if has_extension(path, _NIFTI):
+        _check_nifti_data(path, what)
+    if has_extension(path, _NRRD):
+        _check_nrrd_data(path, reader, what)
     if not has_extension(path, _META):
         return
     fields, _ = _metaimage_fields(path)
     if fields.get("compresseddata", "").lower() not in ("true", "1"):
+        _check_metaimage_raw(path, fields, reader, what)
         return
     name = fields.get("elementdatafile", "")
     if name.upper() == "LOCAL" and "compresseddatasize" not in fields:  # MetaIO fails to inflate it, reads garbage
@@ -283,13 +291,146 @@ def check_voxel_data(path: Path, reader: sitk.ImageFileReader, what: str = "voxe
     try:
         size = int(fields["compresseddatasize"]) if "compresseddatasize" in fields else None
     except ValueError:
-        raise XWinInputError(path, f"is corrupt: CompressedDataSize is {fields['compresseddatasize']!r}") from None
+        size = -1
+    if size is not None and size < 0:
+        raise XWinInputError(path, f"is corrupt: CompressedDataSize is {fields['compresseddatasize']!r}, not a "
+                                   "number of bytes")
     inflated, complete, error = _inflate(data, offset, size, declared)
     if error or not complete or inflated != declared:
         cause = (f"zlib: {error}" if error else f"it ends after {inflated} bytes" if not complete
                  else f"it inflates to {'more than ' if inflated > declared else ''}{inflated} bytes")
         raise XWinInputError(path, f"is truncated or corrupt: its compressed voxel data does not inflate to the "
                                    f"{declared} bytes the header declares ({cause})")
+
+
+def _excess(path: Path, available: int, declared: int, slice_bytes: int, what: str) -> None:
+    """Data beyond what the header declares, by a slice or more, means the header's sizes are wrong (or the file
+    holds more than one image): ITK would read the first part without a word. Less than a slice is left alone
+    (padding)."""
+    if available - declared >= max(slice_bytes, 1):
+        raise XWinInputError(path, f"holds {available} bytes of {what} where its header declares {declared}: the "
+                                   "header's sizes do not describe the data (or the file holds more than one image)")
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _check_nifti_data(path: Path, what: str) -> None:
+    """No more data than the header declares (see `_excess`), and no NaN/inf among float voxels: ITK's NIfTI reader
+    turns them into 0 without a word (streamed: never the whole file in memory)."""
+    layout = nifti_layout(path)
+    if layout is None:
+        return
+    offset, available, declared, slice_bytes, order, datatype = layout
+    _excess(path, available, declared, slice_bytes, what)
+    if datatype not in _NIFTI_FLOATS:
+        return
+    dtype = np.dtype(order + _NIFTI_FLOATS[datatype])
+    bad, left = 0, declared
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+        f.seek(offset)
+        while left > 0:
+            chunk = f.read(min(left, 1 << 24))
+            if not chunk:
+                break
+            left -= len(chunk)
+            values = np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize], dtype)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise XWinInputError(path, f"{bad} {what} are NaN or infinite (ITK would read them as 0)")
+
+
+def _nrrd_data_start(path: Path) -> int | None:
+    """Byte offset of the data attached to a NRRD header (after its first blank line), None when there is none."""
+    with open(path, "rb") as f:
+        head = f.read(_MAX_HEADER_BYTES)
+    match = re.search(rb"\r?\n\r?\n", head)
+    return match.end() if match else None
+
+
+def _check_nrrd_data(path: Path, reader: sitk.ImageFileReader, what: str) -> None:
+    """Raw or gzip NRRD data (attached, or one detached file) must hold what the header declares: no more raw bytes
+    (`_excess`), a gzip stream that inflates to exactly the declared bytes and nothing but gzip after it. Headers
+    with line or byte skips are left to teem."""
+    fields, _ = _nrrd_fields(path)
+    if fields is None:
+        return
+    encoding = fields.get("encoding", "").lower()
+    skips = [fields.get(k, "0").strip() for k in ("line skip", "lineskip", "byte skip", "byteskip")]
+    if encoding not in ("raw", "gzip", "gz") or any(s != "0" for s in skips):
+        return
+    data = fields.get("data file", fields.get("datafile"))
+    if data is None:
+        start = _nrrd_data_start(path)
+        if start is None:
+            return
+        source, offset = path, start
+    elif len(data.split()) == 1 and data.split()[0].upper() != "LIST":
+        source, offset = path.parent / data, 0
+    else:
+        return
+    size = reader.GetSize()
+    declared = math.prod(size) * _voxel_bytes(reader.GetPixelID(), reader.GetNumberOfComponents())
+    if encoding == "raw":
+        _excess(path, os.path.getsize(source) - offset, declared, declared // max(size[-1], 1), what)
+        return
+    inflated, junk, error = _inflate_members(source, offset, declared)
+    if error or junk or inflated > declared:
+        cause = (f"zlib: {error}" if error else f"{junk} bytes that are not gzip data follow the stream" if junk
+                 else f"it inflates to more than the {declared} bytes the header declares")
+        raise XWinInputError(path, f"is corrupt: its gzip voxel data does not match the header ({cause})")
+
+
+def _inflate_members(path: Path, offset: int, limit: int) -> tuple[int, int, str]:
+    """(bytes inflated, stopping past ``limit``; bytes after the last gzip member that are not gzip; zlib's error
+    or '') of the gzip members from ``offset`` of ``path`` to its end."""
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            pending = f.read(1 << 20)
+            while pending and total <= limit:
+                stream = zlib.decompressobj(31)
+                while not stream.eof and total <= limit:
+                    chunk = stream.unconsumed_tail or pending
+                    pending = b""
+                    if not chunk:
+                        chunk = f.read(1 << 20)
+                        if not chunk:
+                            return total, 0, ""  # cut short: teem says how much it got
+                    total += len(stream.decompress(chunk, 1 << 20))
+                if not stream.eof:
+                    break
+                pending = stream.unused_data + (f.read(1 << 20) if len(stream.unused_data) < 2 else b"")
+                if pending.strip(b"\0\n\r\t ") and not pending.startswith(b"\x1f\x8b"):
+                    rest = len(pending) + (os.path.getsize(path) - f.tell())
+                    return total, rest, ""
+                if not pending.startswith(b"\x1f\x8b"):
+                    break
+    except zlib.error as e:
+        return total, 0, str(e)
+    return total, 0, ""
+
+
+def _check_metaimage_raw(path: Path, fields: dict[str, str], reader: sitk.ImageFileReader, what: str) -> None:
+    """Uncompressed MetaImage data (LOCAL, or one data file without HeaderSize) holds no more than declared."""
+    name = fields.get("elementdatafile", "")
+    if fields.get("headersize", "0").strip() != "0" or fields.get("binarydata", "true").lower() in ("false", "0"):
+        return
+    if name.upper() == "LOCAL":
+        with open(path, "rb") as f:
+            head = f.read(_MAX_HEADER_BYTES)
+        line = re.search(rb"^[ \t]*ElementDataFile[ \t]*=[^\n]*\n", head, re.IGNORECASE | re.MULTILINE)
+        if line is None:
+            return
+        source, offset = path, line.end()
+    elif len(name.split()) == 1 and name.upper() != "LIST":
+        source, offset = path.parent / name, 0
+    else:
+        return  # a LIST or pattern of slice files: their count is checked (`_check_slice_files`)
+    size = reader.GetSize()
+    declared = math.prod(size) * _voxel_bytes(reader.GetPixelID(), reader.GetNumberOfComponents())
+    _excess(path, os.path.getsize(source) - offset, declared, declared // max(size[-1], 1), what)
 
 
 def _inflate(path: Path, offset: int, compressed: int | None, limit: int) -> tuple[int, bool, str]:
@@ -353,6 +494,9 @@ def _check_nifti(path: Path) -> None:
     (vox_offset,) = get("f", 108)
     if not math.isfinite(vox_offset) or vox_offset < 0:
         raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset}")
+    if has_extension(path, _NIFTI) and h[344:348] != b"n+1\0":  # ITK reads it as Analyze 7.5: no orientation
+        raise XWinInputError(path, f"is corrupt: NIfTI magic is {h[344:348]!r}, not b'n+1\\x00' (a single-file "
+                                   "NIfTI-1); without it the header's orientation would be ignored")
     if h[344:348] == b"n+1\0" and vox_offset < 352:  # one file: ITK would read the header's last bytes as voxels
         raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset:g}, inside the 352-byte header "
                                    "(the voxels of a .nii start at 352 or later)")
@@ -417,15 +561,23 @@ def _numbers(path: Path, field: str, text: str) -> np.ndarray:
         raise XWinInputError(path, f"is corrupt: {field} is {text.strip()!r}") from None
 
 
-def _check_nrrd(path: Path) -> None:
+def _nrrd_fields(path: Path) -> tuple[dict[str, str] | None, list[str]]:
+    """(lower-case field: value of a NRRD header, None when not NRRD; the file names after ``data file: LIST``)."""
     lines, rest = _header_lines(path, re.compile(r"^data ?file\s*:\s*LIST\b"))
     if not lines or not lines[0].startswith("NRRD"):
-        return  # not NRRD: ITK says why
+        return None, rest
     fields = {}
     for line in lines[1:]:
         key, colon, value = line.partition(": ")
         if colon and not line.startswith("#"):
             fields[key.strip().lower()] = value.strip()
+    return fields, rest
+
+
+def _check_nrrd(path: Path) -> None:
+    fields, rest = _nrrd_fields(path)
+    if fields is None:
+        return  # not NRRD: ITK says why
     kinds = fields.get("kinds", "").split()
     spatial = [n for n, kind in enumerate(kinds) if kind.lower() in ("domain", "space")] if kinds else None
     if "spacings" in fields:  # teem reads "nan" as "unknown" and ITK then says 1 mm
@@ -465,6 +617,12 @@ def _check_metaimage(path: Path) -> None:
     fields, rest = _metaimage_fields(path)
     if "elementdatafile" not in fields:
         return  # not a MetaImage header: ITK says why
+    for key in ("elementbyteordermsb", "binarydatabyteordermsb", "binarydata", "compresseddata"):
+        if key in fields and fields[key].lower() not in ("true", "false", "1", "0"):  # MetaIO takes it for False
+            raise XWinInputError(path, f"is corrupt: MetaImage {key} is {fields[key]!r}, not True or False")
+    if "dimsize" in fields and not all(re.fullmatch(r"\+?\d+", t) for t in fields["dimsize"].split()):
+        raise XWinInputError(path, f"is corrupt: MetaImage DimSize is {fields['dimsize']!r}, not whole numbers of "
+                                   "voxels")  # MetaIO reads 6.5 as 6
     kind = fields.get("elementtype", "").upper()
     if kind and kind.removesuffix("_ARRAY") not in _META_TYPES:  # MetaIO reads MET_STRING & co. as bytes
         raise XWinInputError(path, f"ElementType {fields['elementtype']} is not a number type (MET_SHORT, "
@@ -632,7 +790,7 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     _check_declared_length(path, ds)
     native = syntax is None or not syntax.is_encapsulated
     if native:
-        data = ds.PixelData
+        data = ds.PixelData or b""  # an empty element reads as None
         dims = f"Rows x Columns x SamplesPerPixel x BitsAllocated = {rows} x {cols} x {samples} x {allocated} bits"
         if len(data) < expected:
             raise XWinInputError(path, f"pixel data is truncated: {len(data)} bytes, but {dims} need {expected}")
@@ -722,3 +880,45 @@ def check_float32(path: Path, values: np.ndarray, what: str) -> None:
     if beyond.any():
         raise XWinInputError(path, f"{int(np.count_nonzero(beyond))} {what} lie beyond the float32 range (±3.4e38), "
                                    f"e.g. {float(values[beyond].flat[0]):g}")
+
+
+# --- PNG -----------------------------------------------------------------------------------------------------------
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(path: Path) -> None:
+    """The chunks of a PNG, read in 1 MiB pieces before Pillow decodes it: every CRC must match (Pillow does not check
+    those of the image data, so a damaged byte that zlib still inflates would become wrong pixels), nothing may
+    follow IEND, and an animated PNG (acTL of more than one frame) is refused: a radiograph is one image. A file cut
+    short is left to Pillow, which says so."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return  # not a PNG (a JPEG, or something Pillow refuses)
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return
+            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            crc, left = zlib.crc32(kind), length
+            body = b""
+            while left > 0:
+                piece = f.read(min(left, 1 << 20))
+                if not piece:
+                    return
+                crc, left = zlib.crc32(piece, crc), left - len(piece)
+                if kind == b"acTL" and not body:
+                    body = piece
+            stored = f.read(4)
+            if len(stored) < 4:
+                return
+            name = kind.decode("latin-1")
+            if struct.unpack(">I", stored)[0] != crc:
+                raise XWinInputError(path, f"is corrupt: the CRC of its PNG chunk {name!r} does not match its data")
+            if kind == b"acTL" and len(body) >= 4 and struct.unpack(">I", body[:4])[0] > 1:
+                raise XWinInputError(path, f"is an animated PNG of {struct.unpack('>I', body[:4])[0]} frames; a "
+                                           "radiograph is a single image")
+            if kind == b"IEND":
+                extra = len(f.read(1 << 20))
+                if extra:
+                    raise XWinInputError(path, "is corrupt: data follows the PNG's end (IEND chunk)")
+                return

@@ -122,6 +122,32 @@ def _one_line(exc: BaseException | str | None) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_unique_names(path: Path, size: int) -> None:
+    """A safetensors header naming a tensor twice is refused (the reader keeps one of them without a word); a
+    header that cannot be parsed is left to safetensors, which says why."""
+    twice: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        twice.extend(k for n, k in enumerate(keys) if k in keys[:n])
+        return dict(items)
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 0 < length <= min(size - 8, 100 << 20):
+            return
+        try:
+            json.loads(f.read(length), object_pairs_hook=pairs)
+        except (ValueError, RecursionError):
+            return
+    if twice:
+        raise XWinInputError(path, f"not an XWin model file (its header lists {_one_line(twice[0])!r} twice)")
+
+
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (a file larger than the memory budget is refused unread); every floating
     weight must be finite."""
@@ -132,8 +158,12 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if size > budget:
         raise XWinInputError(path, f"a model file of {size / 2**30:.1f} GiB, more than the {budget / 2**30:g} GiB "
                                    f"allowed (set {MEMORY_ENV} to raise the limit)")
+    _check_unique_names(path, size)
     tensors = load_file(str(path))
     for name, value in tensors.items():
+        if value.is_floating_point() and value.dtype not in _FLOAT_DTYPES:  # float8: no isfinite, no model math
+            raise XWinInputError(path, f"weight {_one_line(name)} is {str(value.dtype).removeprefix('torch.')}; "
+                                       "XWin reads float16, bfloat16, float32 or float64 weights")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise XWinInputError(path, f"weight {_one_line(name)} holds NaN or infinite values")
     return tensors
