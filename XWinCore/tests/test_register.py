@@ -116,6 +116,31 @@ def test_real_radiograph_of_another_patient_ends_with_a_clear_status(tmp_path, c
     assert json.loads(out.read_text())["status"] == printed["status"]
 
 
+def test_estimate_sdd_recovers_the_detector_distance_with_the_depth_held(demo, tmp_path):
+    """A DRR taken at SDD 1900 mm, registered on an 1800 mm detector: with estimate_sdd the SDD (and the in-plane
+    pose) come back exactly and reach the pose file; without it the fit can only move the depth, runs to its bound
+    and says so."""
+    from xwin.register import write_pose
+
+    volume, projector = demo
+    iso = np.asarray(projector.isocenter)
+    truth = Pose(3.0, -2.0, 1.0, tuple(iso + np.array([8.0, 0.0, -6.0])))  # shifted across the PA beam only
+    taken = Geometry(sid=1600.0, sdd=1900.0, height=128, width=128, pixel=3.4)
+    with torch.no_grad():
+        image = Projector(volume, taken, isocenter=truth.isocenter).render(pose=truth.matrix(),
+                                                                           mode="radiograph")[0].numpy()
+    assumed = Geometry(sid=1600.0, sdd=1800.0, height=128, width=128, pixel=3.4)
+    start = Pose(0.0, 0.0, 0.0, tuple(iso))
+    found = register(projector, image, assumed, start, settings=Settings(estimate_sdd=True, restarts=0))
+    assert found.converged, found.message
+    assert found.geometry.sdd == pytest.approx(1900.0, abs=2.0) and "SDD 1900" in found.message
+    assert rotation_error_deg(found.pose, truth) < 0.1 and translation_error_mm(found.pose, truth) < 0.5
+    _, geometry = read_pose(write_pose(tmp_path / "pose.json", found))
+    assert geometry.sdd == pytest.approx(found.geometry.sdd) and found.to_json()["sdd_mm"] == geometry.sdd
+    fixed = register(projector, image, assumed, start, settings=Settings(restarts=0))
+    assert not fixed.converged and fixed.geometry.sdd == 1800.0
+
+
 def test_film_distances_come_from_the_flags_else_the_dicom_header_else_the_defaults(tmp_path):
     """SDD: --sdd, else DICOM Distance Source to Detector (the embedded NEMA film says 1996 mm), else 1800; SID: --sid,
     else 1600/1800 of the SDD. An unusable header value is ignored (the attribute is optional)."""

@@ -364,14 +364,16 @@ def cmd_register(ns: argparse.Namespace) -> int:
     check_target(Path(ns.out))  # an unusable --out is refused before the work
     from .register import Settings, register_files, write_pose
 
-    settings = Settings(time_limit_s=ns.time_limit, metric=ns.similarity, restarts=ns.restarts)
+    settings = Settings(time_limit_s=ns.time_limit, metric=ns.similarity, restarts=ns.restarts,
+                        estimate_sdd=ns.estimate_sdd)
     result = register_files(ns.ct, ns.image, lao=ns.lao, cran=ns.cran, roll=ns.roll, isocenter=ns.isocenter,
                             pixel=ns.pixel, sid=ns.sid, sdd=ns.sdd, settings=settings)
     write_pose(ns.out, result)
     p = result.pose
+    sdd = f", SDD {result.geometry.sdd:.1f} mm" if ns.estimate_sdd else ""
     print(json.dumps(result.to_json()) if ns.json else
           f"{ns.out}: {result.status}: LAO {p.lao:.2f} CRAN {p.cran:.2f} roll {p.roll:.2f} deg, isocenter "
-          f"{' '.join(f'{x:.1f}' for x in p.isocenter)} mm LPS, similarity {result.similarity:.4f}, "
+          f"{' '.join(f'{x:.1f}' for x in p.isocenter)} mm LPS{sdd}, similarity {result.similarity:.4f}, "
           f"{result.iterations} iterations, {result.seconds:.1f} s")
     if not result.converged:
         print(f"xwin register: registration failed ({result.status}): {result.message}", file=sys.stderr)
@@ -675,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdd", type=float,
                    help="film: source → detector distance in mm (default: the DICOM Distance Source to Detector, "
                         f"else {SDD_MM:g})")
+    p.add_argument("--estimate-sdd", action="store_true",
+                   help="estimate the source → detector distance (±20 %%) instead of the isocenter depth, which "
+                        "stays at the start's (one view cannot tell the two apart)")
     p.add_argument("--similarity", choices=("mixed", "gncc", "ncc"), default="mixed",
                    help="gncc: gradient correlation; ncc; mixed: their mean (default)")
     p.add_argument("--restarts", type=int, default=4, help="extra coarse-level starts around the start (default 4)")

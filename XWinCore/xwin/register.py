@@ -18,6 +18,7 @@ of time or whose final similarity is too low is reported as a failure, never as 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -89,9 +90,10 @@ class RegistrationResult:
         return self.status == STATUS_CONVERGED
 
     def to_json(self) -> dict:
-        """JSON-ready summary: pose (degrees, LPS mm), similarity, iterations, seconds, status."""
+        """JSON-ready summary: pose (degrees, LPS mm), SID/SDD (mm), similarity, iterations, seconds, status."""
         return {"lao_deg": self.pose.lao, "cran_deg": self.pose.cran, "roll_deg": self.pose.roll,
-                "isocenter_lps_mm": list(self.pose.isocenter), "similarity": self.similarity,
+                "isocenter_lps_mm": list(self.pose.isocenter), "sid_mm": self.geometry.sid,
+                "sdd_mm": self.geometry.sdd, "similarity": self.similarity,
                 "start_similarity": self.start_similarity, "metric": self.metric, "iterations": self.iterations,
                 "evaluations": self.evaluations, "seconds": self.seconds, "status": self.status,
                 "message": self.message}
@@ -109,10 +111,11 @@ def pose_rotation(angles: torch.Tensor) -> torch.Tensor:
     return (r @ ry).reshape(*angles.shape[:-1], 3, 3)
 
 
-def pose_views(geometry: Geometry, params: torch.Tensor) -> Views:
+def pose_views(geometry: Geometry, params: torch.Tensor, sdd: torch.Tensor | None = None) -> Views:
     """Views (LPS mm) for (B, 6) params = (lao, cran, roll [deg], isocenter x, y, z [LPS mm]); differentiable.
 
-    Same construction as `xwin.geometry.carm_views` (source S = iso − SID·d, detector centre iso + (SDD − SID)·d)."""
+    Same construction as `xwin.geometry.carm_views` (source S = iso − SID·d, detector centre iso + (SDD − SID)·d).
+    sdd: (B,) source → detector distances in mm instead of the geometry's (differentiable)."""
     params = params.reshape(-1, 6)
     r = pose_rotation(params[:, :3])
     basis = torch.tensor([D0, U0, V0], dtype=params.dtype).T
@@ -122,7 +125,8 @@ def pose_views(geometry: Geometry, params: torch.Tensor) -> Views:
     g = geometry
     source = iso - g.sid * d
     du, dv = g.pixel * u, g.pixel * v
-    corner = iso + (g.sdd - g.sid) * d - (g.width - 1) / 2.0 * du - (g.height - 1) / 2.0 * dv
+    depth = (g.sdd if sdd is None else sdd.reshape(-1, 1).to(params.dtype)) - g.sid
+    corner = iso + depth * d - (g.width - 1) / 2.0 * du - (g.height - 1) / 2.0 * dv
     return Views(source, corner, du, dv, g.height, g.width)
 
 
@@ -249,7 +253,9 @@ class Settings:
     iterations per level; restarts: extra coarse-level starts (each a ± ``restart_deg`` step of LAO or CRAN);
     max_rotation_deg / max_translation_mm: the box around the start; min_gain: the least similarity gain over the
     start that counts as an improvement; min_similarity: below it the match is 'poor' (a failure); time_limit_s:
-    wall-clock budget (the result so far is returned with status 'time limit')."""
+    wall-clock budget (the result so far is returned with status 'time limit'). estimate_sdd: estimate the source →
+    detector distance (within ± ``max_sdd_fraction`` of the geometry's) *instead of* the isocenter depth, which then
+    stays at the start's: one view cannot tell the two apart (docs/registration.md)."""
 
     sizes: tuple[int, ...] = (32, 64, 128)
     iterations: tuple[int, ...] = (30, 40, 20)
@@ -261,6 +267,8 @@ class Settings:
     min_similarity: float = 0.5
     time_limit_s: float = 300.0
     metric: Similarity = "mixed"
+    estimate_sdd: bool = False
+    max_sdd_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 4 or len(self.iterations) < len(self.sizes) or min(self.iterations) < 1:
@@ -268,6 +276,8 @@ class Settings:
         if self.restarts < 0 or not self.time_limit_s > 0:
             raise XWinInputError(None, f"--restarts must be >= 0 and --time-limit > 0 s (got {self.restarts}, "
                                        f"{self.time_limit_s})")
+        if not 0.0 < self.max_sdd_fraction < 0.9:
+            raise XWinInputError(None, f"the SDD range must be a fraction in (0, 0.9), got {self.max_sdd_fraction}")
         if self.metric not in ("gncc", "ncc", "mixed"):
             raise XWinInputError(None, f"unknown similarity {self.metric!r}: use gncc, ncc or mixed")
 
@@ -300,13 +310,29 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
                                    f"{geometry.height} x {geometry.width}")
     x0 = torch.tensor([start.lao, start.cran, start.roll, *start.isocenter], dtype=torch.float64)
     bound = torch.tensor([s.max_rotation_deg] * 3 + [s.max_translation_mm] * 3, dtype=torch.float64)
+    n_params = 7 if s.estimate_sdd else 6  # w[6]: the SDD, tanh-mapped onto [sdd_lo, sdd_hi] mm
+    sdd_lo = max(geometry.sdd * (1.0 - s.max_sdd_fraction), 1.05 * geometry.sid)  # the detector beyond the patient
+    sdd_hi = geometry.sdd * (1.0 + s.max_sdd_fraction)
+    if s.estimate_sdd and sdd_hi <= sdd_lo:
+        raise XWinInputError(None, f"no SDD range to search: SDD {geometry.sdd:g} mm ± {s.max_sdd_fraction:g} stays "
+                                   f"within 5 % of the SID ({geometry.sid:g} mm)")
+    w_sdd = math.atanh(min(0.999, max(-0.999, 2.0 * (geometry.sdd - sdd_lo) / max(sdd_hi - sdd_lo, 1e-9) - 1.0)))
+    beam = pose_rotation(x0[None, :3])[0] @ torch.tensor(D0, dtype=torch.float64)  # start beam direction (LPS)
     spacing_max = float(np.max(projector.volume.spacing))  # pooling is isotropic in index: bound the coarsest axis
     levels = level_geometries(geometry, s.sizes)
     iters = list(s.iterations)[-len(levels):] if len(levels) < len(s.sizes) else list(s.iterations)
     counters = {"iterations": 0, "evaluations": 0}
 
     def params_of(w: torch.Tensor) -> torch.Tensor:
-        return x0 + bound * torch.tanh(w)
+        """(6,) pose parameters; with estimate_sdd the isocenter moves only across the start beam."""
+        step = bound * torch.tanh(w[:6])
+        if s.estimate_sdd:
+            shift = step[3:]
+            step = torch.cat([step[:3], shift - (shift @ beam) * beam])
+        return x0 + step
+
+    def sdd_of(w: torch.Tensor) -> torch.Tensor | None:
+        return sdd_lo + (sdd_hi - sdd_lo) * (torch.tanh(w[6:7]) + 1.0) / 2.0 if s.estimate_sdd else None
 
     def make_level(g: Geometry):
         iso_pixel = g.pixel * g.sid / g.sdd
@@ -323,7 +349,7 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
     def objective(w: torch.Tensor, level) -> torch.Tensor:
         mu, a, tgt, mask = level
         g = level_geom[id(level)]
-        line = joseph_torch.forward(mu, a, pose_views(g, params_of(w)[None]))[0]
+        line = joseph_torch.forward(mu, a, pose_views(g, params_of(w)[None], sdd_of(w)))[0]
         drr = apply_mode(line, mode)
         counters["evaluations"] += 1
         return similarity(drr, tgt, s.metric, mask)
@@ -367,7 +393,8 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
 
     history: list[dict] = []
     finest = level_data[-1]
-    w_start = torch.zeros(6, dtype=torch.float64)
+    w_start = torch.zeros(n_params, dtype=torch.float64)
+    w_start[6:] = w_sdd
     start_sim = evaluate(w_start, finest)
 
     # coarse level: the start and restarts around it, best kept
@@ -378,7 +405,8 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
     best_w, best_sim = w_start, -math.inf
     for dl, dc in steps:
         off = torch.tensor([dl, dc, 0, 0, 0, 0], dtype=torch.float64)
-        w0 = torch.atanh(torch.clamp(off / bound, -0.999, 0.999))
+        w0 = w_start.clone()
+        w0[:6] = torch.atanh(torch.clamp(off / bound, -0.999, 0.999))
         w, sim = optimise(w0, level_data[0], iters[0], 0)
         history.append({"level": 0, "pixels": [levels[0].height, levels[0].width], "start_offset_deg": [dl, dc],
                         "similarity": sim, "seconds": time.perf_counter() - t_start})
@@ -396,6 +424,8 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
     final_sim = evaluate(w, finest)
     p = params_of(w)
     pose = Pose(float(p[0]), float(p[1]), float(p[2]), (float(p[3]), float(p[4]), float(p[5])))
+    sdd = sdd_of(w)
+    found = geometry if sdd is None else dataclasses.replace(geometry, sdd=float(sdd[0]))
     frac = (torch.tanh(w).abs()).max().item()
     seconds = time.perf_counter() - t_start
     if time.perf_counter() > deadline:
@@ -405,15 +435,19 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
         status, message = "no improvement", (f"similarity did not improve over the start ({start_sim:.4f} -> "
                                              f"{final_sim:.4f})")
     elif frac > 0.97:
-        which = ["LAO", "CRAN", "roll", "isocenter x", "isocenter y", "isocenter z"][int(torch.tanh(w).abs().argmax())]
+        which = ["LAO", "CRAN", "roll", "isocenter x", "isocenter y", "isocenter z",
+                 "SDD"][int(torch.tanh(w).abs().argmax())]
+        sdd_range = f", SDD {sdd_lo:.0f}–{sdd_hi:.0f} mm" if s.estimate_sdd else ""
         status, message = "hit a bound", (f"{which} ran to its bound (±{s.max_rotation_deg:g} deg / "
-                                          f"±{s.max_translation_mm:g} mm around the start)")
+                                          f"±{s.max_translation_mm:g} mm around the start{sdd_range})")
     elif final_sim < s.min_similarity:
         status, message = "poor match", (f"final similarity {final_sim:.4f} is below {s.min_similarity:g}: the DRR "
                                          "does not match the image")
     else:
         status, message = STATUS_CONVERGED, f"similarity {start_sim:.4f} -> {final_sim:.4f}"
-    return RegistrationResult(pose, start, geometry, final_sim, start_sim, counters["iterations"],
+        if sdd is not None:
+            message += f", SDD {found.sdd:.1f} mm"
+    return RegistrationResult(pose, start, found, final_sim, start_sim, counters["iterations"],
                               counters["evaluations"], seconds, status, message, s.metric, history)
 
 
