@@ -122,9 +122,9 @@ def test_fdk_full_scan_recovers_mu_and_backends_agree(phantom):
 
 
 def test_fdk_back_projects_in_chunks_and_stops_between_them(phantom):
-    """The back-projection sums its views a chunk at a time in order: the numba result is the same bit for bit
-    whatever the chunk (torch to rounding), progress comes after each chunk, and a callback that raises (Cancel)
-    stops the work there."""
+    """The back-projection sums its views in order, a chunk at a time: the numba result is the same bit for bit
+    whatever the chunk (torch, in its own batches, to rounding), progress comes after each chunk, and a callback that
+    raises (Cancel) stops the work there."""
     from xwin.recon.fdk import backproject
 
     _, projector, grid, _ = phantom
@@ -134,8 +134,10 @@ def test_fdk_back_projects_in_chunks_and_stops_between_them(phantom):
     chunked = backproject(proj, views, grid, chunk=3, callback=lambda done, total: seen.append((done, total)))
     assert torch.equal(chunked, whole)
     assert seen == [(3, 20), (6, 20), (9, 20), (12, 20), (15, 20), (18, 20), (20, 20)]
-    on_torch = backproject(proj, views, grid, chunk=7, backend="torch")
+    done = []  # torch: its own memory-bounded batches of views, reported the same way
+    on_torch = backproject(proj, views, grid, backend="torch", callback=lambda d, total: done.append((d, total)))
     np.testing.assert_allclose(on_torch.numpy(), whole.numpy(), rtol=1e-5, atol=1e-6 * float(whole.abs().max()))
+    assert done and done[-1] == (20, 20) and done == sorted(done)
 
     class Cancelled(Exception):
         pass

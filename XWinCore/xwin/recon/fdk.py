@@ -256,7 +256,7 @@ def _backproject_numba(img, pm, q2, out, weighted):  # pragma: no cover - compil
 
 
 def _backproject_torch(img: torch.Tensor, pm: torch.Tensor, q2: torch.Tensor, shape_kji, weighted: bool,
-                       max_samples: int = 1 << 24) -> torch.Tensor:
+                       max_samples: int = 1 << 24, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
     nk, nj, ni = shape_kji
     nb, h, w = img.shape
     dev, dt = img.device, img.dtype
@@ -277,6 +277,8 @@ def _backproject_torch(img: torch.Tensor, pm: torch.Tensor, q2: torch.Tensor, sh
         if weighted:
             v = v * q2[sl, None] * inv * inv
         out += v.sum(0)
+        if callback is not None:
+            callback(min(start + step, nb), nb)
     return out.reshape(nk, nj, ni)
 
 
@@ -289,8 +291,9 @@ def backproject(images: torch.Tensor, views: Views, grid: Grid, orbit_scale=None
     image sampled bilinearly (0 outside the detector). weighted: multiply by (SID/depth)² = (q / t)² with
     q = SID/SDD per view (``orbit_scale``, (B,)); unweighted it counts, per voxel, the views that see it when the
     images are ones. backend: ``numba`` (CPU), ``torch`` (any device) or ``auto`` (numba for CPU tensors).
-    The views are summed ``chunk`` at a time, in order (the numba sum is the same, bit for bit, for any chunk);
-    ``callback(views_done, views_total)`` after each chunk may raise to stop the work there (Cancel).
+    The views are summed in order, ``chunk`` at a time on numba (the same sum, bit for bit, for any chunk) and in
+    memory-bounded batches on torch; ``callback(views_done, views_total)`` after each may raise to stop the work
+    there (Cancel).
     """
     pm = projection_matrices(views).double().cpu().numpy() @ grid.lps_from_ijk[None]  # (B, 3, 4) on indices
     q2 = np.ones(views.batch) if orbit_scale is None else np.asarray(orbit_scale, np.float64) ** 2
@@ -306,15 +309,9 @@ def backproject(images: torch.Tensor, views: Views, grid: Grid, orbit_scale=None
                 callback(min(start + chunk, nb), nb)
         return torch.from_numpy(out)
     dt = images.dtype if images.is_floating_point() else torch.float32
-    img_t, pm_t = images.to(dt), torch.as_tensor(pm, dtype=dt, device=images.device)
-    q2_t = torch.as_tensor(q2, dtype=dt, device=images.device)
-    total = torch.zeros(grid.shape_kji, dtype=dt, device=images.device)
-    for start in range(0, nb, chunk):
-        part = slice(start, start + chunk)
-        total += _backproject_torch(img_t[part], pm_t[part], q2_t[part], grid.shape_kji, weighted)
-        if callback is not None:
-            callback(min(start + chunk, nb), nb)
-    return total
+    return _backproject_torch(images.to(dt), torch.as_tensor(pm, dtype=dt, device=images.device),
+                              torch.as_tensor(q2, dtype=dt, device=images.device), grid.shape_kji, weighted,
+                              callback=callback)
 
 
 def coverage(views: Views, grid: Grid, backend: str = "auto", device="cpu") -> torch.Tensor:
