@@ -68,28 +68,3 @@ def nifti_layout(path: Path) -> tuple[int, int, int, int, str, int] | None:
         declared = math.prod(shape) * bitpix // 8
         return int(offset), length - int(offset), declared, math.prod(shape[:2]) * bitpix // 8, order, datatype
     return None
-
-
-def nifti_truncated(path: Path) -> bool:
-    """True when a .nii/.nii.gz holds fewer bytes than its header announces (ITK would silently zero-fill them).
-
-    Reads the whole (decompressed) stream once; a gzip stream cut short or damaged also counts as truncated.
-    """
-    try:
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-            header = f.read(540)
-            length = f.seek(0, io.SEEK_END)
-    except (EOFError, OSError):
-        return True
-    for order in "<>":
-        size = struct.unpack(order + "i", header[:4])[0]
-        if size == 348:  # NIfTI-1: dim int16[8] @40, bitpix int16 @72, vox_offset float32 @108
-            dim, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
-            offset = struct.unpack(order + "f", header[108:112])[0]
-        elif size == 540:  # NIfTI-2: bitpix int16 @14, dim int64[8] @16, vox_offset int64 @168
-            dim, bitpix = struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "h", header[14:16])[0]
-            offset = struct.unpack(order + "q", header[168:176])[0]
-        else:
-            continue
-        return length < int(offset) + math.prod(dim[1 : dim[0] + 1]) * bitpix // 8
-    return True

@@ -39,7 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XWinInputError
-from .formats import has_extension, itk_reason, nifti_layout, nifti_truncated
+from .formats import has_extension, itk_reason, nifti_layout
 from .j2k import CodestreamError, check_codestream
 
 if TYPE_CHECKING:
@@ -262,8 +262,6 @@ def check_voxel_data(path: Path, reader: sitk.ImageFileReader, what: str = "voxe
     declared, which ITK does not check (it zero-fills or reads leftovers without a word): a NIfTI file holds every
     voxel its header announces, and the zlib stream of a compressed MetaImage inflates to exactly the declared bytes
     (streamed, never held; in the header file, CompressedDataSize must say where it ends)."""
-    if has_extension(path, _NIFTI) and nifti_truncated(path):
-        raise XWinInputError(path, f"is truncated: the file holds fewer {what} than its header announces")
     if has_extension(path, _NIFTI):
         _check_nifti_data(path, what)
     if has_extension(path, _NRRD):
@@ -316,11 +314,12 @@ _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
 def _check_nifti_data(path: Path, what: str) -> None:
-    """No more data than the header declares (see `_excess`), and no NaN/inf among float voxels: ITK's NIfTI reader
+    """Exactly the data the header declares: not less (ITK would zero-fill it; a gzip stream cut short or damaged
+    counts as truncated), not more by a slice (see `_excess`), and no NaN/inf among float voxels: ITK's NIfTI reader
     turns them into 0 without a word (streamed: never the whole file in memory)."""
     layout = nifti_layout(path)
-    if layout is None:
-        return
+    if layout is None or layout[1] < layout[2]:
+        raise XWinInputError(path, f"is truncated: the file holds fewer {what} than its header announces")
     offset, available, declared, slice_bytes, order, datatype = layout
     _excess(path, available, declared, slice_bytes, what)
     if datatype not in _NIFTI_FLOATS:
