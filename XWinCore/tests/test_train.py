@@ -182,6 +182,33 @@ def test_online_sampler_renders_pairs_like_the_bank(tiny_setup, tiny_bank):
     assert s.epoch_size == 1 * len(spec.poses())
 
 
+@pytest.mark.parametrize("online", [False, True])
+def test_shared_rendering_gives_each_group_one_jitter_and_zoom(tiny_setup, tiny_bank, online):
+    """data.shared_rendering: the pairs of one draw share isocenter shift, roll and zoom and form one group, so their
+    PA contexts are one image; without it they differ (each pair its own jitter online, its own zoom on a bank)."""
+    import dataclasses
+
+    from xwin.data import OnlineDrrSampler, training_cts
+    root, cfg_path, _ = tiny_setup
+    cfg = load_config(cfg_path)
+    bank = load_bank(tiny_bank)
+    spec = dataclasses.replace(bank_spec(cfg), augmentations=1)
+
+    def sampler(shared):
+        mix = dict(pa_fraction=1.0, augment=False, seed=4, pairs_per_instance=4, zoom=(1.0, 1.5),
+                   shared_rendering=shared)
+        return OnlineDrrSampler(training_cts(cfg)[:2], spec, **mix) if online else PairSampler(bank, **mix)
+
+    b = sampler(True).sample(12)
+    assert b["group"].tolist() == [0] * 4 + [1] * 4 + [2] * 4  # one group per draw, even of the same instance
+    assert len(np.unique(b["d_lao"].numpy())) >= 3  # targets still at their own angles
+    for g in range(3):
+        ctx = b["context"][4 * g:4 * g + 4]
+        torch.testing.assert_close(ctx, ctx[:1].expand_as(ctx))  # one rendering per group
+    apart = sampler(False).sample(12)["context"][:4]
+    assert (apart - apart[:1]).abs().amax(dim=(1, 2, 3))[1:].min() > 1e-3
+
+
 def test_online_training_run(tiny_setup, tmp_path):
     root, cfg_path, _ = tiny_setup
     cfg = yaml.safe_load(cfg_path.read_text())

@@ -338,6 +338,7 @@ class DataConfig(_Section):
     crop_z: tuple[float, float] = _f((1.0, 1.0), gt=0.0, le=1.0)  # deformed copies keep this fraction of slices
     habitus: float = _f(0.08, ge=0.0, lt=1.0)  # deformed copies: independent scale factor per axis in 1 ± habitus
     pairs_per_instance: int = _f(1, ge=1)
+    shared_rendering: bool = _f(False)  # the pairs of one instance draw share shift, roll and zoom: one group
     zoom: tuple[float, float] = _f((1.0, 1.0), ge=1.0)
     real_per_batch: int = _f(0, ge=0)
 

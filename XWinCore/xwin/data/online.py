@@ -5,8 +5,9 @@ device as attenuation volumes; every draw renders its context and target views w
 CUDA, numba on the CPU) at continuous poses: target LAO and CRAN uniform over the config's angle ranges, context the
 PA view with probability ``pa_fraction`` else uniform too (CRAN 0 with probability ``context_cran0_fraction``; the
 target's CRAN is 0 with probability ``target_cran0_fraction``), and per pair a fresh isocenter shift (LPS mm, σ
-``iso_shift_mm``) and detector roll (degrees, σ ``roll_deg``) shared by its two views. Angles are in degrees; the
-action is target − context.
+``iso_shift_mm``) and detector roll (degrees, σ ``roll_deg``) shared by its two views; with ``shared_rendering`` the
+``pairs_per_instance`` pairs of one draw share one shift, roll and zoom (their views differ by angle alone) and form one
+group. Angles are in degrees; the action is target − context.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ class OnlineDrrSampler(_Sampler):
     def __init__(self, cts: list[dict], spec: BankSpec, real: np.ndarray | None = None, pa_fraction: float = 0.5,
                  augment: bool = True, seed: int = 0, device: str | torch.device = "cpu", quiet: bool = True,
                  pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0),
-                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0):
+                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0,
+                 shared_rendering: bool = False):
         super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom, context_cran0_fraction,
-                         target_cran0_fraction)
+                         target_cran0_fraction, shared_rendering)
         self.spec = spec
         self.geometry = spec.geometry()
         instances = list(deformed_instances(cts, spec, quiet))
@@ -48,15 +50,21 @@ class OnlineDrrSampler(_Sampler):
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W) on the device, d_lao/d_cran (B,) degrees, group (B,)
-        instance ids, pose (B, 2) the context view's nominal (lao, cran) degrees, real."""
+        instance ids (with ``shared_rendering``: run ids), pose (B, 2) the context view's nominal (lao, cran) degrees,
+        real."""
         self.draws += 1
-        inst = np.sort(self._instances(len(self.projectors), batch_size))
+        inst, runs = self._runs(len(self.projectors), batch_size)
+        if not self.shared_rendering:
+            inst = np.sort(inst)
         ctx = np.where((self.rng.random(batch_size) < self.pa_fraction)[:, None], 0.0,
                        self._angles(batch_size, self.context_cran0_fraction))
         tgt = self._angles(batch_size, self.target_cran0_fraction)
-        roll = self.rng.normal(0.0, self.spec.roll_deg, batch_size)
-        shift = self.rng.normal(0.0, self.spec.iso_shift_mm, (batch_size, 3))
-        contexts, targets = [], []
+        n = runs[-1] + 1 if self.shared_rendering else batch_size  # one jitter per run, or per pair
+        each = runs if self.shared_rendering else np.arange(batch_size)
+        roll = self.rng.normal(0.0, self.spec.roll_deg, n)[each]
+        shift = self.rng.normal(0.0, self.spec.iso_shift_mm, (n, 3))[each]
+        size = self.spec.img_size
+        context, target = torch.empty(2, batch_size, size, size, device=self.projectors[0].device)
         for i in np.unique(inst):
             rows = np.flatnonzero(inst == i)
             poses = torch.stack([roll_pose(angles[r, 0], angles[r, 1], roll[r], shift[r])
@@ -64,12 +72,12 @@ class OnlineDrrSampler(_Sampler):
             with torch.no_grad():
                 images = self.projectors[i].render(pose=poses, mode="radiograph")
                 images = F.avg_pool2d(images[:, None].float(), self.spec.supersample)[:, 0]
-            contexts.append(images[:len(rows)])
-            targets.append(images[len(rows):])
+            context[rows], target[rows] = images[:len(rows)], images[len(rows):]
         d = (tgt - ctx).astype(np.float32)
-        context, target = self._zoomed(torch.cat(contexts), torch.cat(targets))
+        context, target = self._zoomed(context, target, runs if self.shared_rendering else None)
         batch = {"context": self._images(context), "target": self._images(target),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
-                 "group": torch.from_numpy(inst), "patient": torch.from_numpy(self.patient[inst]),
+                 "group": torch.from_numpy(runs if self.shared_rendering else inst),
+                 "patient": torch.from_numpy(self.patient[inst]),
                  "pose": torch.from_numpy(ctx.astype(np.float32))}
         return self._add_real(batch, real_size)

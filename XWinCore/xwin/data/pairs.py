@@ -29,9 +29,10 @@ class _Sampler:
 
     def __init__(self, real: np.ndarray | None, pa_fraction: float, augment: bool, seed: int,
                  pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0),
-                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0):
+                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0,
+                 shared_rendering: bool = False):
         self.real, self.pa_fraction, self.seed = real, pa_fraction, seed
-        self.pairs_per_instance, self.zoom = pairs_per_instance, zoom
+        self.pairs_per_instance, self.zoom, self.shared_rendering = pairs_per_instance, zoom, shared_rendering
         self.context_cran0_fraction, self.target_cran0_fraction = context_cran0_fraction, target_cran0_fraction
         self.rng = np.random.default_rng(seed)
         self.draws = 0
@@ -77,16 +78,23 @@ class _Sampler:
     def _instances(self, count: int, batch_size: int) -> np.ndarray:
         """(B,) instance indices among ``count``, in runs of ``pairs_per_instance`` equal ones: the other pairs of the
         same anatomy at other angles are the alignment loss's hardest negatives (graded by their affinity)."""
-        k = self.pairs_per_instance
-        return np.repeat(self.rng.integers(count, size=-(-batch_size // k)), k)[:batch_size]
+        return self._runs(count, batch_size)[0]
 
-    def _zoomed(self, context: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _runs(self, count: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(instance (B,) among ``count``, run (B,) 0 … ) of `_instances`: run r is the r-th draw of an instance."""
+        k = self.pairs_per_instance
+        runs = np.repeat(np.arange(-(-batch_size // k)), k)[:batch_size]
+        return self.rng.integers(count, size=runs[-1] + 1)[runs], runs
+
+    def _zoomed(self, context: torch.Tensor, target: torch.Tensor,
+                runs: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W) view pairs magnified about the detector centre (the isocenter's projection) by one factor z per
-        pair, uniform in ``zoom``: the field of the pair becomes field_mm / z (bilinear resampling). Off (no random
-        draw) when ``zoom`` is (1, 1)."""
+        pair (``runs`` (B,) given: one per run), uniform in ``zoom``: the field of the pair becomes field_mm / z
+        (bilinear resampling). Off (no random draw) when ``zoom`` is (1, 1)."""
         if self.zoom[1] <= 1.0:
             return context, target
-        z = torch.from_numpy(self.rng.uniform(*self.zoom, size=len(context)).astype(np.float32))
+        z = self.rng.uniform(*self.zoom, size=len(context) if runs is None else int(runs.max()) + 1)
+        z = torch.from_numpy((z if runs is None else z[runs]).astype(np.float32))
         theta = torch.zeros(len(z), 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / z
         pair = torch.stack([context, target], dim=1).float()  # (B, 2, H, W): one grid serves both views
@@ -115,15 +123,18 @@ class PairSampler(_Sampler):
 
     The context is the PA view (LAO = CRAN = 0, as at prediction time) with probability ``pa_fraction``, else a view
     at CRAN 0 with probability ``context_cran0_fraction``, else any view of the grid; the target is a view at CRAN 0
-    with probability ``target_cran0_fraction``, else any view. ``pairs_per_instance`` pairs share a (deformed) CT.
+    with probability ``target_cran0_fraction``, else any view. ``pairs_per_instance`` pairs share a (deformed) CT;
+    with ``shared_rendering`` they also share the zoom (a bank instance has one isocenter shift and roll) and form one
+    group, so that the views of a group differ by their angle alone.
     real: optional (R, H, W) array of real CXRs in [0, 1].
     """
 
     def __init__(self, bank: Bank, real: np.ndarray | None = None, pa_fraction: float = 0.5, augment: bool = True,
                  seed: int = 0, pairs_per_instance: int = 1, zoom: tuple[float, float] = (1.0, 1.0),
-                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0):
+                 context_cran0_fraction: float = 0.0, target_cran0_fraction: float = 0.0,
+                 shared_rendering: bool = False):
         super().__init__(real, pa_fraction, augment, seed, pairs_per_instance, zoom, context_cran0_fraction,
-                         target_cran0_fraction)
+                         target_cran0_fraction, shared_rendering)
         self.bank = bank
         nominal = bank.poses[0]
         self.pa_view = int(np.argmin(np.abs(nominal).sum(axis=1)))
@@ -143,26 +154,26 @@ class PairSampler(_Sampler):
 
     def sample(self, batch_size: int, real_size: int = 0) -> dict[str, torch.Tensor]:
         """One batch: context/target (B, 1, H, W), d_lao/d_cran (B,) degrees, group (B,) instance ids (one CT or one
-        deformed copy: the volume both views were rendered from), patient (B,) the CT's index, pose (B, 2) the context
-        view's (lao, cran) degrees, real (R, 1, H, W)."""
+        deformed copy: the volume both views were rendered from; with ``shared_rendering`` run ids), patient (B,) the
+        CT's index, pose (B, 2) the context view's (lao, cran) degrees, real (R, 1, H, W)."""
         n_inst, n_views = self.bank.images.shape[:2]
         self.draws += 1
-        inst = self._instances(n_inst, batch_size)
+        inst, runs = self._runs(n_inst, batch_size)
         ctx = np.where(self.rng.random(batch_size) < self.pa_fraction, self.pa_view,
                        self._views(n_views, batch_size, self.context_cran0_fraction))
         tgt = self._views(n_views, batch_size, self.target_cran0_fraction)
         poses = self.bank.poses
         d = poses[inst, tgt] - poses[inst, ctx]
         order = np.argsort(inst, kind="stable")  # memory-mapped reads in file order
-        inst, ctx, tgt, d = inst[order], ctx[order], tgt[order], d[order]
+        inst, runs, ctx, tgt, d = inst[order], runs[order], ctx[order], tgt[order], d[order]
         images = lambda idx: torch.from_numpy(np.asarray(self.bank.images[inst, idx], np.float32))  # noqa: E731
-        context, target = self._zoomed(images(ctx), images(tgt))
+        context, target = self._zoomed(images(ctx), images(tgt), runs if self.shared_rendering else None)
         batch = {
             "context": self._images(context),
             "target": self._images(target),
             "d_lao": torch.from_numpy(d[:, 0].astype(np.float32)),
             "d_cran": torch.from_numpy(d[:, 1].astype(np.float32)),
-            "group": torch.from_numpy(inst),
+            "group": torch.from_numpy(runs if self.shared_rendering else inst),
             "patient": torch.from_numpy(self.patient[inst]),
             "pose": torch.from_numpy(poses[inst, ctx].astype(np.float32)),
         }

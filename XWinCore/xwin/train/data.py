@@ -51,7 +51,8 @@ def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None,
     seed = cfg.train.seed + 1000 * d.rank
     c = cfg.data
     mix = dict(pa_fraction=c.pa_fraction, pairs_per_instance=c.pairs_per_instance, zoom=c.zoom,
-               context_cran0_fraction=c.context_cran0_fraction, target_cran0_fraction=c.target_cran0_fraction)
+               context_cran0_fraction=c.context_cran0_fraction, target_cran0_fraction=c.target_cran0_fraction,
+               shared_rendering=c.shared_rendering)
     real = real_cxrs(cfg)
     sampler: PairSampler | OnlineDrrSampler
     if cfg.data.online:
