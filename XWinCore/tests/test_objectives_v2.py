@@ -122,6 +122,15 @@ def test_view_contrast_hand_case_sees_only_what_differs_between_views_of_one_vol
     # a prediction that swaps the two views costs more than the right one
     swapped = view_contrast_loss(target[[1, 0, 2]], target, pose, group, 7.5, tau)
     assert float(swapped) > 2 / 3 * 1.9 / tau  # two of three rows at ≈ 2/τ
+    # uncentred: the raw latents s ± u (cosine 49/51) compared within each group only, volume 1's lone row adds 0
+    gap = 2 / 51 / tau
+
+    def log_sigmoid(x: float) -> float:
+        return -math.log1p(math.exp(-x))
+
+    uncentred = 2 / 3 * -(a * log_sigmoid(gap) + (1 - a) * log_sigmoid(-gap))
+    assert float(view_contrast_loss(target, target, pose, group, 7.5, tau, centred=False)) == pytest.approx(
+        uncentred, rel=1e-5)
 
 
 def test_view_contrast_in_the_losses_uses_the_volume_ids_and_needs_them():

@@ -357,6 +357,17 @@ def test_export_predict_and_world_eval(tiny_setup, tiny_bank, trained_run, tmp_p
                                loaded.mean_projection.numpy())
     assert main(["export-model", str(run), "--out", str(tmp_path / "c.safetensors"), "--bank", str(tmp_path)]) == 2
     assert not (tmp_path / "c.safetensors").exists()
+    # --mean-from copies another model file's mean projections (a fine-tuned online run keeps its parent's)
+    assert main(["export-model", str(run), "--out", str(tmp_path / "d.safetensors"), "--mean-from",
+                 str(tmp_path / "b.safetensors")]) == 0
+    np.testing.assert_array_equal(load_model(tmp_path / "d.safetensors").mean_projection.numpy(),
+                                  load_model(tmp_path / "b.safetensors").mean_projection.numpy())
+    no_mean = tmp_path / "e.safetensors"
+    from xwin.predict import export_model
+    export_model(run, no_mean)  # no bank: no mean projection in the file
+    assert main(["export-model", str(run), "--out", str(tmp_path / "f.safetensors"), "--mean-from",
+                 str(no_mean)]) == 2
+    assert not (tmp_path / "f.safetensors").exists()
     noise = np.random.default_rng(0).random((50, 40))
     pred = load_predictor(model_file).predict(noise, [0, 30], [0, 0])
     assert pred.shape == (2, 32, 32)

@@ -222,6 +222,9 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
     from .predict import export_model
 
     run = Path(ns.checkpoint)
+    if ns.mean_from:
+        print(export_model(run, ns.out, mean_from=ns.mean_from))
+        return 0
     if ns.bank:
         folder = Path(ns.bank)
         if not (folder / "manifest.json").is_file():
@@ -575,8 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-model", help="export a checkpoint's inference weights to one .safetensors file")
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--bank", help="DRR bank whose mean projection per pose the file carries (the mean_projection "
-                                  "baseline; default: the run's data.bank or RUN/bank — a data.online run has none)")
+    means = p.add_mutually_exclusive_group()
+    means.add_argument("--bank", help="DRR bank whose mean projection per pose the file carries (the "
+                                      "mean_projection baseline; default: the run's data.bank or RUN/bank — a "
+                                      "data.online run has none)")
+    means.add_argument("--mean-from", metavar="MODEL", help="copy the mean projections of this exported model file "
+                                                             "(same image size) instead of a bank's")
     p.set_defaults(func=cmd_export_model)
 
     p = sub.add_parser("predict", help="predicted projections of a CXR at new C-arm poses",

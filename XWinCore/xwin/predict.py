@@ -48,13 +48,22 @@ class LoadedModel:
     mean_poses: torch.Tensor | None = None
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=None) -> Path:
-    """Write the inference part of a checkpoint (fp16) plus the bank's mean projections to one safetensors file."""
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=None,
+                 mean_from: str | os.PathLike | None = None) -> Path:
+    """Write the inference part of a checkpoint (fp16) plus mean projections to one safetensors file: the bank's
+    mean image per pose, or (``mean_from``) those another exported model file of the same image size carries."""
     weights, _, state = load_checkpoint(checkpoint)
     tensors = {k: v.half() for k, v in weights.items() if k.startswith(INFERENCE_MODULES)}
     if bank is not None:
         tensors["mean_projection.images"] = torch.from_numpy(np.asarray(bank.images, np.float32).mean(0)).half()
         tensors["mean_projection.poses"] = torch.from_numpy(np.asarray(bank.poses[0], np.float32))
+    if mean_from is not None:
+        source = load_model(mean_from)
+        size = state["config"]["model"]["img_size"]
+        if source.mean_projection is None or source.mean_poses is None or source.mean_projection.shape[-1] != size:
+            raise XWinInputError(mean_from, f"--mean-from: the file carries no mean projection of {size} × {size} px")
+        tensors["mean_projection.images"] = source.mean_projection.half()
+        tensors["mean_projection.poses"] = source.mean_poses
     return write_model_file(out, tensors, state["config"], state["step"])
 
 

@@ -93,8 +93,8 @@ class _Sampler:
         (bilinear resampling). Off (no random draw) when ``zoom`` is (1, 1)."""
         if self.zoom[1] <= 1.0:
             return context, target
-        z = self.rng.uniform(*self.zoom, size=len(context) if runs is None else int(runs.max()) + 1)
-        z = torch.from_numpy((z if runs is None else z[runs]).astype(np.float32))
+        draws = self.rng.uniform(*self.zoom, size=len(context) if runs is None else int(runs.max()) + 1)
+        z = torch.from_numpy((draws if runs is None else draws[runs]).astype(np.float32))
         theta = torch.zeros(len(z), 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / z
         pair = torch.stack([context, target], dim=1).float()  # (B, 2, H, W): one grid serves both views

@@ -80,21 +80,25 @@ def soft_info_nce(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
 
 
 def view_contrast_loss(pred: torch.Tensor, target: torch.Tensor, pose_deg: torch.Tensor, group: torch.Tensor,
-                       sigma_deg: float, tau: float = 0.1) -> torch.Tensor:
-    """Tell the views of one volume apart: symmetric InfoNCE within each volume of the batch on *centred* latents.
+                       sigma_deg: float, tau: float = 0.1, centred: bool = True) -> torch.Tensor:
+    """Tell the views of one group apart: symmetric InfoNCE whose softmaxes run over the views of i's own group only.
 
-    pred, target (B, D) view latents; pose_deg (B, 2) the target views' (lao, cran) degrees; group (B,) volume ids.
-    With m_g the mean target latent of volume g's views in the batch (sg), p_i = pred_i − m_g(i), t_i = target_i −
-    m_g(i), softmaxes over the views of i's own volume only and geometry labels (`geometry_labels` with the volume as
-    the patient). Views of one anatomy share most of their latent (cosine ≈ 0.95 near PA), so on raw latents the
-    logits of neighbouring views differ by a fraction of 1/τ; centring removes what they share and leaves what the
-    retrieval of `xwin eval world` decides on. Volumes with one view in the batch add 0."""
+    pred, target (B, D) view latents; pose_deg (B, 2) the target views' (lao, cran) degrees; group (B,) volume ids
+    (with ``data.shared_rendering``: rendering ids, so the candidates differ by their angle alone, as the 13 targets
+    of one `xwin eval world` unit do); geometry labels (`geometry_labels` with the group as the patient).
+    ``centred``: with m_g the mean target latent of group g's views in the batch (sg), p_i = pred_i − m_g(i),
+    t_i = target_i − m_g(i). Views of one anatomy share most of their latent (cosine ≈ 0.95 near PA), so on raw
+    latents the logits of neighbouring views differ by a fraction of 1/τ; centring removes what they share. Uncentred,
+    the raw latents are compared, as the retrieval of `xwin eval world` compares them. Groups with one view add 0."""
     same = group[:, None] == group[None, :]
-    weights = same.float() / same.sum(dim=1, keepdim=True)
-    with _no_autocast(target):
-        centre = weights @ target.detach().float()  # (B, D) the mean target latent of each row's volume
+    pred, target = pred.float(), target.float()
+    if centred:
+        weights = same.float() / same.sum(dim=1, keepdim=True)
+        with _no_autocast(target):
+            centre = weights @ target.detach()  # (B, D) the mean target latent of each row's group
+        pred, target = pred - centre, target - centre
     labels = geometry_labels(pose_deg, group, sigma_deg)
-    return soft_info_nce(pred.float() - centre, target.float() - centre, labels, tau, allowed=same)
+    return soft_info_nce(pred, target, labels, tau, allowed=same)
 
 
 def affinity_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.1,

@@ -165,12 +165,12 @@ class XWinWorldModel(nn.Module):
             out["contrastive"] = soft_info_nce(pred_latent, target_latent, labels, lc.tau)
         else:
             out["contrastive"] = zero
-        if lc.view_contrast > 0:  # the views of one volume told apart on centred view latents
+        if lc.view_contrast > 0:  # the views of one group told apart
             if "group" not in batch:
                 raise KeyError("loss.view_contrast > 0 needs the batch's 'group' (B,): the volume ids")
             out["view_contrast"] = view_contrast_loss(view_latent(pred_tokens), view_latent(target_tokens),
                                                       target_pose, batch["group"].to(device), lc.label_sigma_deg,
-                                                      lc.tau)
+                                                      lc.view_contrast_tau, lc.view_contrast_centred)
         else:
             out["view_contrast"] = zero
         if lc.mim == 0 or (lc.mim_on == "real" and real is None):
