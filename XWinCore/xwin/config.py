@@ -251,7 +251,7 @@ class LossConfig(_Section):
     contrastive: float = _f(0.5, ge=0.0)
     view_contrast: float = _f(0.0, ge=0.0)
     view_contrast_tau: float = _f(0.1, gt=0.0)
-    view_contrast_centred: bool = _f(True)  # compare latents minus their volume's mean target (else raw latents)
+    view_contrast_centred: bool = _f(True)  # compare latents minus their group's mean target (else raw latents)
     mim: float = _f(1.0, ge=0.0)
     domain: float = _f(0.1, ge=0.0)
     recon: float = _f(1.0, ge=0.0)

@@ -58,12 +58,11 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, bank=Non
         tensors["mean_projection.images"] = torch.from_numpy(np.asarray(bank.images, np.float32).mean(0)).half()
         tensors["mean_projection.poses"] = torch.from_numpy(np.asarray(bank.poses[0], np.float32))
     if mean_from is not None:
-        source = load_model(mean_from)
+        source = {k: v for k, v in read_weights(mean_from)[0].items() if k.startswith("mean_projection.")}
         size = state["config"]["model"]["img_size"]
-        if source.mean_projection is None or source.mean_poses is None or source.mean_projection.shape[-1] != size:
+        if len(source) != 2 or source["mean_projection.images"].shape[1:] != (size, size):
             raise XWinInputError(mean_from, f"--mean-from: the file carries no mean projection of {size} × {size} px")
-        tensors["mean_projection.images"] = source.mean_projection.half()
-        tensors["mean_projection.poses"] = source.mean_poses
+        tensors.update({k: v.half() if k.endswith("images") else v for k, v in source.items()})
     return write_model_file(out, tensors, state["config"], state["step"])
 
 

@@ -75,13 +75,10 @@ class _Sampler:
         for transform, (name, key, pos, has_gauss, cached) in zip(transforms, saved):
             transform.R.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
 
-    def _instances(self, count: int, batch_size: int) -> np.ndarray:
-        """(B,) instance indices among ``count``, in runs of ``pairs_per_instance`` equal ones: the other pairs of the
-        same anatomy at other angles are the alignment loss's hardest negatives (graded by their affinity)."""
-        return self._runs(count, batch_size)[0]
-
     def _runs(self, count: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(instance (B,) among ``count``, run (B,) 0 … ) of `_instances`: run r is the r-th draw of an instance."""
+        """(instance (B,) indices among ``count``, run (B,) ids 0, 0, …, 1, …): runs of ``pairs_per_instance`` pairs
+        of one instance, run r being the r-th instance draw. The other pairs of the same anatomy at other angles are
+        the alignment loss's hardest negatives (graded by their affinity)."""
         k = self.pairs_per_instance
         runs = np.repeat(np.arange(-(-batch_size // k)), k)[:batch_size]
         return self.rng.integers(count, size=runs[-1] + 1)[runs], runs
