@@ -15,6 +15,8 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -588,6 +590,27 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
+def _run_xwin(args: list[str], *, cwd: Path, timeout: float, limited: bool, env: dict[str, str]
+              ) -> tuple[int, str, str, int]:
+    """Run ``python -m xwin ARGS``, killed after ``timeout`` s; returns (exit status, stdout, stderr, peak RSS of
+    that child alone in bytes). os.wait4 gives the child's own rusage: RUSAGE_CHILDREN would be the largest child
+    this pytest process ever reaped, whichever test ran it."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-m", "xwin", *args], stdout=out, stderr=err, cwd=cwd,
+                                 preexec_fn=_limit_memory if limited else None,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1", "XWIN_MAX_VOLUME_GB": "", **env})
+        timer = threading.Timer(timeout, child.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            timer.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        out.seek(0)
+        err.seek(0)
+        return child.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024
+
+
 @pytest.mark.parametrize("command", ["info", "write"])
 @pytest.mark.parametrize("name, kind, make, words, env", SUBPROCESS, ids=[c[0] for c in SUBPROCESS])
 def test_hang_or_bomb_is_one_line_exit_2(tmp_path, command, name, kind, make, words, env):
@@ -595,17 +618,15 @@ def test_hang_or_bomb_is_one_line_exit_2(tmp_path, command, name, kind, make, wo
     torch and the model (more address space than that) before it reads the radiograph: its peak RSS is checked."""
     target, culprit, out, before = _setup(tmp_path, make)
     args = _args(command, kind, target, out)
-    limited = command == "info" or kind == CT
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, text=True, cwd=out,
-                       timeout=_time_limit(command, kind), preexec_fn=_limit_memory if limited else None,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "XWIN_MAX_VOLUME_GB": "", **env})
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    _check_one_line(r.stderr, args[0], culprit, words)
-    assert r.stdout == ""
+    status, stdout, stderr, peak = _run_xwin(args, cwd=out, timeout=_time_limit(command, kind),
+                                             limited=command == "info" or kind == CT, env=env)
+    assert status == 2, (status, stderr[-2000:])
+    _check_one_line(stderr, args[0], culprit, words)
+    assert stdout == ""
     assert _tree(tmp_path) == before
     assert time.monotonic() - start < _time_limit(command, kind)
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < ADDRESS_SPACE  # largest child so far
+    assert peak < ADDRESS_SPACE, f"peak RSS {peak / 2**30:.2f} GiB"
 
 
 def test_corpus_size():
