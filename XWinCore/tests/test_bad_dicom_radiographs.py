@@ -9,6 +9,7 @@ address-space limit; the others call `xwin.cli.main` in this process. The real s
 """
 from __future__ import annotations
 
+import io
 import os
 import resource
 import socket
@@ -27,7 +28,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 from synthetic_dicom import ct_series, radiograph
 
 from xwin.cli import main
@@ -294,6 +295,39 @@ def series_with(folder: Path, special) -> tuple[Path, Path]:
     return folder / "ct", special(folder / "ct" / "slice005.dcm")[0]
 
 
+def same_sop_uid(d: Path) -> tuple[Path, Path]:
+    """A series whose slice003 carries the SOPInstanceUID of slice001 (other position, other pixels)."""
+    folder, _ = series(d, slices=())
+    uid = pydicom.dcmread(folder / "slice001.dcm").SOPInstanceUID
+    ds = pydicom.dcmread(folder / "slice003.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.save_as(folder / "slice003.dcm")
+    return folder, folder / "slice003.dcm"
+
+
+def jpeg_cr(path: Path, cut: bool) -> tuple[Path, Path]:
+    """An 8-bit CR stored as JPEG Baseline; ``cut``: its JPEG stream cut in half (the decoders fill the rest with
+    grey, without a word)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, "JPEG", quality=95)
+    frame = buf.getvalue()[: len(buf.getvalue()) // 2] if cut else buf.getvalue()
+
+    def edit(ds):
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([frame + b"\0" * (len(frame) % 2)])
+    return cr(path, edit=edit)
+
+
+def png_with_chunk(path: Path, kind: bytes) -> tuple[Path, Path]:
+    """A film PNG with a chunk of type ``kind`` (valid CRC) before its image data."""
+    data = noisy_png(path).read_bytes()
+    at = data.index(b"IDAT") - 4
+    chunk = struct.pack(">I", 5) + kind + b"hello" + struct.pack(">I", zlib.crc32(kind + b"hello"))
+    path.write_bytes(data[:at] + chunk + data[at:])
+    return path, path
+
+
 # (id, make(folder) -> (input, culprit), words the message must hold (lower case), extra environment)
 CT = "ct"
 CT_HEADERS = [
@@ -330,6 +364,9 @@ CT_HEADERS = [
      ["spacing", "between 0.0001 and 10000 mm"]),
     ("slices_1e300_mm_apart", lambda d: (series(d, step=1e300, slices=())[0],) * 2,
      ["spacing", "between 0.0001 and 10000 mm", "1e+300"]),
+    # campaign 3: positions ±1.7e308 overflowed in the slice geometry: numpy's RuntimeWarnings before the line
+    ("slice_positions_overflow", lambda d: (series(d, n=3, positions=[0.0, 1.7e308, -1.7e308], slices=())[0],) * 2,
+     ["spacing"]),
 ]
 CT_IDENTITY = [
     ("other_patient", lambda d: series(d, one(PatientID="SOMEONE-ELSE")),
@@ -345,6 +382,8 @@ CT_IDENTITY = [
     ("patient_missing_in_two", lambda d: series(d, drop("PatientID"), slices=(2, 3)),
      ["patientid", "(none) (2 files)"]),
     ("one_slice_mr", lambda d: series(d, one(Modality="MR")), ["modality is mr, not ct"]),
+    # campaign 3: two files with one SOPInstanceUID (and other positions) were read as two slices
+    ("sop_instance_uid_twice", same_sop_uid, ["sopinstanceuid", "also that of slice001.dcm"]),
 ]
 CT_PIXELS = [
     # campaign 2: a slice file emptied or overwritten was skipped as "not DICOM" (a series one slice short, read)
@@ -413,6 +452,9 @@ CT_COMPRESSED = [
     ("j2k_high_bit_7_of_16_bits", lambda d: j2k_series(d, edit=one(HighBit=7)), ["highbit is 7", "needs highbit 15"]),
 ]
 CXR_DICOM = [
+    # campaign 3: a JPEG Baseline CR cut in half decoded to a half-grey film without a word
+    ("cr_jpeg_baseline_cut_short", lambda d: jpeg_cr(d / "cxr.dcm", cut=True), ["jpeg stream is cut short",
+                                                                              "eoi marker"]),
     ("cr_pixel_data_empty", lambda d: cr(d / "cxr.dcm", edit=lambda ds: setattr(ds, "PixelData", b"")),
      ["pixel data is truncated", "0 bytes"]),  # campaign 2: a TypeError traceback before
     ("cr_slope_zero", lambda d: cr(d / "cxr.dcm", RescaleSlope=0, RescaleIntercept=0), ["rescaleslope is 0"]),
@@ -481,6 +523,8 @@ CXR_DICOM = [
      ["not a transfer syntax"]),
 ]
 CXR_RASTER = [
+    # campaign 3: a critical chunk Pillow does not know was skipped (the PNG standard says: do not show the image)
+    ("png_unknown_critical_chunk", lambda d: png_with_chunk(d / "cxr.png", b"ZZZZ"), ["unknown critical chunk 'zzzz'"]),
     # campaign 2: read as if fine before (Pillow checks no IDAT CRC, reads the first frame, stops at IEND)
     ("png16_idat_crc_wrong", lambda d: png_crc_flipped(d / "cxr.png"), ["crc", "'idat'"]),
     ("png_animated_3_frames", lambda d: animated_png(d / "cxr.png"), ["animated png of 3 frames"]),
@@ -524,7 +568,8 @@ SPECIAL = [
 IN_PROCESS = [(c[0], CT, *c[1:]) for c in CT_HEADERS + CT_IDENTITY + CT_PIXELS + CT_COMPRESSED] + \
              [(c[0], "cxr", *c[1:]) for c in CXR_DICOM + CXR_RASTER]
 # `reconstruct` loads the model (seconds) before it reads the radiograph: one case per kind of problem runs it
-CXR_WRITTEN = {"png16_idat_crc_wrong", "cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
+CXR_WRITTEN = {"png16_idat_crc_wrong", "cr_jpeg_baseline_cut_short",
+               "cr_slope_zero", "cr_voi_lut_count_mismatch", "cr_window_width_zero", "cr_blank",
                "cr_rows_larger_than_data", "cr_j2k_garbage", "png_blank", "nhdr_2d_data_outside",
                "cr_high_bit_above_bits_stored", "cr_sample_j2k_marker_code_in_data", "png_holding_a_tiff",
                "cr_pixel_spacing_negative"}
@@ -673,6 +718,23 @@ def test_edge_radiographs_are_read(tmp_path):
     assert 0 < sigmoid.array.min() < 0.01 and 0.99 < sigmoid.array.max() < 1
     np.testing.assert_allclose(us.array, ow.array, atol=1e-6)
     assert 0 < scaled.array.max() <= 1 and png.array.max() == pytest.approx(9 / 255)
+
+
+def test_edge_films_campaign_3(tmp_path):
+    """Campaign 3: a JPEG film stored sideways with EXIF Orientation 6 is read as shown (turned 90° clockwise), a
+    whole JPEG Baseline CR and a PNG with an unknown ancillary chunk are read; the same JPEG CR cut short is not."""
+    stored = np.zeros((40, 64), np.uint8)
+    stored[:, :10] = 255  # a bright band at the left of the stored pixels: at the top once turned clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+    turned = read_radiograph(tmp_path / "photo.jpg").array
+    assert turned.shape == (64, 40) and turned[:10].mean() > 0.9 and turned[20:].mean() < 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = read_radiograph(jpeg_cr(tmp_path / "whole.dcm", cut=False)[0])
+        assert whole.array.shape == (64, 64)
+        assert read_radiograph(png_with_chunk(tmp_path / "anc.png", b"zzZZ")[0]).array.shape == (64, 80)
 
 
 def test_real_dicom_still_reads(shared_data, capfd):

@@ -260,6 +260,8 @@ SPECIAL_CONFIGS = [
                                                                              b"./ct.nrrd,train\n")), "cases.csv"),
     ("cxr_folder_with_truncated_png", lambda d: _data_yaml(d, cxr=[str(_films(d / "films"))]), "b.png"),
     ("bank_is_a_file", lambda d: _data_yaml(d, bank=str(_bytes(d / "bank.txt", b"not a bank"))), "bank.txt"),
+    # campaign 3: a FIFO named like a film was skipped (the folder read one film short)
+    ("cxr_folder_with_fifo", lambda d: _data_yaml(d, cxr=[str(_with_fifo(d / "films", "a.png", "b.png"))]), "b.png"),
 ]
 
 
@@ -285,6 +287,17 @@ def _films(folder: Path) -> Path:
     for name in ("a.png", "b.png"):
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / name)
     _bytes(folder / "b.png", (folder / "b.png").read_bytes()[:2000])
+    return folder
+
+
+def _with_fifo(folder: Path, good: str, fifo: str) -> Path:
+    """A folder holding one sound file ``good`` (a film or a CT, by its name) and a FIFO named ``fifo``."""
+    folder.mkdir()
+    if good.endswith(".png"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / good)
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), str(folder / good))
+    os.mkfifo(folder / fifo)
     return folder
 
 
@@ -477,6 +490,13 @@ REQUEST_CASES = [
     ("render_out_existing_file_several_poses", lambda i, d: [
         "render", str(i["ct"]), "--lao", "0", "30", "--cran", "0", "--out", str(d / _existing_file(d, "taken"))],
      "taken", {}),
+    # campaign 3: a FIFO named like a CT in --ct-dir was skipped; a path the system refuses (a name of 300
+    # characters, ENAMETOOLONG) was an OSError traceback
+    ("train_ct_dir_with_fifo", lambda i, d: ["train", "--config", str(_data_yaml(d)), "--ct-dir",
+                                             str(_with_fifo(d / "cts", "a.nii", "b.nii.gz")), "--out", str(d / "run")],
+     "b.nii.gz", {}),
+    ("render_ct_name_too_long", lambda i, d: ["render", str(d / ("x" * 300 + ".nii.gz")), "--lao", "0", "--cran", "0",
+                                              "--out", str(d / "drr.nrrd")], "x" * 300, {}),
     ("predict_out_existing_file_several_poses", lambda i, d: [
         "predict", str(i["cxr"]), "--checkpoint", str(i["model"]), "--lao", "0", "30", "--cran", "0",
         "--out", str(d / _existing_file(d, "taken"))], "taken", {}),
@@ -527,6 +547,40 @@ def test_bombs_and_budgets_under_limits(argv, inputs, case_dir):
     lines = run.stderr.splitlines()
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     assert run.stdout == "" and _tree(case_dir) == before
+
+
+@pytest.mark.parametrize("make, argv, culprit", [
+    (lambda d: _fifo(d / "cases.csv"),
+     lambda d, f: ["train", "--config", str(_data_yaml(d, ct=[], cases=str(f))), "--out", str(d / "run")], "cases.csv"),
+    (lambda d: (d / "cases.csv").symlink_to("/dev/zero") or d / "cases.csv",
+     lambda d, f: ["train", "--config", str(_data_yaml(d, ct=[], cases=str(f))), "--out", str(d / "run")], "cases.csv"),
+    (lambda d: _fifo(d / "pose.json"),
+     lambda d, f: ["render", str(d / "ct.nrrd"), "--pose", str(f), "--out", str(d / "drr.nrrd")], "pose.json"),
+    (lambda d: (d / "pose.json").symlink_to("/dev/zero") or d / "pose.json",
+     lambda d, f: ["render", str(d / "ct.nrrd"), "--pose", str(f), "--out", str(d / "drr.nrrd")], "pose.json"),
+], ids=["cases_csv_fifo", "cases_csv_dev_zero", "pose_fifo", "pose_dev_zero"])
+def test_special_files_are_refused_unopened(make, argv, culprit, inputs, case_dir):
+    """Campaign 3: a cases CSV or a pose file that is a FIFO blocked forever, /dev/zero filled the memory. In a
+    subprocess under the same limits as the bombs, with a timeout: one line naming the file, exit 2."""
+    (case_dir / "ct.nrrd").write_bytes(inputs["ct"].read_bytes())
+    args = argv(case_dir, make(case_dir))
+    before = _tree(case_dir)
+    env = {k: v for k, v in os.environ.items() if k != "XWIN_MAX_VOLUME_GB"}
+    run = subprocess.run([sys.executable, "-c", LIMITS, *args], capture_output=True, text=True, timeout=120,
+                         cwd=case_dir, env=env)
+    lines = run.stderr.splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert lines[0].startswith(f"xwin {args[0]}: error: ") and culprit in lines[0], lines[0]
+    assert run.stdout == "" and _tree(case_dir) == before
+
+
+def test_pose_file_nested_or_huge_numbers_is_one_line(inputs, case_dir, capsys):
+    """Campaign 3: a pose file nested 100,000 deep and one whose angle has 5,000 digits (ValueError of Python's
+    digit limit, a JSON error of another type)."""
+    for text in ("[" * 100_000 + "]" * 100_000, '{"lao_deg": 1' + "0" * 5000 + "}"):
+        pose = _yaml(case_dir / "pose.json", text)
+        line = _refused(_render_pose(inputs, case_dir, pose), case_dir, "pose.json", capsys)
+        assert "readable json pose file" in line.lower()
 
 
 def test_cases_csv_with_byte_order_mark_is_read(tmp_path):

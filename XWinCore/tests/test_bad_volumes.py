@@ -206,6 +206,42 @@ def two_gzip_members(path: Path) -> Path:
 
 TWICE = _voxels().tobytes() * 2  # the declared 240 bytes of voxels, then as many again
 
+
+def rotated_sform_with_qform(path: Path) -> Path:
+    """qform and sform both code 1 (the same space), the sform turned 90° about z: two placements of one CT."""
+    rows = [(0.0, -SPACING[1], 0.0, 10.0), (SPACING[0], 0.0, 0.0, -20.0), (0.0, 0.0, SPACING[2], 30.0)]
+    return nifti(path, *[(SROW + 16 * n, "4f", rows[n]) for n in range(3)])
+
+
+def zeros_after_voxels(path: Path, gib: int = 16) -> Path:
+    """A .nii.gz of a few MB: the NIfTI, then ``gib`` GiB of zeros in gzip members of 64 MiB each."""
+    nifti(path.with_name("_z.nii"))
+    head = path.with_name("_z.nii").read_bytes()
+    path.with_name("_z.nii").unlink()
+    member = gzip.compress(bytes(64 << 20), 9)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(head))
+        for _ in range(gib * 16):
+            f.write(member)
+    return path
+
+
+def nifti2(path: Path) -> Path:
+    """A sound NIfTI-2 (540-byte header, int64 dims, float64 geometry) of the 6×5×4 voxels."""
+    h = bytearray(540)
+    struct.pack_into("<i8shh8q", h, 0, 540, b"n+2\0\r\n\x1a\n", 4, 16, 3, 6, 5, 4, 1, 1, 1, 1)
+    struct.pack_into("<8dq2d", h, 104, 1.0, *SPACING, 1, 1, 1, 1, 544, 1.0, 0.0)
+    struct.pack_into("<2i6d", h, 344, 1, 0, 0, 0, 0, *ORIGIN)
+    path.write_bytes(bytes(h) + bytes(4) + _voxels().tobytes())
+    return path
+
+
+def ascii_nrrd(path: Path, values: int, separator: str = " ") -> Path:
+    """A text-encoded 6×5×4 NRRD holding ``values`` numbers (0…119, repeated)."""
+    header = "NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nencoding: ascii\n\n"
+    path.write_text(header + separator.join(str(n % 120) for n in range(values)) + "\n")
+    return path
+
 # (id, make(folder) -> path given to the CLI, words the message must hold (lower case), extra environment)
 NAN, INF = float("nan"), float("inf")
 BAD = [
@@ -300,6 +336,18 @@ BAD = [
      ["origin", "1 km"], {}),
     ("nrrd_double_beyond_float32", lambda d: nrrd(d / "ct.nrrd", data=b"\n" + np.full(120, -1e300).tobytes(),
                                                   kind="double"), ["120 voxel values", "float32 range"], {}),
+    # campaign 3: a qform and an sform of one space that disagree (ITK takes one), values beyond the declared count
+    # in a text NRRD (teem reads the first ones), a NIfTI-2 refused as 'bad datatype', a plain .nii named .gz called
+    # 'truncated', and 16 GiB of zeros after the voxels of a 16 MB .nii.gz, all inflated (about a minute) to refuse it
+    ("nifti_qform_sform_disagree", lambda d: rotated_sform_with_qform(d / "ct.nii"),
+     ["qform and sform", "disagree", "90.000°"], {}),
+    ("nrrd_ascii_twice_the_values", lambda d: ascii_nrrd(d / "ct.nrrd", 240),
+     ["holds 240 values", "declares 120"], {}),
+    ("nifti2_file", lambda d: nifti2(d / "ct.nii"), ["nifti-2", "nifti-1"], {}),
+    ("nifti_plain_named_gz", lambda d: nifti(d / "ct.nii.gz.tmp").rename(d / "ct.nii.gz") or d / "ct.nii.gz",
+     ["not gzip-compressed"], {}),
+    ("nifti_gz_16gib_of_zeros_after_voxels", lambda d: zeros_after_voxels(d / "ct.nii.gz"),
+     ["holds", "declares 240"], {}),
     # detached data files: never outside the header's folder, never a pipe, and present
     ("nhdr_data_etc_passwd", lambda d: detached(d, "nhdr", "../" * 30 + "etc/passwd"),
      ["outside the header's folder", "/etc/passwd"], {}),
@@ -361,6 +409,13 @@ EDGE = [
     ("nifti_float_finite", lambda d: float_nifti(d / "ct.nii", np.arange(120.0)), SPACING, (0, 119), {}),
     ("nrrd_spacing_at_the_limits", lambda d: nrrd(d / "ct.nrrd", "spacings: 1e-4 1 1e4\n"), (1e-4, 1, 1e4), (0, 119),
      {}),
+    ("nrrd_ascii_values_by_comma", lambda d: ascii_nrrd(d / "ct.nrrd", 120, ",\n"), (1, 1, 1), (0, 119),
+     {}),
+    ("nifti_qform_and_sform_of_other_codes", lambda d: nifti(d / "ct.nii", *[(SROW + 16 * n, "4f", row) for n, row in
+                                                                            enumerate([(0.0, -SPACING[1], 0.0, 10.0),
+                                                                                       (SPACING[0], 0.0, 0.0, -20.0),
+                                                                                       (0.0, 0.0, SPACING[2], 30.0)])],
+                                                            (SFORM_CODE, "h", 2)), SPACING, (0, 119), {}),
 ]
 
 

@@ -785,9 +785,15 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(str(exc).split())  # one line, whatever the message quotes
         print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"xwin {ns.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a path the system refuses: missing, locked, too long (ENAMETOOLONG), a link loop...
+        named = getattr(exc, "filename", None)
+        if named is None and not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
+                                                  NotADirectoryError)):
+            raise
+        shown = str(named or "")
+        shown = shown if len(shown) <= 600 else f"{shown[:300]}...{shown[-300:]}"  # a path of 4,000 characters
+        where = f"{shown}: " if shown else ""
+        print(f"xwin {ns.command}: error: {' '.join(f'{where}{exc.strerror or exc}'.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xwin {ns.command}: interrupted", file=sys.stderr)

@@ -533,8 +533,12 @@ def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict:
     base_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base))
     if base_path in chain:
         raise XWinInputError(path, f"config key 'base': {base} includes itself")
-    if not os.path.isfile(base_path):
-        raise XWinInputError(path, f"config key 'base': no such file {base_path}")
+    from .io.validate import file_problem
+
+    problem = file_problem(base_path)  # a device or a link loop is no missing file
+    if problem:
+        what = f"no such file {base_path}" if problem == "does not exist" else f"{base_path} {problem}"
+        raise XWinInputError(path, f"config key 'base': {what}")
     merged = _read_yaml(base_path, chain + (os.path.abspath(path),))
     if not isinstance(merged, dict):
         raise XWinInputError(base_path, "a config must be a mapping of sections")

@@ -541,15 +541,26 @@ def write_pose(path: str | os.PathLike, result: RegistrationResult) -> Path:
     return path
 
 
+_MAX_POSE_BYTES = 1 << 20  # a pose file is a few hundred bytes
+
+
 def read_pose(path: str | os.PathLike) -> tuple[Pose, Geometry]:
     """Pose (degrees, LPS mm) and detector geometry from a pose file written by `write_pose`."""
+    from .io.validate import check_budget, file_problem
+
     p = Path(path)
+    problem = file_problem(p)  # a FIFO or a device would block or never end
+    if problem:
+        raise XWinInputError(p, "no such pose file" if problem == "does not exist" else problem)
     try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise XWinInputError(p, "no such pose file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise XWinInputError(p, f"is not a readable JSON pose file ({e})") from None
+        with open(p, "rb") as f:
+            raw = f.read(_MAX_POSE_BYTES + 1)
+        if len(raw) > _MAX_POSE_BYTES:
+            raise ValueError(f"larger than {_MAX_POSE_BYTES >> 10} KiB")
+        doc = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
+        text = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+        raise XWinInputError(p, f"is not a readable JSON pose file ({text})") from None
     try:
         if not isinstance(doc, dict) or doc.get("format") != POSE_FORMAT:
             raise ValueError(f"format is not {POSE_FORMAT}")
@@ -578,7 +589,6 @@ def read_pose(path: str | os.PathLike) -> tuple[Pose, Geometry]:
         raise XWinInputError(p, f"is not an XWin pose file (no {e})") from None
     except (TypeError, ValueError) as e:
         raise XWinInputError(p, f"is not an XWin pose file ({e})") from None
-    from .io.validate import check_budget
     check_budget(p, f"a detector of {geometry.height} x {geometry.width} pixels",
                  geometry.height * geometry.width * 4, geometry.height * geometry.width * 64)  # rays, DRR, image
     return pose, geometry

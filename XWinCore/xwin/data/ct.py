@@ -30,6 +30,7 @@ from ..errors import XWinInputError
 from ..io import read_ct
 from ..io.formats import ITK_EXTENSIONS, has_extension, is_dicom_file
 from ..io.image import Volume
+from ..io.validate import file_problem
 
 
 def find_cts(folder: str | os.PathLike) -> list[Path]:
@@ -41,6 +42,9 @@ def find_cts(folder: str | os.PathLike) -> list[Path]:
     found = set()
     for p in folder.rglob("*"):
         if not p.is_file():
+            problem = None if p.is_dir() else file_problem(p)
+            if problem and problem != "does not exist" and has_extension(p, ITK_EXTENSIONS):
+                raise XWinInputError(p, problem)  # a FIFO or a device named like a CT: refused, not skipped
             continue
         if has_extension(p, ITK_EXTENSIONS):
             found.add(p)
@@ -55,6 +59,9 @@ def split_cts(cases: str | Path, split: str) -> list[Path]:
     """The CT files of a cases CSV (columns ``file``, ``split``; files relative to the CSV's folder) whose split is
     ``split`` (e.g. ../shared/data/ct/cases.csv: ``train`` may train a shipped model, ``eval`` only evaluates)."""
     cases = Path(cases)
+    problem = file_problem(cases)  # a FIFO or a device would block or never end
+    if problem:
+        raise XWinInputError(cases, f"cannot read the cases CSV: {problem}")
     try:
         with open(cases, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) is not a column name
             rows = list(csv.DictReader(f))

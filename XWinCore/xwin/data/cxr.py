@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import XWinInputError
 from ..io import read_radiograph
+from ..io.validate import file_problem
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 
@@ -41,7 +42,12 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise XWinInputError(folder, "not a folder of radiographs")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    for p in named:  # a FIFO, socket or device named like a film is refused unopened, not skipped
+        problem = file_problem(p)
+        if problem and problem != "does not exist":  # a dangling link holds no film: skipped
+            raise XWinInputError(p, problem)
+    files = [p for p in named if p.is_file()]
     if not files:
         raise XWinInputError(folder, "contains no DICOM, PNG or JPEG radiographs")
     return files

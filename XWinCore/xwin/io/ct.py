@@ -52,7 +52,7 @@ def read_ct(path: str | os.PathLike) -> Volume:
     """
     p = Path(path)
     if not p.exists():
-        raise XWinInputError(p, "does not exist")
+        raise XWinInputError(p, file_problem(p) or "does not exist")  # a link loop: "Too many levels of..."
     if p.is_dir():
         return _read_dicom_series(p)
     check_regular_file(p)  # a FIFO or a device would block or never end
@@ -184,6 +184,12 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             listing += ", ..." if len(values) > 3 else ""
             raise XWinInputError(f, f"mixed series: {len(values)} {keyword}s in the folder ({listing}): this file "
                                     f"belongs to another {what}; put one series per folder")
+    seen: dict[str, Path] = {}
+    for f, header in headers:  # one image stored twice under two names (with other positions: a damaged series)
+        uid = str(header.get("SOPInstanceUID", "") or "").strip()
+        if uid and seen.setdefault(uid, f) != f:
+            raise XWinInputError(f, f"SOPInstanceUID {uid[:64]} is also that of {seen[uid].name}: two files claim to "
+                                    "be the same image (a copy, or a damaged series)")
     other = [(f, str(ds.get("Modality", "unknown"))) for f, ds in headers if str(ds.get("Modality", "")) != "CT"]
     if other:  # the folder when no file is CT, else the first file that is not
         raise XWinInputError(folder if len(other) == len(headers) else other[0][0],
@@ -223,30 +229,33 @@ def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
                 raise XWinInputError(folder, f"inconsistent {tag}: {f.name} differs from {f0.name}")
     row, col = iop[0][:3], iop[0][3:]
     normal = np.cross(row, col)
-    ipp = np.array(positions)
-    order = np.argsort(ipp @ normal, kind="stable")
-    ordered, ipp = [headers[n] for n in order], ipp[order]
-    along = ipp @ normal
-    steps = np.diff(along)
-    names = [f.name for f, _ in ordered]
-    if np.min(steps) < _POSITION_TOL_MM:
-        n = int(np.argmin(steps))
-        raise XWinInputError(folder, f"duplicate slice position: {names[n]} and {names[n + 1]} are at the same place")
-    step = float(np.median(steps))
-    tol = max(_POSITION_TOL_MM, _SPACING_TOL * step)
-    bad = np.flatnonzero(np.abs(steps - step) > tol)
-    if bad.size:
-        n = int(bad[0])
-        gap = float(steps[n])
-        if abs(gap / step - round(gap / step)) * step <= tol and round(gap / step) >= 2:
-            problem = f"missing slices: gap of {gap:.3f} mm ({round(gap / step) - 1} slice(s) missing)"
-        else:
-            problem = f"uneven slice spacing: {gap:.3f} mm"
-        raise XWinInputError(folder, f"{problem} between {names[n]} and {names[n + 1]}; the other slices are "
-                                     f"{step:.3f} mm apart")
-    shear = np.abs((ipp - ipp[0]) @ np.stack([row, col], 1)).max()
-    if shear > tol:
-        raise XWinInputError(folder, f"slices are sheared (gantry tilt?): positions drift {shear:.3f} mm in-plane")
+    with np.errstate(over="ignore", invalid="ignore"):  # positions ~1e308 apart: refused (spacing), no warning
+        ipp = np.array(positions)
+        order = np.argsort(ipp @ normal, kind="stable")
+        ordered, ipp = [headers[n] for n in order], ipp[order]
+        along = ipp @ normal
+        steps = np.diff(along)
+        names = [f.name for f, _ in ordered]
+        if np.min(steps) < _POSITION_TOL_MM:
+            n = int(np.argmin(steps))
+            raise XWinInputError(folder, f"duplicate slice position: {names[n]} and {names[n + 1]} are at the same "
+                                         "place")
+        step = float(np.median(steps))
+        tol = max(_POSITION_TOL_MM, _SPACING_TOL * step)
+        bad = np.flatnonzero(np.abs(steps - step) > tol)
+        if bad.size:
+            n = int(bad[0])
+            gap = float(steps[n])
+            if np.isfinite(gap / step) and abs(gap / step - round(gap / step)) * step <= tol and round(gap / step) >= 2:
+                problem = f"missing slices: gap of {gap:.3f} mm ({round(gap / step) - 1} slice(s) missing)"
+            else:
+                problem = f"uneven slice spacing: {gap:.3f} mm"
+            raise XWinInputError(folder, f"{problem} between {names[n]} and {names[n + 1]}; the other slices are "
+                                         f"{step:.3f} mm apart")
+        shear = np.abs((ipp - ipp[0]) @ np.stack([row, col], 1)).max()
+        if shear > tol:
+            raise XWinInputError(folder, f"slices are sheared (gantry tilt?): positions drift {shear:.3f} mm "
+                                         "in-plane")
     spacing = np.array([pixel[0][1], pixel[0][0], step])
     return ordered, spacing, ipp[0], np.stack([row, col, normal], axis=1)
 

@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -38,6 +38,7 @@ from .validate import (
 
 CROSS_SECTIONAL = {"CT", "MR", "PT", "NM", "US"}
 _LUMA = np.array([0.299, 0.587, 0.114])
+_EXIF_ORIENTATION = 0x0112  # EXIF tag: how the stored pixels must be turned for display (1: as stored)
 _HEADER_BYTES = 4096  # DICOM element values longer than this (pixel data) are read only once their size is checked
 
 
@@ -210,7 +211,8 @@ def _dicom_spacing(p: Path, ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 
 def _read_raster(p: Path) -> Radiograph:
-    """PNG/JPEG (8 or 16 bit, grey or colour) via Pillow, divided by the dtype maximum.
+    """PNG/JPEG (8 or 16 bit, grey or colour) via Pillow, divided by the dtype maximum, turned as its EXIF
+    Orientation says (a photo of a film: the stored pixels are sideways).
 
     The size the header declares is checked against the memory budget before anything is decoded; Pillow's own
     decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well, as an error instead of a warning.
@@ -226,11 +228,12 @@ def _read_raster(p: Path) -> Radiograph:
                              decoded + width * height * 16)  # decoded, int64 or 8-bit grey, float32 result
                 im.load()
                 mode = im.mode
-                if mode in ("I;16", "I;16B", "I;16L", "I"):
-                    pixels = np.asarray(im, dtype=np.int64)
+                shown = im if im.getexif().get(_EXIF_ORIENTATION, 1) == 1 else ImageOps.exif_transpose(im)
+                if mode in ("I;16", "I;16B", "I;16L", "I"):  # as every viewer shows it: EXIF orientation applied
+                    pixels = np.asarray(shown, dtype=np.int64)
                     depth = 16
                 else:
-                    pixels = np.asarray(im.convert("L"))
+                    pixels = np.asarray(shown.convert("L"))
                     depth = 8
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise XWinInputError(p, f"declares too many pixels to decode safely (Pillow: {e})") from None

@@ -41,13 +41,25 @@ def nifti_layout(path: Path) -> tuple[int, int, int, int, str, int] | None:
     """(vox_offset, bytes after it, bytes the header declares, bytes of one k slice, byte order, datatype) of a
     .nii/.nii.gz; None when the header cannot be read or the gzip stream is cut short or damaged (CRC, length).
 
-    Reads the whole (decompressed) stream once."""
+    Decompresses no further than a slice past the declared data (what tells a longer stream apart): a small
+    .nii.gz of gigabytes of zeros after its voxels is refused without inflating them all."""
     try:
         with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
             header = f.read(540)
-            length = f.seek(0, io.SEEK_END)
+            parsed = _nifti_fields(header)
+            if parsed is None:
+                return None
+            offset, declared, slice_bytes, order, datatype = parsed
+            compressed = isinstance(f, gzip.GzipFile)
+            length = f.seek(offset + declared + max(slice_bytes, 1) if compressed else 0,
+                            io.SEEK_SET if compressed else io.SEEK_END)
     except (EOFError, OSError):
         return None
+    return offset, length - offset, declared, slice_bytes, order, datatype
+
+
+def _nifti_fields(header: bytes) -> tuple[int, int, int, str, int] | None:
+    """(vox_offset, declared bytes, bytes of one k slice, byte order, datatype) of a NIfTI-1/2 header, or None."""
     for order in "<>":
         if len(header) < 348:
             return None
@@ -66,5 +78,5 @@ def nifti_layout(path: Path) -> tuple[int, int, int, int, str, int] | None:
             return None
         shape = dim[1 : dim[0] + 1]
         declared = math.prod(shape) * bitpix // 8
-        return int(offset), length - int(offset), declared, math.prod(shape[:2]) * bitpix // 8, order, datatype
+        return int(offset), declared, math.prod(shape[:2]) * bitpix // 8, order, datatype
     return None

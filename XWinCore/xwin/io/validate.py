@@ -301,13 +301,28 @@ def check_voxel_data(path: Path, reader: sitk.ImageFileReader, what: str = "voxe
                                    f"{declared} bytes the header declares ({cause})")
 
 
-def _excess(path: Path, available: int, declared: int, slice_bytes: int, what: str) -> None:
+def _excess(path: Path, available: int, declared: int, slice_bytes: int, what: str, unit: str = "bytes") -> None:
     """Data beyond what the header declares, by a slice or more, means the header's sizes are wrong (or the file
     holds more than one image): ITK would read the first part without a word. Less than a slice is left alone
     (padding)."""
     if available - declared >= max(slice_bytes, 1):
-        raise XWinInputError(path, f"holds {available} bytes of {what} where its header declares {declared}: the "
+        raise XWinInputError(path, f"holds {available} {unit} of {what} where its header declares {declared}: the "
                                    "header's sizes do not describe the data (or the file holds more than one image)")
+
+
+def _count_text_values(path: Path, offset: int, limit: int) -> int:
+    """Numbers (separated by white space or commas) in ``path`` from ``offset``, streamed; stops past ``limit``."""
+    count, inside = 0, False
+    separators = bytes.maketrans(b",", b" ")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while count <= limit:
+            chunk = f.read(1 << 20).translate(separators)
+            if not chunk:
+                break
+            count += len(chunk.split()) - (inside and not chunk[:1].isspace())  # a number cut by the chunk border
+            inside = not chunk[-1:].isspace()
+    return count
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
@@ -318,6 +333,10 @@ def _check_nifti_data(path: Path, what: str) -> None:
     counts as truncated), not more by a slice (see `_excess`), and no NaN/inf among float voxels: ITK's NIfTI reader
     turns them into 0 without a word (streamed: never the whole file in memory)."""
     layout = nifti_layout(path)
+    if layout is None and path.name.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                raise XWinInputError(path, "is named .gz but is not gzip-compressed (a plain .nii renamed?)")
     if layout is None or layout[1] < layout[2]:
         raise XWinInputError(path, f"is truncated: the file holds fewer {what} than its header announces")
     offset, available, declared, slice_bytes, order, datatype = layout
@@ -356,7 +375,7 @@ def _check_nrrd_data(path: Path, reader: sitk.ImageFileReader, what: str) -> Non
         return
     encoding = fields.get("encoding", "").lower()
     skips = [fields.get(k, "0").strip() for k in ("line skip", "lineskip", "byte skip", "byteskip")]
-    if encoding not in ("raw", "gzip", "gz") or any(s != "0" for s in skips):
+    if encoding not in ("raw", "gzip", "gz", "ascii", "text", "txt") or any(s != "0" for s in skips):
         return
     data = fields.get("data file", fields.get("datafile"))
     if data is None:
@@ -372,6 +391,12 @@ def _check_nrrd_data(path: Path, reader: sitk.ImageFileReader, what: str) -> Non
     declared = math.prod(size) * _voxel_bytes(reader.GetPixelID(), reader.GetNumberOfComponents())
     if encoding == "raw":
         _excess(path, os.path.getsize(source) - offset, declared, declared // max(size[-1], 1), what)
+        return
+    if encoding in ("ascii", "text", "txt"):  # teem reads the values it needs and ignores the rest
+        values = math.prod(size) * reader.GetNumberOfComponents()
+        slice_values = values // max(size[-1], 1)
+        _excess(path, _count_text_values(source, offset, values + slice_values), values, slice_values, what,
+                "values")
         return
     inflated, junk, error = _inflate_members(source, offset, declared)
     if error or junk or inflated > declared:
@@ -471,6 +496,9 @@ def _nifti_header(path: Path) -> bytes:
 def _check_nifti(path: Path) -> None:
     """NIfTI-1 fields that ITK replaces or ignores without a word (NIfTI-2 and non-NIfTI data are left to ITK)."""
     h = _nifti_header(path)
+    if len(h) >= 12 and h[4:8] == b"n+2\0" and 540 in struct.unpack("<i", h[:4]) + struct.unpack(">i", h[:4]):
+        raise XWinInputError(path, "is a NIfTI-2 file, which XWin's reader (ITK's NIfTI-1 library) cannot read; "
+                                   "save it as NIfTI-1, NRRD or MetaImage")
     order = next((o for o in "<>" if len(h) == 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
     if order is None:
         return
@@ -527,6 +555,29 @@ def _check_nifti(path: Path) -> None:
         if np.any(np.abs(norms - step) > ORTHONORMAL_TOL * step):
             raise XWinInputError(path, f"voxel spacing is contradictory: NIfTI pixdim says {_fmt(step)} mm, the "
                                        f"sform {_fmt(norms)} mm")
+        if qform_code == sform_code and spatial == 3:  # two placements in the same space: they must agree
+            _check_qform_matches_sform(path, quatern, qoffset, pixdim, srow, qform_code)
+
+
+def _check_qform_matches_sform(path: Path, quatern: np.ndarray, qoffset: np.ndarray, pixdim: np.ndarray,
+                               srow: np.ndarray, code: int) -> None:
+    """A qform and an sform of the same code place the grid in the same space: their axes must point the same way
+    (`ORTHONORMAL_TOL`) and their origins lie within a tenth of a voxel. ITK takes one of them without a word;
+    which one the writer meant cannot be known (a qform and an sform of different codes may differ: other spaces)."""
+    b, c, d = quatern
+    a = math.sqrt(max(0.0, 1.0 - float(b * b + c * c + d * d)))
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])  # nifti1.h
+    rotation[:, 2] *= -1.0 if pixdim[0] < 0 else 1.0  # qfac
+    unit = srow[:, :3] / np.linalg.norm(srow[:, :3], axis=0)
+    turn = float(np.max(np.linalg.norm(unit - rotation, axis=0)))
+    shift = float(np.linalg.norm(srow[:, 3] - qoffset))
+    if turn > ORTHONORMAL_TOL or shift > 0.1 * float(np.min(pixdim[1:4])):
+        angle = math.degrees(2 * math.asin(min(1.0, turn / 2)))
+        raise XWinInputError(path, f"NIfTI qform and sform (both code {code}, the same space) disagree: their axes "
+                                   f"differ by up to {angle:.3f}° and their origins by {shift:.3g} mm; which one "
+                                   "places the CT cannot be known")
 
 
 # --- NRRD and MetaImage text headers -------------------------------------------------------------------------------
@@ -773,7 +824,7 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     whose errors and warnings are refused, and must decode to Rows × Columns within BitsStored. The declared size is
     checked against the memory budget first.
     """
-    from pydicom.uid import JPEG2000TransferSyntaxes
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
 
     from .dicom_compat import read_little_endian
 
@@ -803,6 +854,8 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     else:
         if syntax in JPEG2000TransferSyntaxes:
             check_j2k(path, ds, rows, cols, samples)
+        elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+            check_jpeg_end(path, ds)
         pixels = _decoded(path, ds)
         shape = (rows, cols) if samples == 1 else (rows, cols, samples)
         if pixels.shape != shape:
@@ -830,19 +883,36 @@ def check_j2k(path: Path, ds: pydicom.Dataset, rows: int, cols: int, samples: in
     segment and tile-part lengths, every tile, EOC at the end, no marker code inside the compressed data) and declare
     Rows x Columns x SamplesPerPixel, before it is decoded. Damage inside the compressed data that keeps all of these
     cannot be seen (see `xwin.io.j2k`)."""
-    from .dicom_compat import frames
-
     try:
-        siz = check_codestream(next(frames(ds.PixelData, number_of_frames=1)))
+        siz = check_codestream(_first_frame(path, ds))
     except CodestreamError as e:
         raise XWinInputError(path, f"pixel data cannot be decoded: the JPEG 2000 codestream is damaged: {e}") from None
-    except (ValueError, StopIteration, struct.error) as e:  # the encapsulation (items, offset table) is broken
+    except (ValueError, struct.error) as e:
         raise XWinInputError(path, f"pixel data cannot be decoded: the encapsulated (compressed) pixel data is "
                                    f"damaged ({' '.join(str(e).split())[:200]})") from None
     if (siz.rows, siz.columns, siz.components) != (rows, cols, samples):
         raise XWinInputError(path, f"pixel data cannot be decoded as declared: its JPEG 2000 codestream holds "
                                    f"{siz.rows} x {siz.columns} pixels of {siz.components} component(s), but Rows x "
                                    f"Columns x SamplesPerPixel are {rows} x {cols} x {samples}")
+
+
+def _first_frame(path: Path, ds: pydicom.Dataset) -> bytes:
+    """The compressed bytes of a single-frame image's encapsulated pixel data."""
+    from .dicom_compat import frames
+
+    try:
+        return next(frames(ds.PixelData, number_of_frames=1))
+    except (ValueError, StopIteration, struct.error) as e:  # the encapsulation (items, offset table) is broken
+        raise XWinInputError(path, f"pixel data cannot be decoded: the encapsulated (compressed) pixel data is "
+                                   f"damaged ({' '.join(str(e).split())[:200]})") from None
+
+
+def check_jpeg_end(path: Path, ds: pydicom.Dataset) -> None:
+    """A JPEG or JPEG-LS frame must end with its EOI marker (0xFFD9; then at most padding): decoders fill a stream
+    cut short with grey without a word."""
+    if not _first_frame(path, ds).rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise XWinInputError(path, "pixel data cannot be decoded: its JPEG stream is cut short or damaged (it does "
+                                   "not end with the EOI marker 0xFFD9)")
 
 
 def _decoded(path: Path, ds: pydicom.Dataset) -> np.ndarray:
@@ -883,12 +953,14 @@ def check_float32(path: Path, values: np.ndarray, what: str) -> None:
 
 # --- PNG -----------------------------------------------------------------------------------------------------------
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")  # upper-case first letter: critical (PNG 5.4)
 
 
 def check_png(path: Path) -> None:
     """The chunks of a PNG, read in 1 MiB pieces before Pillow decodes it: every CRC must match (Pillow does not check
     those of the image data, so a damaged byte that zlib still inflates would become wrong pixels), nothing may
-    follow IEND, and an animated PNG (acTL of more than one frame) is refused: a radiograph is one image. A file cut
+    follow IEND, a critical chunk other than IHDR, PLTE, IDAT and IEND is refused (the PNG standard forbids showing
+    such an image), and an animated PNG (acTL of more than one frame) is refused: a radiograph is one image. A file cut
     short is left to Pillow, which says so."""
     with open(path, "rb") as f:
         if f.read(8) != _PNG_SIGNATURE:
@@ -913,6 +985,9 @@ def check_png(path: Path) -> None:
             name = kind.decode("latin-1")
             if struct.unpack(">I", stored)[0] != crc:
                 raise XWinInputError(path, f"is corrupt: the CRC of its PNG chunk {name!r} does not match its data")
+            if not kind[0] & 0x20 and kind not in _PNG_CRITICAL:  # PNG: a decoder must refuse what it cannot read
+                raise XWinInputError(path, f"is corrupt or not a standard PNG: unknown critical chunk {name!r} (a "
+                                           "PNG reader must not show an image it cannot fully decode)")
             if kind == b"acTL" and len(body) >= 4 and struct.unpack(">I", body[:4])[0] > 1:
                 raise XWinInputError(path, f"is an animated PNG of {struct.unpack('>I', body[:4])[0]} frames; a "
                                            "radiograph is a single image")
