@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from xwin.cli import main
 from xwin.config import load_config
 from xwin.data import PairSampler, bank_spec, load_bank
 from xwin.data.bank import render_views
+from xwin.data.cxr import find_images
 from xwin.drr import Projector
 from xwin.io import read_ct, write_volume
 from xwin.io.image import Volume
@@ -515,6 +517,16 @@ def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys
     for domain in ("real", "simulated"):
         assert 0 < result["identity"][domain]["ssim"] <= 1 and result["identity"][domain]["psnr"] > 0
     assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--folds", "1"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--views", "4", "--folds", "2",
+                 "--checkpoint", str(run), "--json"]) == 0  # one CT: its views are the groups (was a traceback)
+    assert json.loads(capsys.readouterr().out)["separability_auroc"] > 0.9
+    one = root / "one_film"
+    one.mkdir()
+    shutil.copy(find_images(root / "cxr")[0], one)
+    assert main(["eval", "domain", "--cxr", str(one), "--ct", cts[0], "--ct", cts[1], "--views", "4",
+                 "--checkpoint", str(run)]) == 2
+    assert "needs at least 2 of each" in capsys.readouterr().err
 
 
 def test_reconstruct_from_one_cxr_writes_a_labelled_estimate(tiny_setup, trained_run, tmp_path):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..data.bank import BankSpec, bank_spec, prepared_ct, render_views
 from ..data.cxr import find_images, load_cxrs
 from ..drr import Projector
+from ..errors import XWinInputError
 from ..models import domain_cosine
 from ..predict import LoadedModel
 from .probe import auroc, embeddings, logistic_probe, patient_folds
@@ -61,18 +62,23 @@ def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int =
                     seed: int = 0) -> dict:
     """Separability, cosine and identity scores of real CXRs in ``cxr_folder`` vs PA DRRs of ``volumes``
     (name → `Volume`). Returns ``{"n_real", "n_simulated", "separability_auroc", "cosine": {...},
-    "identity": {"real": {psnr, ssim}, "simulated": {psnr, ssim}}}``."""
+    "identity": {"real": {psnr, ssim}, "simulated": {psnr, ssim}}}``. The separability folds keep each CT's DRRs
+    together; with one CT, each of its jittered views is its own group (no other CT to hold out)."""
     model = loaded.model.eval()
     device = next(model.parameters()).device
     size = loaded.config.model.img_size
     files = find_images(cxr_folder)
+    if len(files) < 2 or len(volumes) * views < 2:  # a training fold would hold one domain only
+        raise XWinInputError(cxr_folder if len(files) < 2 else None,
+                             f"{len(files)} film(s) and {len(volumes) * views} DRR(s): telling films from DRRs "
+                             "apart needs at least 2 of each")
     real = torch.from_numpy(load_cxrs(files, size))[:, None].to(device)
     real_truth = real if size == SCORE_SIZE else torch.from_numpy(load_cxrs(files, SCORE_SIZE))[:, None].to(device)
     spec = bank_spec(loaded.config)
     sims, groups = [], []
     for n, (name, volume) in enumerate(volumes.items()):
         sims.append(simulated_pa_views(prepared_ct(volume, spec), spec, views, seed + n))
-        groups += [f"ct:{name}"] * views
+        groups += [f"ct:{name}"] * views if len(volumes) > 1 else [f"ct:{name}:{v}" for v in range(views)]
     sim = torch.cat(sims).to(device)
     encoder = model.context_encoder
     emb_real, emb_sim = embeddings(encoder, real), embeddings(encoder, sim)
