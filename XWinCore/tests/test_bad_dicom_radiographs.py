@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-import resource
+import signal
 import socket
 import struct
 import subprocess
@@ -631,29 +631,41 @@ def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capfd, command, nam
     assert seconds < _time_limit(command, kind)
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+# Runs the command in a small Python process that reports its child's peak RSS. Linux starts a child's ru_maxrss at
+# the peak of the memory it execs from (fs/exec.c, exec_mmap: setmax_mm_hiwater_rss), so a child forked straight from
+# this pytest process reports pytest's own peak (2.04 GiB in CI, whichever tests ran before); forked from the
+# launcher, it starts at the launcher's ~10 MiB. The launcher also applies the RLIMIT_AS (0: none) the child inherits.
+_LAUNCHER = """
+import resource, subprocess, sys
+limit, report, *command = sys.argv[1:]
+if int(limit):
+    resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+code = subprocess.call(command)
+with open(report, "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+sys.exit(128 - code if code < 0 else code)
+"""
 
 
 def _run_xwin(args: list[str], *, cwd: Path, timeout: float, limited: bool, env: dict[str, str]
               ) -> tuple[int, str, str, int]:
-    """Run ``python -m xwin ARGS``, killed after ``timeout`` s; returns (exit status, stdout, stderr, peak RSS of
-    that child alone in bytes). os.wait4 gives the child's own rusage: RUSAGE_CHILDREN would be the largest child
-    this pytest process ever reaped, whichever test ran it."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([sys.executable, "-m", "xwin", *args], stdout=out, stderr=err, cwd=cwd,
-                                 preexec_fn=_limit_memory if limited else None,
+    """Run ``python -m xwin ARGS`` through _LAUNCHER, killed (with the launcher) after ``timeout`` s; returns (exit
+    status, stdout, stderr, peak RSS of the xwin process in bytes; 0 when it was killed)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as report:
+        child = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(ADDRESS_SPACE if limited else 0), report.name,
+                                  sys.executable, "-m", "xwin", *args], stdout=out, stderr=err, cwd=cwd,
+                                 start_new_session=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1", "XWIN_MAX_VOLUME_GB": "", **env})
-        timer = threading.Timer(timeout, child.kill)
+        timer = threading.Timer(timeout, os.killpg, (child.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(child.pid, 0)
+            status = child.wait()
         finally:
             timer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
         out.seek(0)
         err.seek(0)
-        return child.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss * 1024
+        return status, out.read().decode(), err.read().decode(), int(report.read() or 0)
 
 
 @pytest.mark.parametrize("command", ["info", "write"])
