@@ -60,6 +60,7 @@ def precision_step(repeats: int = 5) -> dict:
     """DRR pairs / s of one training step in float32 and under bfloat16 autocast (same model, same batch)."""
     from xwin.config import load_config
     from xwin.models import create_model
+    from xwin.train.loop import native_cpu_bf16
 
     cfg = load_config(CONFIG)
     b, s = cfg.train.batch_size, cfg.model.img_size
@@ -83,7 +84,7 @@ def precision_step(repeats: int = 5) -> dict:
             if i:
                 times[bf16].append(time.perf_counter() - t)
     return {"fp32": b / float(np.median(times[False])), "bf16": b / float(np.median(times[True])),
-            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+            "native_bf16": native_cpu_bf16()}
 
 
 def render_share(samples_per_s: float) -> dict:
