@@ -328,6 +328,18 @@ def png_with_chunk(path: Path, kind: bytes) -> tuple[Path, Path]:
     return path, path
 
 
+def png_rechunked(path: Path, edit) -> tuple[Path, Path]:
+    """A film PNG whose list of (type, data) chunks ``edit`` rewrites (CRCs recomputed)."""
+    data, chunks, at = noisy_png(path).read_bytes(), [], 8
+    while at < len(data):
+        n = struct.unpack(">I", data[at:at + 4])[0]
+        chunks.append((data[at + 4:at + 8], data[at + 8:at + 8 + n]))
+        at += 12 + n
+    path.write_bytes(data[:8] + b"".join(struct.pack(">I", len(b)) + k + b + struct.pack(">I", zlib.crc32(k + b))
+                                         for k, b in edit(chunks)))
+    return path, path
+
+
 # (id, make(folder) -> (input, culprit), words the message must hold (lower case), extra environment)
 CT = "ct"
 CT_HEADERS = [
@@ -359,6 +371,9 @@ CT_HEADERS = [
     ("rescale_slope_text", patched("RescaleSlope", 7.75, b"7.75", b"one "), ["rescaleslope", "one"]),
     ("rescale_intercept_nan", patched("RescaleIntercept", -1024.5, b"-1024.5", b"nan    "),
      ["rescaleintercept", "nan"]),
+    # campaign 4: a binary value of the wrong length for its VR (Rows as a 2-byte UL) was a pydicom traceback
+    ("rows_ul_of_2_bytes", lambda d: series(d, raw=(b"\x28\x00\x10\x00US\x02\x00", b"\x28\x00\x10\x00UL\x02\x00")),
+     ["rows cannot be read"]),
     # finite, but no CT: a pixel of 5e-324 mm, slices 1e300 mm apart (the series folder is named: all slices agree)
     ("pixel_spacing_subnormal", lambda d: (series(d, pixel_spacing=(5e-324, 0.5), slices=())[0],) * 2,
      ["spacing", "between 0.0001 and 10000 mm"]),
@@ -421,6 +436,10 @@ CT_PIXELS = [
     ("pixel_data_declares_4gib", lambda d: series(d, raw=CT_PIXEL_DATA), ["pixel data is truncated",
                                                                             "declares 4294967280 bytes"]),
     ("number_of_frames_text", patched("NumberOfFrames", -7531, b"-7531", b"abcde"), ["numberofframes is 'abcde'"]),
+    # campaign 4: NumberOfFrames 0 was taken for "absent"; MONOCHROME3 passed for a grey image
+    ("number_of_frames_zero", lambda d: series(d, one(NumberOfFrames=0)), ["numberofframes is '0'"]),
+    ("one_slice_monochrome3", lambda d: series(d, one(PhotometricInterpretation="MONOCHROME3")),
+     ["photometricinterpretation is monochrome3"]),
     ("rescale_slope_beyond_float32", lambda d: series(d, one(RescaleSlope=3e38)),
      ["hu values", "beyond the float32 range"]),
 ]
@@ -521,6 +540,11 @@ CXR_DICOM = [
                                              raw=(b"777.5", b"1e308")), ["modality lut", "beyond the float32 range"]),
     ("cr_transfer_syntax_unknown", lambda d: cr(d / "cxr.dcm", raw=(TS_KNOWN, TS_UNKNOWN)),
      ["not a transfer syntax"]),
+    # campaign 4: read as if fine (an unknown MONOCHROME3; two window centres for one width: which pair?)
+    ("cr_photometric_monochrome3", lambda d: cr(d / "cxr.dcm", PhotometricInterpretation="MONOCHROME3"),
+     ["unsupported photometric interpretation 'monochrome3'"]),
+    ("cr_window_two_centres_one_width", lambda d: cr(d / "cxr.dcm", WindowCenter=[2000, 1000], WindowWidth=4000),
+     ["windowcenter holds 2", "windowwidth 1"]),
 ]
 CXR_RASTER = [
     # campaign 3: a critical chunk Pillow does not know was skipped (the PNG standard says: do not show the image)
@@ -529,6 +553,11 @@ CXR_RASTER = [
     ("png16_idat_crc_wrong", lambda d: png_crc_flipped(d / "cxr.png"), ["crc", "'idat'"]),
     ("png_animated_3_frames", lambda d: animated_png(d / "cxr.png"), ["animated png of 3 frames"]),
     ("png_data_after_iend", lambda d: png_after_iend(d / "cxr.png"), ["follows the png's end"]),
+    # campaign 4: Pillow read a second IHDR's image and a file cut between two chunks (no IEND) without a word
+    ("png_second_ihdr", lambda d: png_rechunked(d / "cxr.png", lambda c: [c[0], (b"IHDR", struct.pack(">II", 8, 8)
+                                                                                + c[0][1][8:]), *c[1:]]),
+     ["second ihdr"]),
+    ("png_without_iend", lambda d: png_rechunked(d / "cxr.png", lambda c: c[:-1]), ["truncated", "iend"]),
     ("png_blank", lambda d: flat_image(d / "cxr.png"), ["blank"]),
     ("png_black", lambda d: flat_image(d / "cxr.png", 0), ["blank", "value 0"]),
     ("jpeg_blank", lambda d: flat_image(d / "cxr.jpg", 200), ["blank"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -455,6 +456,17 @@ REQUEST_CASES = [
      {}),
     ("pose_detector_200000_squared", lambda i, d: _render_pose(i, d, _pose(d, {"height": 200000, "width": 200000})),
      "pose.json", {}),
+    # campaign 4: a negative --seed was a numpy traceback
+    ("eval_world_seed_negative", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--seed", "-1", "--checkpoint",
+                                               str(i["model"])], "--seed", {}),
+    # campaign 4: an empty --out (an unset shell variable) wrote the DRRs into the current folder
+    ("render_out_empty", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--out", ""], "--out ''",
+     {}),
+    # campaign 4: --isocenter 1 million km away was rendered (a pose file's is refused beyond 1 km)
+    ("render_isocenter_1e9_mm", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--isocenter",
+                                              "1e9", "0", "0", "--out", str(d / "drr.nrrd")], "isocenter", {}),
+    # campaign 4: a detector pixel of 1 nm was rendered (a DRR that is no image; a source 1e300 mm away: inf)
+    ("pose_pixel_1e-9_mm", lambda i, d: _render_pose(i, d, _pose(d, {"pixel_mm": 1e-9})), "pose.json", {}),
     ("register_drr_mode_unknown", lambda i, d: ["register", str(i["ct"]), str(_drr_of_mode(d, "bogus")),
                                                 "--restarts", "0", "--time-limit", "5", "--out", str(d / "pose.json")],
      "drr.nrrd", {}),
@@ -500,6 +512,9 @@ REQUEST_CASES = [
     ("predict_out_existing_file_several_poses", lambda i, d: [
         "predict", str(i["cxr"]), "--checkpoint", str(i["model"]), "--lao", "0", "30", "--cran", "0",
         "--out", str(d / _existing_file(d, "taken"))], "taken", {}),
+    # campaign 4: an --out that is the command's own input was overwritten (the CT replaced by its DRR)
+    ("render_out_is_its_ct", lambda i, d: ["render", str(shutil.copy(i["ct"], d / "ct.nrrd")), "--lao", "0", "--cran",
+                                           "0", "--size", "8", "8", "--out", str(d / "ct.nrrd")], "ct.nrrd", {}),
 ]
 if not torch.cuda.is_available():
     REQUEST_CASES += [
@@ -520,6 +535,15 @@ def test_bad_request(argv, culprit, env, inputs, case_dir, monkeypatch, capsys):
     line = _refused(argv(inputs, case_dir), case_dir, culprit, capsys)
     if "GiB" in line:
         assert "XWIN_MAX_VOLUME_GB" in line  # says the budget and how to change it
+
+
+def test_usage_error_is_one_line(capsys):
+    """Campaign 4: an argparse usage error printed the whole usage (7 lines) before its own line."""
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "ct.nrrd", "--lao", "0", "--cran", "0", "--size", "a", "8", "--out", "drr.png"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.splitlines() == ["xwin render: error: argument --size: invalid int value: 'a' (see xwin render --help)"]
 
 
 # --- bombs and budgets in a subprocess under resource limits ---------------------------------------------------
@@ -581,6 +605,15 @@ def test_pose_file_nested_or_huge_numbers_is_one_line(inputs, case_dir, capsys):
         pose = _yaml(case_dir / "pose.json", text)
         line = _refused(_render_pose(inputs, case_dir, pose), case_dir, "pose.json", capsys)
         assert "readable json pose file" in line.lower()
+
+
+def test_pose_file_with_byte_order_mark_is_read(tmp_path):
+    """Campaign 4: a pose file saved with a UTF-8 byte-order mark (Notepad) was refused as not JSON."""
+    from xwin.register import read_pose
+
+    pose = _pose(tmp_path)
+    pose.write_bytes(b"\xef\xbb\xbf" + pose.read_bytes())
+    assert read_pose(pose)[0].lao == 10.0
 
 
 def test_cases_csv_with_byte_order_mark_is_read(tmp_path):

@@ -96,6 +96,15 @@ def metaimage(path: Path, fields: str = "", data_file: str = "LOCAL", data: byte
     return path
 
 
+def as_4d(path: Path) -> Path:
+    """A NRRD or MetaImage header of the 6×5×4 grid rewritten as 4D, with a last axis of one voxel."""
+    data = path.read_bytes()
+    for old, new in ((b"dimension: 3", b"dimension: 4"), (b"NDims = 3", b"NDims = 4"), (b"6 5 4\n", b"6 5 4 1\n")):
+        data = data.replace(old, new, 1)
+    path.write_bytes(data)
+    return path
+
+
 def raw(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_voxels().tobytes())
@@ -259,6 +268,10 @@ BAD = [
     ("nifti_slope_zero_with_intercept", lambda d: nifti(d / "ct.nii", (SCL, "2f", (0.0, -1024.0))),
      ["ambiguous", "scl_slope"], {}),
     ("nifti_vox_offset_nan", lambda d: nifti(d / "ct.nii", (VOX_OFFSET, "f", NAN)), ["vox_offset"], {}),
+    # campaign 4: nifti_clib and teem cut a fraction without a word (vox_offset 352.5 read at 352, 4.5 slices as 4)
+    ("nifti_vox_offset_fraction", lambda d: nifti(d / "ct.nii", (VOX_OFFSET, "f", 352.5)), ["vox_offset", "352.5"],
+     {}),
+    ("nrrd_sizes_fraction", lambda d: nrrd(d / "ct.nrrd", sizes="6 5 4.5"), ["nrrd sizes", "whole numbers"], {}),
     ("nifti_sform_shear_2deg", lambda d: sheared_sform(d / "ct.nii", 2.0), ["sform", "not orthonormal", "92.000"],
      {}),
     ("nifti_sform_shear_2deg_no_qform", lambda d: sheared_sform(d / "ct.nii.gz", 2.0, qform=False),
@@ -375,6 +388,9 @@ BAD = [
 
 # (id, make(folder) -> path, expected spacing (i, j, k) mm, expected HU range, extra environment)
 EDGE = [
+    # campaign 4: a 3D grid with a trailing axis of one voxel was refused as 4D in NRRD and MetaImage (NIfTI: read)
+    ("nrrd_4d_of_one_volume", lambda d: as_4d(nrrd(d / "ct.nrrd")), (1, 1, 1), (0, 119), {}),
+    ("mha_4d_of_one_volume", lambda d: as_4d(metaimage(d / "ct.mha")), (1, 1, 1), (0, 119), {}),
     ("nifti_sform_shear_0.01deg_no_qform", lambda d: sheared_sform(d / "ct.nii", 0.01, qform=False), SPACING,
      (0, 119), {}),
     ("nifti_sform_rotated_30deg_float32", lambda d: rotated_sform(d / "ct.nii.gz", 30.0), SPACING, (0, 119), {}),

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
@@ -47,6 +48,18 @@ def _check_device(ns: argparse.Namespace) -> None:
         raise XWinInputError(None, f"--device {name}: " + ("no CUDA GPU is available here (no driver or device)"
                                                            if count == 0 else f"this machine has {count} CUDA GPU(s)")
                              + "; use --device cpu")
+
+
+PATH_OPTIONS = ("out", "pose", "checkpoint", "config", "ct_dir", "cxr_dir", "init", "stop_file", "bank", "mean_from",
+                "labels", "images", "from_ct")
+
+
+def _check_paths(ns: argparse.Namespace) -> None:
+    """Refuse an empty path option (an unset shell variable): Python reads '' as the current folder."""
+    for key in PATH_OPTIONS:
+        value = getattr(ns, key, None)
+        if isinstance(value, str) and not value.strip():
+            raise XWinInputError(None, f"--{key.replace('_', '-')} {value!r}: an empty path (give a file or folder)")
 
 
 def _geometry_args(p: argparse.ArgumentParser) -> None:
@@ -97,11 +110,12 @@ def _staged_targets(publication, out: Path, targets: list[Path]) -> list[Path]:
     return [base / t.name for t in targets]
 
 
-def _check_pose_targets(out: Path, targets: list[Path]) -> None:
-    """Refuse an unusable --out before any work (a plain file given as the folder for several poses...)."""
+def _check_pose_targets(out: Path, targets: list[Path], source: str) -> None:
+    """Refuse an unusable --out before any work (a plain file given as the folder for several poses, the input
+    ``source``...)."""
     from .io.writers import check_target
     if targets == [out]:
-        check_target(out)
+        check_target(out, inputs=(source,))
     else:
         check_target(out, folder=True, make_parents=True)
 
@@ -132,7 +146,7 @@ def cmd_render(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "drr", ns.ext)
     single = targets == [out]
-    _check_pose_targets(out, targets)
+    _check_pose_targets(out, targets, ns.ct)
     geometry = _geometry(ns)
     if pose is not None:  # the pose's roll needs the full rotation (torch Projector; numba renders it on the CPU)
         from .drr import Projector
@@ -246,7 +260,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     targets = _pose_targets(out, lao, cran, "pred", ns.ext)
     single = targets == [out]
-    _check_pose_targets(out, targets)
+    _check_pose_targets(out, targets, ns.cxr)
     radiograph = read_radiograph(ns.cxr)  # first: a bad radiograph is refused before the model is loaded
 
     from .predict import load_predictor
@@ -274,6 +288,8 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
 
     if ns.renderings < 1:
         raise XWinInputError(None, f"--renderings must be >= 1 (got {ns.renderings})")
+    if ns.seed < 0:  # numpy's generators take no negative seed (it was a traceback)
+        raise XWinInputError(None, f"--seed must be >= 0 (got {ns.seed})")
     cts = list(ns.ct) + ([str(p) for p in split_cts(ns.cases, ns.split)] if ns.cases else [])
     if not cts:
         raise XWinInputError(None, "give the CTs to evaluate: --ct CT (repeatable) or --cases CSV [--split eval]")
@@ -364,7 +380,7 @@ def cmd_register(ns: argparse.Namespace) -> int:
     """2D/3D registration (issue 17): the C-arm pose at which the CT's DRR matches IMAGE; exit 3 when it failed."""
     from .io.writers import check_target
 
-    check_target(Path(ns.out))  # an unusable --out is refused before the work
+    check_target(Path(ns.out), inputs=(ns.ct, ns.image))  # an unusable --out is refused before the work
     from .register import Settings, register_files, write_pose
 
     settings = Settings(time_limit_s=ns.time_limit, metric=ns.similarity, restarts=ns.restarts,
@@ -387,13 +403,13 @@ def cmd_register(ns: argparse.Namespace) -> int:
 VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
 
 
-def _check_volume_target(out: Path) -> None:
+def _check_volume_target(out: Path, inputs: tuple[str | None, ...]) -> None:
     """Refuse an --out that is neither a volume file (.nrrd .nii.gz .nii .mha) nor a folder for a DICOM series."""
     if not out.name.lower().endswith(VOLUME_EXTENSIONS) and out.suffix:
         raise XWinInputError(out, "--out must end in .nrrd, .nii.gz, .nii or .mha, or name a folder for a DICOM series")
     from .io.writers import check_target
     series = not out.name.lower().endswith(VOLUME_EXTENSIONS)
-    check_target(out, folder=series, make_parents=series)  # refused before the reconstruction, not after
+    check_target(out, folder=series, make_parents=series, inputs=inputs)  # refused before the work, not after
 
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
@@ -445,7 +461,7 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
     if (ns.cxr is None) == (ns.from_ct is None):
         raise XWinInputError(None, "give either a CXR (world-model path) or --from-ct CT (round trip), not both")
     out = Path(ns.out)
-    _check_volume_target(out)
+    _check_volume_target(out, (ns.from_ct, ns.cxr))
     series = not out.name.lower().endswith(VOLUME_EXTENSIONS)
     given = _identity_given(ns, series, "give --out a folder name (a DICOM series)")
     views = ns.views if ns.views is not None else (13 if ns.cxr else 180)
@@ -520,8 +536,15 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line as well (issue 16), pointing to --help instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xwin", description="XWin: chest-radiograph world models. "
+    parser = _Parser(prog="xwin", description="XWin: chest-radiograph world models. "
                                      "Units: mm, degrees, HU; patient frame LPS (docs/geometry.md).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -780,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _on_sigterm(_raise_terminated)
     try:
         _check_device(ns)
+        _check_paths(ns)
         return ns.func(ns)
     except XWinInputError as exc:
         text = " ".join(str(exc).split())  # one line, whatever the message quotes

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
+from .defaults import DETECTOR_PIXELS, ORIGIN_MM, PIXEL_MM, SDD_MM, SID_MM, SPACING_MM
 from .errors import XWinInputError
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ class Geometry:
             v = float(getattr(self, name))
             if not np.isfinite(v) or v <= 0:
                 raise XWinInputError(None, f"geometry: {name} must be a positive number of mm, got {v}")
+            lo, hi = SPACING_MM if name == "pixel" else (0.0, ORIGIN_MM)  # no DRR beyond: a pixel of 1 nm, 1 km
+            if not lo <= v <= hi:
+                raise XWinInputError(None, f"geometry: {name} must lie between {lo:g} and {hi:g} mm, got {v:g}")
         if self.sdd <= self.sid:
             raise XWinInputError(None, f"geometry: SDD ({self.sdd} mm) must exceed SID ({self.sid} mm): "
                                        "the detector lies beyond the isocenter")
@@ -195,6 +198,15 @@ def projection_matrices(views: Views) -> torch.Tensor:
     m = torch.stack([views.du, views.dv, views.corner - views.source], dim=-1)  # (B, 3, 3)
     minv = torch.linalg.inv(m)
     return torch.cat([minv, -(minv @ views.source[..., None])], dim=-1)
+
+
+def checked_isocenter(isocenter) -> np.ndarray:
+    """An isocenter as 3 finite LPS coordinates (mm) within `ORIGIN_MM` (1 km) of the patient frame's origin."""
+    iso = np.asarray(isocenter, dtype=np.float64)
+    if iso.shape != (3,) or not np.all(np.isfinite(iso)) or np.max(np.abs(iso)) > ORIGIN_MM:
+        raise XWinInputError(None, f"isocenter must be 3 finite LPS coordinates in mm, within {ORIGIN_MM:g} mm (1 km) "
+                                   f"of the patient frame's origin, got {isocenter}")
+    return iso
 
 
 def parse_angles(lao: Sequence[float] | np.ndarray,

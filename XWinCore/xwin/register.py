@@ -31,10 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .defaults import SDD_MM, SID_MM
+from .defaults import ORIGIN_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
 from .geometry import D0, U0, V0, Geometry, Views, rotation
-from .io.image import ORIGIN_MM
 
 if TYPE_CHECKING:
     from .drr.projector import Mode
@@ -557,7 +556,7 @@ def read_pose(path: str | os.PathLike) -> tuple[Pose, Geometry]:
             raw = f.read(_MAX_POSE_BYTES + 1)
         if len(raw) > _MAX_POSE_BYTES:
             raise ValueError(f"larger than {_MAX_POSE_BYTES >> 10} KiB")
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8-sig"))  # a byte-order mark (a pose file saved by Notepad) is no error
     except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
         text = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
         raise XWinInputError(p, f"is not a readable JSON pose file ({text})") from None

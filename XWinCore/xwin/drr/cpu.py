@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from ..errors import XWinInputError
-from ..geometry import Geometry, Views, carm_views_numpy
+from ..geometry import Geometry, Views, carm_views_numpy, checked_isocenter
 from ..io.image import Volume
 from . import joseph_numba
 
@@ -58,10 +58,7 @@ def checked_inputs(volume: Volume, isocenter, mu_water: float) -> tuple[np.ndarr
     """The isocenter (LPS mm, default: the CT grid centre) and μ_water of a projector, checked."""
     if not (np.isfinite(mu_water) and mu_water > 0):
         raise XWinInputError(None, f"mu_water must be a positive attenuation per mm, got {mu_water}")
-    iso = np.asarray(volume.center if isocenter is None else isocenter, dtype=np.float64)
-    if iso.shape != (3,) or not np.all(np.isfinite(iso)):
-        raise XWinInputError(None, f"isocenter must be 3 finite LPS coordinates in mm, got {isocenter}")
-    return iso, float(mu_water)
+    return checked_isocenter(volume.center if isocenter is None else isocenter), float(mu_water)
 
 
 def _numba_args(ijk_from_lps: np.ndarray, views: Views) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ from ..errors import XWinInputError
 from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension, is_dicom_file
 from .image import Volume
 from .validate import (
+    MONOCHROME,
     ORTHONORMAL_TOL,
     check_budget,
     check_float32,
@@ -32,6 +33,7 @@ from .validate import (
     file_problem,
     itk_read,
     open_header,
+    three_d,
     validate_header,
 )
 
@@ -74,7 +76,7 @@ def _read_image_file(p: Path) -> Volume:
     reader = open_header(p)
     validate_header(p, reader)
     check_voxel_data(p, reader)
-    image = itk_read(p, reader.Execute, "is truncated or corrupt")
+    image = itk_read(p, three_d(reader).Execute, "is truncated or corrupt")
     view = sitk.GetArrayViewFromImage(image)  # shares ITK's buffer
     if view.dtype == np.float64:
         check_float32(p, view, "voxel values")
@@ -100,7 +102,7 @@ def _read_dicom_series(folder: Path) -> Volume:
         slope, intercept = dicom_rescale(f, header)
         pixels = dicom_pixels(f, _read_slice(f))
         photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-        if pixels.ndim != 2 or not photometric.startswith("MONOCHROME"):
+        if pixels.ndim != 2 or photometric not in MONOCHROME:
             raise XWinInputError(f, f"PhotometricInterpretation is {photometric or '(empty)'} with "
                                     f"{header.SamplesPerPixel} sample(s) per pixel; a CT slice holds one grey value "
                                     "(HU) per pixel (MONOCHROME1 or MONOCHROME2)")

@@ -23,6 +23,7 @@ from .dicom_compat import apply_modality_lut, apply_voi_lut, read_little_endian
 from .formats import ITK_EXTENSIONS, RASTER_EXTENSIONS, file_format, has_extension
 from .image import Radiograph
 from .validate import (
+    MONOCHROME,
     check_budget,
     check_float32,
     check_memory,
@@ -83,7 +84,7 @@ def _read_dicom(p: Path) -> Radiograph:
                                 "folder of a CT series to read it as a volume)")
     pixels = dicom_pixels(p, ds)
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric.startswith("MONOCHROME"):
+    if photometric in MONOCHROME:
         if np.ptp(pixels) == 0:
             raise XWinInputError(p, f"is a blank image: every stored pixel value is {pixels.flat[0]}")
         image = _display_values(_modality_values(pixels, ds, p), ds, p)
@@ -176,20 +177,24 @@ def _check_lut(p: Path, ds: pydicom.Dataset, item: pydicom.Dataset, what: str, b
 
 
 def _check_window(p: Path, ds: pydicom.Dataset) -> None:
-    """The first WindowCenter/WindowWidth pair: finite numbers, width at least 1 (above 0 for LINEAR_EXACT and
-    SIGMOID, the other VOI LUT functions of PS3.3 C.11.2.1.3)."""
-    first = {}
+    """The first WindowCenter/WindowWidth pair (as many centres as widths): finite numbers, width at least 1 (above 0
+    for LINEAR_EXACT and SIGMOID, the other VOI LUT functions of PS3.3 C.11.2.1.3)."""
+    first, counts = {}, []
     for keyword in ("WindowCenter", "WindowWidth"):
         if keyword not in ds:
             raise XWinInputError(p, f"has a window without {keyword}")
         value = ds[keyword].value
         items = list(value) if isinstance(value, MultiValue) else [value]
+        counts.append(len(items))
         try:
             first[keyword] = float(items[0])
         except (TypeError, ValueError, IndexError):
             first[keyword] = math.nan
         if not math.isfinite(first[keyword]):
             raise XWinInputError(p, f"{keyword} must be a finite number, got {value!r}")
+    if counts[0] != counts[1]:  # PS3.3 C.11.2.1.2: the n-th centre goes with the n-th width
+        raise XWinInputError(p, f"WindowCenter holds {counts[0]} value(s) but WindowWidth {counts[1]}: its windows "
+                                "cannot be paired")
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         raise XWinInputError(p, f"VOILUTFunction {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")

@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..defaults import ORIGIN_MM, SPACING_MM
 from ..errors import XWinInputError
-
-SPACING_MM = (1e-4, 1e4)  # a voxel or detector pixel is 0.1 µm to 10 m: beyond, a header error (or no image)
-ORIGIN_MM = 1e6  # a grid's origin lies within 1 km of the patient frame's origin
 
 
 def _spacing_problem(spacing) -> str | None:

@@ -45,6 +45,7 @@ from .j2k import CodestreamError, check_codestream
 if TYPE_CHECKING:
     import pydicom
 
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")  # the grey-scale PhotometricInterpretations (PS3.3 C.7.6.3.1.2)
 ORTHONORMAL_TOL = 1e-3  # max |cos| between two axes (0.057° off 90°); also the relative pixdim vs sform scale
 MEMORY_ENV = "XWIN_MAX_VOLUME_GB"
 DEFAULT_MEMORY_GB = 4.0
@@ -180,22 +181,32 @@ def reason(error: RuntimeError, stray: _Stray) -> str:
 
 
 def validate_header(path: Path, reader: sitk.ImageFileReader) -> None:
-    """What SimpleITK read from the header must be a 3D scalar CT grid with sane geometry that fits in memory."""
+    """What SimpleITK read from the header must be a 3D scalar CT grid (trailing axes of one voxel allowed: NRRD and
+    MetaImage keep them, `three_d` drops them) with sane geometry that fits in memory."""
     size, dim = reader.GetSize(), reader.GetDimension()
-    if dim > 3:
+    if dim > 3 and max(size[3:]) > 1:
         raise XWinInputError(path, f"is a {dim}D image (size {size}); XWin needs a single 3D CT volume")
     if dim < 3 or min(size[:3]) < 2:
         raise XWinInputError(path, f"is a 2D image (size {size}), not a 3D CT volume")
     if reader.GetNumberOfComponents() != 1:
         raise XWinInputError(path, f"has {reader.GetNumberOfComponents()} components per voxel (vector or colour "
                                    "image); a CT needs one HU value per voxel")
-    spacing = np.array(reader.GetSpacing(), dtype=float)
+    spacing = np.array(reader.GetSpacing()[:3], dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise XWinInputError(path, f"voxel spacing must be positive, got {_fmt(spacing)} mm")
-    if not np.all(np.isfinite(reader.GetOrigin())):
-        raise XWinInputError(path, f"origin is not finite: {_fmt(reader.GetOrigin())}")
-    check_orthonormal(path, np.array(reader.GetDirection(), dtype=float).reshape(3, 3), "direction cosines")
+    if not np.all(np.isfinite(reader.GetOrigin()[:3])):
+        raise XWinInputError(path, f"origin is not finite: {_fmt(reader.GetOrigin()[:3])}")
+    axes = np.array(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    check_orthonormal(path, axes, "direction cosines")
     check_memory(path, size, reader.GetPixelID(), reader.GetNumberOfComponents())
+
+
+def three_d(reader: sitk.ImageFileReader) -> sitk.ImageFileReader:
+    """``reader`` set to read the 3D grid alone of a header that `validate_header` passed with trailing axes of one
+    voxel (a NRRD or MetaImage of size (x, y, z, 1)); ITK's NIfTI reader drops them itself."""
+    if reader.GetDimension() > 3:
+        reader.SetExtractSize([*reader.GetSize()[:3], *[0] * (reader.GetDimension() - 3)])
+    return reader
 
 
 def check_orthonormal(path: Path, axes: np.ndarray, what: str) -> None:
@@ -519,8 +530,8 @@ def _check_nifti(path: Path) -> None:
         raise XWinInputError(path, f"is corrupt: NIfTI bitpix is {bitpix}, but datatype {datatype} has "
                                    f"{_NIFTI_BITS[datatype]} bits per voxel")
     (vox_offset,) = get("f", 108)
-    if not math.isfinite(vox_offset) or vox_offset < 0:
-        raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset}")
+    if not math.isfinite(vox_offset) or vox_offset < 0 or vox_offset != int(vox_offset):  # nifti_clib: int(352.5)
+        raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset}, not a byte offset")
     if has_extension(path, _NIFTI) and h[344:348] != b"n+1\0":  # ITK reads it as Analyze 7.5: no orientation
         raise XWinInputError(path, f"is corrupt: NIfTI magic is {h[344:348]!r}, not b'n+1\\x00' (a single-file "
                                    "NIfTI-1); without it the header's orientation would be ignored")
@@ -624,10 +635,17 @@ def _nrrd_fields(path: Path) -> tuple[dict[str, str] | None, list[str]]:
     return fields, rest
 
 
+def _check_whole_sizes(path: Path, field: str, text: str | None) -> None:
+    """A header's grid size must be whole numbers of voxels: the readers cut 4.5 to 4 without a word."""
+    if text is not None and not all(re.fullmatch(r"\+?\d+", t) for t in text.split()):
+        raise XWinInputError(path, f"is corrupt: {field} is {text!r}, not whole numbers of voxels")
+
+
 def _check_nrrd(path: Path) -> None:
     fields, rest = _nrrd_fields(path)
     if fields is None:
         return  # not NRRD: ITK says why
+    _check_whole_sizes(path, "NRRD sizes", fields.get("sizes"))
     kinds = fields.get("kinds", "").split()
     spatial = [n for n, kind in enumerate(kinds) if kind.lower() in ("domain", "space")] if kinds else None
     if "spacings" in fields:  # teem reads "nan" as "unknown" and ITK then says 1 mm
@@ -670,9 +688,7 @@ def _check_metaimage(path: Path) -> None:
     for key in ("elementbyteordermsb", "binarydatabyteordermsb", "binarydata", "compresseddata"):
         if key in fields and fields[key].lower() not in ("true", "false", "1", "0"):  # MetaIO takes it for False
             raise XWinInputError(path, f"is corrupt: MetaImage {key} is {fields[key]!r}, not True or False")
-    if "dimsize" in fields and not all(re.fullmatch(r"\+?\d+", t) for t in fields["dimsize"].split()):
-        raise XWinInputError(path, f"is corrupt: MetaImage DimSize is {fields['dimsize']!r}, not whole numbers of "
-                                   "voxels")  # MetaIO reads 6.5 as 6
+    _check_whole_sizes(path, "MetaImage DimSize", fields.get("dimsize"))  # MetaIO reads 6.5 as 6
     kind = fields.get("elementtype", "").upper()
     if kind and kind.removesuffix("_ARRAY") not in _META_TYPES:  # MetaIO reads MET_STRING & co. as bytes
         raise XWinInputError(path, f"ElementType {fields['elementtype']} is not a number type (MET_SHORT, "
@@ -755,7 +771,10 @@ def dicom_numbers(path: Path, ds: pydicom.Dataset, keyword: str, count: int, pos
     file: pydicom hands back text it cannot parse (``'abc'``) and any number of values unchanged."""
     from pydicom.multival import MultiValue
 
-    value = ds[keyword].value
+    try:
+        value = ds[keyword].value
+    except Exception as e:  # pydicom raises on a binary value of the wrong length for its VR (and more types)
+        raise XWinInputError(path, f"{keyword} cannot be read: {' '.join(str(e).split())[:200]}") from None
     items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
     shown = "\\".join(str(v) for v in items)
     try:
@@ -786,11 +805,14 @@ def dicom_pixel_module(path: Path, ds: pydicom.Dataset) -> dict[str, int]:
         raise XWinInputError(path, "has no pixel data: truncated, or not an image object")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about a value that is not an IS: refused below, by name
-        frames = str(ds.get("NumberOfFrames", "") or "").strip()
+        value = ds.get("NumberOfFrames")
+    frames = "" if value is None else str(value).strip()
     try:
         count = int(frames or 1)
     except ValueError:
-        raise XWinInputError(path, f"NumberOfFrames is {frames[:60]!r}, not a number of frames") from None
+        count = 0
+    if count < 1:  # 0 is no image at all (it was taken for "absent")
+        raise XWinInputError(path, f"NumberOfFrames is {frames[:60]!r}, not a number of frames")
     if count != 1:
         raise XWinInputError(path, f"is multi-frame ({frames} frames); XWin reads single-frame images only")
     m = {}
@@ -957,34 +979,37 @@ _PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")  # upper-case first letter:
 
 
 def check_png(path: Path) -> None:
-    """The chunks of a PNG, read in 1 MiB pieces before Pillow decodes it: every CRC must match (Pillow does not check
-    those of the image data, so a damaged byte that zlib still inflates would become wrong pixels), nothing may
-    follow IEND, a critical chunk other than IHDR, PLTE, IDAT and IEND is refused (the PNG standard forbids showing
-    such an image), and an animated PNG (acTL of more than one frame) is refused: a radiograph is one image. A file cut
-    short is left to Pillow, which says so."""
+    """The chunks of a PNG, read in 1 MiB pieces before Pillow decodes it: IHDR first and only there, every CRC must
+    match (Pillow does not check those of the image data, so a damaged byte that zlib still inflates would become
+    wrong pixels), the file must end with IEND and nothing may follow it (Pillow reads a file cut between two chunks
+    without a word), a critical chunk other than IHDR, PLTE, IDAT and IEND is refused (the PNG standard forbids showing
+    such an image), and an animated PNG (acTL of more than one frame) is refused: a radiograph is one image."""
     with open(path, "rb") as f:
         if f.read(8) != _PNG_SIGNATURE:
             return  # not a PNG (a JPEG, or something Pillow refuses)
+        first = True
         while True:
             head = f.read(8)
-            if len(head) < 8:
-                return
-            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            length, kind = (struct.unpack(">I", head[:4])[0], head[4:]) if len(head) == 8 else (0, b"")
             crc, left = zlib.crc32(kind), length
             body = b""
             while left > 0:
                 piece = f.read(min(left, 1 << 20))
                 if not piece:
-                    return
+                    break
                 crc, left = zlib.crc32(piece, crc), left - len(piece)
                 if kind == b"acTL" and not body:
                     body = piece
             stored = f.read(4)
-            if len(stored) < 4:
-                return
+            if len(head) < 8 or left > 0 or len(stored) < 4:
+                raise XWinInputError(path, "is truncated: the PNG ends before its IEND chunk")
             name = kind.decode("latin-1")
             if struct.unpack(">I", stored)[0] != crc:
                 raise XWinInputError(path, f"is corrupt: the CRC of its PNG chunk {name!r} does not match its data")
+            if (kind == b"IHDR") != first:
+                where = f"its first PNG chunk is {name!r}" if first else "it has a second IHDR chunk"
+                raise XWinInputError(path, f"is corrupt: {where} (a PNG holds one IHDR, first)")
+            first = False
             if not kind[0] & 0x20 and kind not in _PNG_CRITICAL:  # PNG: a decoder must refuse what it cannot read
                 raise XWinInputError(path, f"is corrupt or not a standard PNG: unknown critical chunk {name!r} (a "
                                            "PNG reader must not show an image it cannot fully decode)")

@@ -66,14 +66,18 @@ LOW_SPACE_BYTES = 256 * 1024  # a writer failing without an errno while less tha
 _PUBLICATION: ContextVar["Publication | None"] = ContextVar("xwin_publication", default=None)
 
 
-def check_target(path: str | os.PathLike, folder: bool = False, make_parents: bool = False) -> Path:
+def check_target(path: str | os.PathLike, folder: bool = False, make_parents: bool = False,
+                 inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """Refuse an output path that cannot be written, before any work: a file where a folder is needed or the
-    reverse, a missing parent folder (unless ``make_parents``), a parent that is a file or not writable."""
+    reverse, one of the command's ``inputs`` (it would be overwritten), a missing parent folder (unless
+    ``make_parents``), a parent that is a file or not writable."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise XWinInputError(path, "cannot write a folder here: a file of that name exists")
     if not folder and path.is_dir():
         raise XWinInputError(path, "cannot write a file here: a folder of that name exists")
+    if path.exists() and any(_same_file(path, Path(i)) for i in inputs if i):
+        raise XWinInputError(path, "is an input of this command: writing the output there would destroy it")
     parent = path.parent
     while not parent.exists() and make_parents and parent != parent.parent:
         parent = parent.parent
@@ -84,6 +88,13 @@ def check_target(path: str | os.PathLike, folder: bool = False, make_parents: bo
     if not os.access(parent, os.W_OK | os.X_OK):
         raise XWinInputError(path, f"cannot write: permission denied (folder {parent})")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _errno_of(exc: BaseException, folder: Path, stray: str = "") -> int | None:

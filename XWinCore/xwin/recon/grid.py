@@ -17,7 +17,7 @@ from typing import cast
 import numpy as np
 
 from ..errors import XWinInputError
-from ..geometry import Geometry
+from ..geometry import Geometry, checked_isocenter
 from ..io.image import Volume, VoxelFrame
 
 DEFAULT_SIZE = 128
@@ -77,9 +77,7 @@ def grid_like(volume: Volume) -> Grid:
 
 def centered_grid(isocenter, size, spacing, direction=None) -> Grid:
     """A grid of ``size`` (NX, NY, NZ) voxels of ``spacing`` mm (scalar or 3) whose centre is ``isocenter`` (LPS mm)."""
-    iso = np.asarray(isocenter, np.float64)
-    if iso.shape != (3,) or not np.all(np.isfinite(iso)):
-        raise XWinInputError(None, f"isocenter must be 3 finite LPS coordinates in mm, got {isocenter}")
+    iso = checked_isocenter(isocenter)
     size = np.broadcast_to(np.asarray(size), (3,))
     sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
