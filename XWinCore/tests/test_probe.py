@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from xwin.cli import main
 from xwin.config import DataConfig, ModelConfig, XWinConfig
+from xwin.errors import XWinInputError
 from xwin.eval.probe import (
     TASKS,
     ProbeTask,
@@ -243,3 +245,10 @@ def test_cli_probe_marks_the_model_transductive_on_its_training_films(tmp_path, 
     assert main(["eval", "probe", "--labels", str(folder / "labels.csv"), "--images", str(folder),
                  "--checkpoint", str(model), "--task", "height"]) == 2
     assert "unknown probe task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("positive, negative, option", [("(", None, "--positive"), ("yes", "[a-", "--negative")])
+def test_task_with_a_broken_regex_is_refused_by_option(positive, negative, option):
+    """`xwin eval probe --positive '('` was a traceback from re (bad-input campaign 4)."""
+    with pytest.raises(XWinInputError, match=f"^{option} .* is not a regular expression"):
+        ProbeTask("t", (), "finding", positive, negative)

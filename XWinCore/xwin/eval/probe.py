@@ -54,6 +54,13 @@ class ProbeTask:
     negative: str | None = None
     description: str = ""
 
+    def __post_init__(self) -> None:
+        for option, pattern in (("--positive", self.positive), ("--negative", self.negative)):
+            try:
+                re.compile(pattern or "")
+            except re.error as e:
+                raise XWinInputError(None, f"{option} {pattern!r} is not a regular expression ({e})") from None
+
     def select(self, rows: Sequence[dict]) -> tuple[list[int], np.ndarray]:
         """Indices of the rows this task keeps and their boolean labels."""
         keep, labels = [], []
