@@ -460,8 +460,6 @@ REQUEST_CASES = [
     ("eval_world_seed_negative", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--seed", "-1", "--checkpoint",
                                                str(i["model"])], "--seed", {}),
     # campaign 4: an empty --out (an unset shell variable) wrote the DRRs into the current folder
-    ("render_out_empty", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--out", ""], "--out ''",
-     {}),
     # campaign 4: --isocenter 1 million km away was rendered (a pose file's is refused beyond 1 km)
     ("render_isocenter_1e9_mm", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--isocenter",
                                               "1e9", "0", "0", "--out", str(d / "drr.nrrd")], "isocenter", {}),
@@ -537,13 +535,27 @@ def test_bad_request(argv, culprit, env, inputs, case_dir, monkeypatch, capsys):
         assert "XWIN_MAX_VOLUME_GB" in line  # says the budget and how to change it
 
 
-def test_usage_error_is_one_line(capsys):
+@pytest.mark.parametrize("argv, line", [
+    (["render", "ct.nrrd", "--lao", "0", "--cran", "0", "--size", "a", "8", "--out", "drr.png"],
+     "xwin render: error: argument --size: invalid int value: 'a' (see xwin render --help)"),
+    # campaign 4: an empty --out (an unset shell variable) wrote the DRRs into the current folder
+    (["render", "ct.nrrd", "--lao", "0", "--cran", "0", "--out", ""],
+     "xwin render: error: argument --out: '' is an empty path (give a file or folder) (see xwin render --help)"),
+    # an empty positional path was read as the current folder ("xwin info ''": ".: contains no DICOM images")
+    (["info", " "], "xwin info: error: argument file: ' ' is an empty path (give a file or folder) "
+                    "(see xwin info --help)"),
+    (["reconstruct", "", "--out", "r.nrrd"], "xwin reconstruct: error: argument CXR: '' is an empty path (give a "
+                                             "file or folder) (see xwin reconstruct --help)"),
+    (["eval", "world", "--cases", ""], "xwin eval world: error: argument --cases: '' is an empty path (give a file "
+                                       "or folder) (see xwin eval world --help)"),
+])
+def test_usage_error_is_one_line(argv, line, capsys):
     """Campaign 4: an argparse usage error printed the whole usage (7 lines) before its own line."""
     with pytest.raises(SystemExit) as exc:
-        main(["render", "ct.nrrd", "--lao", "0", "--cran", "0", "--size", "a", "8", "--out", "drr.png"])
+        main(argv)
     out, err = capsys.readouterr()
     assert exc.value.code == 2 and out == ""
-    assert err.splitlines() == ["xwin render: error: argument --size: invalid int value: 'a' (see xwin render --help)"]
+    assert err.splitlines() == [line]
 
 
 # --- bombs and budgets in a subprocess under resource limits ---------------------------------------------------

@@ -156,3 +156,21 @@ def test_angle_errors_speak_library_terms_and_the_cli_adds_its_flags(small_ct, t
                  "--out", str(tmp_path / "drrs")]) == 2
     assert "--lao/--cran: 3 LAO angles and 2 CRAN angles" in capsys.readouterr().err
     assert not (tmp_path / "drrs").exists()
+
+
+@pytest.mark.parametrize("lao, cran, message", [("190", "0", "LAO 190 deg is outside -180...180"),
+                                                ("0", "-90.5", "CRAN -90.5 deg is outside -90...90"),
+                                                ("0", "200", "CRAN 200 deg")])
+def test_angles_beyond_the_c_arm_range_are_refused(small_ct, tmp_path, capsys, lao, cran, message):
+    """`predict --cran 200` was accepted (bad-input campaign 4): LAO lies in ±180°, CRAN in ±90°, as the panel's
+    sliders; the edges themselves are poses."""
+    from xwin.errors import XWinInputError
+    from xwin.geometry import parse_angles
+
+    assert parse_angles([-180.0, 180.0], [-90.0, 90.0])[1].tolist() == [-90.0, 90.0]
+    with pytest.raises(XWinInputError, match=message):
+        parse_angles([float(lao)], [float(cran)])
+    for command in (["render", str(small_ct)], ["predict", str(small_ct)]):
+        assert main(command + ["--lao", lao, "--cran", cran, "--out", str(tmp_path / "out.png")]) == 2
+        assert f"--lao/--cran: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()

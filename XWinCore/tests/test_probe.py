@@ -252,3 +252,14 @@ def test_task_with_a_broken_regex_is_refused_by_option(positive, negative, optio
     """`xwin eval probe --positive '('` was a traceback from re (bad-input campaign 4)."""
     with pytest.raises(XWinInputError, match=f"^{option} .* is not a regular expression"):
         ProbeTask("t", (), "finding", positive, negative)
+
+
+@pytest.mark.parametrize("args, message", [(["--where", "sex"], "--where 'sex': expected COLUMN=VALUE"),
+                                           (["--ablation", "x"], "--ablation 'x': expected NAME=PATH"),
+                                           (["--ablation", "=model.safetensors"], "--ablation '=model.safetensors'")])
+def test_a_where_or_ablation_without_its_name_is_refused_by_option(tmp_path, capsys, args, message):
+    """`--where sex` said "expected NAME=VALUE" without naming the option (bad-input campaign 4)."""
+    assert main(["eval", "probe", "--labels", str(tmp_path / "labels.csv"), "--images", str(tmp_path),
+                 "--checkpoint", str(tmp_path / "model.safetensors")] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -493,6 +493,50 @@ def test_a_failed_start_leaves_no_run_folder(tiny_setup, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_stop_file_that_exists_or_cannot_appear_and_a_resume_without_checkpoint_are_refused(tiny_setup, tmp_path):
+    """Bad-input campaign 4: `--stop-file FOLDER` was accepted (the run stopped after one step) and `--resume` on a
+    folder without a checkpoint started a new run silently. Both refused before any step, leaving nothing behind."""
+    from xwin.errors import XWinInputError
+    from xwin.train import train
+
+    _, cfg_path, _ = tiny_setup
+    cfg = load_config(cfg_path)
+    run = tmp_path / "run"
+    (tmp_path / "stop_folder").mkdir()
+    (tmp_path / "stop_now").write_text("")
+    for stop, message in ((tmp_path / "stop_folder", "is a folder already"), (tmp_path / "stop_now", "is present"),
+                          (tmp_path / "no" / "stop", "its folder .* does not exist")):
+        with pytest.raises(XWinInputError, match=message):
+            train(cfg, run, stop_file=stop, progress="none")
+    with pytest.raises(XWinInputError, match="holds no checkpoint to resume from"):
+        train(cfg, run, resume=True, progress="none")
+    assert not run.exists()
+    r = _run(["train", "--config", str(cfg_path), "--out", str(run), "--stop-file", str(tmp_path / "stop_folder")])
+    assert r.returncode == 2 and "stop_folder: --stop-file is a folder already" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_film_folders_find_suffixless_dicom_and_name_what_they_hold(tiny_setup, tmp_path):
+    """A PACS export names DICOM films without a suffix: found by their DICM marker. A folder with no film names a
+    file it holds (bad-input campaign 4: a CT .nii in --cxr-dir was reported as the folder alone)."""
+    from synthetic_dicom import radiograph
+
+    from xwin.errors import XWinInputError
+
+    root, _, cts = tiny_setup
+    films = tmp_path / "films"
+    films.mkdir()
+    radiograph(films / "IM0001", np.full((16, 16), 900))
+    (films / "notes").write_text("not a film")
+    assert find_images(films) == [films / "IM0001"]
+    ct_only = tmp_path / "ct_only"
+    ct_only.mkdir()
+    shutil.copy(cts[0], ct_only / "chest.nii")
+    with pytest.raises(XWinInputError, match=r"contains no DICOM, PNG or JPEG radiographs; it holds 1 other file\(s\), "
+                                             r"e.g. chest.nii \(not a radiograph by its name or content\)"):
+        find_images(ct_only)
+
+
 def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys):
     root, _, cts = tiny_setup
     run = trained_run

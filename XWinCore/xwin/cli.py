@@ -50,16 +50,12 @@ def _check_device(ns: argparse.Namespace) -> None:
                              + "; use --device cpu")
 
 
-PATH_OPTIONS = ("out", "pose", "checkpoint", "config", "ct_dir", "cxr_dir", "init", "stop_file", "bank", "mean_from",
-                "labels", "images", "from_ct")
-
-
-def _check_paths(ns: argparse.Namespace) -> None:
-    """Refuse an empty path option (an unset shell variable): Python reads '' as the current folder."""
-    for key in PATH_OPTIONS:
-        value = getattr(ns, key, None)
-        if isinstance(value, str) and not value.strip():
-            raise XWinInputError(None, f"--{key.replace('_', '-')} {value!r}: an empty path (give a file or folder)")
+def _path(value: str) -> str:
+    """argparse type of every path argument: an empty one (an unset shell variable) is refused, where Python would
+    read '' as the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is an empty path (give a file or folder)")
+    return value
 
 
 def _geometry_args(p: argparse.ArgumentParser) -> None:
@@ -132,7 +128,7 @@ def cmd_render(ns: argparse.Namespace) -> int:
         if ns.lao is not None or ns.cran is not None or ns.isocenter is not None:
             raise XWinInputError(ns.pose, "--pose gives the angles and isocenter: drop --lao/--cran/--isocenter")
         pose, pose_geometry = read_pose(ns.pose)
-        ns.lao, ns.cran, ns.isocenter = [pose.lao], [pose.cran], list(pose.isocenter)
+        ns.lao, ns.cran, ns.isocenter = [(pose.lao + 180.0) % 360.0 - 180.0], [pose.cran], list(pose.isocenter)
         ns.size = (pose_geometry.height, pose_geometry.width)
         ns.sid, ns.sdd, ns.pixel = pose_geometry.sid, pose_geometry.sdd, pose_geometry.pixel
     elif ns.lao is None or ns.cran is None:
@@ -337,9 +333,10 @@ def cmd_eval_probe(ns: argparse.Namespace) -> int:
     unknown = [t for t in ns.task if t not in TASKS]
     if unknown:
         raise XWinInputError(None, f"unknown probe task {unknown[0]!r} (built-in: {', '.join(TASKS)})")
-    bad = [item for item in ns.where + ns.ablation if "=" not in item]
-    if bad:
-        raise XWinInputError(None, f"expected NAME=VALUE, got {bad[0]!r}")
+    for option, items, form in (("--where", ns.where, "COLUMN=VALUE"), ("--ablation", ns.ablation, "NAME=PATH")):
+        bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
+        if bad:
+            raise XWinInputError(None, f"{option} {bad[0]!r}: expected {form}")
     tasks = [TASKS[t] for t in dict.fromkeys(ns.task)]
     if ns.positive is not None:
         tasks.append(ProbeTask("custom", tuple(ns.source), ns.column, ns.positive, ns.negative,
@@ -550,12 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="DRRs of a CT at one or more C-arm poses",
                        description="Render DRRs of CT at paired --lao/--cran angles (degrees; RAO and CAUD negative).")
-    p.add_argument("ct", help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
+    p.add_argument("ct", type=_path, help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
     p.add_argument("--lao", type=float, nargs="+", metavar="DEG",
                    help="LAO angle(s) in degrees (negative = RAO); paired in order with --cran")
     p.add_argument("--cran", type=float, nargs="+", metavar="DEG",
                    help="CRAN angle(s) in degrees (negative = CAUD)")
-    p.add_argument("--pose", metavar="POSE.json",
+    p.add_argument("--pose", type=_path, metavar="POSE.json",
                    help="instead of --lao/--cran/--isocenter: a pose file written by `xwin register` (its LAO, "
                         "CRAN, roll, isocenter and detector geometry replace --sid/--sdd/--size/--pixel)")
     _geometry_args(p)
@@ -567,60 +564,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--ext", default="nrrd", choices=("nrrd", "mha", "nii.gz", "png"),
                    help="file type written into a folder --out (default nrrd)")
-    p.add_argument("--out", required=True, help="image file (.nrrd .mha .nii .nii.gz .png) for one pose, or a folder")
+    p.add_argument("--out", type=_path,
+                   required=True, help="image file (.nrrd .mha .nii .nii.gz .png) for one pose, or a folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("info", help="what XWin reads from a CT or CXR file/folder")
-    p.add_argument("file", help="CT (DICOM folder, NIfTI, NRRD, MHA) or CXR (DICOM, PNG, JPEG)")
+    p.add_argument("file", type=_path, help="CT (DICOM folder, NIfTI, NRRD, MHA) or CXR (DICOM, PNG, JPEG)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="angle sweep of the embedded chest CT (contact sheet PNG + GIF)")
-    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--out", type=_path, default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--step", type=float, default=15.0, help="LAO step in degrees over −90…90 (default 15)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train or resume the world model (torchrun -m xwin train ... for DDP)")
-    p.add_argument("--config", required=True, help="YAML config (schema: docs/model.md)")
-    p.add_argument("--out", help="run folder for the bank, checkpoints, metrics.csv, loss_curve.png "
+    p.add_argument("--config", type=_path, required=True, help="YAML config (schema: docs/model.md)")
+    p.add_argument("--out", type=_path, help="run folder for the bank, checkpoints, metrics.csv, loss_curve.png "
                                  "(default runs/CONFIG_NAME)")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
                    help="progress bar (default), one JSON object per step on stdout, or nothing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--ct-dir", help="train on the CTs in this folder (NIfTI/NRRD/MHA files, DICOM series folders) "
+    p.add_argument("--ct-dir", type=_path,
+                   help="train on the CTs in this folder (NIfTI/NRRD/MHA files, DICOM series folders) "
                                     "instead of the config's data.ct; data.holdout still applies")
-    p.add_argument("--cxr-dir", help="real CXRs from this folder instead of the config's data.cxr")
-    p.add_argument("--init", help="fine-tune: start from this model file or checkpoint/run folder (train.init)")
-    p.add_argument("--stop-file", metavar="PATH",
+    p.add_argument("--cxr-dir", type=_path, help="real CXRs from this folder instead of the config's data.cxr")
+    p.add_argument("--init", type=_path,
+                   help="fine-tune: start from this model file or checkpoint/run folder (train.init)")
+    p.add_argument("--stop-file", type=_path, metavar="PATH",
                    help="when this file appears (checked after every step), write a checkpoint and stop, as on "
                         "SIGTERM (how the Slicer panel stops a trainer started through a launcher)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-model", help="export a checkpoint's inference weights to one .safetensors file")
-    p.add_argument("checkpoint", help="run folder or checkpoint folder")
-    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("checkpoint", type=_path, help="run folder or checkpoint folder")
+    p.add_argument("--out", type=_path, required=True, help="output .safetensors file")
     means = p.add_mutually_exclusive_group()
-    means.add_argument("--bank", help="DRR bank whose mean projection per pose the file carries (the "
+    means.add_argument("--bank", type=_path, help="DRR bank whose mean projection per pose the file carries (the "
                                       "mean_projection baseline; default: the run's data.bank or RUN/bank — a "
                                       "data.online run has none)")
-    means.add_argument("--mean-from", metavar="MODEL", help="copy the mean projections of this exported model file "
+    means.add_argument("--mean-from", type=_path,
+                       metavar="MODEL", help="copy the mean projections of this exported model file "
                                                              "(same image size) instead of a bank's")
     p.set_defaults(func=cmd_export_model)
 
     p = sub.add_parser("predict", help="predicted projections of a CXR at new C-arm poses",
                        description="Encode CXR as the canonical PA view and write the decoded predicted projection "
                                    "at each paired --lao/--cran target pose (degrees).")
-    p.add_argument("cxr", help="radiograph: DICOM, PNG or JPEG, or a DRR written by `xwin render` as NRRD/MHA/NIfTI "
+    p.add_argument("cxr", type=_path,
+                   help="radiograph: DICOM, PNG or JPEG, or a DRR written by `xwin render` as NRRD/MHA/NIfTI "
                                "(read in the training's DRR convention, not contrast-stretched like a film)")
     p.add_argument("--lao", type=float, nargs="+", required=True, metavar="DEG", help="target LAO angle(s), degrees")
     p.add_argument("--cran", type=float, nargs="+", required=True, metavar="DEG", help="target CRAN angle(s), degrees")
-    p.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    p.add_argument("--checkpoint", type=_path, help="model file or checkpoint folder (default: the embedded model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--ext", default="png", choices=("nrrd", "mha", "nii.gz", "png"),
                    help="file type written into a folder --out (default png)")
-    p.add_argument("--out", required=True, help="image file for one pose, or a folder")
+    p.add_argument("--out", type=_path, required=True, help="image file for one pose, or a folder")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="evaluate a world model")
@@ -632,24 +634,25 @@ def build_parser() -> argparse.ArgumentParser:
                                   "rendering], within 15 deg, angular error (deg), PSNR (dB) / SSIM scored at "
                                   "128 x 128 (per angle too), effective rank of the target embeddings; baselines "
                                   "copy_context, mean_projection, random_init, nearest_training_patient.")
-    w.add_argument("--ct", action="append", default=[], help="held-out CT (repeat for several)")
-    w.add_argument("--cases", help="cases CSV (columns file, split): evaluate the CTs of --split")
+    w.add_argument("--ct", type=_path, action="append", default=[], help="held-out CT (repeat for several)")
+    w.add_argument("--cases", type=_path, help="cases CSV (columns file, split): evaluate the CTs of --split")
     w.add_argument("--split", default="eval", help="split of --cases to evaluate (default eval)")
-    w.add_argument("--train-ct", action="append", default=[], metavar="CT",
+    w.add_argument("--train-ct", type=_path, action="append", default=[], metavar="CT",
                    help="training CT for the nearest_training_patient baseline (repeatable; default: the model "
                         "config's training CTs, paths relative to the working directory)")
     w.add_argument("--renderings", type=int, default=8, help="jittered renderings per CT (default 8)")
     w.add_argument("--seed", type=int, default=0, help="seed of the jitter, random_init and bootstrap (default 0)")
-    w.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    w.add_argument("--checkpoint", type=_path, help="model file or checkpoint folder (default: the embedded model)")
     w.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     w.add_argument("--json", action="store_true", help="one-line JSON on stdout (default: a table)")
     w.set_defaults(func=cmd_eval_world)
     dm = ev.add_parser("domain", help="how far real CXRs are from the model's DRRs (separability, cosine, identity)")
-    dm.add_argument("--cxr", required=True, help="folder of real radiographs (DICOM, PNG, JPEG)")
-    dm.add_argument("--ct", action="append", required=True, help="CT whose PA DRRs are the simulated side (repeat)")
+    dm.add_argument("--cxr", type=_path, required=True, help="folder of real radiographs (DICOM, PNG, JPEG)")
+    dm.add_argument("--ct", type=_path,
+                    action="append", required=True, help="CT whose PA DRRs are the simulated side (repeat)")
     dm.add_argument("--views", type=int, default=16, help="jittered PA DRRs per CT (default 16)")
     dm.add_argument("--folds", type=int, default=5, help="folds of the real-vs-simulated probe (default 5)")
-    dm.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    dm.add_argument("--checkpoint", type=_path, help="model file or checkpoint folder (default: the embedded model)")
     dm.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     dm.add_argument("--json", action="store_true", help="one-line JSON on stdout")
     dm.set_defaults(func=cmd_eval_domain)
@@ -658,12 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cannot predict it: sex (M vs F, MHH + NIH films), view (PA vs AP, MHH only), "
                                    "pneumonia (pneumonia vs normal, Kermany only). Patient-level folds; 95 % "
                                    "intervals from a bootstrap over patients.")
-    pr.add_argument("--labels", required=True,
+    pr.add_argument("--labels", type=_path, required=True,
                     help="CSV with columns filename, source, patient_id and the label columns (sex, view, finding)")
-    pr.add_argument("--images", required=True, help="folder the CSV's filenames are relative to")
+    pr.add_argument("--images", type=_path, required=True, help="folder the CSV's filenames are relative to")
     pr.add_argument("--task", action="append", default=[], metavar="NAME",
                     help="built-in probe task: sex, view or pneumonia (repeatable; default: all three)")
-    pr.add_argument("--checkpoint", help="model file or checkpoint folder (default: the embedded model)")
+    pr.add_argument("--checkpoint", type=_path, help="model file or checkpoint folder (default: the embedded model)")
     pr.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                     help="another model to compare, e.g. mim_only=runs/mim/ (repeatable)")
     pr.add_argument("--positive", metavar="REGEX",
@@ -682,8 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one-line JSON on stdout (default: a table)")
     pr.set_defaults(func=cmd_eval_probe)
     p = sub.add_parser("viewer", help="the XWin panel outside Slicer: DRRs, prediction, reconstruction, training")
-    p.add_argument("--ct", help="CT to open (DICOM folder, NIfTI, NRRD, MHA)")
-    p.add_argument("--cxr", help="chest X-ray to open (DICOM, PNG, JPEG)")
+    p.add_argument("--ct", type=_path, help="CT to open (DICOM folder, NIfTI, NRRD, MHA)")
+    p.add_argument("--cxr", type=_path, help="chest X-ray to open (DICOM, PNG, JPEG)")
     p.add_argument("--demo", action="store_true", help="open the embedded demo CT and chest X-ray")
     p.set_defaults(func=cmd_viewer)
 
@@ -692,8 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of CT matches IMAGE (docs/registration.md). Exit 0: converged; 3: failed (no "
                                    "improvement, hit a bound, time limit, poor match; the pose file is still written "
                                    "with that status); 2: bad input.")
-    p.add_argument("ct", help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
-    p.add_argument("image", help="a DRR written by `xwin render` (geometry from its metadata) or a radiograph "
+    p.add_argument("ct", type=_path, help="CT: DICOM series folder, .nii/.nii.gz, .nrrd, .mha")
+    p.add_argument("image", type=_path,
+                   help="a DRR written by `xwin render` (geometry from its metadata) or a radiograph "
                                  "(DICOM, PNG, JPEG; pixel spacing from the header or --pixel)")
     p.add_argument("--lao", type=float, default=0.0, metavar="DEG", help="start LAO in degrees (default 0)")
     p.add_argument("--cran", type=float, default=0.0, metavar="DEG", help="start CRAN in degrees (default 0)")
@@ -715,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, default=4, help="extra coarse-level starts around the start (default 4)")
     p.add_argument("--time-limit", type=float, default=300.0, metavar="S",
                    help="wall-clock budget in seconds; past it the status is 'time limit' (default 300)")
-    p.add_argument("--out", required=True, help="pose file (JSON) for `xwin render --pose`")
+    p.add_argument("--out", type=_path, required=True, help="pose file (JSON) for `xwin render --pose`")
     p.add_argument("--json", action="store_true",
                    help="print pose, similarity, iterations, seconds and status as one JSON line")
     p.set_defaults(func=cmd_register)
@@ -724,11 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Render --views line-integral projections of --from-ct over LAO −arc/2…+arc/2 at "
                                    "CRAN 0, reconstruct them (FDK, OS-SART or CGLS; docs/reconstruction.md) and "
                                    "score the result against the CT (PSNR, SSIM, RMSE in HU).")
-    p.add_argument("cxr", nargs="?", metavar="CXR",
+    p.add_argument("cxr", type=_path, nargs="?", metavar="CXR",
                    help="world-model path: a radiograph (taken as the PA view) whose predicted projections over "
                         "the orbit are reconstructed — a learned estimate, not a CT (needs no --from-ct)")
-    p.add_argument("--from-ct", metavar="CT", help="round trip: CT (DICOM series folder, .nii/.nii.gz, .nrrd, .mha)")
-    p.add_argument("--checkpoint", help="world-model file or checkpoint folder for CXR (default: the embedded model)")
+    p.add_argument("--from-ct", type=_path,
+                   metavar="CT", help="round trip: CT (DICOM series folder, .nii/.nii.gz, .nrrd, .mha)")
+    p.add_argument("--checkpoint", type=_path,
+                   help="world-model file or checkpoint folder for CXR (default: the embedded model)")
     p.add_argument("--views", type=int, metavar="N",
                    help="number of projections (default 180 for --from-ct, 13 for a CXR)")
     p.add_argument("--arc", type=float, metavar="DEG",
@@ -750,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tv", type=float, default=0.0, metavar="WEIGHT",
                    help="total-variation weight in HU for sart/cgls (0 = none; e.g. 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out", required=True, help="output volume: .nrrd, .nii.gz, .nii or .mha, or a folder name for a "
+    p.add_argument("--out", type=_path,
+                   required=True, help="output volume: .nrrd, .nii.gz, .nii or .mha, or a folder name for a "
                                                 "DICOM CT series (written atomically)")
     _identity_args(p)
     p.add_argument("--json", action="store_true",
@@ -760,10 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="segment a volume and write label maps for segmentation tools",
                        description="Threshold/connectivity masks (docs/reconstruction.md, Export) written as "
                                    "segmentation.nii.gz + labels.json and a Slicer segmentation.seg.nrrd.")
-    p.add_argument("volume", help="volume in HU: .nrrd, .nii.gz, .mha or a DICOM series folder")
+    p.add_argument("volume", type=_path, help="volume in HU: .nrrd, .nii.gz, .mha or a DICOM series folder")
     p.add_argument("--segment", default="lungs,body,bone",
                    help="comma-separated: body, lungs, lung_left, lung_right, bone (default lungs,body,bone)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=_path, required=True, help="output folder")
     p.add_argument("--dicom", action="store_true", help="also write the volume as a DICOM CT series (OUT/dicom/)")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write a DICOM SEG (OUT/segmentation.dcm; needs highdicom, implies --dicom)")
@@ -803,7 +810,6 @@ def main(argv: list[str] | None = None) -> int:
     previous = _on_sigterm(_raise_terminated)
     try:
         _check_device(ns)
-        _check_paths(ns)
         return ns.func(ns)
     except XWinInputError as exc:
         text = " ".join(str(exc).split())  # one line, whatever the message quotes

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 D0 = (0.0, -1.0, 0.0)
 U0 = (1.0, 0.0, 0.0)
 V0 = (0.0, 0.0, -1.0)
+LAO_LIMIT_DEG = 180.0  # LAO (+) / RAO (−) in −180…180: the source circles the patient once
+CRAN_LIMIT_DEG = 90.0  # CRAN (+) / CAUD (−) in −90…90: beyond, the pose of another LAO with the detector upside down
 
 
 @dataclass(frozen=True)
@@ -211,11 +213,17 @@ def checked_isocenter(isocenter) -> np.ndarray:
 
 def parse_angles(lao: Sequence[float] | np.ndarray,
                  cran: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pair LAO and CRAN angles (degrees) in order; one value of either broadcasts to the other's length."""
+    """Pair LAO and CRAN angles (degrees) in order; one value of either broadcasts to the other's length. LAO must lie
+    in ±`LAO_LIMIT_DEG`, CRAN in ±`CRAN_LIMIT_DEG`."""
     lao, cran = np.atleast_1d(np.asarray(lao, float)), np.atleast_1d(np.asarray(cran, float))
     if lao.size != cran.size and 1 not in (lao.size, cran.size):
         raise XWinInputError(None, f"{lao.size} LAO angles and {cran.size} CRAN angles: they are paired in order")
     lao, cran = np.broadcast_arrays(lao, cran)
     if not (np.all(np.isfinite(lao)) and np.all(np.isfinite(cran))):
         raise XWinInputError(None, "angles must be finite numbers of degrees")
+    for name, values, limit in (("LAO", lao, LAO_LIMIT_DEG), ("CRAN", cran, CRAN_LIMIT_DEG)):
+        outside = values[np.abs(values) > limit]
+        if outside.size:
+            raise XWinInputError(None, f"{name} {outside[0]:g} deg is outside -{limit:g}...{limit:g} (the range of "
+                                       "every C-arm pose; a larger angle repeats one inside it)")
     return lao.copy(), cran.copy()

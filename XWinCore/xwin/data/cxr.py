@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import XWinInputError
 from ..io import read_radiograph
+from ..io.formats import is_dicom_file
 from ..io.validate import file_problem
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
@@ -38,19 +39,34 @@ def to_model_input(image: np.ndarray, size: int, stretch: bool = True) -> np.nda
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Radiograph files (DICOM, PNG, JPEG) under ``folder``, sorted."""
+    """Radiograph files under ``folder``, sorted: DICOM, PNG and JPEG by suffix, and suffix-less DICOM Part 10 files
+    (as PACS exports name them)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise XWinInputError(folder, "not a folder of radiographs")
-    named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    entries = sorted(p for p in folder.rglob("*") if not p.is_dir())
+    named = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     for p in named:  # a FIFO, socket or device named like a film is refused unopened, not skipped
         problem = file_problem(p)
         if problem and problem != "does not exist":  # a dangling link holds no film: skipped
             raise XWinInputError(p, problem)
-    files = [p for p in named if p.is_file()]
+    files = sorted([p for p in named if p.is_file()]
+                   + [p for p in entries if not p.suffix and _is_dicom_part10(p)])
     if not files:
-        raise XWinInputError(folder, "contains no DICOM, PNG or JPEG radiographs")
+        others = [p for p in entries if p not in named]
+        held = (f"; it holds {len(others)} other file(s), e.g. {others[0].relative_to(folder)} "
+                f"({'not a regular file' if file_problem(others[0]) else 'not a radiograph by its name or content'})"
+                if others else "")
+        raise XWinInputError(folder, f"contains no DICOM, PNG or JPEG radiographs{held}")
     return files
+
+
+def _is_dicom_part10(path: Path) -> bool:
+    """A regular, readable file with the DICOM Part 10 marker (a file that cannot be opened is no film: skipped)."""
+    try:
+        return file_problem(path) is None and is_dicom_file(path)
+    except OSError:
+        return False
 
 
 def load_cxrs(files: list[Path], size: int) -> np.ndarray:

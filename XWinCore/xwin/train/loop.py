@@ -145,6 +145,16 @@ def replica_spread(model: torch.nn.Module, d: Dist) -> float:
     return float(spread)
 
 
+def check_stop_file(path: Path) -> None:
+    """Refuse a stop file that would stop the run at once (it exists) or could never appear (no folder for it)."""
+    if path.exists() or path.is_symlink():
+        kind = "a folder" if path.is_dir() else "present"
+        raise XWinInputError(path, f"--stop-file is {kind} already: training would stop after its first step "
+                                   "(give a path that does not exist yet)")
+    if not path.parent.is_dir():
+        raise XWinInputError(path, f"--stop-file could never appear: its folder {path.parent} does not exist")
+
+
 def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progress: str = "bar",
           device: str = "auto", stop_file: str | Path | None = None) -> Path | None:
     """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder.
@@ -152,6 +162,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
     stop_file: when this file appears (checked after every step), finish the step, write a checkpoint, log a
     "stopped" event and return (as on SIGTERM/SIGINT)."""
     run_dir = Path(run_dir)
+    if stop_file is not None:
+        check_stop_file(Path(stop_file))
     d: Dist = setup(device)
     t = cfg.train
     created = d.main and not run_dir.exists()
@@ -163,6 +175,9 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         if last is not None and not resume:
             raise XWinInputError(run_dir, "already holds a training run: pass --resume to continue it, "
                                           "or choose an empty folder")
+        if last is None and resume:
+            raise XWinInputError(run_dir, "holds no checkpoint to resume from (a run stopped before its first "
+                                          "checkpoint starts again without --resume)")
         torch.manual_seed(t.seed + d.rank)
         model = create_model(cfg).to(d.device)
         for name in t.freeze:  # held at their initial weights: no gradient (and the target: no EMA step)
