@@ -174,3 +174,17 @@ def test_angles_beyond_the_c_arm_range_are_refused(small_ct, tmp_path, capsys, l
         assert main(command + ["--lao", lao, "--cran", cran, "--out", str(tmp_path / "out.png")]) == 2
         assert f"--lao/--cran: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_control_characters_in_a_file_name_are_escaped_in_the_error(tmp_path, capsys):
+    """A file name holding ESC sequences drove the terminal from the error line (bad-input campaign 4)."""
+    bad = tmp_path / "scan\x1b[2J\x1b]0;owned\x07.nrrd"
+    bad.write_bytes(b"NRRD0004\nnot a header\n")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "scan\\x1b[2J\\x1b]0;owned\\x07.nrrd" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["render", str(bad), "--lao", "0", "--cran", "0", "--mode", "\x1b[31mred", "--out", "x.png"])
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[31mred" in err

@@ -537,7 +537,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line as well (issue 16), pointing to --help instead of printing usage."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -797,6 +797,13 @@ def _on_sigterm(handler):
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _printable(message: str) -> str:
+    """``message`` as one line of plain text: whitespace runs become one space, and any other control or format
+    character (an ESC in a file name would drive the terminal) is shown as its escape, e.g. \\x1b."""
+    text = " ".join(message.split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends in one readable line on stderr and exit status 2 (no traceback)."""
     ns = build_parser().parse_args(argv)
@@ -812,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_device(ns)
         return ns.func(ns)
     except XWinInputError as exc:
-        text = " ".join(str(exc).split())  # one line, whatever the message quotes
+        text = _printable(str(exc))
         print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the system refuses: missing, locked, too long (ENAMETOOLONG), a link loop...
@@ -823,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = str(named or "")
         shown = shown if len(shown) <= 600 else f"{shown[:300]}...{shown[-300:]}"  # a path of 4,000 characters
         where = f"{shown}: " if shown else ""
-        print(f"xwin {ns.command}: error: {' '.join(f'{where}{exc.strerror or exc}'.split())}", file=sys.stderr)
+        print(f"xwin {ns.command}: error: {_printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xwin {ns.command}: interrupted", file=sys.stderr)
