@@ -449,6 +449,7 @@ def test_committed_configs_load_and_round_trip(name):
             expected = dataclasses.replace(expected, contrastive=0.0, view_contrast=1.0, view_contrast_tau=0.05,
                                            view_contrast_centred=False, recon_grad=False)
             assert cfg.data.shared_rendering and cfg.data.pairs_per_instance == cfg.train.batch_size == 48
+            assert cfg.data.pa_fraction == 1.0  # the PA context of every prediction users make
         assert cfg.loss == expected
         assert cfg.data.online == (stage >= 6)
         assert cfg.train.freeze == (("context_encoder", "target_encoder") if frozen else ())
