@@ -406,6 +406,21 @@ def _render(inputs, d, *extra, out="drr.nrrd") -> list[str]:
     return ["render", str(inputs["ct"]), "--lao", "0", "--cran", "0", "--out", str(d / out), *extra]
 
 
+def _fifo(d: Path, name: str) -> str:
+    """A FIFO named like an output file (a special file as --out: replaced by the output before campaign 5)."""
+    os.mkfifo(d / name)
+    return name
+
+
+def _run_folder(d: Path) -> Path:
+    """A run folder with a checkpoint step_0000002 (the export is refused before anything in it is read)."""
+    ckpt = d / "run" / "checkpoints" / "step_0000002"
+    ckpt.mkdir(parents=True)
+    for name in ("model.safetensors", "state.json"):
+        (ckpt / name).write_bytes(b"")
+    return d / "run"
+
+
 def _many(n: int) -> list[str]:
     return [str(a) for a in np.linspace(-90, 90, n)]
 
@@ -460,6 +475,37 @@ REQUEST_CASES = [
     ("eval_world_seed_negative", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--seed", "-1", "--checkpoint",
                                                str(i["model"])], "--seed", {}),
     # campaign 4: an empty --out (an unset shell variable) wrote the DRRs into the current folder
+    # campaign 5: a library check that names no file was printed without the option that set it
+    ("render_sid_nan", lambda i, d: _render(i, d, "--sid", "nan"), "--sid: sid must be a positive number", {}),
+    ("render_sid_beyond_sdd", lambda i, d: _render(i, d, "--sid", "2000", "--sdd", "1800"), "--sid/--sdd: SDD", {}),
+    ("render_size_zero", lambda i, d: _render(i, d, "--size", "0", "0"), "--size: detector height", {}),
+    ("render_mu_water_nan", lambda i, d: _render(i, d, "--mu-water", "nan"), "--mu-water: mu_water", {}),
+    ("render_isocenter_nan", lambda i, d: _render(i, d, "--isocenter", "nan", "0", "0"), "--isocenter: isocenter", {}),
+    ("reconstruct_iters_zero", lambda i, d: _reconstruct(i, d, "--method", "sart", "--iters", "0"), "--iters: ", {}),
+    ("reconstruct_tv_negative", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "-5"), "--tv: ", {}),
+    ("reconstruct_spacing_zero", lambda i, d: _reconstruct(i, d, "--spacing", "0"), "--spacing: grid spacing", {}),
+    ("reconstruct_det_zero", lambda i, d: _reconstruct(i, d, "--det", "0", "16"), "--det: detector height", {}),
+    ("export_segment_twice", lambda i, d: ["export", str(i["ct"]), "--out", str(d / "seg"), "--segment",
+                                           "lungs,lungs"], "--segment: each segment", {}),
+    ("register_pixel_zero", lambda i, d: ["register", str(i["ct"]), str(i["cxr"]), "--pixel", "0", "--out",
+                                          str(d / "pose.json")], "--pixel must be a positive number", {}),
+    ("register_sdd_nan", lambda i, d: ["register", str(i["ct"]), str(i["cxr"]), "--pixel", "2", "--sdd", "nan",
+                                       "--out", str(d / "pose.json")], "--sdd must be a positive number", {}),
+    # campaign 5: register --lao 500 ran and wrote a pose that render refuses; demo --step 0 / nan were tracebacks
+    # and 0.0001 planned 1.8 million DRRs; eval world --seed 2^70 was a traceback from torch
+    ("register_lao_500", lambda i, d: ["register", str(i["ct"]), str(i["cxr"]), "--pixel", "2", "--lao", "500",
+                                       "--out", str(d / "pose.json")], "--lao must be a finite number of degrees", {}),
+    ("demo_step_zero", lambda i, d: ["demo", "--step", "0", "--out", str(d / "demo")], "--step must be 1 to 180", {}),
+    ("demo_step_nan", lambda i, d: ["demo", "--step", "nan", "--out", str(d / "demo")], "--step", {}),
+    ("demo_step_tiny", lambda i, d: ["demo", "--step", "0.0001", "--out", str(d / "demo")], "--step", {}),
+    ("eval_world_seed_2_70", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--seed", str(2**70)], "--seed",
+     {}),
+    # campaign 5: --out a device node was replaced by the file; export-model into a checkpoint replaced its state
+    ("render_out_a_device", lambda i, d: _render(i, d, out=_fifo(d, "drr.nrrd")),
+     "cannot write here: is a named pipe (FIFO)", {}),
+    ("export_model_into_its_checkpoint", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
+                                                       str(d / "run" / "checkpoints" / "step_0000002" /
+                                                           "model.safetensors")], "inside a checkpoint folder", {}),
     # campaign 4: --isocenter 1 million km away was rendered (a pose file's is refused beyond 1 km)
     ("render_isocenter_1e9_mm", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--isocenter",
                                               "1e9", "0", "0", "--out", str(d / "drr.nrrd")], "isocenter", {}),

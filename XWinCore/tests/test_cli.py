@@ -188,3 +188,66 @@ def test_control_characters_in_a_file_name_are_escaped_in_the_error(tmp_path, ca
         main(["render", str(bad), "--lao", "0", "--cran", "0", "--mode", "\x1b[31mred", "--out", "x.png"])
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b[31mred" in err
+
+
+def test_names_that_are_not_utf8_are_refused_not_aborted(small_ct, tmp_path):
+    """Campaign 5: a NRRD named with bytes that are not UTF-8 killed the process inside SimpleITK (std::logic_error,
+    exit 134, no message), as input and as output. ITK formats refuse such names; PNG takes them."""
+    import os
+
+    bad_ct = os.fsencode(tmp_path) + b"/ct_\xff\xfe.nrrd"
+    with open(bad_ct, "wb") as f:
+        f.write(small_ct.read_bytes())
+
+    def xwin(*args):
+        return subprocess.run([sys.executable, "-m", "xwin", *args], capture_output=True, timeout=300)
+
+    for args in (["info", bad_ct],
+                 ["render", str(small_ct), "--lao", "0", "--cran", "0", "--out",
+                  os.fsencode(tmp_path) + b"/d\xff.nrrd"],
+                 ["export", str(small_ct), "--out", os.fsencode(tmp_path) + b"/seg_\xff"]):
+        r = xwin(*args)
+        assert r.returncode == 2, r.stderr
+        assert b"its name is not valid UTF-8" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = xwin("render", str(small_ct), "--lao", "0", "--cran", "0", "--out", os.fsencode(tmp_path) + b"/d\xff.png")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == [b"ct_\xff\xfe.nrrd", b"d\xff.png"]  # nothing else left
+
+
+def test_a_legal_250_character_output_name_is_written(small_ct, tmp_path):
+    """Campaign 5: the temporary beside a 250-character --out (legal) exceeded 255 characters: "File name too long"."""
+    out = tmp_path / ("o" * 245 + ".nrrd")
+    assert main(["render", str(small_ct), "--lao", "0", "--cran", "0", "--size", "16", "16", "--out", str(out)]) == 0
+    assert sitk.ReadImage(str(out)).GetSize()[:2] == (16, 16) and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_deflated_dicom_is_read(tmp_path):
+    """Campaign 5: a Deflated Explicit VR Little Endian film was refused as "pixel data is truncated" (the length
+    check compared the inflated offsets with the compressed file)."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from synthetic_dicom import radiograph
+
+    from xwin.io import read_radiograph
+    from xwin.io.dicom_compat import save
+
+    pixels = (np.arange(32 * 32).reshape(32, 32) % 4000).astype(np.uint16)
+    plain = radiograph(tmp_path / "plain.dcm", pixels, BitsStored=12, HighBit=11)
+    ds = pydicom.dcmread(plain)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    save(ds, tmp_path / "deflated.dcm")
+    assert (tmp_path / "deflated.dcm").stat().st_size < plain.stat().st_size  # really deflated
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "deflated.dcm").array,
+                                  read_radiograph(plain).array)
+
+
+def test_a_closed_output_pipe_ends_quietly(small_ct):
+    """Campaign 5: `xwin info CT | head -1` ended in a BrokenPipeError traceback; now quietly, exit 141."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before xwin writes
+    r = subprocess.run([sys.executable, "-m", "xwin", "info", str(small_ct)], stdout=write, stderr=subprocess.PIPE,
+                       timeout=300)
+    os.close(write)
+    assert r.returncode == 141 and r.stderr == b""

@@ -516,6 +516,23 @@ def test_a_stop_file_that_exists_or_cannot_appear_and_a_resume_without_checkpoin
     assert len(r.stderr.strip().splitlines()) == 1 and not run.exists()
 
 
+def test_resume_from_a_checkpoint_holding_an_exported_file_names_it(tiny_setup, trained_run, tmp_path):
+    """Campaign 5: a checkpoint whose model.safetensors was replaced by an exported model file (export-model --out
+    into the checkpoint, now refused too) gave a load_state_dict traceback on --resume."""
+    from xwin.errors import XWinInputError
+    from xwin.predict import export_model
+    from xwin.train import train
+
+    _, cfg_path, _ = tiny_setup
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    last = latest_checkpoint(run)
+    export_model(last, tmp_path / "exported.safetensors")
+    shutil.copy(tmp_path / "exported.safetensors", last / "model.safetensors")
+    with pytest.raises(XWinInputError, match=r"step_\d+/model.safetensors: does not hold this run's training weights"):
+        train(load_config(cfg_path), run, resume=True, progress="none")
+
+
 def test_film_folders_find_suffixless_dicom_and_name_what_they_hold(tiny_setup, tmp_path):
     """A PACS export names DICOM films without a suffix: found by their DICM marker. A folder with no film names a
     file it holds (bad-input campaign 4: a CT .nii in --cxr-dir was reported as the folder alone)."""

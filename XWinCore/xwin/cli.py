@@ -5,6 +5,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -190,6 +191,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
     from .io.writers import publish_together
 
+    if not 1.0 <= ns.step <= 180.0:  # NaN fails too; 1° is 181 DRRs and predictions (0.0001° was 1.8 million)
+        raise XWinInputError(None, f"--step must be 1 to 180 degrees (got {ns.step:g})")
     out = Path(ns.out)
     with publish_together() as publication:  # the three files, or none
         base = out if out.is_dir() else publication.stage(out, folder=True, make_parents=True)
@@ -232,6 +235,10 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
     from .predict import export_model
 
     run = Path(ns.checkpoint)
+    inside = Path(ns.out).resolve().parent
+    if (inside / "state.json").is_file() or (run / "checkpoints").resolve() in (inside, *inside.parents):
+        raise XWinInputError(ns.out, "--out lies inside a checkpoint folder: it would replace the training state that "
+                                     "--resume reads (write the model file elsewhere)")
     if ns.mean_from:
         print(export_model(run, ns.out, mean_from=ns.mean_from))
         return 0
@@ -284,8 +291,8 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
 
     if ns.renderings < 1:
         raise XWinInputError(None, f"--renderings must be >= 1 (got {ns.renderings})")
-    if ns.seed < 0:  # numpy's generators take no negative seed (it was a traceback)
-        raise XWinInputError(None, f"--seed must be >= 0 (got {ns.seed})")
+    if not 0 <= ns.seed < 2**63:  # numpy takes no negative seed, torch none of 2^64 or more (tracebacks)
+        raise XWinInputError(None, f"--seed must be 0 to 2^63 - 1 (got {ns.seed})")
     cts = list(ns.ct) + ([str(p) for p in split_cts(ns.cases, ns.split)] if ns.cases else [])
     if not cts:
         raise XWinInputError(None, "give the CTs to evaluate: --ct CT (repeatable) or --cases CSV [--split eval]")
@@ -797,6 +804,28 @@ def _on_sigterm(handler):
     return signal.signal(signal.SIGTERM, handler)
 
 
+# A library check that names no file speaks of its parameter ("geometry: sid must be ..."): the word → the command's
+# options (argparse dests, the first one the command has) that set that parameter.
+_PARAMETER_OPTIONS = (("SDD (", ("sid", "sdd")), ("mu_water", ("mu_water",)), ("isocenter must", ("isocenter",)),
+                      ("geometry: sid ", ("sid",)), ("geometry: sdd ", ("sdd",)), ("geometry: pixel ", ("pixel",)),
+                      ("detector height", ("det", "size")), ("detector width", ("det", "size")),
+                      ("iterations must", ("iters",)), ("TV weight", ("tv",)), ("grid spacing", ("spacing",)),
+                      ("segment", ("segment",)))
+
+
+def _with_option(ns: argparse.Namespace, problem: str) -> str:
+    """``problem`` prefixed with the option(s) behind it when it names none (the culprit of issue 16's contract)."""
+    if problem.startswith("-"):
+        return problem
+    for word, dests in _PARAMETER_OPTIONS:
+        if word in problem:
+            given = [d for d in dests if hasattr(ns, d)]
+            if given:
+                options = "/".join(f"--{d.replace('_', '-')}" for d in (given if word == "SDD (" else given[:1]))
+                return f"{options}: {problem.removeprefix('geometry: ')}"
+    return problem
+
+
 def _printable(message: str) -> str:
     """``message`` as one line of plain text: whitespace runs become one space, and any other control or format
     character (an ESC in a file name would drive the terminal) is shown as its escape, e.g. \\x1b."""
@@ -817,9 +846,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = _on_sigterm(_raise_terminated)
     try:
         _check_device(ns)
-        return ns.func(ns)
+        code = ns.func(ns)
+        sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:  # the output's reader closed the pipe: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+        return 141
     except XWinInputError as exc:
-        text = _printable(str(exc))
+        text = _printable(str(exc) if exc.path else _with_option(ns, exc.problem))
         print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the system refuses: missing, locked, too long (ENAMETOOLONG), a link loop...

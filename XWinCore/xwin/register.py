@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .defaults import ORIGIN_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
-from .geometry import D0, U0, V0, Geometry, Views, rotation
+from .geometry import CRAN_LIMIT_DEG, D0, LAO_LIMIT_DEG, U0, V0, Geometry, Views, rotation
 
 if TYPE_CHECKING:
     from .drr.projector import Mode
@@ -506,9 +506,16 @@ def register_files(ct: str | os.PathLike, image: str | os.PathLike, *, lao: floa
     from .drr import MU_WATER, Projector
     from .io import read_ct
 
-    for name, v in (("--lao", lao), ("--cran", cran), ("--roll", roll)):
-        if not math.isfinite(v):
-            raise XWinInputError(None, f"{name} must be a finite number of degrees")
+    for name, v, limit in (("--lao", lao, LAO_LIMIT_DEG), ("--cran", cran, CRAN_LIMIT_DEG), ("--roll", roll, 180.0)):
+        if not (math.isfinite(v) and abs(v) <= limit):
+            raise XWinInputError(None, f"{name} must be a finite number of degrees within -{limit:g}...{limit:g} "
+                                       f"(got {v:g})")
+    for name, mm in (("--pixel", pixel), ("--sid", sid), ("--sdd", sdd)):  # options, not the image, are to blame
+        if mm is not None and not (math.isfinite(mm) and mm > 0):
+            raise XWinInputError(None, f"{name} must be a positive number of mm (got {mm:g})")
+    if sid is not None and sdd is not None and not sdd > sid:
+        raise XWinInputError(None, f"--sdd ({sdd:g} mm) must exceed --sid ({sid:g} mm): the detector lies beyond the "
+                                   "isocenter")
     volume = read_ct(ct)
     array, geometry, mode, simulated = load_target(image, pixel, sid, sdd)
     projector = Projector(volume, geometry, isocenter=isocenter, mu_water=mu_water or MU_WATER)

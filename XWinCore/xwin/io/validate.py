@@ -58,6 +58,7 @@ _META_TYPES = {f"MET_{t}" for t in ("CHAR", "UCHAR", "SHORT", "USHORT", "INT", "
                                     "ULONG_LONG", "FLOAT", "DOUBLE")}  # numeric MetaIO element types (and _ARRAY)
 _NRRD = (".nrrd", ".nhdr")
 _META = (".mha", ".mhd")
+ITK_EXTENSIONS = _NIFTI + _NRRD + _META  # the formats SimpleITK reads and writes for XWin
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
 
@@ -74,6 +75,16 @@ def file_problem(path: str | os.PathLike) -> str | None:
     if not stat.S_ISREG(mode):
         return f"is {_KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a regular file"
     return None
+
+
+def check_name_encoding(path: Path) -> None:
+    """Refuse a path whose name is not valid UTF-8 (its undecodable bytes arrive as surrogates) before SimpleITK
+    sees it: ITK cannot take such a name and aborts the process (std::logic_error, exit 134, no message)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise XWinInputError(path, "its name is not valid UTF-8: ITK cannot open or write such a name (rename it)") \
+            from None
 
 
 def check_regular_file(path: Path) -> None:
@@ -152,6 +163,7 @@ def open_header(path: Path) -> sitk.ImageFileReader:
         _check_nrrd(path)
     elif has_extension(path, _META):
         _check_metaimage(path)
+    check_name_encoding(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     itk_read(path, reader.ReadImageInformation, "is truncated, corrupt or not an image file")
@@ -890,6 +902,8 @@ def _check_declared_length(path: Path, ds: pydicom.Dataset) -> None:
     """Pixel data not read yet (deferred) must fit in the file: reading a declared 4 GiB would allocate it first."""
     from .dicom_compat import stored_element
 
+    if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+        return  # Deflated Explicit VR Little Endian: offsets are in the inflated stream, not the file
     raw = stored_element(ds, 0x7FE00010)
     length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
     if getattr(raw, "value", b"") is not None or length in (None, 0xFFFFFFFF) or start is None:

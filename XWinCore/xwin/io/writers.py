@@ -17,7 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import XWinInputError
+from .formats import has_extension
 from .image import Radiograph, Volume, VoxelFrame
+from .validate import ITK_EXTENSIONS, check_name_encoding, file_problem
 
 ITK_WRITE_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
 
@@ -72,6 +74,10 @@ def check_target(path: str | os.PathLike, folder: bool = False, make_parents: bo
     reverse, one of the command's ``inputs`` (it would be overwritten), a missing parent folder (unless
     ``make_parents``), a parent that is a file or not writable."""
     path = Path(path)
+    if folder or has_extension(path, ITK_EXTENSIONS):  # what ITK will write (PNG and DICOM take any name)
+        check_name_encoding(path)
+    if path.exists() and not (path.is_dir() or path.is_file()):  # a device, FIFO or socket would be replaced
+        raise XWinInputError(path, f"cannot write here: {file_problem(path)}")
     if folder and path.exists() and not path.is_dir():
         raise XWinInputError(path, "cannot write a folder here: a file of that name exists")
     if not folder and path.is_dir():
@@ -88,6 +94,11 @@ def check_target(path: str | os.PathLike, folder: bool = False, make_parents: bo
     if not os.access(parent, os.W_OK | os.X_OK):
         raise XWinInputError(path, f"cannot write: permission denied (folder {parent})")
     return path
+
+
+def _short(name: str, keep: int = 200) -> str:
+    """``name`` cut to ``keep`` characters for a temporary beside it (file systems allow 255 bytes per name)."""
+    return name if len(name.encode("utf-8", "surrogateescape")) <= keep else name[:keep // 4]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -166,10 +177,11 @@ class Publication:
             for p in missing:
                 p.mkdir()
                 self.made.append(p)
+            stem = _short(path.name)  # a legal 250-character name must leave room for the temporary's additions
             if folder:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+                tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent))
             else:
-                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name)}")
+                tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name)}")
         except OSError as exc:
             raise write_error(path, exc) from None
         self.items.append((tmp, path, folder))
@@ -305,6 +317,7 @@ def itk_image(frame: VoxelFrame, array: np.ndarray | None = None, vector: bool =
 def itk_write(image: sitk.Image, path: Path, compress: bool = True) -> None:
     """``sitk.WriteImage`` that fails loudly: ITK's NIfTI writer reports a short write (a full disk) only on stderr
     and returns normally; that output, or an exception, becomes a RuntimeError carrying ITK's text."""
+    check_name_encoding(path)
     with captured_stderr() as stray:
         try:
             sitk.WriteImage(image, str(path), compress)

@@ -187,7 +187,14 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         step, sampler_state, fresh = 0, None, None
         if resume and last is not None:
             weights, opt_tensors, state = ckpt.load_checkpoint(last)
-            model.load_state_dict(weights)
+            try:
+                model.load_state_dict(weights)
+            except RuntimeError as exc:  # tensors of another model (an exported file copied over it...)
+                problem = " ".join(str(exc).split())
+                raise XWinInputError(last / "model.safetensors", "does not hold this run's training weights "
+                                     f"({problem[:200]}{'...' if len(problem) > 200 else ''})") from None
+            if "optimizer" not in state:
+                raise XWinInputError(last / "state.json", "holds no optimizer state: not a training checkpoint")
             ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"])  # type: ignore[arg-type]  # saved by train
             ckpt.restore_rng(state["rng"])
             step, sampler_state = state["step"], state.get("sampler")
