@@ -406,12 +406,6 @@ def _render(inputs, d, *extra, out="drr.nrrd") -> list[str]:
     return ["render", str(inputs["ct"]), "--lao", "0", "--cran", "0", "--out", str(d / out), *extra]
 
 
-def _fifo(d: Path, name: str) -> str:
-    """A FIFO named like an output file (a special file as --out: replaced by the output before campaign 5)."""
-    os.mkfifo(d / name)
-    return name
-
-
 def _run_folder(d: Path) -> Path:
     """A run folder with a checkpoint step_0000002 (the export is refused before anything in it is read)."""
     ckpt = d / "run" / "checkpoints" / "step_0000002"
@@ -501,7 +495,7 @@ REQUEST_CASES = [
     ("eval_world_seed_2_70", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--seed", str(2**70)], "--seed",
      {}),
     # campaign 5: --out a device node was replaced by the file; export-model into a checkpoint replaced its state
-    ("render_out_a_device", lambda i, d: _render(i, d, out=_fifo(d, "drr.nrrd")),
+    ("render_out_a_device", lambda i, d: _render(i, d, out=_fifo(d / "drr.nrrd").name),
      "cannot write here: is a named pipe (FIFO)", {}),
     ("export_model_into_its_checkpoint", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                        str(d / "run" / "checkpoints" / "step_0000002" /
