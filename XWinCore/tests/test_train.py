@@ -201,7 +201,14 @@ def test_shared_rendering_gives_each_group_one_jitter_and_zoom(tiny_setup, tiny_
                    shared_rendering=shared)
         return OnlineDrrSampler(training_cts(cfg)[:2], spec, **mix) if online else PairSampler(bank, **mix)
 
-    b = sampler(True).sample(12)
+    shared = sampler(True)
+    rendered = []
+    for projector in getattr(shared, "projectors", []):  # count the poses each render call is given
+        projector.render = (lambda render: lambda pose, **kw: rendered.append(len(pose)) or render(pose=pose, **kw))(
+            projector.render)
+    b = shared.sample(12)
+    if online:  # 12 targets + 1 PA context per group: the repeated context is rendered once
+        assert sum(rendered) == 12 + 3
     assert b["group"].tolist() == [0] * 4 + [1] * 4 + [2] * 4  # one group per draw, even of the same instance
     assert len(np.unique(b["d_lao"].numpy())) >= 3  # targets still at their own angles
     for g in range(3):

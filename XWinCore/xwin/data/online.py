@@ -7,7 +7,8 @@ PA view with probability ``pa_fraction`` else uniform too (CRAN 0 with probabili
 target's CRAN is 0 with probability ``target_cran0_fraction``), and per pair a fresh isocenter shift (LPS mm, σ
 ``iso_shift_mm``) and detector roll (degrees, σ ``roll_deg``) shared by its two views; with ``shared_rendering`` the
 ``pairs_per_instance`` pairs of one draw share one shift, roll and zoom (their views differ by angle alone) and form one
-group. Angles are in degrees; the action is target − context.
+group, and a view they repeat (the PA context of every pair) is rendered once. Angles are in degrees; the action is
+target − context.
 """
 from __future__ import annotations
 
@@ -67,11 +68,12 @@ class OnlineDrrSampler(_Sampler):
         context, target = torch.empty(2, batch_size, size, size, device=self.projectors[0].device)
         for i in np.unique(inst):
             rows = np.flatnonzero(inst == i)
-            poses = torch.stack([roll_pose(angles[r, 0], angles[r, 1], roll[r], shift[r])
-                                 for angles in (ctx, tgt) for r in rows])
+            views = np.concatenate([np.column_stack([angles[rows], roll[rows], shift[rows]]) for angles in (ctx, tgt)])
+            distinct, which = np.unique(views, axis=0, return_inverse=True)  # render a repeated view once
+            poses = torch.stack([roll_pose(lao, cran, r, np.array(s)) for lao, cran, r, *s in distinct])
             with torch.no_grad():
                 images = self.projectors[i].render(pose=poses, mode="radiograph")
-                images = F.avg_pool2d(images[:, None].float(), self.spec.supersample)[:, 0]
+                images = F.avg_pool2d(images[:, None].float(), self.spec.supersample)[:, 0][which.ravel()]
             context[rows], target[rows] = images[:len(rows)], images[len(rows):]
         d = (tgt - ctx).astype(np.float32)
         context, target = self._zoomed(context, target, runs if self.shared_rendering else None)

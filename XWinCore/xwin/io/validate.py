@@ -900,9 +900,11 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
 
 def _check_declared_length(path: Path, ds: pydicom.Dataset) -> None:
     """Pixel data not read yet (deferred) must fit in the file: reading a declared 4 GiB would allocate it first."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
     from .dicom_compat import stored_element
 
-    if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+    if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian:
         return  # Deflated Explicit VR Little Endian: offsets are in the inflated stream, not the file
     raw = stored_element(ds, 0x7FE00010)
     length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
