@@ -806,24 +806,21 @@ def _on_sigterm(handler):
 
 # A library check that names no file speaks of its parameter ("geometry: sid must be ..."): the word → the command's
 # options (argparse dests, the first one the command has) that set that parameter.
-_PARAMETER_OPTIONS = (("SDD (", ("sid", "sdd")), ("mu_water", ("mu_water",)), ("isocenter must", ("isocenter",)),
-                      ("geometry: sid ", ("sid",)), ("geometry: sdd ", ("sdd",)), ("geometry: pixel ", ("pixel",)),
-                      ("detector height", ("det", "size")), ("detector width", ("det", "size")),
-                      ("iterations must", ("iters",)), ("TV weight", ("tv",)), ("grid spacing", ("spacing",)),
-                      ("segment", ("segment",)))
+_PARAMETER_OPTIONS = {"height": ("det", "size"), "width": ("det", "size")}  # library parameter → its options
 
 
-def _with_option(ns: argparse.Namespace, problem: str) -> str:
-    """``problem`` prefixed with the option(s) behind it when it names none (the culprit of issue 16's contract)."""
-    if problem.startswith("-"):
-        return problem
-    for word, dests in _PARAMETER_OPTIONS:
-        if word in problem:
-            given = [d for d in dests if hasattr(ns, d)]
-            if given:
-                options = "/".join(f"--{d.replace('_', '-')}" for d in (given if word == "SDD (" else given[:1]))
-                return f"{options}: {problem.removeprefix('geometry: ')}"
-    return problem
+def _with_option(ns: argparse.Namespace, exc: XWinInputError) -> str:
+    """A problem of no file prefixed with the option(s) behind it (the culprit of issue 16's contract): each library
+    parameter it names (``exc.parameters``) as the first of its options (`_PARAMETER_OPTIONS`, else the option of its
+    name) that this command has."""
+    if exc.problem.startswith("-"):
+        return exc.problem
+    options: list[str] = []
+    for name in exc.parameters:
+        dest = next((d for d in _PARAMETER_OPTIONS.get(name, (name,)) if hasattr(ns, d)), None)
+        if dest is not None and f"--{dest.replace('_', '-')}" not in options:
+            options.append(f"--{dest.replace('_', '-')}")
+    return f"{'/'.join(options)}: {exc.problem.removeprefix('geometry: ')}" if options else exc.problem
 
 
 def _printable(message: str) -> str:
@@ -853,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
         return 141
     except XWinInputError as exc:
-        text = _printable(str(exc) if exc.path else _with_option(ns, exc.problem))
+        text = _printable(str(exc) if exc.path else _with_option(ns, exc))
         print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the system refuses: missing, locked, too long (ENAMETOOLONG), a link loop...

@@ -49,17 +49,20 @@ class Geometry:
         for name in ("sid", "sdd", "pixel"):
             v = float(getattr(self, name))
             if not np.isfinite(v) or v <= 0:
-                raise XWinInputError(None, f"geometry: {name} must be a positive number of mm, got {v}")
+                raise XWinInputError(None, f"geometry: {name} must be a positive number of mm, got {v}",
+                                     parameters=(name,))
             lo, hi = SPACING_MM if name == "pixel" else (0.0, ORIGIN_MM)  # no DRR beyond: a pixel of 1 nm, 1 km
             if not lo <= v <= hi:
-                raise XWinInputError(None, f"geometry: {name} must lie between {lo:g} and {hi:g} mm, got {v:g}")
+                raise XWinInputError(None, f"geometry: {name} must lie between {lo:g} and {hi:g} mm, got {v:g}",
+                                     parameters=(name,))
         if self.sdd <= self.sid:
             raise XWinInputError(None, f"geometry: SDD ({self.sdd} mm) must exceed SID ({self.sid} mm): "
-                                       "the detector lies beyond the isocenter")
+                                       "the detector lies beyond the isocenter", parameters=("sid", "sdd"))
         for name in ("height", "width"):
             v = getattr(self, name)
             if int(v) != v or v < 1:
-                raise XWinInputError(None, f"geometry: detector {name} must be a positive integer, got {v}")
+                raise XWinInputError(None, f"geometry: detector {name} must be a positive integer, got {v}",
+                                     parameters=(name,))
 
     @property
     def magnification(self) -> float:
@@ -207,7 +210,7 @@ def checked_isocenter(isocenter) -> np.ndarray:
     iso = np.asarray(isocenter, dtype=np.float64)
     if iso.shape != (3,) or not np.all(np.isfinite(iso)) or np.max(np.abs(iso)) > ORIGIN_MM:
         raise XWinInputError(None, f"isocenter must be 3 finite LPS coordinates in mm, within {ORIGIN_MM:g} mm (1 km) "
-                                   f"of the patient frame's origin, got {isocenter}")
+                                   f"of the patient frame's origin, got {isocenter}", parameters=("isocenter",))
     return iso
 
 

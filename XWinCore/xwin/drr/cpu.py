@@ -57,7 +57,8 @@ def radiograph_to_line(images: np.ndarray) -> np.ndarray:
 def checked_inputs(volume: Volume, isocenter, mu_water: float) -> tuple[np.ndarray, float]:
     """The isocenter (LPS mm, default: the CT grid centre) and μ_water of a projector, checked."""
     if not (np.isfinite(mu_water) and mu_water > 0):
-        raise XWinInputError(None, f"mu_water must be a positive attenuation per mm, got {mu_water}")
+        raise XWinInputError(None, f"mu_water must be a positive attenuation per mm, got {mu_water}",
+                             parameters=("mu_water",))
     return checked_isocenter(volume.center if isocenter is None else isocenter), float(mu_water)
 
 

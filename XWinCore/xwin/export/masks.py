@@ -120,12 +120,13 @@ def segment(volume: Volume, names=("lungs", "body", "bone")) -> dict[str, np.nda
     """Masks for the requested segment names (any of `SEGMENTS`), in the order given."""
     names = [n.strip().lower().replace("-", "_") for n in names if n.strip()]
     if not names:
-        raise XWinInputError(None, f"no segment requested; choose from {', '.join(SEGMENTS)}")
+        raise XWinInputError(None, f"no segment requested; choose from {', '.join(SEGMENTS)}", parameters=("segment",))
     bad = [n for n in names if n not in SEGMENTS]
     if bad:
-        raise XWinInputError(None, f"unknown segment(s) {', '.join(bad)}; choose from {', '.join(SEGMENTS)}")
+        raise XWinInputError(None, f"unknown segment(s) {', '.join(bad)}; choose from {', '.join(SEGMENTS)}",
+                             parameters=("segment",))
     if len(set(names)) != len(names):
-        raise XWinInputError(None, "each segment may be requested once")
+        raise XWinInputError(None, "each segment may be requested once", parameters=("segment",))
     body = body_mask(volume)
     out: dict[str, np.ndarray] = {}
     lungs = lung_masks(volume, body) if any(n.startswith("lung") for n in names) else []

@@ -42,7 +42,8 @@ class Grid(VoxelFrame):
         for name in ("spacing", "origin", "direction"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64))
         if self.spacing.shape != (3,) or not np.all(np.isfinite(self.spacing)) or np.any(self.spacing <= 0):
-            raise XWinInputError(None, f"grid spacing must be 3 positive numbers of mm, got {self.spacing}")
+            raise XWinInputError(None, f"grid spacing must be 3 positive numbers of mm, got {self.spacing}",
+                                 parameters=("spacing",))
         if self.direction.shape != (3, 3) or not np.allclose(self.direction.T @ self.direction, np.eye(3), atol=1e-4):
             raise XWinInputError(None, "grid direction must be an orthonormal 3×3 matrix")
 
@@ -81,7 +82,7 @@ def centered_grid(isocenter, size, spacing, direction=None) -> Grid:
     size = np.broadcast_to(np.asarray(size), (3,))
     sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}")
+        raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}", parameters=("spacing",))
     d = np.eye(3) if direction is None else np.asarray(direction, np.float64)
     origin = iso - d @ (sp * (size.astype(np.float64) - 1) / 2.0)
     return Grid(cast("tuple[int, int, int]", tuple(int(n) for n in size)), sp, origin, d)
@@ -103,7 +104,7 @@ def default_grid(geometry: Geometry, isocenter, size=None, spacing=None) -> Grid
     if spacing is not None:
         sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
         if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-            raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}")
+            raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}", parameters=("spacing",))
     if size is None and spacing is None:
         size = np.full(3, DEFAULT_SIZE)
     if spacing is None:

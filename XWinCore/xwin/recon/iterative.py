@@ -57,7 +57,7 @@ def _check(projections: torch.Tensor, views: Views, iters: int) -> None:
         raise XWinInputError(None, f"projections of shape {tuple(projections.shape)} do not match the "
                                    f"{views.batch} views of {views.height}×{views.width} pixels")
     if int(iters) != iters or iters < 1:
-        raise XWinInputError(None, f"iterations must be a positive integer, got {iters}")
+        raise XWinInputError(None, f"iterations must be a positive integer, got {iters}", parameters=("iters",))
 
 
 class _Operator:

@@ -60,6 +60,20 @@ def reconstruct(projections: torch.Tensor, views: Views, grid: Grid, method: str
     return run(projections, views, grid, iters=k, tv=tv, backend=backend, progress=progress, callback=callback).mu
 
 
+def check_options(method: str, iters: int | None, tv: float, window: str = "hann") -> None:
+    """Refuse an unknown method or filter window, a non-positive iteration count or a negative/NaN TV weight (HU)."""
+    if method not in METHODS:
+        raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
+                             parameters=("method",))
+    if window not in WINDOWS:
+        raise XWinInputError(None, f"unknown filter window {window!r}; choose one of {', '.join(WINDOWS)}",
+                             parameters=("window",))
+    if iters is not None and (int(iters) != iters or iters < 1):
+        raise XWinInputError(None, f"iterations must be a positive integer, got {iters}", parameters=("iters",))
+    if not (math.isfinite(tv) and tv >= 0):
+        raise XWinInputError(None, f"the TV weight must be ≥ 0 HU, got {tv}", parameters=("tv",))
+
+
 def reconstruct_from_ct(ct: Volume, views: int = 180, arc: float = 360.0, method: str = "fdk", iters: int | None = None,
                         size=None, spacing=None, geometry: Geometry | None = None, *, window: str = "hann",
                         tv: float = 0.0, grid: Grid | None = None, isocenter=None, mu_water: float = MU_WATER,
@@ -70,14 +84,7 @@ def reconstruct_from_ct(ct: Volume, views: int = 180, arc: float = 360.0, method
     geometry: detector and distances (default `Geometry()`); tv: TV weight in HU (μ = tv · μ_water / 1000).
     Returns the reconstruction in HU and {'psnr' (dB), 'ssim', 'rmse_hu', 'seconds' (reconstruction only)}.
     """
-    if method not in METHODS:
-        raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if window not in WINDOWS:
-        raise XWinInputError(None, f"unknown filter window {window!r}; choose one of {', '.join(WINDOWS)}")
-    if iters is not None and (int(iters) != iters or iters < 1):
-        raise XWinInputError(None, f"iterations must be a positive integer, got {iters}")
-    if not (math.isfinite(tv) and tv >= 0):
-        raise XWinInputError(None, f"the TV weight must be ≥ 0 HU, got {tv}")
+    check_options(method, iters, tv, window)
     lao = orbit_angles(views, arc)
     geometry = geometry or Geometry()
     projector = Projector(ct, geometry, isocenter=isocenter, mu_water=mu_water, device=device)

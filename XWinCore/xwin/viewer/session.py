@@ -425,23 +425,17 @@ class Session:
                         window: str = "hann", tv: float = 0.0, chunk: int = 8, **rest):
         """`xwin.recon.reconstruct_from_ct` step by step (same orbit, grid, reconstruction, coverage mask and
         scores), reporting after each chunk of rendered views (first half) and each iteration (second half)."""
-        import math
         import time
 
         from .. import recon
-        from ..recon.roundtrip import DEFAULT_ITERS
+        from ..recon.roundtrip import DEFAULT_ITERS, check_options
 
         assert self.ct is not None  # `reconstruct` checked it
         if rest:
             return recon.reconstruct_from_ct(self.ct, views=views, arc=arc, method=method, iters=iters, size=size,
                                              spacing=spacing, geometry=self.geometry, window=window, tv=tv,
                                              mu_water=self.mu_water, device=self.compute_device(), **rest)
-        if method not in recon.METHODS:
-            raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(recon.METHODS)}")
-        if iters is not None and (int(iters) != iters or iters < 1):
-            raise XWinInputError(None, f"iterations must be a positive integer, got {iters}")
-        if not (math.isfinite(tv) and tv >= 0):
-            raise XWinInputError(None, f"the TV weight must be ≥ 0 HU, got {tv}")
+        check_options(method, iters, tv, window)
         geometry = self.geometry
         device = self.compute_device()
         projector = self._projector
