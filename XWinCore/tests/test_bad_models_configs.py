@@ -259,6 +259,10 @@ SPECIAL_CONFIGS = [
      "bad.yaml"),
     ("cases_csv_same_ct_twice", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split\nct.nrrd,train\n"
                                                                              b"./ct.nrrd,train\n")), "cases.csv"),
+    # campaign 5's judgement call: a column named twice kept the last one without a word
+    ("cases_csv_split_column_twice", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split,split\n"
+                                                                                 b"ct.nrrd,eval,train\n")),
+     "cases.csv"),
     ("cxr_folder_with_truncated_png", lambda d: _data_yaml(d, cxr=[str(_films(d / "films"))]), "b.png"),
     ("bank_is_a_file", lambda d: _data_yaml(d, bank=str(_bytes(d / "bank.txt", b"not a bank"))), "bank.txt"),
     # campaign 3: a FIFO named like a film was skipped (the folder read one film short)

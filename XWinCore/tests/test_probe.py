@@ -263,3 +263,11 @@ def test_a_where_or_ablation_without_its_name_is_refused_by_option(tmp_path, cap
                  "--checkpoint", str(tmp_path / "model.safetensors")] + args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_labels_csv_naming_a_column_twice_is_refused(tmp_path):
+    """Which of two 'pneumonia' columns would label the films is a guess: refused, naming the file and the column."""
+    path = tmp_path / "labels.csv"
+    path.write_text("filename,source,pneumonia,pneumonia\na.png,nih,1,0\n")
+    with pytest.raises(XWinInputError, match=r"labels\.csv: the labels CSV names the column 'pneumonia' twice"):
+        read_rows(path)

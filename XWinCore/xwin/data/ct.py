@@ -6,7 +6,6 @@ reoriented. HU are shifted by +1024 while MONAI resamples so that zero padding m
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Hashable, Mapping
@@ -30,6 +29,7 @@ from ..errors import XWinInputError
 from ..io import read_ct
 from ..io.formats import ITK_EXTENSIONS, has_extension, is_dicom_file
 from ..io.image import Volume
+from ..io.tables import read_csv_rows
 from ..io.validate import file_problem
 
 
@@ -59,19 +59,7 @@ def split_cts(cases: str | Path, split: str) -> list[Path]:
     """The CT files of a cases CSV (columns ``file``, ``split``; files relative to the CSV's folder) whose split is
     ``split`` (e.g. ../shared/data/ct/cases.csv: ``train`` may train a shipped model, ``eval`` only evaluates)."""
     cases = Path(cases)
-    problem = file_problem(cases)  # a FIFO or a device would block or never end
-    if problem:
-        raise XWinInputError(cases, f"cannot read the cases CSV: {problem}")
-    try:
-        with open(cases, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) is not a column name
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise XWinInputError(cases, f"cannot read the cases CSV: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise XWinInputError(cases, f"cannot read the cases CSV: it is not UTF-8 text (byte "
-                                    f"0x{exc.object[exc.start]:02x})") from None
-    except csv.Error as exc:
-        raise XWinInputError(cases, f"cannot read the cases CSV: {exc}") from None
+    rows = read_csv_rows(cases, "cases CSV")
     if not rows or not {"file", "split"} <= set(rows[0]):
         raise XWinInputError(cases, "a cases CSV needs the columns 'file' and 'split'")
     short = next((n for n, r in enumerate(rows, 1) if not r["file"] or r["split"] is None), None)

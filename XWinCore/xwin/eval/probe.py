@@ -22,7 +22,6 @@ encoder that saw the probe films in training: one of them lies under a folder of
 from __future__ import annotations
 
 import copy
-import csv
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from scipy.stats import rankdata
 
 from ..data.cxr import load_cxrs
 from ..errors import XWinInputError
+from ..io.tables import read_csv_rows
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,7 @@ def bootstrap_ci(labels, scores, patients=None, n: int = 1000, seed: int = 0,
 
 def read_rows(csv_path: str | os.PathLike, where: dict[str, str] | None = None) -> list[dict]:
     """Rows of a labels CSV (columns filename, source, patient_id and the label columns), filtered by ``where``."""
-    try:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise XWinInputError(csv_path, f"cannot read labels: {exc.strerror or exc}") from None
+    rows = read_csv_rows(csv_path, "labels CSV")
     if rows and "filename" not in rows[0]:
         raise XWinInputError(csv_path, "labels CSV lacks the column 'filename'")
     for key in where or {}:
