@@ -256,3 +256,18 @@ def test_demo_cxr():
     spine = cxr.array[rows // 3: rows // 2, cols // 2 - 40: cols // 2 + 40].mean()
     lung = cxr.array[rows // 3: rows // 2, cols // 4 - 40: cols // 4 + 40].mean()
     assert spine > lung + 0.1
+
+
+def test_damaged_exif_is_reported_in_the_metadata_not_on_stderr(tmp_path, capsys):
+    """A JPEG whose EXIF block ends inside a tag: Pillow skips the tag with a UserWarning, which reached stderr on a
+    successful `xwin info` (campaign 5); it is now the film's ``decoder_warning``, shown by info."""
+    from xwin.cli import main
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010E] = 1, "x" * 100  # Orientation, ImageDescription
+    path = tmp_path / "film.jpg"
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(path, exif=exif.tobytes()[:-60])
+    assert "Skipping tag 270" in read_radiograph(path).meta["decoder_warning"]
+    assert main(["info", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "decoder warning" in out and "Skipping tag 270" in out

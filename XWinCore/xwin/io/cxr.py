@@ -220,11 +220,14 @@ def _read_raster(p: Path) -> Radiograph:
     Orientation says (a photo of a film: the stored pixels are sideways).
 
     The size the header declares is checked against the memory budget before anything is decoded; Pillow's own
-    decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well, as an error instead of a warning.
+    decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well, as an error instead of a warning. What
+    Pillow warns of otherwise (damaged EXIF tags it skipped) goes into ``meta["decoder_warning"]`` (`xwin info` shows
+    it), not onto stderr.
     """
     check_png(p)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p, formats=("PNG", "JPEG")) as im:  # not TIFF, BMP... whatever the name says
                 width, height = im.size
@@ -248,6 +251,8 @@ def _read_raster(p: Path) -> Radiograph:
         raise XWinInputError(p, f"pixel values outside the {depth}-bit range")
     meta = {"source": str(p), "format": file_format(p), "original_mode": mode,
             "original_dtype": f"uint{depth}", "bits_stored": str(depth)}
+    if warned:
+        meta["decoder_warning"] = "; ".join(dict.fromkeys(str(w.message) for w in warned))
     return Radiograph(pixels.astype(np.float32) / (2 ** depth - 1), None, meta)
 
 

@@ -44,7 +44,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             "pixel_spacing_mm": None if r.pixel_spacing is None else list(r.pixel_spacing),
             "value_range": [float(r.array.min()), float(r.array.max())],
             **{k: r.meta[k] for k in ("photometric_interpretation", "view_position", "original_dtype", "bits_stored",
-                                      "transfer_syntax") if k in r.meta}}
+                                      "transfer_syntax", "decoder_warning") if k in r.meta}}
 
 
 def _fmt(value: Any) -> str:
