@@ -263,6 +263,8 @@ SPECIAL_CONFIGS = [
     ("cases_csv_split_column_twice", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split,split\n"
                                                                                  b"ct.nrrd,eval,train\n")),
      "cases.csv"),
+    ("cases_csv_nul_in_a_file_name", lambda d: _data_yaml(d, ct=[], cases=_cases(d, b"file,split\nct\0.nrrd,train\n")),
+     "cases.csv"),  # campaign 6: a ValueError traceback from os.stat
     ("cxr_folder_with_truncated_png", lambda d: _data_yaml(d, cxr=[str(_films(d / "films"))]), "b.png"),
     ("bank_is_a_file", lambda d: _data_yaml(d, bank=str(_bytes(d / "bank.txt", b"not a bank"))), "bank.txt"),
     # campaign 3: a FIFO named like a film was skipped (the folder read one film short)
@@ -370,6 +372,17 @@ def test_bad_config(text, case_dir, capsys):
     assert "config" in line
 
 
+@pytest.mark.parametrize("data, key", [
+    ({"cxr": [""]}, "data.cxr[0]': an empty text"),  # campaign 6: "" was read as the working directory
+    ({"field_mm": 1e9}, "data.field_mm': must be <= 2000"),  # campaign 6: blamed on the detector pixel
+])
+def test_bad_config_value_names_its_key(data, key, case_dir, capsys):
+    config = _data_yaml(case_dir, **data)
+    line = _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, str(config),
+                    capsys)
+    assert f"config key '{key}" in line
+
+
 @pytest.mark.parametrize("make, culprit", [c[1:] for c in SPECIAL_CONFIGS], ids=[c[0] for c in SPECIAL_CONFIGS])
 def test_bad_config_file(make, culprit, case_dir, capsys):
     config = make(case_dir)
@@ -417,6 +430,15 @@ def _run_folder(d: Path) -> Path:
     for name in ("model.safetensors", "state.json"):
         (ckpt / name).write_bytes(b"")
     return d / "run"
+
+
+def _bank_folder(d: Path) -> Path:
+    """A run's DRR bank folder (RUN/bank) with its three files (nothing in it is read)."""
+    bank = d / "run" / "bank"
+    bank.mkdir(parents=True)
+    for name in ("manifest.json", "images.npy", "poses.npy"):
+        (bank / name).write_bytes(b"{}")
+    return bank
 
 
 def _many(n: int) -> list[str]:
@@ -480,6 +502,8 @@ REQUEST_CASES = [
     ("render_mu_water_nan", lambda i, d: _render(i, d, "--mu-water", "nan"), "--mu-water: mu_water", {}),
     ("render_isocenter_nan", lambda i, d: _render(i, d, "--isocenter", "nan", "0", "0"), "--isocenter: isocenter", {}),
     ("reconstruct_iters_zero", lambda i, d: _reconstruct(i, d, "--method", "sart", "--iters", "0"), "--iters: ", {}),
+    ("reconstruct_iters_1e9", lambda i, d: _reconstruct(i, d, "--method", "sart", "--iters", "1000000000"),
+     "--iters: iterations must be an integer from 1 to 10000", {}),  # campaign 6: ran for hours
     ("reconstruct_tv_negative", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "-5"), "--tv: ", {}),
     ("reconstruct_spacing_zero", lambda i, d: _reconstruct(i, d, "--spacing", "0"), "--spacing: grid spacing", {}),
     ("reconstruct_det_zero", lambda i, d: _reconstruct(i, d, "--det", "0", "16"), "--det: detector height", {}),
@@ -504,6 +528,9 @@ REQUEST_CASES = [
     ("export_model_into_its_checkpoint", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                        str(d / "run" / "checkpoints" / "step_0000002" /
                                                            "model.safetensors")], "inside a checkpoint folder", {}),
+    # campaign 6: export-model --out into the run's DRR bank replaced its images
+    ("export_model_into_its_bank", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
+                                                 str(_bank_folder(d) / "images.npy")], "inside a DRR bank folder", {}),
     # campaign 4: --isocenter 1 million km away was rendered (a pose file's is refused beyond 1 km)
     ("render_isocenter_1e9_mm", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--isocenter",
                                               "1e9", "0", "0", "--out", str(d / "drr.nrrd")], "isocenter", {}),

@@ -290,6 +290,11 @@ BAD = [
      ["not orthonormal"], {}),
     ("mha_offset_nan", lambda d: metaimage(d / "ct.mha", "Offset = nan 0 0\n"), ["origin", "not finite"], {}),
     ("mha_spacing_nan", lambda d: metaimage(d / "ct.mha", "ElementSpacing = 1 nan 1\n"), ["spacing", "nan"], {}),
+    # campaign 6: MetaIO read a 3D image's two-value Offset as origin (0, 0, 0) without a word
+    ("mha_offset_of_two_values", lambda d: metaimage(d / "ct.mha", "Offset = 10 20\n"),
+     ["offset holds 2 value(s), ndims = 3 needs 3"], {}),
+    ("mha_matrix_of_four_values", lambda d: metaimage(d / "ct.mha", "TransformMatrix = 1 0 0 1\n"),
+     ["transformmatrix holds 4 value(s)"], {}),
     # read today as something else than the file says: the header's own bytes as voxels, a lying bitpix, bytes of a
     # MET_STRING, a 'none' axis given 1 mm, garbage or zeros out of a broken zlib stream, too few slice files
     # campaign 2: read as if fine before — a NIfTI magic ITK takes for Analyze (orientation dropped), float NaN

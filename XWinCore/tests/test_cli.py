@@ -251,3 +251,22 @@ def test_a_closed_output_pipe_ends_quietly(small_ct):
                        timeout=300)
     os.close(write)
     assert r.returncode == 141 and r.stderr == b""
+
+
+def test_a_full_output_is_one_line_exit_2(small_ct):
+    """Campaign 6: `xwin info CT > /dev/full` ended in an OSError traceback (ENOSPC)."""
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "xwin", "info", str(small_ct)], stdout=full, stderr=subprocess.PIPE,
+                           timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.decode() == "xwin info: error: cannot write the output: No space left on device\n"
+
+
+def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):
+    """Campaign 6: argparse took `--lao -3e1` for an option ("expected at least one argument")."""
+    assert main(["render", str(small_ct), "--lao", "-3e1", "--cran", "-0", "--size", "8", "8", "--out",
+                 str(tmp_path / "sci.nrrd")]) == 0
+    assert main(["render", str(small_ct), "--lao", "-30", "--cran", "0", "--size", "8", "8", "--out",
+                 str(tmp_path / "plain.nrrd")]) == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sci.nrrd"))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nrrd"))))

@@ -540,6 +540,69 @@ def test_resume_from_a_checkpoint_holding_an_exported_file_names_it(tiny_setup, 
         train(load_config(cfg_path), run, resume=True, progress="none")
 
 
+def test_a_damaged_run_is_reported_against_the_file_that_has_it(tiny_setup, tiny_bank, trained_run, tmp_path):
+    """Campaign 6: a truncated model/optimizer file or a garbled state.json was blamed on the checkpoint folder, a
+    latest.json pointing outside the run on a missing run/model.safetensors, a truncated images.npy on the bank
+    folder (after --resume had already cut metrics.csv back), poses of the wrong shape went unnoticed, a changed
+    model section was blamed on the checkpoint, and export-model --out into the bank replaced its images."""
+    from xwin.config import XWinConfig
+    from xwin.errors import XWinInputError
+    from xwin.train import check_resumed_model, train
+
+    _, cfg_path, _ = tiny_setup
+    cfg = load_config(cfg_path)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    last = latest_checkpoint(run)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        damaged = tmp_path / f"damaged_{name}"
+        shutil.copytree(last, damaged)
+        with open(damaged / name, "r+b") as f:
+            f.truncate(f.seek(0, 2) // 2)
+        with pytest.raises(XWinInputError, match=f"{name}: not a readable safetensors file"):
+            load_checkpoint(damaged)
+    garbled = tmp_path / "garbled"
+    shutil.copytree(last, garbled)
+    (garbled / "state.json").write_text('{"step": 2,,')
+    with pytest.raises(XWinInputError, match="state.json: not a readable checkpoint state"):
+        load_checkpoint(garbled)
+    pointer = run / "checkpoints" / "latest.json"
+    kept = pointer.read_text()
+    pointer.write_text(json.dumps({"step": 2, "path": "../../../../etc"}))
+    with pytest.raises(XWinInputError, match="latest.json: names '../../../../etc', not a checkpoint folder"):
+        load_checkpoint(run)
+    with pytest.raises(XWinInputError, match="latest.json: names"):  # neither resumed nor trained over
+        train(cfg, run, progress="none")
+    pointer.write_text(kept)
+
+    bank = tmp_path / "bank"
+    shutil.copytree(tiny_bank, bank)
+    poses = np.load(bank / "poses.npy")
+    np.save(bank / "poses.npy", poses.reshape(poses.shape[0], -1))
+    with pytest.raises(XWinInputError, match=r"poses.npy: holds a float32 array of shape \(\d+, \d+\)"):
+        load_bank(bank)
+    np.save(bank / "poses.npy", poses)
+    with open(bank / "images.npy", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 100)
+    with pytest.raises(XWinInputError, match="images.npy: is truncated"):
+        load_bank(bank)
+    pointer.write_text(json.dumps({"step": 8, "path": "step_0000008"}))  # resuming from step 8 would cut rows 9-12
+    metrics = (run / "metrics.csv").read_text()
+    on_damaged_bank = XWinConfig.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "bank": str(bank)},
+                                            "train": {**cfg.to_dict()["train"], "total_steps": 20}})
+    with pytest.raises(XWinInputError, match="images.npy: is truncated"):
+        train(on_damaged_bank, run, resume=True, progress="none")
+    assert (run / "metrics.csv").read_text() == metrics  # the run is untouched by a resume that could not start
+    deeper = XWinConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "depth": 3}})
+    with pytest.raises(XWinInputError, match=r"c.yaml: model.depth is 3 here but \d in the run being resumed"):
+        check_resumed_model(deeper, run, tmp_path / "c.yaml")
+    check_resumed_model(cfg, run, cfg_path)  # the run's own config resumes
+
+    images = (bank / "images.npy").read_bytes()
+    assert main(["export-model", str(run), "--out", str(bank / "images.npy")]) == 2
+    assert (bank / "images.npy").read_bytes() == images
+
+
 def test_film_folders_find_suffixless_dicom_and_name_what_they_hold(tiny_setup, tmp_path):
     """A PACS export names DICOM films without a suffix: found by their DICM marker. A folder with no film names a
     file it holds (bad-input campaign 4: a CT .nii in --cxr-dir was reported as the folder alone)."""

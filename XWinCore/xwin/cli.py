@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import math
@@ -11,7 +12,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
@@ -206,13 +207,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .budget import check_training
     from .config import load_config
     from .models.model_file import read_weights
-    from .train import train, with_overrides
+    from .train import check_resumed_model, train, with_overrides
 
     cfg = with_overrides(load_config(ns.config), ns.ct_dir, ns.cxr_dir, ns.init)
     if cfg.train.init is not None:
         read_weights(cfg.train.init)  # a bad model file is refused before the run folder is made
     run = Path(ns.out) if ns.out else Path("runs") / Path(ns.config).stem
     check_training(cfg, ns.config, run, step=_train_on_cpu(ns.device))  # before the run folder and the bank
+    if ns.resume:
+        check_resumed_model(cfg, run, ns.config)
     last = train(cfg, run, resume=ns.resume, progress=ns.progress, device=ns.device, stop_file=ns.stop_file)
     if ns.progress != "jsonl":
         print(f"checkpoint: {last}")
@@ -239,6 +242,9 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
     if (inside / "state.json").is_file() or (run / "checkpoints").resolve() in (inside, *inside.parents):
         raise XWinInputError(ns.out, "--out lies inside a checkpoint folder: it would replace the training state that "
                                      "--resume reads (write the model file elsewhere)")
+    if (inside / "manifest.json").is_file():
+        raise XWinInputError(ns.out, "--out lies inside a DRR bank folder: it would replace the rendered training "
+                                     "views (write the model file elsewhere)")
     if ns.mean_from:
         print(export_model(run, ns.out, mean_from=ns.mean_from))
         return 0
@@ -541,7 +547,13 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line as well (issue 16), pointing to --help instead of printing usage."""
+    """argparse whose usage errors are one line as well (issue 16), pointing to --help instead of printing usage, and
+    that reads a negative number in exponent form (``--lao -3e1``) as a value, not as an option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse's own pattern (-30, -.5) misses exponents: -3e1 was taken for an option and the value went missing
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
@@ -830,6 +842,9 @@ def _printable(message: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # writes that fail for want of room
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends in one readable line on stderr and exit status 2 (no traceback)."""
     ns = build_parser().parse_args(argv)
@@ -855,6 +870,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a path the system refuses: missing, locked, too long (ENAMETOOLONG), a link loop...
         named = getattr(exc, "filename", None)
+        if named is None and exc.errno in _FULL:  # a full disk or quota (an output file's, or `> /dev/full`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+            print(f"xwin {ns.command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         if named is None and not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
                                                   NotADirectoryError)):
             raise

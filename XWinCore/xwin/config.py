@@ -99,6 +99,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise _fail(key, f"must be finite, got {value}")
+    if tp is str and not value.strip():  # YAML's "" or " ": read as a path, it would be the working directory
+        raise _fail(key, f"an empty text {_quote(value)} (give a value, or leave the key out)")
     if tp is str and len(value) > MAX_TEXT:
         raise _fail(key, f"a text of {len(value)} characters (at most {MAX_TEXT}): {_quote(value)}")
     return value
@@ -332,7 +334,7 @@ class DataConfig(_Section):
     spacing_mm: float = _f(2.0, gt=0.0)
     sid: float = _f(SID_MM, gt=0.0)
     sdd: float = _f(SDD_MM, gt=0.0)
-    field_mm: float = _f(435.2, gt=0.0)  # detector side (256 × 1.7 mm by default)
+    field_mm: float = _f(435.2, gt=0.0, le=2000.0)  # detector side (256 × 1.7 mm by default; a chest film: 430)
     pa_fraction: float = _f(0.5, ge=0.0, le=1.0)
     context_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)
     target_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import numpy as np
 import torch
@@ -157,12 +157,27 @@ def build_bank(cts: list[dict], out: str | os.PathLike, spec: BankSpec, quiet: b
 
 
 def load_bank(path: str | os.PathLike) -> Bank:
-    """Open a bank folder written by `build_bank` (images memory-mapped)."""
+    """Open a bank folder written by `build_bank` (images memory-mapped); a problem is reported against the file
+    that has it: (instances, views, size, size) images, (instances, views, 2) finite poses (lao, cran in degrees)."""
     path = Path(path)
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        images = np.load(path / "images.npy", mmap_mode="r")
-        poses = np.load(path / "poses.npy")
-    except (OSError, ValueError) as exc:
-        raise XWinInputError(path, f"not a readable DRR bank ({exc})") from None
-    return Bank(path, images, poses, manifest)
+    parts: dict[str, Any] = {}
+    for name, read in (("manifest.json", lambda f: json.loads(f.read_text())),
+                       ("images.npy", lambda f: np.load(f, mmap_mode="r")), ("poses.npy", np.load)):
+        try:
+            parts[name] = read(path / name)
+        except (OSError, ValueError, RecursionError) as exc:
+            problem = ("is truncated: shorter than its header declares" if "mmap length" in str(exc)
+                       else f"not a readable part of a DRR bank ({exc})")
+            raise XWinInputError(path / name, problem) from None
+    images, poses = parts["images.npy"], parts["poses.npy"]
+    if images.ndim != 4 or images.shape[2] != images.shape[3] or 0 in images.shape or images.dtype.kind != "f":
+        raise XWinInputError(path / "images.npy", f"holds a {images.dtype} array of shape {images.shape}; a DRR "
+                                                  "bank's images are floats, (instances, views, size, size)")
+    expected = (*images.shape[:2], 2)
+    if poses.shape != expected or poses.dtype.kind != "f":
+        raise XWinInputError(path / "poses.npy", f"holds a {poses.dtype} array of shape {poses.shape}; the bank's "
+                                                 f"images of shape {images.shape} need float angles of shape "
+                                                 f"{expected} (instances, views, lao/cran in degrees)")
+    if not np.isfinite(poses).all():
+        raise XWinInputError(path / "poses.npy", "holds NaN or infinite angles")
+    return Bank(path, images, poses, parts["manifest.json"])

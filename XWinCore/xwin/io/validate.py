@@ -72,6 +72,8 @@ def file_problem(path: str | os.PathLike) -> str | None:
         return "does not exist"
     except OSError as e:
         return f"cannot be read: {e.strerror or e}"
+    except ValueError:  # os.stat refuses an embedded NUL, which no file name can hold
+        return "its name holds a NUL character (\\0), which no file name can contain"
     if not stat.S_ISREG(mode):
         return f"is {_KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a regular file"
     return None
@@ -715,11 +717,27 @@ def _check_metaimage(path: Path) -> None:
                       ("transformmatrix", "direction"), ("rotation", "direction"), ("orientation", "direction")):
         if key in fields and not np.all(np.isfinite(_numbers(path, key, fields[key]))):  # MetaIO: nan becomes 0
             raise XWinInputError(path, f"{what} (MetaImage {key}) is not finite: {fields[key]}")
+    _check_metaimage_counts(path, fields)
     data = fields["elementdatafile"]
     if data.upper() != "LOCAL":
         names = _data_file_names(path, data, rest)
         _check_data_files(path, names)
         _check_slice_files(path, fields, data, names)
+
+
+def _check_metaimage_counts(path: Path, fields: dict[str, str]) -> None:
+    """Every geometry field holds NDims values (NDims² for a matrix): MetaIO reads ``Offset = 0 0`` of a 3D image as
+    origin (0, 0, 0) and a short ElementSpacing as spacing 1 without a word."""
+    try:
+        ndims = int(fields.get("ndims", ""))
+    except ValueError:
+        return  # MetaIO refuses a header without a readable NDims itself
+    for key, count in (("dimsize", ndims), ("elementspacing", ndims), ("elementsize", ndims), ("offset", ndims),
+                       ("origin", ndims), ("position", ndims), ("transformmatrix", ndims * ndims),
+                       ("rotation", ndims * ndims), ("orientation", ndims * ndims)):
+        if key in fields and len(fields[key].split()) != count:
+            raise XWinInputError(path, f"is corrupt: MetaImage {key} holds {len(fields[key].split())} value(s), "
+                                       f"NDims = {ndims} needs {count}")
 
 
 def _check_slice_files(path: Path, fields: dict[str, str], data: str, names: list[str]) -> None:

@@ -83,37 +83,63 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     return final
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
+def latest_checkpoint(run_dir: str | os.PathLike, strict: bool = False) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None (``strict``: a ``latest.json`` that exists but is
+    unreadable or names no checkpoint folder of this run is refused, naming it)."""
     root = Path(run_dir) / "checkpoints"
+    pointer_file = root / LATEST
     try:
-        pointer = json.loads((root / LATEST).read_text())
-    except (OSError, ValueError):
+        pointer = json.loads(pointer_file.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        if strict and (pointer_file.exists() or pointer_file.is_symlink()):
+            raise XWinInputError(pointer_file, f"not a readable checkpoint pointer ({_one_line(exc)})") from None
         return None
     name = pointer.get("path") if isinstance(pointer, dict) else None
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        if strict:
+            raise XWinInputError(pointer_file, f"names {_one_line(repr(name))}, not a checkpoint folder of this run "
+                                               "(expected a step_NNNNNNN folder beside it)")
         return None
     path = root / name
-    return path if (path / "state.json").is_file() else None
+    if (path / "state.json").is_file():
+        return path
+    if strict:
+        raise XWinInputError(pointer_file, f"names {name}, which holds no state.json (a deleted or partial checkpoint)")
+    return None
+
+
+def read_state(path: Path) -> dict:
+    """The ``state.json`` of checkpoint folder ``path`` (step, config as a validated plain dict, ...)."""
+    file = path / "state.json"
+    problem = file_problem(file)
+    if problem:
+        raise XWinInputError(file, problem)
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise XWinInputError(file, f"not a readable checkpoint state ({_one_line(exc)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise XWinInputError(file, "not an XWin checkpoint state (no step)")
+    state["config"] = _model_config(file, state.get("config")).to_dict()
+    return state
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
-    """(model tensors, optimizer tensors or None, state) of a checkpoint folder (or a run folder: its latest)."""
+    """(model tensors, optimizer tensors or None, state) of a checkpoint folder (or a run folder: its latest).
+    A problem is reported against the file that has it."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
-        path = latest_checkpoint(path) or path
-    try:
-        model = _load_tensors(path / "model.safetensors")
-        state = json.loads((path / "state.json").read_text())
-        opt_file = path / "optimizer.safetensors"
-        optim = _load_tensors(opt_file) if opt_file.is_file() else None
-    except XWinInputError:
-        raise
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise XWinInputError(path, f"not a readable XWin checkpoint ({_one_line(exc)})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise XWinInputError(path / "state.json", "not an XWin checkpoint state (no step)")
-    state["config"] = _model_config(path / "state.json", state.get("config")).to_dict()
+        last = latest_checkpoint(path, strict=True)
+        if last is None:
+            raise XWinInputError(path, f"holds no complete checkpoint (no checkpoints/{LATEST})")
+        path = last
+    elif path.is_dir() and not (path / "state.json").exists():
+        raise XWinInputError(path, "neither a training run (no checkpoints/ folder) nor a checkpoint folder (no "
+                                   "state.json)")
+    state = read_state(path)
+    model = _load_tensors(path / "model.safetensors")
+    opt_file = path / "optimizer.safetensors"
+    optim = _load_tensors(opt_file) if opt_file.is_file() else None
     return model, optim, state
 
 
@@ -159,7 +185,10 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise XWinInputError(path, f"a model file of {size / 2**30:.1f} GiB, more than the {budget / 2**30:g} GiB "
                                    f"allowed (set {MEMORY_ENV} to raise the limit)")
     _check_unique_names(path, size)
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:  # a truncated or foreign file
+        raise XWinInputError(path, f"not a readable safetensors file ({_one_line(exc)})") from None
     for name, value in tensors.items():
         if value.is_floating_point() and value.dtype not in _FLOAT_DTYPES:  # float8: no isfinite, no model math
             raise XWinInputError(path, f"weight {_one_line(name)} is {str(value.dtype).removeprefix('torch.')}; "

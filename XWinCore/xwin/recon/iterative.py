@@ -50,14 +50,23 @@ def _safe_inverse(t: torch.Tensor) -> torch.Tensor:
     return t.reciprocal_().masked_fill_(unsupported, 0.0)
 
 
+MAX_ITERS = 10_000  # SART converges in tens of iterations, CGLS in tens to hundreds: more is a typo (1e9: hours)
+
+
+def check_iterations(iters: int) -> None:
+    """Refuse an iteration count that is not an integer in 1 … `MAX_ITERS`."""
+    if int(iters) != iters or not 1 <= iters <= MAX_ITERS:
+        raise XWinInputError(None, f"iterations must be an integer from 1 to {MAX_ITERS}, got {iters}",
+                             parameters=("iters",))
+
+
 def _check(projections: torch.Tensor, views: Views, iters: int) -> None:
     if views.batch < 1 or projections.shape[0] < 1:
         raise XWinInputError(None, "the projection set is empty")
     if projections.shape != (views.batch, views.height, views.width):
         raise XWinInputError(None, f"projections of shape {tuple(projections.shape)} do not match the "
                                    f"{views.batch} views of {views.height}×{views.width} pixels")
-    if int(iters) != iters or iters < 1:
-        raise XWinInputError(None, f"iterations must be a positive integer, got {iters}", parameters=("iters",))
+    check_iterations(iters)
 
 
 class _Operator:

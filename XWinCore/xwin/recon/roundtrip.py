@@ -21,7 +21,7 @@ from ..geometry import Geometry, Views
 from ..io.image import Volume
 from .fdk import WINDOWS, Window, coverage, fdk
 from .grid import Grid, default_grid, to_volume
-from .iterative import cgls, sart
+from .iterative import cgls, check_iterations, sart
 from .metrics import compare
 
 METHODS = ("fdk", "sart", "cgls")
@@ -61,15 +61,16 @@ def reconstruct(projections: torch.Tensor, views: Views, grid: Grid, method: str
 
 
 def check_options(method: str, iters: int | None, tv: float, window: str = "hann") -> None:
-    """Refuse an unknown method or filter window, a non-positive iteration count or a negative/NaN TV weight (HU)."""
+    """Refuse an unknown method or filter window, an iteration count outside 1 … `MAX_ITERS` or a negative/NaN TV
+    weight (HU)."""
     if method not in METHODS:
         raise XWinInputError(None, f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
                              parameters=("method",))
     if window not in WINDOWS:
         raise XWinInputError(None, f"unknown filter window {window!r}; choose one of {', '.join(WINDOWS)}",
                              parameters=("window",))
-    if iters is not None and (int(iters) != iters or iters < 1):
-        raise XWinInputError(None, f"iterations must be a positive integer, got {iters}", parameters=("iters",))
+    if iters is not None:
+        check_iterations(iters)
     if not (math.isfinite(tv) and tv >= 0):
         raise XWinInputError(None, f"the TV weight must be ≥ 0 HU, got {tv}", parameters=("tv",))
 

@@ -155,6 +155,20 @@ def check_stop_file(path: Path) -> None:
         raise XWinInputError(path, f"--stop-file could never appear: its folder {path.parent} does not exist")
 
 
+def check_resumed_model(cfg: XWinConfig, run_dir: Path, config_file: str | Path) -> None:
+    """A resumed run keeps the model it was trained with: a config (``config_file``) whose ``model`` section differs
+    from the checkpoint's is refused, naming the first differing key (nothing to check without a checkpoint)."""
+    last = ckpt.latest_checkpoint(run_dir, strict=True)
+    if last is None:
+        return
+    theirs = ckpt.read_state(last)["config"]["model"]
+    for key, mine in cfg.to_dict()["model"].items():
+        if theirs.get(key) != mine:
+            raise XWinInputError(config_file, f"model.{key} is {mine!r} here but {theirs.get(key)!r} in the run being "
+                                              f"resumed ({last}): --resume continues that model (restore the "
+                                              "setting, or train into a new folder)")
+
+
 def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progress: str = "bar",
           device: str = "auto", stop_file: str | Path | None = None) -> Path | None:
     """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder.
@@ -171,7 +185,7 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         if d.main:
             run_dir.mkdir(parents=True, exist_ok=True)
         d.barrier()
-        last = ckpt.latest_checkpoint(run_dir)
+        last = ckpt.latest_checkpoint(run_dir, strict=True)
         if last is not None and not resume:
             raise XWinInputError(run_dir, "already holds a training run: pass --resume to continue it, "
                                           "or choose an empty folder")
@@ -198,11 +212,11 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"])  # type: ignore[arg-type]  # saved by train
             ckpt.restore_rng(state["rng"])
             step, sampler_state = state["step"], state.get("sampler")
-            if d.main:
-                trim_metrics(run_dir, step)
         elif t.init is not None:
             fresh = load_initial_weights(model, t.init)
         sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state, quiet=progress == "none")
+        if d.main and step:  # the run's metrics are cut back to the checkpoint only once everything else loaded
+            trim_metrics(run_dir, step)
         net: _Losses | DistributedDataParallel = _Losses(model)
         if d.world > 1:
             net = DistributedDataParallel(net, find_unused_parameters=True)
