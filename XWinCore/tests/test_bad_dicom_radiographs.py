@@ -736,6 +736,25 @@ def test_edge_series_are_read(tmp_path):
     assert volume.array.shape == (5, 32, 32) and volume.array.max() == 2 * (400 + 310 + 31) - 1024
 
 
+def test_signed_12_bit_values_without_sign_extension_are_read(tmp_path):
+    """Campaign 6: signed 12-bit values whose unused high bits are zero (-300 stored as 3796) were refused as outside
+    BitsStored; read as the sign-extended series is. High bits that are neither are still refused."""
+    def signed(high_bits: int | None):
+        def edit(ds):
+            values = np.frombuffer(ds.PixelData, "<u2").astype(np.int32) - 300
+            ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 12, 11
+            stored = values if high_bits is None else (values & 0x0FFF) | high_bits  # None: sign-extended
+            ds.PixelData = stored.astype("<i2").tobytes()
+        return edit
+
+    padded = read_ct(series(tmp_path / "padded", signed(0), slices=range(5))[0])
+    extended = read_ct(series(tmp_path / "extended", signed(None), slices=range(5))[0])
+    assert padded.array.min() <= 2 * -300 - 1024  # the negative values came through as negative
+    np.testing.assert_array_equal(padded.array, extended.array)
+    with pytest.raises(XWinInputError, match="BitsStored does not describe the data"):
+        read_ct(series(tmp_path / "garbage", signed(0x1000), slices=range(5))[0])
+
+
 def test_edge_radiographs_are_read(tmp_path):
     """A window inside the data, a valid VOI LUT (US and OW), a non-integer rescale under a VOI LUT, a SIGMOID window
     (its output range is found far from the centre, where exp overflows) and a PNG that is not blank: read without

@@ -912,8 +912,7 @@ def dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         shape = (rows, cols) if samples == 1 else (rows, cols, samples)
         if pixels.shape != shape:
             raise XWinInputError(path, f"pixel data decodes to {pixels.shape}, not Rows x Columns = {shape}")
-    check_bits_stored(path, pixels, m["BitsStored"], m["PixelRepresentation"])
-    return pixels
+    return check_bits_stored(path, pixels, m["BitsStored"], m["PixelRepresentation"])
 
 
 def _check_declared_length(path: Path, ds: pydicom.Dataset) -> None:
@@ -988,15 +987,21 @@ def _decoded(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     return pixels
 
 
-def check_bits_stored(path: Path, values: np.ndarray, bits_stored: int, signed: int) -> None:
-    """Every stored value must fit in BitsStored bits (two's complement when PixelRepresentation is 1)."""
+def check_bits_stored(path: Path, values: np.ndarray, bits_stored: int, signed: int) -> np.ndarray:
+    """The stored values as numbers: each must fit in BitsStored bits (two's complement when PixelRepresentation is
+    1). Signed values whose bits above HighBit are all zero (-1000 in 12 bits stored as 3096, not sign-extended) are
+    sign-extended: PS3.5 §8.1.1 leaves the bits above HighBit unused, and readers mask them (Orthanc's
+    DicomIntegerPixelAccessor.cpp, DCMTK). Anything else outside the range is refused: BitsStored is wrong."""
     lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
     vmin, vmax = int(values.min()), int(values.max())
+    if signed and values.dtype.kind == "i" and vmin >= 0 and hi < vmax < 2**bits_stored <= np.iinfo(values.dtype).max:
+        return np.where(values > hi, values - 2**bits_stored, values).astype(values.dtype)
     if vmin < lo or vmax > hi:
         outside = int(np.count_nonzero((values < lo) | (values > hi)))
         raise XWinInputError(path, f"{outside} pixels hold values outside the BitsStored = {bits_stored} "
                                    f"{'signed' if signed else 'unsigned'} range {lo}…{hi} (found {vmin}…{vmax}): "
                                    "BitsStored does not describe the data")
+    return values
 
 
 def check_float32(path: Path, values: np.ndarray, what: str) -> None:
