@@ -92,7 +92,7 @@ def test_geometry_alignment_uses_the_target_poses_and_needs_them():
         tgt = model.target_encoder(b["target"])
     labels = geometry_labels(torch.stack([b["d_lao"], b["d_cran"]], 1), b["patient"], 7.5)
     expected = soft_info_nce(view_latent(pred), view_latent(tgt), labels, 0.1)
-    assert float(out["contrastive"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out["contrastive"].detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
     b.pop("pose")
     with pytest.raises(KeyError, match="pose"):
         model.training_losses(b, 0, 10)
@@ -145,8 +145,8 @@ def test_view_contrast_in_the_losses_uses_the_volume_ids_and_needs_them():
         tgt = model.target_encoder(b["target"])
     expected = view_contrast_loss(view_latent(pred), view_latent(tgt), torch.stack([b["d_lao"], b["d_cran"]], 1),
                                   b["group"], 7.5, 0.1)
-    assert float(out["view_contrast"]) == pytest.approx(float(expected), rel=1e-4)
-    assert float(out["view_contrast"]) > 0
+    assert float(out["view_contrast"].detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
+    assert float(out["view_contrast"].detach()) > 0
     assert float(create_model(tiny()).training_losses(b, 0, 10)["view_contrast"]) == 0.0
     b.pop("group")
     with pytest.raises(KeyError, match="group"):
@@ -158,10 +158,10 @@ def test_collapse_guards_and_effective_rank_in_the_losses():
     model = create_model(tiny(variance=1.0, covariance=0.1))
     out = model.training_losses(batch(), 0, 10)
     emb = model.context_encoder(torch.cat([batch()["context"], batch()["real"]])).mean(1)
-    v, c = variance_covariance(emb)
-    assert float(out["variance"]) == pytest.approx(float(v), rel=1e-4)
-    assert float(out["covariance"]) == pytest.approx(float(c), rel=1e-4)
-    assert 1.0 <= float(out["effective_rank"]) <= 4.0
+    v, c = (t.detach() for t in variance_covariance(emb))
+    assert float(out["variance"].detach()) == pytest.approx(float(v), rel=1e-4)
+    assert float(out["covariance"].detach()) == pytest.approx(float(c), rel=1e-4)
+    assert 1.0 <= float(out["effective_rank"].detach()) <= 4.0
     out["variance"].backward()
     assert model.context_encoder.vit.patch_embed.proj.weight.grad.abs().sum() > 0
     off = create_model(tiny()).training_losses(batch(), 0, 10)
@@ -176,7 +176,7 @@ def test_mim_on_real_films_only():
     out = model.training_losses(b, 3, 10)
     with torch.no_grad():
         targets = model.target_encoder(b["real"])
-    assert float(out["mim"]) == pytest.approx(float(model._mim(b["real"], targets, 3)), rel=1e-4)
+    assert float(out["mim"].detach()) == pytest.approx(float(model._mim(b["real"], targets, 3).detach()), rel=1e-4)
 
 
 def test_context_decoder_starts_as_the_token_decoder_and_then_uses_the_context():
