@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +273,29 @@ def test_damaged_exif_is_reported_in_the_metadata_not_on_stderr(tmp_path, capsys
     assert main(["info", str(path)]) == 0
     out, err = capsys.readouterr()
     assert err == "" and "decoder warning" in out and "Skipping tag 270" in out
+
+
+def _png(path: Path, pixels: np.ndarray, colour_type: int) -> Path:
+    """A PNG written by hand (Pillow cannot write 16-bit grey+alpha): ``pixels`` (rows, columns, channels) uint16."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows, cols = pixels.shape[:2]
+    data = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)  # filter type 0 on every row
+    header = struct.pack(">IIBBBBB", cols, rows, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_16_bit_grey_and_alpha_png_says_it_was_read_at_8_bits(tmp_path):
+    """Campaign 6's judgement call: Pillow reads a 16-bit grey+alpha PNG at 8 bits without a word; the film now says so
+    in its decoder_warning (a 16-bit grey PNG keeps its 16 bits and no warning)."""
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7)
+    la = _png(tmp_path / "la16.png", np.stack([grey, np.full_like(grey, 65535)], -1), colour_type=4)
+    film = read_radiograph(la)
+    assert "read at 8 bits" in film.meta["decoder_warning"] and film.meta["bits_stored"] == "8"
+    np.testing.assert_allclose(film.array, (grey >> 8) / 255, atol=1 / 255)
+    full = read_radiograph(_png(tmp_path / "g16.png", grey[..., None], colour_type=0))
+    assert "decoder_warning" not in full.meta and full.meta["bits_stored"] == "16"
+    np.testing.assert_allclose(full.array, grey / 65535, atol=1e-6)

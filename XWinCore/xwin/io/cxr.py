@@ -217,7 +217,8 @@ def _dicom_spacing(p: Path, ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 def _read_raster(p: Path) -> Radiograph:
     """PNG/JPEG (8 or 16 bit, grey or colour) via Pillow, divided by the dtype maximum, turned as its EXIF
-    Orientation says (a photo of a film: the stored pixels are sideways).
+    Orientation says (a photo of a film: the stored pixels are sideways). Pillow reads a 16-bit PNG with colour or
+    alpha at 8 bits: said in ``meta["decoder_warning"]``.
 
     The size the header declares is checked against the memory budget before anything is decoded; Pillow's own
     decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) applies as well, as an error instead of a warning. What
@@ -234,6 +235,7 @@ def _read_raster(p: Path) -> Radiograph:
                 decoded = width * height * len(im.getbands()) * (4 if im.mode[0] in "IF" else 1)
                 check_budget(p, f"{width} x {height} pixels of mode {im.mode}", decoded,
                              decoded + width * height * 16)  # decoded, int64 or 8-bit grey, float32 result
+                reduced = any(";16" in str(tile[3]) for tile in im.tile) and not im.mode.startswith("I")
                 im.load()
                 mode = im.mode
                 shown = im if im.getexif().get(_EXIF_ORIENTATION, 1) == 1 else ImageOps.exif_transpose(im)
@@ -251,8 +253,12 @@ def _read_raster(p: Path) -> Radiograph:
         raise XWinInputError(p, f"pixel values outside the {depth}-bit range")
     meta = {"source": str(p), "format": file_format(p), "original_mode": mode,
             "original_dtype": f"uint{depth}", "bits_stored": str(depth)}
-    if warned:
-        meta["decoder_warning"] = "; ".join(dict.fromkeys(str(w.message) for w in warned))
+    notes = [str(w.message) for w in warned]
+    if reduced:  # Pillow decodes 16-bit grey+alpha and colour PNGs to 8 bits per channel
+        notes.append("a 16-bit PNG with colour or alpha channels, read at 8 bits (save the film as 16-bit greyscale "
+                     "PNG or DICOM to keep its depth)")
+    if notes:
+        meta["decoder_warning"] = "; ".join(dict.fromkeys(notes))
     return Radiograph(pixels.astype(np.float32) / (2 ** depth - 1), None, meta)
 
 
