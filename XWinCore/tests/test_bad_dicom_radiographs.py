@@ -66,6 +66,15 @@ def series(folder: Path, edit=None, slices=(2,), raw: tuple[bytes, bytes] | None
     return folder / "ct", files[slices[0] if slices else 0]
 
 
+def _alone(made: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The series folder with only its culprit file left in it."""
+    folder, culprit = made
+    for f in folder.iterdir():
+        if f != culprit:
+            f.unlink()
+    return folder, culprit
+
+
 def one(**tags):
     """An edit that sets DICOM attributes (valid values only: pydicom refuses the rest)."""
     return lambda ds: [setattr(ds, k, v) for k, v in tags.items()]
@@ -424,6 +433,9 @@ CT_PIXELS = [
     ("samples_per_pixel_3", lambda d: series(d, one(SamplesPerPixel=3)), ["truncated", "8 x 8 x 3 x 16"]),
     ("no_pixel_data", lambda d: series(d, drop("PixelData")), ["no pixel data"]),
     ("multi_frame", lambda d: series(d, one(NumberOfFrames=2)), ["multi-frame"]),
+    # campaign 6: an Enhanced CT (the series in one file) was "a single 2D slice; a CT volume needs at least 2"
+    ("enhanced_ct_in_one_file", lambda d: _alone(series(d, one(NumberOfFrames=5), slices=(0,))),
+     ["multi-frame (enhanced) ct image of 5 frames", "dcm2niix"]),
     ("pixel_data_cut_short", lambda d: series(d, one(PixelData=bytes(100))), ["truncated", "100 bytes"]),
     ("series_declares_40000_squared", lambda d: (series(d, one(Rows=40000, Columns=40000), slices=range(5))[0],) * 2,
      ["5 slices of 40000 x 40000", "xwin_max_volume_gb"]),
@@ -476,6 +488,8 @@ CXR_DICOM = [
                                                                               "eoi marker"]),
     ("cr_pixel_data_empty", lambda d: cr(d / "cxr.dcm", edit=lambda ds: setattr(ds, "PixelData", b"")),
      ["pixel data is truncated", "0 bytes"]),  # campaign 2: a TypeError traceback before
+    ("enhanced_ct_file_as_a_film", lambda d: cr(d / "ct.dcm", Modality="CT", NumberOfFrames=3),
+     ["multi-frame (enhanced) ct image of 3 frames"]),  # campaign 6: "pass the folder" led to "a single 2D slice"
     ("cr_slope_zero", lambda d: cr(d / "cxr.dcm", RescaleSlope=0, RescaleIntercept=0), ["rescaleslope is 0"]),
     ("cr_slope_nan", lambda d: cr(d / "cxr.dcm", RescaleSlope=7.75, RescaleIntercept=0, raw=(b"7.75", b"nan ")),
      ["rescaleslope", "nan"]),

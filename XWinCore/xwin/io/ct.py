@@ -23,6 +23,7 @@ from .validate import (
     ORTHONORMAL_TOL,
     check_budget,
     check_float32,
+    check_not_multiframe_volume,
     check_orthonormal,
     check_regular_file,
     check_voxel_data,
@@ -196,6 +197,7 @@ def _series_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     if other:  # the folder when no file is CT, else the first file that is not
         raise XWinInputError(folder if len(other) == len(headers) else other[0][0],
                              f"modality is {other[0][1]}, not CT")
+    check_not_multiframe_volume(*headers[0])  # a whole series in one file
     if len(headers) == 1:
         raise XWinInputError(folder, f"holds a single 2D slice ({headers[0][0].name}); a CT volume needs at least 2")
     return headers

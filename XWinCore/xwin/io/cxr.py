@@ -27,6 +27,7 @@ from .validate import (
     check_budget,
     check_float32,
     check_memory,
+    check_not_multiframe_volume,
     check_png,
     check_regular_file,
     check_voxel_data,
@@ -80,6 +81,7 @@ def _read_dicom(p: Path) -> Radiograph:
             raise XWinInputError(p, f"is a truncated or corrupt DICOM file ({type(e).__name__}: {e})") from None
     modality = str(ds.get("Modality", ""))
     if modality in CROSS_SECTIONAL:
+        check_not_multiframe_volume(p, ds)
         raise XWinInputError(p, f"modality {modality} is a cross-sectional slice, not a radiograph (pass the "
                                 "folder of a CT series to read it as a volume)")
     pixels = dicom_pixels(p, ds)

@@ -828,6 +828,16 @@ def dicom_rescale(path: Path, ds: pydicom.Dataset) -> tuple[float, float]:
     return slope, intercept
 
 
+def check_not_multiframe_volume(path: Path, ds: pydicom.Dataset) -> None:
+    """Refuse a multi-frame cross-sectional image (an Enhanced CT/MR object: a whole series in one file) with what to
+    do: XWin reads classic series, one slice per file."""
+    frames = str(ds.get("NumberOfFrames", "") or "").strip()
+    if frames.isdigit() and int(frames) > 1:
+        raise XWinInputError(path, f"is a multi-frame (Enhanced) {ds.get('Modality', '')} image of {frames} frames: "
+                                   "XWin reads classic series, one slice per file (convert it to NIfTI with "
+                                   "dcm2niix, or export it as classic slices)")
+
+
 def dicom_pixel_module(path: Path, ds: pydicom.Dataset) -> dict[str, int]:
     """Rows, Columns, SamplesPerPixel, BitsAllocated, BitsStored, PixelRepresentation of a single-frame image,
     checked against each other (no pixel data is read)."""
