@@ -435,16 +435,6 @@ def test_fine_tuning_starts_from_a_model_file_or_checkpoint(tiny_setup, trained_
     model = create_model(cfg)
     assert load_initial_weights(model, run) == []  # a run folder: its latest checkpoint, every module
     assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items())
-    # a deeper view predictor grows from the source: its new blocks start as the identity, the predictions unchanged
-    depth = cfg.model.predictor_depth
-    deeper = create_model(XWinConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"],
-                                                                           "predictor_depth": depth + 2}}))
-    assert load_initial_weights(deeper, run) == ["view_predictor.predictor"]
-    image, turn = torch.rand(2, 1, cfg.model.img_size, cfg.model.img_size), torch.tensor([30.0, -45.0])
-    with torch.no_grad():
-        torch.testing.assert_close(deeper.eval().predict_view(image, turn, torch.zeros(2)),
-                                   model.eval().predict_view(image, turn, torch.zeros(2)))
-    assert float(deeper.view_predictor.predictor.blocks[depth].mlp.fc2.weight.abs().sum()) == 0.0
     wider = XWinConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "embed_dim": 48}})
     with pytest.raises(XWinInputError, match="other model sizes"):
         load_initial_weights(create_model(wider), run)

@@ -107,9 +107,8 @@ def load_initial_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
 
     Every weight of the source must exist in ``model`` with the same shape, and the context encoder must be complete;
     modules the source lacks (the mask predictor and domain classifier of an exported file, or a newly enabled
-    ``model.decoder_refine``) keep their fresh initialisation. Transformer blocks a module has beyond the source's (a
-    deeper ``model.predictor_depth``) start as the identity (their attention and MLP outputs zeroed), so the grown
-    model computes what the source did. Returns the fresh names (``mask_predictor``, ``view_predictor.predictor``...).
+    ``model.decoder_refine``) keep their fresh initialisation. Returns their names (``mask_predictor``,
+    ``decoder.refine``...).
     """
     tensors, _ = ckpt.read_weights(path)
     weights = {k: v.float() for k, v in tensors.items() if not k.startswith("mean_projection.")}
@@ -125,12 +124,6 @@ def load_initial_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
         raise XWinInputError(path, f"train.init: the source lacks encoder weights such as "
                                    f"{next(k for k in missing if k.startswith('context_encoder.'))}")
     partly_loaded = {k.split(".")[0] for k in weights}
-    grown = {k.rsplit(".", 1)[0] for k in missing if k.split(".")[0] in partly_loaded
-             and k.endswith(("attn.proj.weight", "mlp.fc2.weight")) and ".blocks." in k}
-    with torch.no_grad():
-        for name in grown:  # a residual branch that adds nothing: the block passes its input through
-            for param in model.get_submodule(name).parameters():
-                param.zero_()
     return sorted({".".join(k.split(".")[:2]) if k.split(".")[0] in partly_loaded else k.split(".")[0]
                    for k in missing})
 
