@@ -432,6 +432,12 @@ def _run_folder(d: Path) -> Path:
     return d / "run"
 
 
+def _folder_holding(folder: Path, name: str) -> Path:
+    folder.mkdir()
+    (folder / name).write_text("the user's")
+    return folder
+
+
 def _bank_folder(d: Path) -> Path:
     """A run's DRR bank folder (RUN/bank) with its three files (nothing in it is read)."""
     bank = d / "run" / "bank"
@@ -528,6 +534,10 @@ REQUEST_CASES = [
     ("export_model_into_its_checkpoint", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                        str(d / "run" / "checkpoints" / "step_0000002" /
                                                            "model.safetensors")], "inside a checkpoint folder", {}),
+    # campaign 6: a DICOM series --out into a folder of other files replaced the folder, deleting them
+    ("reconstruct_series_into_a_folder_of_other_files", lambda i, d: _reconstruct(
+        i, d, "--size", "8", "8", "8", "--out", str(_folder_holding(d / "series", "keep.txt"))),
+     "series: holds 1 other file(s) or folder(s), e.g. 'keep.txt'", {}),
     # campaign 6: export-model --out into the run's DRR bank replaced its images
     ("export_model_into_its_bank", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                  str(_bank_folder(d) / "images.npy")], "inside a DRR bank folder", {}),

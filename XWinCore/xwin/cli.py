@@ -417,9 +417,12 @@ def _check_volume_target(out: Path, inputs: tuple[str | None, ...]) -> None:
     """Refuse an --out that is neither a volume file (.nrrd .nii.gz .nii .mha) nor a folder for a DICOM series."""
     if not out.name.lower().endswith(VOLUME_EXTENSIONS) and out.suffix:
         raise XWinInputError(out, "--out must end in .nrrd, .nii.gz, .nii or .mha, or name a folder for a DICOM series")
-    from .io.writers import check_target
-    series = not out.name.lower().endswith(VOLUME_EXTENSIONS)
-    check_target(out, folder=series, make_parents=series, inputs=inputs)  # refused before the work, not after
+    if out.name.lower().endswith(VOLUME_EXTENSIONS):
+        from .io.writers import check_target
+        check_target(out, inputs=inputs)  # refused before the work, not after
+    else:
+        from .export.dicom import check_series_target
+        check_series_target(out, inputs=inputs)
 
 
 def _identity_args(p: argparse.ArgumentParser) -> None:

@@ -195,9 +195,21 @@ def ct_series_datasets(volume: Volume, identity: dict[str, str] | None = None,
     return out
 
 
-def check_series_target(folder: str | os.PathLike) -> Path:
-    """Refuse a series folder name taken by a file (or unwritable) before any work."""
-    return check_target(folder, folder=True, make_parents=True)
+_SLICE_NAME = re.compile(r"slice_\d{4,}\.dcm")
+
+
+def check_series_target(folder: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+    """Refuse, before any work, a series folder name taken by a file (or unwritable), one of the command's
+    ``inputs``, or a folder holding anything but an earlier series' ``slice_NNNN.dcm``: the series replaces its
+    folder as a whole (a shorter new series must not leave old slices behind), which would delete the rest."""
+    path = check_target(folder, folder=True, make_parents=True, inputs=inputs)
+    if path.is_dir():
+        others = sorted(p.name for p in path.iterdir() if not _SLICE_NAME.fullmatch(p.name))
+        if others:
+            raise XWinInputError(path, f"holds {len(others)} other file(s) or folder(s), e.g. {others[0]!r}: a DICOM "
+                                       "series is written into a folder of its own, which it replaces as a whole "
+                                       "(give a new or empty folder)")
+    return path
 
 
 def write_datasets(datasets: list[Dataset], folder: str | os.PathLike) -> list[Path]:
