@@ -270,3 +270,25 @@ def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):
                  str(tmp_path / "plain.nrrd")]) == 0
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sci.nrrd"))),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nrrd"))))
+
+
+def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys):
+    """Campaign 6: `xwin --version` asked for a COMMAND; NUMBA_NUM_THREADS=0 and an MPLBACKEND matplotlib does not
+    know were tracebacks from numba's and matplotlib's imports. Files are drawn with Agg whatever MPLBACKEND says."""
+    import os
+
+    from xwin import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"xwin {__version__}\n"
+    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
+    r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "a")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr == ("xwin demo: error: NUMBA_NUM_THREADS must be a positive whole number "
+                                              "of threads, got '0' (unset it to use every core)\n")
+    env = {**os.environ, "MPLBACKEND": "no_such_backend"}
+    r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "b")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert (tmp_path / "b" / "world_model.png").is_file()

@@ -271,3 +271,19 @@ def test_labels_csv_naming_a_column_twice_is_refused(tmp_path):
     path.write_text("filename,source,pneumonia,pneumonia\na.png,nih,1,0\n")
     with pytest.raises(XWinInputError, match=r"labels\.csv: the labels CSV names the column 'pneumonia' twice"):
         read_rows(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--where", "sex="], "labels.csv: --where sex='' keeps no row of the labels CSV"),
+    (["--column", "sex", "--positive", ".*"],
+     "labels.csv: task custom (--column sex --positive '.*') needs positives and negatives: of 2 rows it kept 2 "
+     "positive and 0 negative"),
+])
+def test_filters_that_leave_no_task_name_themselves(tmp_path, capsys, args, message):
+    """Campaign 6: a --where that keeps no row, or a --positive that matches every row, was refused naming only the
+    labels CSV ("kept 0 positive and 0 negative rows")."""
+    (tmp_path / "labels.csv").write_text("filename,source,sex\na.png,MHH,M\nb.png,MHH,F\n")
+    assert main(["eval", "probe", "--labels", str(tmp_path / "labels.csv"), "--images", str(tmp_path),
+                 "--checkpoint", str(tmp_path / "model.safetensors")] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

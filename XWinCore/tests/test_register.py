@@ -17,6 +17,7 @@ from xwin.io import read_ct, read_radiograph
 from xwin.register import (
     Pose,
     Settings,
+    _start_offsets,
     level_geometries,
     load_target,
     pose_rotation,
@@ -158,6 +159,14 @@ def test_film_distances_come_from_the_flags_else_the_dicom_header_else_the_defau
         path = radiograph(tmp_path / f"{name}.dcm", pixels, ImagerPixelSpacing=[0.5, 0.5], **tags)
         _, g, _, _ = load_target(path)
         assert (g.sdd, g.sid) == (1800.0, 1600.0), name
+
+
+def test_restart_offsets_alternate_and_are_drawn_one_at_a_time():
+    """Campaign 6: --restarts 1000000000 built the list of a billion starts before the time limit could act (a hang);
+    the offsets are now drawn lazily, so the limit ends the search."""
+    import itertools
+    first = list(itertools.islice(_start_offsets(10**18, 15.0), 6))
+    assert first == [(0.0, 0.0), (15.0, 0.0), (-15.0, 0.0), (0.0, 15.0), (0.0, -15.0), (15.0, 0.0)]
 
 
 def test_a_pose_that_runs_to_the_bound_is_a_failure(demo):

@@ -598,6 +598,23 @@ def test_a_damaged_run_is_reported_against_the_file_that_has_it(tiny_setup, tiny
         check_resumed_model(deeper, run, tmp_path / "c.yaml")
     check_resumed_model(cfg, run, cfg_path)  # the run's own config resumes
 
+    # a binary metrics.csv was a UnicodeDecodeError; a folder named loss_curve.png stopped the run after its first
+    # new checkpoint; a deleted latest.json was "no checkpoint to resume from"
+    pointer.write_text(kept)
+    (run / "metrics.csv").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(XWinInputError, match="metrics.csv: is not the run's metrics table"):
+        train(cfg, run, resume=True, progress="none")
+    (run / "metrics.csv").write_text(metrics)
+    (run / "loss_curve.png").unlink()
+    (run / "loss_curve.png").mkdir()
+    with pytest.raises(XWinInputError, match="loss_curve.png: cannot write a file here: a folder"):
+        train(cfg, run, resume=True, progress="none")
+    (run / "loss_curve.png").rmdir()
+    pointer.unlink()
+    with pytest.raises(XWinInputError, match=r'latest.json: is missing: .* newest folder is step_0000012; write '
+                                             r'\{"step": 12, "path": "step_0000012"\}'):
+        train(cfg, run, resume=True, progress="none")
+
     images = (bank / "images.npy").read_bytes()
     assert main(["export-model", str(run), "--out", str(bank / "images.npy")]) == 2
     assert (bank / "images.npy").read_bytes() == images

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import __version__
 from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
 
@@ -25,6 +26,17 @@ def _check_memory(request: str, nbytes: float) -> None:
     from .budget import check_request
 
     check_request(None, request, nbytes)
+
+
+def _check_environment() -> None:
+    """Settings of the environment that would otherwise end in a library's traceback: the command line writes image
+    files only, so matplotlib draws with Agg whatever MPLBACKEND says (a name it does not know failed its import);
+    NUMBA_NUM_THREADS must be a positive whole number (numba refuses anything else at import)."""
+    os.environ["MPLBACKEND"] = "Agg"
+    threads = os.environ.get("NUMBA_NUM_THREADS")
+    if threads is not None and not (threads.strip().isdigit() and int(threads) > 0):
+        raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a positive whole number of threads, got {threads!r} "
+                                   "(unset it to use every core)")
 
 
 def _check_device(ns: argparse.Namespace) -> None:
@@ -360,6 +372,9 @@ def cmd_eval_probe(ns: argparse.Namespace) -> int:
         tasks = list(TASKS.values())
     where = dict(item.split("=", 1) for item in ns.where)
     rows = read_rows(ns.labels, where)
+    if where and not rows:
+        shown = " ".join(f"--where {k}={v!r}" for k, v in where.items())
+        raise XWinInputError(ns.labels, f"{shown} keeps no row of the labels CSV")
     sets = [task_set(rows, t, ns.images, ns.labels) for t in tasks]
     loaded = load_model(ns.checkpoint)
     torch.manual_seed(0)
@@ -565,6 +580,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xwin", description="XWin: chest-radiograph world models. "
                                      "Units: mm, degrees, HU; patient frame LPS (docs/geometry.md).")
+    parser.add_argument("--version", action="version", version=f"xwin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("render", help="DRRs of a CT at one or more C-arm poses",
@@ -860,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.disable()
     previous = _on_sigterm(_raise_terminated)
     try:
+        _check_environment()
         _check_device(ns)
         code = ns.func(ns)
         sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not in Python's flush at exit

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence, cast
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -285,6 +285,14 @@ class _TimeUp(Exception):
     pass
 
 
+def _start_offsets(restarts: int, step_deg: float) -> Iterator[tuple[float, float]]:
+    """(ΔLAO, ΔCRAN) offsets in degrees of the coarse-level starts: the start itself, then ± ``step_deg`` of LAO,
+    of CRAN, alternating (drawn one at a time: the time limit ends a huge ``restarts``)."""
+    yield 0.0, 0.0
+    for k in range(restarts):
+        sign = 1.0 if k % 2 == 0 else -1.0
+        yield (sign * step_deg, 0.0) if (k // 2) % 2 == 0 else (0.0, sign * step_deg)
+
 def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, mode: Mode = "radiograph",
              settings: Settings | None = None, mask_to_ct: bool = False, progress=None) -> RegistrationResult:
     """Estimate the C-arm pose (LAO, CRAN, roll in degrees; isocenter in LPS mm) at which ``projector``'s CT renders
@@ -397,12 +405,8 @@ def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, m
     start_sim = evaluate(w_start, finest)
 
     # coarse level: the start and restarts around it, best kept
-    steps = [(0.0, 0.0)]
-    for k in range(s.restarts):
-        sign = 1.0 if k % 2 == 0 else -1.0
-        steps.append((sign * s.restart_deg, 0.0) if (k // 2) % 2 == 0 else (0.0, sign * s.restart_deg))
     best_w, best_sim = w_start, -math.inf
-    for dl, dc in steps:
+    for dl, dc in _start_offsets(s.restarts, s.restart_deg):
         off = torch.tensor([dl, dc, 0, 0, 0, 0], dtype=torch.float64)
         w0 = w_start.clone()
         w0[:6] = torch.atanh(torch.clamp(off / bound, -0.999, 0.999))

@@ -164,8 +164,11 @@ def task_set(rows: Sequence[dict], task: ProbeTask, images: str | os.PathLike,
     keep, labels = task.select(rows)
     kept = [rows[i] for i in keep]
     if labels.sum() == 0 or (~labels).sum() == 0:
-        raise XWinInputError(csv_path, f"task {task.name}: needs positives and negatives, kept {labels.sum()} "
-                                       f"positive and {(~labels).sum()} negative rows")
+        rule = (f"--column {task.column} --positive {task.positive!r}" if task.name == "custom"
+                else f"{task.column} matching {task.positive!r}")
+        rule += f", negative {task.negative!r}" if task.negative else ""
+        raise XWinInputError(csv_path, f"task {task.name} ({rule}) needs positives and negatives: of {len(rows)} "
+                                       f"rows it kept {labels.sum()} positive and {(~labels).sum()} negative")
     files = [Path(images) / r["filename"] for r in kept]
     missing = [f for f in files if not f.is_file()]
     if missing:

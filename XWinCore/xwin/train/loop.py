@@ -19,12 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import XWinConfig
 from ..errors import XWinInputError
+from ..io.writers import check_target
 from ..models import create_model
 from ..models import model_file as ckpt
 from ..models.world_model import LOSS_KEYS, XWinWorldModel
 from .data import prepare_sampler
 from .distributed import Dist, setup, teardown
-from .progress import ProgressLog, plot_loss_curve, trim_metrics
+from .progress import LOSS_CURVE, METRICS, ProgressLog, plot_loss_curve, trim_metrics
 
 
 def native_cpu_bf16() -> bool:
@@ -190,8 +191,16 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             raise XWinInputError(run_dir, "already holds a training run: pass --resume to continue it, "
                                           "or choose an empty folder")
         if last is None and resume:
+            steps = sorted((run_dir / "checkpoints").glob("step_*/state.json"))
+            if steps:  # the folders are there, the pointer is not
+                newest = steps[-1].parent.name
+                raise XWinInputError(run_dir / "checkpoints" / ckpt.LATEST, "is missing: it names the checkpoint "
+                                     f"--resume continues (the newest folder is {newest}; write "
+                                     f'{{"step": {int(newest[5:])}, "path": "{newest}"}} into it to resume there)')
             raise XWinInputError(run_dir, "holds no checkpoint to resume from (a run stopped before its first "
                                           "checkpoint starts again without --resume)")
+        for name in (METRICS, LOSS_CURVE):  # a folder in their place would stop the run after its first checkpoint
+            check_target(run_dir / name)
         torch.manual_seed(t.seed + d.rank)
         model = create_model(cfg).to(d.device)
         for name in t.freeze:  # held at their initial weights: no gradient (and the target: no EMA step)

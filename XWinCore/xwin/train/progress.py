@@ -9,9 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import XWinInputError
 from ..io import atomic_output
 
 METRICS = "metrics.csv"
+LOSS_CURVE = "loss_curve.png"
 
 
 def trim_metrics(run_dir: Path, last_step: int) -> list[dict]:
@@ -19,9 +21,13 @@ def trim_metrics(run_dir: Path, last_step: int) -> list[dict]:
     path = run_dir / METRICS
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= last_step
-                and None not in r.values()]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= last_step
+                    and None not in r.values()]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise XWinInputError(path, f"is not the run's metrics table ({exc}): move it aside to resume (a new one is "
+                                   "started)") from None
     if rows:
         with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -103,7 +109,7 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = run_dir / "loss_curve.png"
+    out = run_dir / LOSS_CURVE
     with atomic_output(out) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
