@@ -432,6 +432,11 @@ def _run_folder(d: Path) -> Path:
     return d / "run"
 
 
+def _copy_into(file: Path, folder: Path) -> Path:
+    folder.mkdir()
+    return Path(shutil.copy(file, folder / file.name))
+
+
 def _folder_holding(folder: Path, name: str) -> Path:
     folder.mkdir()
     (folder / name).write_text("the user's")
@@ -538,6 +543,12 @@ REQUEST_CASES = [
     ("reconstruct_series_into_a_folder_of_other_files", lambda i, d: _reconstruct(
         i, d, "--size", "8", "8", "8", "--out", str(_folder_holding(d / "series", "keep.txt"))),
      "series: holds 1 other file(s) or folder(s), e.g. 'keep.txt'", {}),
+    # a CT given twice counted twice in the pooled scores; two CTs of one name: one silently replaced the other
+    ("eval_world_same_ct_twice", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--ct", str(i["ct"]),
+                                               "--checkpoint", str(i["model"])], "is given twice", {}),
+    ("eval_domain_two_cts_of_one_name", lambda i, d: [
+        "eval", "domain", "--cxr", str(d), "--ct", str(_copy_into(i["ct"], d / "a")), "--ct",
+        str(_copy_into(i["ct"], d / "b")), "--checkpoint", str(i["model"])], "has the name of another --ct", {}),
     # campaign 6: export-model --out into the run's DRR bank replaced its images
     ("export_model_into_its_bank", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                  str(_bank_folder(d) / "images.npy")], "inside a DRR bank folder", {}),

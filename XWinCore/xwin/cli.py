@@ -297,6 +297,17 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _distinct(cts: list[str]) -> list[str]:
+    """``cts``, refused when one file or folder is given twice (it would count twice in pooled scores)."""
+    seen: dict[Path, str] = {}
+    for ct in cts:
+        key = Path(ct).resolve()
+        if key in seen:
+            raise XWinInputError(ct, f"is given twice (also as {seen[key]}): each CT counts once in the pooled scores")
+        seen[key] = ct
+    return cts
+
+
 def cmd_eval_world(ns: argparse.Namespace) -> int:
     """View prediction on CTs never trained on, K jittered renderings each, against four baselines (a table, or one
     JSON object with --json)."""
@@ -311,7 +322,7 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
         raise XWinInputError(None, f"--renderings must be >= 1 (got {ns.renderings})")
     if not 0 <= ns.seed < 2**63:  # numpy takes no negative seed, torch none of 2^64 or more (tracebacks)
         raise XWinInputError(None, f"--seed must be 0 to 2^63 - 1 (got {ns.seed})")
-    cts = list(ns.ct) + ([str(p) for p in split_cts(ns.cases, ns.split)] if ns.cases else [])
+    cts = _distinct(list(ns.ct) + ([str(p) for p in split_cts(ns.cases, ns.split)] if ns.cases else []))
     if not cts:
         raise XWinInputError(None, "give the CTs to evaluate: --ct CT (repeatable) or --cases CSV [--split eval]")
     loaded = load_model(ns.checkpoint, ns.device)
@@ -335,7 +346,12 @@ def cmd_eval_domain(ns: argparse.Namespace) -> int:
         raise XWinInputError(None, f"--views must be >= 1 and --folds >= 2 (got {ns.views}, {ns.folds})")
     loaded = load_model(ns.checkpoint, ns.device)
     loaded.config.model.check_memory(ns.views * len(ns.ct), f"--views {ns.views} for {len(ns.ct)} CT(s)")
-    volumes = {Path(p).name.split(".")[0]: read_ct(p) for p in ns.ct}
+    names = {Path(p).name.split(".")[0]: p for p in _distinct(ns.ct)}
+    if len(names) < len(ns.ct):  # the results are keyed by name: a second CT of the same name would replace the first
+        twice = next(p for p in ns.ct if names[Path(p).name.split(".")[0]] != p)
+        raise XWinInputError(twice, f"has the name of another --ct ({names[Path(twice).name.split('.')[0]]}): the "
+                                    "results are reported per CT name; rename one of them")
+    volumes = {name: read_ct(p) for name, p in names.items()}
     result = evaluate_domain(loaded, ns.cxr, volumes, views=ns.views, folds=ns.folds)
     print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
     return 0
