@@ -346,11 +346,13 @@ def cmd_eval_domain(ns: argparse.Namespace) -> int:
         raise XWinInputError(None, f"--views must be >= 1 and --folds >= 2 (got {ns.views}, {ns.folds})")
     loaded = load_model(ns.checkpoint, ns.device)
     loaded.config.model.check_memory(ns.views * len(ns.ct), f"--views {ns.views} for {len(ns.ct)} CT(s)")
-    names = {Path(p).name.split(".")[0]: p for p in _distinct(ns.ct)}
-    if len(names) < len(ns.ct):  # the results are keyed by name: a second CT of the same name would replace the first
-        twice = next(p for p in ns.ct if names[Path(p).name.split(".")[0]] != p)
-        raise XWinInputError(twice, f"has the name of another --ct ({names[Path(twice).name.split('.')[0]]}): the "
-                                    "results are reported per CT name; rename one of them")
+    names: dict[str, str] = {}
+    for p in _distinct(ns.ct):  # the results are keyed by name: a second CT of the same name would replace the first
+        name = Path(p).name.split(".")[0]
+        if name in names:
+            raise XWinInputError(p, f"has the name of another --ct ({names[name]}): the results are reported per CT "
+                                    "name; rename one of them")
+        names[name] = p
     volumes = {name: read_ct(p) for name, p in names.items()}
     result = evaluate_domain(loaded, ns.cxr, volumes, views=ns.views, folds=ns.folds)
     print(json.dumps(result) if ns.json else json.dumps(result, indent=2))

@@ -293,6 +293,7 @@ def _start_offsets(restarts: int, step_deg: float) -> Iterator[tuple[float, floa
         sign = 1.0 if k % 2 == 0 else -1.0
         yield (sign * step_deg, 0.0) if (k // 2) % 2 == 0 else (0.0, sign * step_deg)
 
+
 def register(projector, image: np.ndarray, geometry: Geometry, start: Pose, *, mode: Mode = "radiograph",
              settings: Settings | None = None, mask_to_ct: bool = False, progress=None) -> RegistrationResult:
     """Estimate the C-arm pose (LAO, CRAN, roll in degrees; isocenter in LPS mm) at which ``projector``'s CT renders
