@@ -566,8 +566,8 @@ REQUEST_CASES = [
     ("budget_not_a_number", lambda i, d: _render(i, d), "XWIN_MAX_VOLUME_GB", {"XWIN_MAX_VOLUME_GB": "lots"}),
     ("reconstruct_views_1e8", lambda i, d: _reconstruct(i, d, "--views", "100000000"), "--views 100000000", {}),
     ("reconstruct_grid_2000_cubed", lambda i, d: _reconstruct(i, d, "--size", "2000", "2000", "2000"),
-     "2000 x 2000 x 2000", {}),
-    ("reconstruct_tiny_spacing", lambda i, d: _reconstruct(i, d, "--spacing", "0.01"), "reconstruction grid", {}),
+     "--size 2000 2000 2000 (a 2000 x 2000 x 2000", {}),  # campaign 7: the option was not named
+    ("reconstruct_tiny_spacing", lambda i, d: _reconstruct(i, d, "--spacing", "0.01"), "--spacing 0.01 (a ", {}),
     ("reconstruct_huge_detector", lambda i, d: _reconstruct(i, d, "--views", "2", "--det", "100000", "100000"),
      "100000 x 100000", {}),
     ("reconstruct_cxr_views_1e7", lambda i, d: ["reconstruct", str(i["cxr"]), "--checkpoint", str(i["model"]),
@@ -602,6 +602,11 @@ REQUEST_CASES = [
     ("predict_out_existing_file_several_poses", lambda i, d: [
         "predict", str(i["cxr"]), "--checkpoint", str(i["model"]), "--lao", "0", "30", "--cran", "0",
         "--out", str(d / _existing_file(d, "taken"))], "taken", {}),
+    # campaign 7: the viewer started Qt before looking at its files (without a display Qt aborted the process)
+    ("viewer_ct_missing", lambda i, d: ["viewer", "--ct", str(d / "nope.nrrd")], "nope.nrrd", {}),
+    ("viewer_ct_is_a_film", lambda i, d: ["viewer", "--ct", str(i["cxr"])], "cxr.png", {}),
+    ("viewer_without_a_display", lambda i, d: ["viewer", "--ct", str(i["ct"])], "needs a display",
+     {"DISPLAY": "", "WAYLAND_DISPLAY": "", "QT_QPA_PLATFORM": ""}),
     # campaign 4: an --out that is the command's own input was overwritten (the CT replaced by its DRR)
     ("render_out_is_its_ct", lambda i, d: ["render", str(shutil.copy(i["ct"], d / "ct.nrrd")), "--lao", "0", "--cran",
                                            "0", "--size", "8", "8", "--out", str(d / "ct.nrrd")], "ct.nrrd", {}),

@@ -328,6 +328,9 @@ BAD = [
      ["compresseddatasize", "'-5'"], {}),
     ("nifti_vox_offset_inside_header", lambda d: nifti(d / "ct.nii", (VOX_OFFSET, "f", 0.0)),
      ["vox_offset is 0", "inside the 352-byte header"], {}),
+    # campaign 7: an extension flag with no room for the extension: its bytes were read as the first voxels
+    ("nifti_extension_flag_without_room", lambda d: nifti(d / "ct.nii", (348, "4b", (1, 0, 0, 0))),
+     ["extension flag is set", "vox_offset 352"], {}),
     ("nifti_bitpix_contradicts_datatype", lambda d: nifti(d / "ct.nii", (BITPIX, "h", 8)),
      ["bitpix is 8", "datatype 4 has 16 bits"], {}),
     ("mha_element_type_string", lambda d: metaimage(d / "ct.mha", element_type="MET_STRING"),

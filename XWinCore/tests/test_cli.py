@@ -262,6 +262,34 @@ def test_a_full_output_is_one_line_exit_2(small_ct):
     assert r.stderr.decode() == "xwin info: error: cannot write the output: No space left on device\n"
 
 
+def test_closed_standard_streams(small_ct, tmp_path):
+    """Campaign 7: with stdout closed (`>&-`) `xwin info` and a valid `xwin render` (its output written) ended in an
+    AttributeError traceback, exit 1; with stderr closed (`2>&-`) the error line went into stdout."""
+    ok = subprocess.run(["sh", "-c", '"$0" -m xwin render "$1" --lao 0 --cran 0 --size 8 8 --out "$2" >&-',
+                         sys.executable, str(small_ct), str(tmp_path / "drr.nrrd")], capture_output=True, timeout=300)
+    assert ok.returncode == 0 and ok.stderr == b"" and (tmp_path / "drr.nrrd").is_file()
+    bad = subprocess.run(["sh", "-c", '"$0" -m xwin info "$1" 2>&-', sys.executable, str(tmp_path / "nope.nrrd")],
+                         capture_output=True, timeout=300)
+    assert bad.returncode == 2 and bad.stdout == b""
+
+
+@pytest.mark.parametrize("stop, code, line", [(KeyboardInterrupt, 130, "interrupted"), (None, 143, "terminated")])
+def test_a_signal_inside_compiled_code_is_still_an_interruption(small_ct, monkeypatch, capsys, stop, code, line):
+    """Campaign 7: Ctrl-C or SIGTERM landing inside a numba-compiled call surfaces as `SystemError: ... returned a
+    result with an exception set` caused by the interruption: it was a traceback, exit 1."""
+    import xwin.cli as cli
+
+    def interrupted(ns):
+        raise SystemError("CPUDispatcher(<function forward>) returned a result with an exception set") from (
+            stop or cli.Terminated)()
+    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    assert main(["info", str(small_ct)]) == code
+    assert capsys.readouterr().err == f"xwin info: {line}\n"
+    monkeypatch.setattr(cli, "cmd_info", lambda ns: (_ for _ in ()).throw(SystemError("another bug")))
+    with pytest.raises(SystemError, match="another bug"):
+        main(["info", str(small_ct)])
+
+
 def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):
     """Campaign 6: argparse took `--lao -3e1` for an option ("expected at least one argument")."""
     assert main(["render", str(small_ct), "--lao", "-3e1", "--cran", "-0", "--size", "8", "8", "--out",

@@ -244,7 +244,19 @@ def test_cli_probe_marks_the_model_transductive_on_its_training_films(tmp_path, 
     assert "transductive" in table and "custom" in table and "random_init" in table and "source-only AUROC" in table
     assert main(["eval", "probe", "--labels", str(folder / "labels.csv"), "--images", str(folder),
                  "--checkpoint", str(model), "--task", "height"]) == 2
-    assert "unknown probe task" in capsys.readouterr().err
+    assert "--task 'height': unknown probe task" in capsys.readouterr().err
+    # campaign 7: more folds than patients ran the patients' number silently; k-shot beyond the films a training
+    # fold holds reported fewer shots as k; a trillion bootstrap resamples ran until killed
+    mine = args[:-6] + ["--labels", str(folder / "labels.csv"), "--images", str(folder), "--json"]
+    assert main(mine + ["--folds", "1000", "--shots", "0", "--resamples", "20"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["folds"] == 1000 and result["tasks"]["custom"]["folds"] == 6  # one patient per fold
+    for extra, message in ((["--folds", "2", "--shots", "4", "--resamples", "20"],
+                            "--shots 4: task custom has 3 positive or negative film(s) in its smallest training fold"),
+                           (["--resamples", "1000000000000"], "--resamples 1 to 100000")):
+        assert main(mine + extra) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and message in err, err
 
 
 @pytest.mark.parametrize("positive, negative, option", [("(", None, "--positive"), ("yes", "[a-", "--negative")])

@@ -10,7 +10,8 @@ CT and model cancels), and rounded up from the largest slope:
 
 - ``xwin render``: 16.0 B per detector pixel (numba path, 256² vs 2048²; 11.9 vs 3072²), 12.0 (torch `Projector`,
   256² vs 2048² and 3072²). 20 leaves a quarter of headroom; the former estimate, 64, was 4x too high.
-- ``xwin reconstruct``, projections: 68 B per projection pixel (FDK round trip, 20 vs 400 views of 256²; OS-SART 20).
+- ``xwin reconstruct``, projections: 68 B per projection pixel (FDK round trip, 20 vs 400 views of 256²; OS-SART 20),
+  72 with many small views (20,000 vs 100,000 views of 16², campaign 7: the per-view bookkeeping shows there).
   The former 12 missed FFT rows zero-padded to twice the width and float64 weights: 5.7x too low.
 - ``xwin reconstruct``, output grid: 98 B/voxel (FDK, 64³ vs 320³, scoring included), 110 (OS-SART, 64³ vs 256³).
   The former 24 was 4.6x too low.
@@ -35,7 +36,7 @@ from pathlib import Path
 from .errors import XWinInputError
 
 DRR_BYTES_PER_PIXEL = 20  # xwin render, per detector pixel (measured 12-16)
-SINOGRAM_BYTES_PER_PIXEL = 68  # xwin reconstruct, per projection pixel (measured 20-68)
+SINOGRAM_BYTES_PER_PIXEL = 72  # xwin reconstruct, per projection pixel (measured 20-72)
 GRID_BYTES_PER_VOXEL = 112  # xwin reconstruct, per output voxel (measured 98-110)
 BANK_BYTES_PER_PIXEL = 4  # DRR bank images: float16 list + stacked copy
 BANK_TRANSIENT = 1 << 30  # DRR bank: deforming one thorax CT at 2 mm (measured 0.84-0.98 GB)

@@ -366,16 +366,16 @@ def cmd_eval_probe(ns: argparse.Namespace) -> int:
 
     import torch
 
-    from .eval.probe import TASKS, ProbeTask, format_table, probe, read_rows, task_set
+    from .eval.probe import MAX_RESAMPLES, TASKS, ProbeTask, format_table, probe, read_rows, task_set
     from .models import create_model
     from .predict import load_model
 
-    if ns.folds < 2 or any(k < 0 for k in ns.shots) or ns.resamples < 1:
-        raise XWinInputError(None, f"--folds must be >= 2, --shots >= 0 and --resamples >= 1 "
+    if ns.folds < 2 or any(k < 0 for k in ns.shots) or not 1 <= ns.resamples <= MAX_RESAMPLES:
+        raise XWinInputError(None, f"--folds must be >= 2, --shots >= 0 and --resamples 1 to {MAX_RESAMPLES} "
                                    f"(got {ns.folds}, {ns.shots}, {ns.resamples})")
     unknown = [t for t in ns.task if t not in TASKS]
     if unknown:
-        raise XWinInputError(None, f"unknown probe task {unknown[0]!r} (built-in: {', '.join(TASKS)})")
+        raise XWinInputError(None, f"--task {unknown[0]!r}: unknown probe task (built-in: {', '.join(TASKS)})")
     for option, items, form in (("--where", ns.where, "COLUMN=VALUE"), ("--ablation", ns.ablation, "NAME=PATH")):
         bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
         if bad:
@@ -410,7 +410,18 @@ def cmd_eval_probe(ns: argparse.Namespace) -> int:
 
 
 def cmd_viewer(ns: argparse.Namespace) -> int:
-    """The XWinSlicer panel as a standalone window (needs PySide6, Qt.py and a display)."""
+    """The XWinSlicer panel as a standalone window (needs PySide6, Qt.py and a display). The files it is given are
+    read first, and a missing display is refused, before Qt starts (Qt aborts the process without a display)."""
+    from .io import read_ct, read_radiograph
+
+    if ns.ct:
+        read_ct(ns.ct)
+    if ns.cxr:
+        read_radiograph(ns.cxr)
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                 or os.environ.get("QT_QPA_PLATFORM")):
+        raise XWinInputError(None, "the viewer needs a display: DISPLAY and WAYLAND_DISPLAY are unset "
+                                   "(QT_QPA_PLATFORM=offscreen runs it without one)")
     try:
         from .viewer.app import main as viewer_main
     except ImportError as exc:
@@ -497,7 +508,10 @@ def _check_reconstruction(views: int, det, geometry, ns: argparse.Namespace) -> 
     _check_memory(f"--views {views} of {det[0]} x {det[1]} pixels",
                   views * det[0] * det[1] * SINOGRAM_BYTES_PER_PIXEL)
     shape = default_grid(geometry, (0.0, 0.0, 0.0), ns.size, ns.spacing).shape_ijk
-    _check_memory(f"a {' x '.join(map(str, shape))} reconstruction grid", math.prod(shape) * GRID_BYTES_PER_VOXEL)
+    request = f"--size {' '.join(map(str, ns.size))}" if ns.size else f"--spacing {ns.spacing:g}" if ns.spacing \
+        else "the default grid"
+    _check_memory(f"{request} (a {' x '.join(map(str, shape))} reconstruction grid)",
+                  math.prod(shape) * GRID_BYTES_PER_VOXEL)
 
 
 def cmd_reconstruct(ns: argparse.Namespace) -> int:
@@ -892,6 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     one_shot = argv is None and ns.command == "render"
     if one_shot:
         gc.disable()
+    # a closed standard stream (`>&-`, `2>&-`) is None in Python: what would go there is dropped, as print() does,
+    # rather than failing on flush or sending errors into the data stream
+    sys.stdout = sys.stdout or open(os.devnull, "w")
+    sys.stderr = sys.stderr or open(os.devnull, "w")
     previous = _on_sigterm(_raise_terminated)
     try:
         _check_environment()
@@ -920,12 +938,16 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{shown}: " if shown else ""
         print(f"xwin {ns.command}: error: {_printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"xwin {ns.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"xwin {ns.command}: terminated", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated, SystemError) as exc:
+        # Ctrl-C or SIGTERM inside a numba-compiled call surfaces as a SystemError caused by the interruption
+        stop = exc.__cause__ if isinstance(exc, SystemError) else exc
+        if isinstance(stop, KeyboardInterrupt):
+            print(f"xwin {ns.command}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(stop, Terminated):
+            print(f"xwin {ns.command}: terminated", file=sys.stderr)
+            return 143
+        raise
     finally:
         if previous is not None:
             _on_sigterm(previous)

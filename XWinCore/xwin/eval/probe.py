@@ -98,6 +98,8 @@ class ProbeSet:
     sources: np.ndarray
 
 
+MAX_RESAMPLES = 100_000  # bootstrap resamples: beyond this the interval no longer moves, the run only lasts
+
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann–Whitney U, ties averaged)."""
     labels = np.asarray(labels).astype(bool)
@@ -274,6 +276,18 @@ def probe(encoders: Mapping[str, torch.nn.Module], sets: Sequence[ProbeSet], siz
             "negative": t.negative, "n_images": int(len(s.labels)), "n_patients": int(len(set(s.patients))),
             "n_positive": int(s.labels.sum()), "n_positive_patients": int(len(set(s.patients[s.labels]))),
             "source_auroc": round(source_auroc(s.labels, s.sources), 4), "encoders": {}}
+    plans = {}  # per task: its folds (at most one per patient) and each image's fold, checked before any encoding
+    for s in sets:
+        k_folds = min(folds, len(set(s.patients)))
+        if k_folds < 2:
+            raise XWinInputError(None, f"task {s.task.name}: needs at least 2 patients and 2 folds")
+        fold = patient_folds(s.labels, s.patients, k_folds, seed)
+        fewest = min(min(int(s.labels[fold != f].sum()), int((~s.labels[fold != f]).sum())) for f in range(k_folds))
+        if shots and max(shots) > fewest:
+            raise XWinInputError(None, f"--shots {max(shots)}: task {s.task.name} has {fewest} positive or negative "
+                                       f"film(s) in its smallest training fold (at most {fewest} shots)")
+        plans[s.task.name] = k_folds, fold
+        out["tasks"][s.task.name]["folds"] = k_folds  # the folds used: the patients bound --folds
     all_files = [f for s in sets for f in s.files]
     for name, enc in encoders.items():
         enc = enc.eval()
@@ -283,10 +297,7 @@ def probe(encoders: Mapping[str, torch.nn.Module], sets: Sequence[ProbeSet], siz
                                  "training_cxr": None if folders is None else [str(d) for d in folders]}
         for s in sets:
             labels, patients, idx = s.labels, s.patients, rows[s.task.name]
-            k_folds = min(folds, len(set(patients)))
-            if k_folds < 2:
-                raise XWinInputError(None, f"task {s.task.name}: needs at least 2 patients and 2 folds")
-            fold = patient_folds(labels, patients, k_folds, seed)
+            k_folds, fold = plans[s.task.name]
             x = feats[idx]
             result: dict[str, Any] = {"transductive": is_transductive(s.files, folders)}
             scores = np.zeros(len(labels))

@@ -510,10 +510,11 @@ def _fmt(values) -> str:
 # --- NIfTI-1 -------------------------------------------------------------------------------------------------------
 
 def _nifti_header(path: Path) -> bytes:
-    """The first 348 bytes, decompressed as a stream (never more); b"" when they cannot be read (ITK says why)."""
+    """The 348-byte header and the 4 extension bytes after it, decompressed as a stream (never more); b"" when they
+    cannot be read (ITK says why)."""
     try:
         with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-            return f.read(348)
+            return f.read(352)
     except (OSError, EOFError, zlib.error):
         return b""
 
@@ -524,7 +525,7 @@ def _check_nifti(path: Path) -> None:
     if len(h) >= 12 and h[4:8] == b"n+2\0" and 540 in struct.unpack("<i", h[:4]) + struct.unpack(">i", h[:4]):
         raise XWinInputError(path, "is a NIfTI-2 file, which XWin's reader (ITK's NIfTI-1 library) cannot read; "
                                    "save it as NIfTI-1, NRRD or MetaImage")
-    order = next((o for o in "<>" if len(h) == 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
+    order = next((o for o in "<>" if len(h) >= 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
     if order is None:
         return
 
@@ -552,6 +553,10 @@ def _check_nifti(path: Path) -> None:
     if h[344:348] == b"n+1\0" and vox_offset < 352:  # one file: ITK would read the header's last bytes as voxels
         raise XWinInputError(path, f"is corrupt: NIfTI vox_offset is {vox_offset:g}, inside the 352-byte header "
                                    "(the voxels of a .nii start at 352 or later)")
+    if h[344:348] == b"n+1\0" and h[348:349] not in (b"", b"\0") and vox_offset < 352 + 16:
+        # nifti_clib reads no extension then (none fits) and takes the extension's bytes for voxels
+        raise XWinInputError(path, f"is corrupt: its NIfTI extension flag is set, but vox_offset {vox_offset:g} "
+                                   "leaves no room for an extension before the voxels")
     slope, inter = get("2f", 112)
     if math.isinf(slope) or math.isinf(inter):
         raise XWinInputError(path, f"scaling must be finite: scl_slope {slope}, scl_inter {inter}")
