@@ -12,7 +12,9 @@
    `--ablation NAME=PATH` models (e.g. the MIM-only ablation trained by configs/cpu_small_mim_only.yaml).
 4. How patient-specific the latent is: the true target latents of one CT at LAO −90…90° used to retrieve the angle
    among another CT's 13 true target latents (no prediction involved).
-5. `xwin eval domain`: the 150 real CXRs against 16 jittered PA DRRs of each CT (training and held-out), model vs
+5. How jitter-specific the latent is: the held-out renderings' true latents retrieved by true latents rendered without
+   the AP shift a PA context cannot show, or without jitter (the retrieval ceiling of a PA-context predictor).
+6. `xwin eval domain`: the 150 real CXRs against 16 jittered PA DRRs of each CT (training and held-out), model vs
    random init.
 The section between `<!-- results:start -->` and `<!-- results:end -->` of the output file is replaced.
 """
@@ -88,6 +90,38 @@ def cross_patient_retrieval(loaded, volumes: dict) -> dict:
     latents = {name: view_latent(loaded.model.target_encoder(render_targets(prepared_ct(v, spec), spec)[1]))
                for name, v in volumes.items()}
     return {(a, b): latent_scores(latents[a], latents[b])["retrieval_top1"] for a in latents for b in latents}
+
+
+@torch.no_grad()
+def jitter_ceilings(loaded, volumes: dict, renderings: int = 8) -> dict:
+    """{name: {"ap_blind", "unjittered"}} top-1 over `xwin eval world`'s ``renderings`` jitters (detector roll in
+    degrees, isocenter shift in LPS mm): each rendering's 13 true target latents retrieved by the same CT's true
+    latents rendered with the shift's AP (LPS y) component set to 0 (``ap_blind``: all a PA context cannot show, the
+    view after a rotation otherwise known exactly) or with no jitter at all (``unjittered``)."""
+    from xwin.data import bank_spec
+    from xwin.data.bank import prepared_ct, render_views
+    from xwin.drr import Projector
+    from xwin.eval.world import jitters, latent_scores, view_spec
+    from xwin.models import view_latent
+
+    spec = bank_spec(loaded.config)
+    posed = view_spec(spec)
+    out = {}
+    for name, volume in volumes.items():
+        projector = Projector(prepared_ct(volume, spec), posed.geometry())
+
+        def latent(roll: float, shift: np.ndarray) -> torch.Tensor:
+            views = torch.from_numpy(render_views(projector, posed, roll, shift))[1:, None].float()
+            return view_latent(loaded.model.target_encoder(views))
+
+        scores: dict[str, list[float]] = {"ap_blind": [], "unjittered": []}
+        for roll, shift in jitters(spec, renderings):
+            truth = latent(roll, shift)
+            for key, guess in (("ap_blind", latent(roll, shift * np.array([1.0, 0.0, 1.0]))),
+                               ("unjittered", latent(0.0, np.zeros(3)))):
+                scores[key].append(latent_scores(guess, truth)["retrieval_top1"])
+        out[name] = {k: float(np.mean(v)) for k, v in scores.items()}
+    return out
 
 
 def identity_figure(predictor, films: list[Path], drrs: np.ndarray, path: Path) -> Path:
@@ -239,6 +273,22 @@ def main(argv=None) -> int:
               "right angle for a new patient needs its rotated anatomy, not an angle code.", "",
               "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     lines += [f"| {a} | " + " | ".join(f"{cross[a, b]:.2f}" for b in names) + " |" for a in names]
+    held_volumes = {Path(p).name: v for p, v in zip(held, held_cts)}
+    ceilings = jitter_ceilings(loaded, held_volumes, world["renderings"])
+    model_top1 = {c["ct"]: c["model"]["retrieval_top1"] for c in world["per_ct"]}
+    lines += ["", "### How jitter-specific the latent is", "",
+              "The held-out renderings above, retrieved by *true* latents instead of predictions: the same CT's 13 "
+              "views rendered with the rendering's isocenter shift minus its AP (LPS y) component (what a PA context "
+              "cannot show: the view after a rotation otherwise known exactly), or without any jitter. The first "
+              "column bounds what any predictor from the PA view reaches in this latent; a low second column means "
+              "the latent encodes where the anatomy sits on the detector, so the predictor must carry the context's "
+              "shift and roll into every view.", "",
+              "| CT | model | AP shift unknown | no jitter |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {model_top1[n]:.3f} | {c['ap_blind']:.3f} | {c['unjittered']:.3f} |"
+              for n, c in ceilings.items()]
+    lines += [f"| pooled | {world['model']['retrieval_top1']:.3f} | "
+              f"{np.mean([c['ap_blind'] for c in ceilings.values()]):.3f} | "
+              f"{np.mean([c['unjittered'] for c in ceilings.values()]):.3f} |"]
     gaps = {"model": evaluate_domain(loaded, SHARED / "cxr", volumes),
             "random_init": evaluate_domain(untrained, SHARED / "cxr", volumes)}
     g = gaps["model"]

@@ -153,6 +153,34 @@ def test_view_contrast_in_the_losses_uses_the_volume_ids_and_needs_them():
         model.training_losses(b, 0, 10)
 
 
+def test_encoder_view_contrast_compares_the_context_encoder_on_the_targets_with_their_target_latents():
+    torch.manual_seed(0)
+    model = create_model(tiny(encoder_view_contrast=1.0))
+    b = batch()
+    out = model.training_losses(b, 0, 10)
+    from xwin.models.losses import view_latent
+    with torch.no_grad():
+        mine = model.context_encoder(b["target"])
+        tgt = model.target_encoder(b["target"])
+    pose = torch.stack([b["d_lao"], b["d_cran"]], 1)  # the batch's contexts sit at pose (0, 0)
+    expected = view_contrast_loss(view_latent(mine), view_latent(tgt), pose, b["group"], 7.5, 0.1, centred=False)
+    assert float(out["encoder_view_contrast"].detach()) == pytest.approx(float(expected), rel=1e-4)
+    # the gradient reaches the context encoder through the target images, not only through the contexts
+    out["encoder_view_contrast"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.context_encoder.parameters())
+    assert float(create_model(tiny()).training_losses(b, 0, 10)["encoder_view_contrast"]) == 0.0
+    # with the targets rendered again under another jitter (data.rejitter) the context encoder sees those instead
+    b["target_rejittered"] = b["target"].flip(-1)
+    with torch.no_grad():
+        expected = view_contrast_loss(view_latent(model.context_encoder(b["target_rejittered"])), view_latent(tgt),
+                                      pose, b["group"], 7.5, 0.1, centred=False)
+        assert float(model.training_losses(b, 0, 10)["encoder_view_contrast"]) == pytest.approx(float(expected),
+                                                                                                rel=1e-4)
+    b.pop("group")
+    with pytest.raises(KeyError, match="group"):
+        model.training_losses(b, 0, 10)
+
+
 def test_collapse_guards_and_effective_rank_in_the_losses():
     torch.manual_seed(0)
     model = create_model(tiny(variance=1.0, covariance=0.1))

@@ -19,7 +19,7 @@ import yaml
 from xwin.cli import main
 from xwin.config import load_config
 from xwin.data import PairSampler, bank_spec, load_bank
-from xwin.data.bank import render_views
+from xwin.data.bank import render_views, roll_pose
 from xwin.data.cxr import find_images
 from xwin.drr import Projector
 from xwin.io import read_ct, write_volume
@@ -216,6 +216,37 @@ def test_shared_rendering_gives_each_group_one_jitter_and_zoom(tiny_setup, tiny_
         torch.testing.assert_close(ctx, ctx[:1].expand_as(ctx))  # one rendering per group
     apart = sampler(False).sample(12)["context"][:4]
     assert (apart - apart[:1]).abs().amax(dim=(1, 2, 3))[1:].min() > 1e-3
+
+
+def test_rejitter_renders_each_target_again_under_another_jitter(tiny_setup, monkeypatch):
+    """data.rejitter: ``target_rejittered`` is the target's view (same instance and angles) under an independent
+    shift, roll and zoom: identical to the target without jitter, elsewhere on the detector with it; bank training
+    refuses it (it renders)."""
+    import dataclasses
+
+    import xwin.data.online as online
+    from xwin.data import OnlineDrrSampler, training_cts
+    from xwin.errors import XWinInputError
+    root, cfg_path, _ = tiny_setup
+    cfg = load_config(cfg_path)
+    still = dataclasses.replace(bank_spec(cfg), augmentations=0, iso_shift_mm=0.0, roll_deg=0.0)
+    mix = dict(pa_fraction=1.0, augment=False, seed=5, pairs_per_instance=4, shared_rendering=True, rejitter=True)
+    b = OnlineDrrSampler(training_cts(cfg)[:1], still, **mix).sample(8)
+    torch.testing.assert_close(b["target_rejittered"], b["target"], atol=1e-6, rtol=0)
+    calls = []
+    monkeypatch.setattr(online, "roll_pose", lambda lao, cran, r, s: calls.append((lao, cran, r, *s)) or
+                        roll_pose(lao, cran, r, s))
+    moved = OnlineDrrSampler(training_cts(cfg)[:1], dataclasses.replace(still, iso_shift_mm=10.0, roll_deg=3.0),
+                             zoom=(1.0, 1.3), **mix).sample(8)
+    assert (moved["target_rejittered"] - moved["target"]).abs().amax(dim=(1, 2, 3)).min() > 1e-2
+    first, again = np.array(calls[:-8]), np.array(calls[-8:])  # the pairs' views (PA once per group), the targets'
+    targets = first[np.any(first[:, :2] != 0.0, axis=1)]
+    np.testing.assert_array_equal(np.unique(again[:, :2], axis=0), np.unique(targets[:, :2], axis=0))
+    for views in (first, again):  # one jitter per group of 4 in each rendering ...
+        assert len(np.unique(views[:, 2:], axis=0)) == 2
+    assert not np.isin(again[:, 2], first[:, 2]).any()  # ... and another one for the targets rendered again
+    with pytest.raises(XWinInputError, match="rejitter"):
+        dataclasses.replace(cfg.data, online=False, rejitter=True)._check()
 
 
 def test_online_training_run(tiny_setup, tmp_path):

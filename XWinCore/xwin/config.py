@@ -254,6 +254,7 @@ class LossConfig(_Section):
     view_contrast: float = _f(0.0, ge=0.0)
     view_contrast_tau: float = _f(0.1, gt=0.0)
     view_contrast_centred: bool = _f(True)  # compare latents minus their group's mean target (else raw latents)
+    encoder_view_contrast: float = _f(0.0, ge=0.0)  # context encoder on the targets vs their target latents, per group
     mim: float = _f(1.0, ge=0.0)
     domain: float = _f(0.1, ge=0.0)
     recon: float = _f(1.0, ge=0.0)
@@ -343,6 +344,7 @@ class DataConfig(_Section):
     habitus: float = _f(0.08, ge=0.0, lt=1.0)  # deformed copies: independent scale factor per axis in 1 ± habitus
     pairs_per_instance: int = _f(1, ge=1)
     shared_rendering: bool = _f(False)  # the pairs of one instance draw share shift, roll and zoom: one group
+    rejitter: bool = _f(False)  # online only: each target rendered again under an independent jitter
     zoom: tuple[float, float] = _f((1.0, 1.0), ge=1.0)
     real_per_batch: int = _f(0, ge=0)
 
@@ -350,6 +352,8 @@ class DataConfig(_Section):
         self._require(self.sdd > self.sid, "sdd", f"must exceed data.sid ({self.sid} mm), got {self.sdd}")
         self._require(0.0 in self.lao and 0.0 in self.cran, "lao",
                       "the angle grid must contain the PA view (0 in data.lao and in data.cran)")
+        self._require(self.online or not self.rejitter, "rejitter",
+                      "renders views on the fly: it needs data.online: true")
 
 
 @dataclass

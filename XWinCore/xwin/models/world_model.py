@@ -31,8 +31,8 @@ from .losses import (
 from .masks import MultiBlockMaskGenerator
 from .predictor import MaskPredictor, ViewPredictor
 
-LOSS_KEYS = ("view", "contrastive", "view_contrast", "mim", "domain", "recon", "real_identity", "pose", "variance",
-             "covariance")
+LOSS_KEYS = ("view", "contrastive", "view_contrast", "encoder_view_contrast", "mim", "domain", "recon", "real_identity",
+             "pose", "variance", "covariance")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -122,9 +122,10 @@ class XWinWorldModel(nn.Module):
         ``d_lao``, ``d_cran`` (B,) degrees; ``group`` (B,) volume ids; ``patient`` (B,) CT ids and ``pose`` (B, 2) the
         context view's (lao, cran) degrees (needed with ``loss.pose`` > 0 or ``loss.alignment_labels: geometry``);
         optional ``real`` (R, 1, H, W) CXRs.
-        Returns ``view``, ``contrastive``, ``view_contrast``, ``mim``, ``domain`` (0 without ``real``), ``recon``,
-        ``real_identity`` (0 without ``real``), ``pose``, ``variance``, ``covariance``, ``total``, the metric
-        ``effective_rank`` (of the batch's target-view embeddings) and with ``real`` the metric ``domain_cosine``.
+        Returns ``view``, ``contrastive``, ``view_contrast``, ``encoder_view_contrast``, ``mim``, ``domain`` (0 without
+        ``real``), ``recon``, ``real_identity`` (0 without ``real``), ``pose``, ``variance``, ``covariance``, ``total``,
+        the metric ``effective_rank`` (of the batch's target-view embeddings) and with ``real`` the metric
+        ``domain_cosine``.
         Masks are drawn from a generator seeded by (train.seed, step); ``loss.view_contrast`` needs ``group``.
         A loss whose weight is 0 is not computed (reported as 0); with view, contrastive, view_contrast and recon all
         0 the view predictor and decoder are skipped (e.g. the MIM-only ablation, `configs/cpu_small_mim_only.yaml`).
@@ -145,14 +146,21 @@ class XWinWorldModel(nn.Module):
         target_tokens: Any
         target_tokens, image_targets = (target_all[:b], target_all[b:]) if views else (None, target_all)
 
-        tokens = self.context_encoder(images)
+        # with loss.encoder_view_contrast the context encoder also sees the targets (one pass: images, then targets),
+        # rendered again under another jitter where the batch has them (data.rejitter)
+        encoder_views = lc.encoder_view_contrast > 0 and views
+        again = batch.get("target_rejittered", tgt)
+        tokens = self.context_encoder(torch.cat([images, again]) if encoder_views else images)
+        # target_view_tokens is None only where encoder_views is off (Any for mypy)
+        target_view_tokens: Any
+        tokens, target_view_tokens = (tokens[:len(images)], tokens[len(images):]) if encoder_views else (tokens, None)
         pred_tokens: Any = self.view_predictor(tokens[:b], d_lao, d_cran) if views else None
         emb = tokens.mean(1)
 
         geometry = lc.contrastive > 0 and lc.alignment_labels == "geometry"
         # (B, 2) the target views' (lao, cran) degrees, for the labels that follow the geometry
         target_pose: Any = self._pose(batch, device) + torch.stack([d_lao, d_cran], dim=1) \
-            if geometry or lc.view_contrast > 0 else None
+            if geometry or lc.view_contrast > 0 or encoder_views else None
         out: dict[str, torch.Tensor] = {}
         out["view"] = view_prediction_loss(pred_tokens, target_tokens, lc.view_loss) if lc.view > 0 else zero
         if lc.contrastive > 0:
@@ -173,6 +181,14 @@ class XWinWorldModel(nn.Module):
                                                       lc.view_contrast_tau, lc.view_contrast_centred)
         else:
             out["view_contrast"] = zero
+        if encoder_views:  # the encoders' own latent tells the views of one group apart, smoothly in the angle
+            if "group" not in batch:
+                raise KeyError("loss.encoder_view_contrast > 0 needs the batch's 'group' (B,): the volume ids")
+            out["encoder_view_contrast"] = view_contrast_loss(
+                view_latent(target_view_tokens), view_latent(target_tokens), target_pose, batch["group"].to(device),
+                lc.label_sigma_deg, lc.view_contrast_tau, centred=False)
+        else:
+            out["encoder_view_contrast"] = zero
         if lc.mim == 0 or (lc.mim_on == "real" and real is None):
             out["mim"] = zero
         else:  # on every image, or (``loss.mim_on: real``) on the real films only: MIM is what the films teach

@@ -57,7 +57,7 @@ def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None,
     sampler: PairSampler | OnlineDrrSampler
     if cfg.data.online:
         sampler = OnlineDrrSampler(training_cts(cfg), bank_spec(cfg), real, seed=seed, device=d.device,
-                                   quiet=quiet or not d.main, **mix)
+                                   quiet=quiet or not d.main, rejitter=c.rejitter, **mix)
     else:
         bank_dir = Path(cfg.data.bank) if cfg.data.bank else run_dir / "bank"
         if d.main and not (bank_dir / "manifest.json").is_file():
