@@ -432,7 +432,8 @@ def test_a_few_steps_decrease_the_total_loss(model):
 
 @pytest.mark.parametrize("name", ["cpu_small", "cpu_small_mim_only", "cpu_small_stage2", "cpu_small_stage3",
                                   "cpu_small_stage4", "cpu_small_stage5", "cpu_small_stage6", "cpu_small_stage7",
-                                  "cpu_small_stage8", "cpu_small_frozen_encoders", "full_224"])
+                                  "cpu_small_stage8", "cpu_small_stage9", "cpu_small_stage10",
+                                  "cpu_small_frozen_encoders", "full_224"])
 def test_committed_configs_load_and_round_trip(name):
     cfg = load_config(config_path(name))
     assert XWinConfig.from_dict(cfg.to_dict()) == cfg
@@ -442,19 +443,24 @@ def test_committed_configs_load_and_round_trip(name):
         assert (cfg.model, cfg.mask) == (first.model, first.mask)
         predictor_stage = name in ("cpu_small_stage7", "cpu_small_stage8")  # predictors on stage 6's encoders
         frozen = predictor_stage or name == "cpu_small_frozen_encoders"
-        stage = 7 if frozen else int(name[-1])
+        stage = int(name.rpartition("stage")[2]) if "_stage" in name else (7 if frozen else 1)
+        encoder_stage = stage >= 9  # stage 8's objective with both encoders trained again
         expected = dataclasses.replace(first.loss, view_contrast=0.5 if stage >= 4 else 0.0)
         if frozen:  # the encoder-only losses are off
             expected = dataclasses.replace(expected, mim=0.0, domain=0.0, variance=0.0, covariance=0.0)
-        if predictor_stage:  # the contrast among the raw views of one rendering, the decoder on detached
+        if predictor_stage or encoder_stage:  # views contrasted within one rendering, decoder on detached predictions
             expected = dataclasses.replace(expected, contrastive=0.0, view_contrast=1.0, view_contrast_tau=0.05,
                                            view_contrast_centred=False, recon_grad=False)
             assert cfg.data.shared_rendering and cfg.data.pairs_per_instance == cfg.train.batch_size == 48
             assert cfg.data.pa_fraction == 1.0  # the PA context of every prediction users make
-        if name == "cpu_small_stage8":  # stage 7 continued with labels that ask for the exact view
+        if stage >= 8:  # stage 7 continued with labels that ask for the exact view
             expected = dataclasses.replace(expected, label_sigma_deg=4.0)
+        if encoder_stage:  # the encoder keeps the view under another jitter; domain and VICReg guards on, MIM off
+            expected = dataclasses.replace(expected, encoder_view_contrast=0.5, domain=0.5 if stage == 10 else 0.1,
+                                           mim=0.0, variance=1.0, covariance=0.04)
         assert cfg.loss == expected
         assert cfg.data.online == (stage >= 6)
+        assert cfg.data.rejitter == encoder_stage
         assert cfg.train.freeze == (("context_encoder", "target_encoder") if frozen else ())
         assert cfg.train.init is not None and cfg.data.split == "train"
     if name == "full_224":

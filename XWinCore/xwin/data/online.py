@@ -64,7 +64,7 @@ class OnlineDrrSampler(_Sampler):
         group = runs if self.shared_rendering else None
         context, target = self._render(inst, group, ctx, tgt)
         d = (tgt - ctx).astype(np.float32)
-        context, target = self._zoomed(context, target, group)
+        context, target = self._zoomed(context, target, runs=group)
         batch = {"context": self._images(context), "target": self._images(target),
                  "d_lao": torch.from_numpy(d[:, 0]), "d_cran": torch.from_numpy(d[:, 1]),
                  "group": torch.from_numpy(runs if self.shared_rendering else inst),
@@ -72,7 +72,8 @@ class OnlineDrrSampler(_Sampler):
                  "pose": torch.from_numpy(ctx.astype(np.float32))}
         if self.rejitter:  # the targets again under an independent jitter
             (again,) = self._render(inst, group, tgt)
-            batch["target_rejittered"] = self._images(self._zoomed(again, again, group)[1])
+            (again,) = self._zoomed(again, runs=group)
+            batch["target_rejittered"] = self._images(again)
         return self._add_real(batch, real_size)
 
     def _render(self, inst: np.ndarray, runs: np.ndarray | None, *angles: np.ndarray) -> list[torch.Tensor]:

@@ -83,21 +83,20 @@ class _Sampler:
         runs = np.repeat(np.arange(-(-batch_size // k)), k)[:batch_size]
         return self.rng.integers(count, size=runs[-1] + 1)[runs], runs
 
-    def _zoomed(self, context: torch.Tensor, target: torch.Tensor,
-                runs: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W) view pairs magnified about the detector centre (the isocenter's projection) by one factor z per
-        pair (``runs`` (B,) given: one per run), uniform in ``zoom``: the field of the pair becomes field_mm / z
-        (bilinear resampling). Off (no random draw) when ``zoom`` is (1, 1)."""
+    def _zoomed(self, *views: torch.Tensor, runs: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+        """(B, H, W) view stacks (a pair: context, target) magnified about the detector centre (the isocenter's
+        projection) by one factor z per row (``runs`` (B,) given: one per run), uniform in ``zoom``: the field
+        becomes field_mm / z (bilinear resampling). Off (no random draw) when ``zoom`` is (1, 1)."""
         if self.zoom[1] <= 1.0:
-            return context, target
-        draws = self.rng.uniform(*self.zoom, size=len(context) if runs is None else int(runs.max()) + 1)
+            return views
+        draws = self.rng.uniform(*self.zoom, size=len(views[0]) if runs is None else int(runs.max()) + 1)
         z = torch.from_numpy((draws if runs is None else draws[runs]).astype(np.float32))
         theta = torch.zeros(len(z), 2, 3)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / z
-        pair = torch.stack([context, target], dim=1).float()  # (B, 2, H, W): one grid serves both views
-        grid = F.affine_grid(theta.to(pair.device), list(pair.shape), align_corners=False)
-        zoomed = F.grid_sample(pair, grid, mode="bilinear", align_corners=False)
-        return zoomed[:, 0], zoomed[:, 1]
+        stack = torch.stack(views, dim=1).float()  # (B, V, H, W): one grid serves every view of a row
+        grid = F.affine_grid(theta.to(stack.device), list(stack.shape), align_corners=False)
+        zoomed = F.grid_sample(stack, grid, mode="bilinear", align_corners=False)
+        return tuple(zoomed.unbind(1))
 
     def _images(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) images in [0, 1] → (N, 1, H, W) float32, augmented when enabled. Always a plain `torch.Tensor`:
@@ -164,7 +163,7 @@ class PairSampler(_Sampler):
         order = np.argsort(inst, kind="stable")  # memory-mapped reads in file order
         inst, runs, ctx, tgt, d = inst[order], runs[order], ctx[order], tgt[order], d[order]
         images = lambda idx: torch.from_numpy(np.asarray(self.bank.images[inst, idx], np.float32))  # noqa: E731
-        context, target = self._zoomed(images(ctx), images(tgt), runs if self.shared_rendering else None)
+        context, target = self._zoomed(images(ctx), images(tgt), runs=runs if self.shared_rendering else None)
         batch = {
             "context": self._images(context),
             "target": self._images(target),

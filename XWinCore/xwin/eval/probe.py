@@ -100,6 +100,7 @@ class ProbeSet:
 
 MAX_RESAMPLES = 100_000  # bootstrap resamples: beyond this the interval no longer moves, the run only lasts
 
+
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann–Whitney U, ties averaged)."""
     labels = np.asarray(labels).astype(bool)
