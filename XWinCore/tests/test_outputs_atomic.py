@@ -199,6 +199,63 @@ def test_real_full_disk(tiny_tmpfs, writer):
     assert listing(tiny_tmpfs) == []
 
 
+def fill(disk: Path) -> None:
+    """Take every free block of ``disk`` (a file named filler)."""
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii", ".mha"])
+def test_real_full_disk_small_volume(tiny_tmpfs, suffix):
+    """Campaign 8: with no byte left, ITK wrote a 0-byte file without an error and the run ended with exit 0."""
+    fill(tiny_tmpfs)
+    with pytest.raises(XWinInputError) as info:
+        write_volume(noisy_volume(4), tiny_tmpfs / f"v{suffix}")
+    assert info.value.problem == f"cannot write: {ENOSPC_TEXT}"
+    assert listing(tiny_tmpfs) == ["filler"]
+
+
+def test_real_full_disk_inside_a_staged_folder(tiny_tmpfs):
+    """Campaign 8: a file of a multi-pose output folder failing on a full disk was blamed on permissions (the
+    folder it checked, the output's final path, did not exist yet)."""
+    fill(tiny_tmpfs)
+    with pytest.raises(XWinInputError) as info:
+        with publish_together() as publication:
+            folder = publication.stage(tiny_tmpfs / "drrs", folder=True)
+            write_volume(noisy_volume(4), folder / "lao_0.nrrd")
+    assert info.value.path == str(tiny_tmpfs / "drrs" / "lao_0.nrrd")
+    assert info.value.problem == f"cannot write: {ENOSPC_TEXT}"
+    assert listing(tiny_tmpfs) == ["filler"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii", ".mha"])
+def test_file_size_limit_is_one_error_naming_the_output(tmp_path, suffix):
+    """Campaign 8: under `ulimit -f 1` ITK stopped at 1,024 bytes without an error (Python ignores SIGXFSZ, the
+    write gets EFBIG) and the cut file was published with exit 0."""
+    import resource
+    out = tmp_path / f"v{suffix}"
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from xwin.errors import XWinInputError
+        from xwin.io import write_volume
+        from xwin.io.image import Volume
+        try:
+            noise = np.random.default_rng(0).normal(0, 300, (16, 16, 16)).astype(np.float32)  # incompressible
+            write_volume(Volume(noise, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), {str(out)!r})
+        except XWinInputError as exc:
+            print(exc.path, exc.problem, sep="|")
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY)))
+    assert done.stdout.strip() == f"{out}|cannot write: file too large for this file system", done.stderr
+    assert listing(tmp_path) == []
+
+
 def test_real_full_disk_model_export_and_checkpoint(tmp_path, tiny_tmpfs):
     folder = tiny_checkpoint(tmp_path)
     with pytest.raises(XWinInputError, match=ENOSPC_TEXT):

@@ -108,9 +108,10 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _errno_of(exc: BaseException, folder: Path, stray: str = "") -> int | None:
+def _errno_of(exc: BaseException, folder: Path, stray: str = "", tmp: Path | None = None) -> int | None:
     """The errno behind a failed write: the exception's own, one named in its text (safetensors says 'os error 28',
-    ITK 'No space left on device'), else what the destination folder tells (not writable, (nearly) full)."""
+    ITK 'No space left on device'), else what the destination folder tells ((nearly) full, not writable) or the
+    file-size limit (`ulimit -f`) that a file written to ``tmp`` reached."""
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     text = f"{exc}\n{stray}"
@@ -120,15 +121,39 @@ def _errno_of(exc: BaseException, folder: Path, stray: str = "") -> int | None:
     for code in WRITE_ERRORS:
         if os.strerror(code) in text:
             return code
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # a staged folder may be gone
     try:
-        if not os.access(folder, os.W_OK):
-            return errno.EACCES
         st = os.statvfs(folder)
         if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
             return errno.ENOSPC
+        if not os.access(folder, os.W_OK):
+            return errno.EACCES
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         pass
+    limit = _file_size_limit()  # a write stopped by `ulimit -f` (SIGXFSZ is ignored: the write gets EFBIG)
+    if limit is not None and tmp is not None and _largest_file(tmp) >= limit:
+        return errno.EFBIG
     return None
+
+
+def _file_size_limit() -> int | None:
+    """The soft RLIMIT_FSIZE of this process in bytes (`ulimit -f`), None when unlimited or unknown."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module on Windows
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _largest_file(path: Path) -> int:
+    """Bytes of ``path``, or of the largest file inside it when it is a folder (0 when nothing is there)."""
+    try:
+        if not path.is_dir():
+            return path.stat().st_size if path.exists() else 0
+        return max((p.stat().st_size for p in path.rglob("*") if p.is_file()), default=0)
+    except OSError:
+        return 0
 
 
 def write_error(path: Path, exc: BaseException, tmp: Path | None = None, stray: str = "") -> BaseException:
@@ -136,7 +161,7 @@ def write_error(path: Path, exc: BaseException, tmp: Path | None = None, stray: 
     (a bug stays a traceback). Call before the temporary is removed: its space still counts as used."""
     if isinstance(exc, XWinInputError) or not isinstance(exc, Exception):
         return exc
-    code = _errno_of(exc, path.parent, stray)
+    code = _errno_of(exc, path.parent, stray, tmp)
     if code in WRITE_ERRORS:
         return XWinInputError(path, f"cannot write: {WRITE_ERRORS[code]}")
     if isinstance(exc, OSError):
@@ -315,18 +340,21 @@ def itk_image(frame: VoxelFrame, array: np.ndarray | None = None, vector: bool =
 
 
 def itk_write(image: sitk.Image, path: Path, compress: bool = True) -> None:
-    """``sitk.WriteImage`` that fails loudly: ITK's NIfTI writer reports a short write (a full disk) only on stderr
-    and returns normally; that output, or an exception, becomes a RuntimeError carrying ITK's text."""
+    """``sitk.WriteImage`` that fails loudly. ITK's writers may report a short write (a full disk, a file-size
+    limit) only on stderr, or not at all, and return normally: the file is read back, and its size and pixel type
+    must be the image's. ITK's text, an exception or a file that does not read back becomes a RuntimeError."""
     check_name_encoding(path)
     with captured_stderr() as stray:
         try:
             sitk.WriteImage(image, str(path), compress)
-            error = None
+            back = sitk.ReadImage(str(path))
+            error = None if (back.GetSize(), back.GetPixelID()) == (image.GetSize(), image.GetPixelID()) else \
+                RuntimeError(f"SimpleITK write of {path.name} failed: the file does not read back as written")
         except RuntimeError as exc:
             error = exc
     text = "".join(stray).strip()
     if error is not None:
-        raise RuntimeError(f"{error}\n{text}".strip())
+        raise RuntimeError(f"SimpleITK write of {path.name} failed: {error}\n{text}".strip())
     if "ERROR" in text or "rror writing" in text:
         raise RuntimeError(f"SimpleITK write of {path.name} failed: {text}")
 
