@@ -564,6 +564,10 @@ REQUEST_CASES = [
     ("render_size_over_a_small_budget", lambda i, d: _render(i, d, "--size", "256", "256"), "XWIN_MAX_VOLUME_GB",
      {"XWIN_MAX_VOLUME_GB": "0.001"}),
     ("budget_not_a_number", lambda i, d: _render(i, d), "XWIN_MAX_VOLUME_GB", {"XWIN_MAX_VOLUME_GB": "lots"}),
+    # campaign 8: with the budget raised past the machine, the allocation that failed was a MemoryError traceback
+    # (a 10⁷ x 10⁷ DRR: 364 TiB, more than any address space)
+    ("render_past_the_machine_budget_raised", lambda i, d: _render(i, d, "--size", "10000000", "10000000"),
+     "out of memory", {"XWIN_MAX_VOLUME_GB": "1e30"}),
     ("reconstruct_views_1e8", lambda i, d: _reconstruct(i, d, "--views", "100000000"), "--views 100000000", {}),
     ("reconstruct_grid_2000_cubed", lambda i, d: _reconstruct(i, d, "--size", "2000", "2000", "2000"),
      "--size 2000 2000 2000 (a 2000 x 2000 x 2000", {}),  # campaign 7: the option was not named

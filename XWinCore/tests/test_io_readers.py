@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from synthetic_dicom import INTERCEPT, SLOPE, ct_series, radiograph
 
+from xwin.errors import XWinInputError
 from xwin.io import (
     Radiograph,
     Volume,
@@ -106,6 +107,20 @@ def test_dicom_series_descending_positions_ignores_other_files(tmp_path):
     (tmp_path / "s" / "README.txt").write_text("not DICOM")
     volume = read_ct(tmp_path / "s")
     assert volume.array.shape == (4, 8, 8) and volume.array[0, 0, 0] == SLOPE * 300 + INTERCEPT
+
+
+def test_dicom_series_declaring_huge_slices_is_refused_before_allocating(tmp_path, monkeypatch):
+    """Campaign 8: 4 slices of 20 KB declaring 60000 x 60000 pixels, with the memory budget raised, made read_ct
+    allocate 53.6 GiB (a MemoryError) before it compared a slice's pixel data with its Rows x Columns."""
+    files, _ = ct_series(tmp_path / "series", n=4, size=(6, 8))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.Rows = ds.Columns = 60000
+        ds.save_as(f)
+    monkeypatch.setenv("XWIN_MAX_VOLUME_GB", "1e30")
+    with pytest.raises(XWinInputError) as info:
+        read_ct(tmp_path / "series")
+    assert Path(info.value.path).parent == tmp_path / "series" and "60000" in info.value.problem
 
 
 def test_dicom_series_per_slice_rescale(tmp_path):

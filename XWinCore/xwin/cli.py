@@ -896,6 +896,12 @@ def _printable(message: str) -> str:
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # writes that fail for want of room
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: numpy's MemoryError, PyTorch's CPU allocator or CUDA out of memory."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        "can't allocate memory" in str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends in one readable line on stderr and exit status 2 (no traceback)."""
     ns = build_parser().parse_args(argv)
@@ -937,6 +943,13 @@ def main(argv: list[str] | None = None) -> int:
         shown = shown if len(shown) <= 600 else f"{shown[:300]}...{shown[-300:]}"  # a path of 4,000 characters
         where = f"{shown}: " if shown else ""
         print(f"xwin {ns.command}: error: {_printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation the memory budget let through and the machine refused
+        if not _out_of_memory(exc):
+            raise
+        from .io.validate import MEMORY_ENV
+        print(f"xwin {ns.command}: error: out of memory ({_printable(str(exc).splitlines()[-1][:200])}); ask for less, "
+              f"or lower {MEMORY_ENV} so that such requests are refused up front", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated, SystemError) as exc:
         # Ctrl-C or SIGTERM inside a numba-compiled call surfaces as a SystemError caused by the interruption

@@ -98,7 +98,7 @@ def _read_dicom_series(folder: Path) -> Volume:
     first = ordered[0][1]
     rows, cols, n = int(first.Rows), int(first.Columns), len(ordered)
     check_budget(folder, f"{n} slices of {rows} x {cols} pixels", n * rows * cols * 4, n * rows * cols * 4)
-    array = np.empty((n, rows, cols), np.float32)
+    array = None  # allocated once the first slice's pixel data has matched its Rows x Columns
     for k, (f, header) in enumerate(ordered):
         slope, intercept = dicom_rescale(f, header)
         pixels = dicom_pixels(f, _read_slice(f))
@@ -109,6 +109,8 @@ def _read_dicom_series(folder: Path) -> Volume:
                                     "(HU) per pixel (MONOCHROME1 or MONOCHROME2)")
         hu = pixels * slope + intercept
         check_float32(f, hu, "HU values (RescaleSlope x stored value + RescaleIntercept)")
+        if array is None:
+            array = np.empty((n, rows, cols), np.float32)
         array[k] = hu
     meta = {"source": str(folder), "format": "DICOM series", "modality": str(first.get("Modality", "")),
             "series_uid": str(first.get("SeriesInstanceUID", "")), "patient_id": str(first.get("PatientID", "")),
