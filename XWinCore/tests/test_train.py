@@ -571,6 +571,56 @@ def test_resume_from_a_checkpoint_holding_an_exported_file_names_it(tiny_setup, 
         train(load_config(cfg_path), run, resume=True, progress="none")
 
 
+def _reshaped_optimizer(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(folder / "optimizer.safetensors")
+    name = next(k for k, v in tensors.items() if v.ndim == 2)
+    tensors[name] = tensors[name].reshape(tensors[name].shape[0] // 2, -1) if tensors[name].shape[0] % 2 == 0 \
+        else tensors[name].reshape(-1, 1)
+    save_file(tensors, folder / "optimizer.safetensors")
+
+
+def _extra_optimizer_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(folder / "optimizer.safetensors")
+    tensors["100000.exp_avg"] = torch.zeros(3, 3)
+    save_file(tensors, folder / "optimizer.safetensors")
+
+
+def _state_edit(key: str, value):
+    def edit(folder: Path) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        state[key] = value
+        (folder / "state.json").write_text(json.dumps(state))
+    return edit
+
+
+@pytest.mark.parametrize("damage, culprit", [
+    (lambda f: (f / "optimizer.safetensors").unlink(), "optimizer.safetensors: missing"),
+    (lambda f: ((f / "optimizer.safetensors").unlink(), (f / "optimizer.safetensors").mkdir()),
+     "optimizer.safetensors: missing"),
+    (_reshaped_optimizer, "optimizer.safetensors: does not hold this run's optimizer state"),
+    (_extra_optimizer_tensor, "optimizer.safetensors: does not hold this run's optimizer state"),
+    (_state_edit("sampler", {"seed": 0, "garbage": 1}), "state.json: its sampler state cannot be restored"),
+    (_state_edit("rng", {"torch": "abc"}), "state.json: its random state cannot be restored"),
+])
+def test_resume_from_a_damaged_optimizer_or_sampler_state_names_the_file(tiny_setup, trained_run, tmp_path, damage,
+                                                                        culprit):
+    """Campaign 8: a missing or reshaped optimizer file, one with an extra tensor, or a damaged sampler state in
+    state.json ended --resume in an AttributeError / ValueError / KeyError traceback, or in the first AdamW step."""
+    from xwin.errors import XWinInputError
+    from xwin.train import train
+
+    _, cfg_path, _ = tiny_setup
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    damage(latest_checkpoint(run))
+    metrics = (run / "metrics.csv").read_text()
+    with pytest.raises(XWinInputError, match=culprit):
+        train(load_config(cfg_path), run, resume=True, progress="none")
+    assert (run / "metrics.csv").read_text() == metrics  # nothing of the run changed
+
+
 def test_a_damaged_run_is_reported_against_the_file_that_has_it(tiny_setup, tiny_bank, trained_run, tmp_path):
     """Campaign 6: a truncated model/optimizer file or a garbled state.json was blamed on the checkpoint folder, a
     latest.json pointing outside the run on a missing run/model.safetensors, a truncated images.npy on the bank

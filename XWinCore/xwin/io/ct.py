@@ -112,6 +112,7 @@ def _read_dicom_series(folder: Path) -> Volume:
         if array is None:
             array = np.empty((n, rows, cols), np.float32)
         array[k] = hu
+    assert array is not None  # a series holds at least one slice
     meta = {"source": str(folder), "format": "DICOM series", "modality": str(first.get("Modality", "")),
             "series_uid": str(first.get("SeriesInstanceUID", "")), "patient_id": str(first.get("PatientID", "")),
             "slices": str(n)}

@@ -92,12 +92,12 @@ def latest_checkpoint(run_dir: str | os.PathLike, strict: bool = False) -> Path 
         pointer = json.loads(pointer_file.read_text())
     except (OSError, ValueError, RecursionError) as exc:
         if strict and (pointer_file.exists() or pointer_file.is_symlink()):
-            raise XWinInputError(pointer_file, f"not a readable checkpoint pointer ({_one_line(exc)})") from None
+            raise XWinInputError(pointer_file, f"not a readable checkpoint pointer ({one_line(exc)})") from None
         return None
     name = pointer.get("path") if isinstance(pointer, dict) else None
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
         if strict:
-            raise XWinInputError(pointer_file, f"names {_one_line(repr(name))}, not a checkpoint folder of this run "
+            raise XWinInputError(pointer_file, f"names {one_line(repr(name))}, not a checkpoint folder of this run "
                                                "(expected a step_NNNNNNN folder beside it)")
         return None
     path = root / name
@@ -117,7 +117,7 @@ def read_state(path: Path) -> dict:
     try:
         state = json.loads(file.read_text())
     except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise XWinInputError(file, f"not a readable checkpoint state ({_one_line(exc)})") from None
+        raise XWinInputError(file, f"not a readable checkpoint state ({one_line(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise XWinInputError(file, "not an XWin checkpoint state (no step)")
     state["config"] = _model_config(file, state.get("config")).to_dict()
@@ -143,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return model, optim, state
 
 
-def _one_line(exc: BaseException | str | None) -> str:
+def one_line(exc: BaseException | str | None) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -171,7 +171,7 @@ def _check_unique_names(path: Path, size: int) -> None:
         except (ValueError, RecursionError):
             return
     if twice:
-        raise XWinInputError(path, f"not an XWin model file (its header lists {_one_line(twice[0])!r} twice)")
+        raise XWinInputError(path, f"not an XWin model file (its header lists {one_line(twice[0])!r} twice)")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -188,13 +188,13 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:  # a truncated or foreign file
-        raise XWinInputError(path, f"not a readable safetensors file ({_one_line(exc)})") from None
+        raise XWinInputError(path, f"not a readable safetensors file ({one_line(exc)})") from None
     for name, value in tensors.items():
         if value.is_floating_point() and value.dtype not in _FLOAT_DTYPES:  # float8: no isfinite, no model math
-            raise XWinInputError(path, f"weight {_one_line(name)} is {str(value.dtype).removeprefix('torch.')}; "
+            raise XWinInputError(path, f"weight {one_line(name)} is {str(value.dtype).removeprefix('torch.')}; "
                                        "XWin reads float16, bfloat16, float32 or float64 weights")
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise XWinInputError(path, f"weight {_one_line(name)} holds NaN or infinite values")
+            raise XWinInputError(path, f"weight {one_line(name)} holds NaN or infinite values")
     return tensors
 
 
@@ -202,7 +202,7 @@ def _floating(path: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.T
     """``weights``, refused when one is an int or bool tensor (a model would cast it to floats without a word)."""
     for name, value in weights.items():
         if not value.is_floating_point():
-            raise XWinInputError(path, f"weight {_one_line(name)} is {str(value.dtype).removeprefix('torch.')}, "
+            raise XWinInputError(path, f"weight {one_line(name)} is {str(value.dtype).removeprefix('torch.')}, "
                                        "not floating point")
     return weights
 
@@ -213,7 +213,7 @@ def _model_config(path: Path, config: Any) -> XWinConfig:
         try:
             config = json.loads(config)
         except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than Python's stack
-            raise XWinInputError(path, f"the model's config is not valid JSON ({_one_line(exc)})") from None
+            raise XWinInputError(path, f"the model's config is not valid JSON ({one_line(exc)})") from None
     if not isinstance(config, dict):
         raise XWinInputError(path, f"the model's config must be a mapping of sections, got "
                                    f"{'nothing' if config is None else type(config).__name__}")
@@ -223,15 +223,34 @@ def _model_config(path: Path, config: Any) -> XWinConfig:
         raise XWinInputError(path, f"the model's {exc.problem}") from None
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Load optimizer state saved by `save_checkpoint` (tensors moved to the parameters' devices)."""
-    optimizer.load_state_dict(_optimizer_state(tensors, meta))
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+                      folder: Path) -> None:
+    """Load optimizer state saved by `save_checkpoint` in checkpoint ``folder`` (tensors moved to the parameters'
+    devices). Every tensor must belong to a parameter and have its shape (or be a scalar, as AdamW's step): a
+    damaged or foreign state is refused naming its file here, not in the first optimizer step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        state = _optimizer_state(tensors, meta)
+        for idx, entries in state["state"].items():
+            for name, value in entries.items():
+                if isinstance(value, torch.Tensor) and value.ndim and (
+                        not 0 <= idx < len(params) or value.shape != params[idx].shape):
+                    raise ValueError(f"tensor {idx}.{name} of shape {tuple(value.shape)} fits no parameter of "
+                                     "this model")
+        optimizer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise XWinInputError(folder / "optimizer.safetensors", f"does not hold this run's optimizer state "
+                             f"({one_line(exc)})") from None
 
 
-def restore_rng(rng: dict) -> None:
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+def restore_rng(rng: Any, folder: Path) -> None:
+    """Restore the torch (and CUDA) random states saved in checkpoint ``folder``'s state.json."""
+    try:
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise XWinInputError(folder / "state.json", f"its random state cannot be restored ({one_line(exc)})") from None
 
 
 def write_model_file(out: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict, step: int) -> Path:
@@ -262,9 +281,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], XWin
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != MODEL_FORMAT:
-            raise XWinInputError(path, f"not an XWin model file (format {_one_line(meta.get('format', 'none'))!r}, "
+            raise XWinInputError(path, f"not an XWin model file (format {one_line(meta.get('format', 'none'))!r}, "
                                        f"expected {MODEL_FORMAT})")
         config = _model_config(path, meta.get("config"))
         return _floating(path, _load_tensors(path)), config
     except (OSError, SafetensorError) as exc:  # safetensors raises these for foreign and truncated files
-        raise XWinInputError(path, f"not an XWin model file ({_one_line(exc)})") from None
+        raise XWinInputError(path, f"not an XWin model file ({one_line(exc)})") from None

@@ -43,8 +43,7 @@ def real_cxrs(cfg) -> np.ndarray | None:
     return load_cxrs(files, cfg.model.img_size) if files else None
 
 
-def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None,
-                    quiet: bool = False) -> PairSampler | OnlineDrrSampler:
+def prepare_sampler(cfg, run_dir: Path, d: Dist, quiet: bool = False) -> PairSampler | OnlineDrrSampler:
     """With ``data.online``: render pairs on this rank's device. Otherwise load (or, on rank 0, build) the bank named
     by ``data.bank`` (default RUN/bank) and wrap it in a sampler. Each rank draws with its own seed. The real films
     are read, and the bank's folder checked, before the CTs are rendered; ``quiet``: no progress bar."""
@@ -65,6 +64,4 @@ def prepare_sampler(cfg, run_dir: Path, d: Dist, state: dict | None = None,
             build_bank(training_cts(cfg), bank_dir, bank_spec(cfg), quiet=quiet)
         d.barrier()
         sampler = PairSampler(load_bank(bank_dir), real, seed=seed, **mix)
-    if state is not None:
-        sampler.restore(state)
     return sampler

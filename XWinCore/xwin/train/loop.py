@@ -207,8 +207,9 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
             getattr(model, name).requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95))
-        step, sampler_state, fresh = 0, None, None
+        step, sampler_state, fresh, state_file = 0, None, None, run_dir
         if resume and last is not None:
+            state_file = last / "state.json"
             weights, opt_tensors, state = ckpt.load_checkpoint(last)
             try:
                 model.load_state_dict(weights)
@@ -218,12 +219,21 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
                                      f"({problem[:200]}{'...' if len(problem) > 200 else ''})") from None
             if "optimizer" not in state:
                 raise XWinInputError(last / "state.json", "holds no optimizer state: not a training checkpoint")
-            ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"])  # type: ignore[arg-type]  # saved by train
-            ckpt.restore_rng(state["rng"])
+            if opt_tensors is None:
+                raise XWinInputError(last / "optimizer.safetensors", "missing (or not a file): the optimizer state "
+                                     "of this checkpoint is needed to resume")
+            ckpt.restore_optimizer(opt, opt_tensors, state["optimizer"], last)
+            ckpt.restore_rng(state.get("rng"), last)
             step, sampler_state = state["step"], state.get("sampler")
         elif t.init is not None:
             fresh = load_initial_weights(model, t.init)
-        sampler = prepare_sampler(cfg, run_dir, d, state=sampler_state, quiet=progress == "none")
+        sampler = prepare_sampler(cfg, run_dir, d, quiet=progress == "none")
+        if sampler_state is not None:
+            try:
+                sampler.restore(sampler_state)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a damaged state.json
+                raise XWinInputError(state_file, f"its sampler state cannot be restored "
+                                     f"({type(exc).__name__}: {ckpt.one_line(exc)})") from None
         if d.main and step:  # the run's metrics are cut back to the checkpoint only once everything else loaded
             trim_metrics(run_dir, step)
         net: _Losses | DistributedDataParallel = _Losses(model)
