@@ -561,6 +561,17 @@ REQUEST_CASES = [
                                                 "--restarts", "0", "--time-limit", "5", "--out", str(d / "pose.json")],
      "drr.nrrd", {}),
     ("render_size_100000", lambda i, d: _render(i, d, "--size", "100000", "100000"), "--size 100000 100000", {}),
+    # campaign 8: a μ_water past float32 passed the check, then overflowed (numpy warnings, the output blamed)
+    ("render_mu_water_1e39", lambda i, d: _render(i, d, "--mu-water", "1e39"), "--mu-water: mu_water must be", {}),
+    ("render_mu_water_1e-300", lambda i, d: _render(i, d, "--mu-water", "1e-300"), "--mu-water: mu_water must be",
+     {}),
+    # campaign 8: file names keep 0.01°, so 0 and 0.001 wrote one file ("2 DRRs" reported)
+    ("render_poses_one_file_name", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "0.001", "--cran", "0", "0",
+                                                 "--size", "8", "8", "--out", str(d / "drrs")],
+     "--lao/--cran: poses 1 and 2", {}),
+    ("predict_poses_one_file_name", lambda i, d: ["predict", str(i["cxr"]), "--checkpoint", str(i["model"]), "--lao",
+                                                  "10", "10.004", "--cran", "0", "0", "--out", str(d / "p")],
+     "--lao/--cran: poses 1 and 2", {}),
     ("render_size_over_a_small_budget", lambda i, d: _render(i, d, "--size", "256", "256"), "XWIN_MAX_VOLUME_GB",
      {"XWIN_MAX_VOLUME_GB": "0.001"}),
     ("budget_not_a_number", lambda i, d: _render(i, d), "XWIN_MAX_VOLUME_GB", {"XWIN_MAX_VOLUME_GB": "lots"}),
@@ -571,6 +582,10 @@ REQUEST_CASES = [
     ("reconstruct_views_1e8", lambda i, d: _reconstruct(i, d, "--views", "100000000"), "--views 100000000", {}),
     ("reconstruct_grid_2000_cubed", lambda i, d: _reconstruct(i, d, "--size", "2000", "2000", "2000"),
      "--size 2000 2000 2000 (a 2000 x 2000 x 2000", {}),  # campaign 7: the option was not named
+    # campaign 8: --arc inf was refused without naming --arc; --tv 1e300 ran, then its volume was NaN
+    ("reconstruct_arc_inf", lambda i, d: _reconstruct(i, d, "--arc", "inf"), "--arc must be", {}),
+    ("reconstruct_tv_1e300", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "1e300"), "--tv must be",
+     {}),
     ("reconstruct_tiny_spacing", lambda i, d: _reconstruct(i, d, "--spacing", "0.01"), "--spacing 0.01 (a ", {}),
     ("reconstruct_huge_detector", lambda i, d: _reconstruct(i, d, "--views", "2", "--det", "100000", "100000"),
      "100000 x 100000", {}),

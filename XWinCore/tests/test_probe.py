@@ -268,7 +268,12 @@ def test_task_with_a_broken_regex_is_refused_by_option(positive, negative, optio
 
 @pytest.mark.parametrize("args, message", [(["--where", "sex"], "--where 'sex': expected COLUMN=VALUE"),
                                            (["--ablation", "x"], "--ablation 'x': expected NAME=PATH"),
-                                           (["--ablation", "=model.safetensors"], "--ablation '=model.safetensors'")])
+                                           (["--ablation", "=model.safetensors"], "--ablation '=model.safetensors'"),
+                                           # campaign 8: the second of two names silently replaced the first
+                                           (["--ablation", "a=m.safetensors", "--ablation", "a=m2.safetensors"],
+                                            "--ablation 'a' is given twice"),
+                                           (["--ablation", "model=m.safetensors"], "--ablation 'model' is given twice"),
+                                           (["--where", "sex=M", "--where", "sex=F"], "--where 'sex' is given twice")])
 def test_a_where_or_ablation_without_its_name_is_refused_by_option(tmp_path, capsys, args, message):
     """`--where sex` said "expected NAME=VALUE" without naming the option (bad-input campaign 4)."""
     assert main(["eval", "probe", "--labels", str(tmp_path / "labels.csv"), "--images", str(tmp_path),

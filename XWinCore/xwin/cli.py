@@ -108,7 +108,14 @@ def _pose_targets(out: Path, lao, cran, prefix: str, ext: str) -> list[Path]:
         if lao.size != 1:
             raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
         return [out]
-    return [out / f"{prefix}_lao{a:+07.2f}_cran{c:+07.2f}.{ext}" for a, c in zip(lao, cran)]
+    targets = [out / f"{prefix}_lao{a:+07.2f}_cran{c:+07.2f}.{ext}" for a, c in zip(lao, cran)]
+    for n, target in enumerate(targets):  # names keep 0.01°: closer poses would overwrite each other's file
+        first = targets.index(target)
+        if first != n:
+            raise XWinInputError(None, f"--lao/--cran: poses {first + 1} and {n + 1} ({lao[first]:g}, {cran[first]:g}"
+                                       f" and {lao[n]:g}, {cran[n]:g}) would both be written to {target.name}: "
+                                       "file names keep 0.01°, give poses at least that far apart")
+    return targets
 
 
 def _staged_targets(publication, out: Path, targets: list[Path]) -> list[Path]:
@@ -380,6 +387,12 @@ def cmd_eval_probe(ns: argparse.Namespace) -> int:
         bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
         if bad:
             raise XWinInputError(None, f"{option} {bad[0]!r}: expected {form}")
+        names = [item.split("=", 1)[0] for item in items]
+        taken = [n for k, n in enumerate(names) if n in names[:k] or (option == "--ablation"
+                                                                       and n in ("model", "random_init"))]
+        if taken:  # a second one would silently replace the first
+            raise XWinInputError(None, f"{option} {taken[0]!r} is given twice" + (
+                " (model and random_init are the probe's own rows)" if option == "--ablation" else ""))
     tasks = [TASKS[t] for t in dict.fromkeys(ns.task)]
     if ns.positive is not None:
         tasks.append(ProbeTask("custom", tuple(ns.source), ns.column, ns.positive, ns.negative,
@@ -455,6 +468,7 @@ def cmd_register(ns: argparse.Namespace) -> int:
 
 
 VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
+MAX_TV_HU = 10_000.0  # reconstruct --tv: the strongest total-variation weight accepted (20 is a usual one)
 
 
 def _check_volume_target(out: Path, inputs: tuple[str | None, ...]) -> None:
@@ -528,8 +542,10 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
     arc = ns.arc if ns.arc is not None else (180.0 if ns.cxr else 360.0)
     if views < 1:
         raise XWinInputError(None, f"--views must be at least 1, got {views}")
-    if not arc > 0:
+    if not (math.isfinite(arc) and arc > 0):
         raise XWinInputError(None, f"--arc must be a positive number of degrees, got {arc}")
+    if not (math.isfinite(ns.tv) and 0 <= ns.tv <= MAX_TV_HU):  # past it the TV step overflows to NaN
+        raise XWinInputError(None, f"--tv must be a weight from 0 to {MAX_TV_HU:g} HU, got {ns.tv:g}")
     if ns.size is not None and min(ns.size) < 2:
         raise XWinInputError(None, f"--size needs at least 2 voxels per axis, got {ns.size}")
     if ns.cxr is not None:

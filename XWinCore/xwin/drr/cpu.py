@@ -18,6 +18,7 @@ from . import joseph_numba
 
 MODES = ("line", "intensity", "radiograph")
 MU_WATER = 0.0193  # per mm, water at about 60 keV effective energy
+MU_WATER_RANGE = (1e-6, 10.0)  # per mm: beyond, float32 attenuations underflow to 0 or overflow (lead is ~6 at 60 keV)
 DISPLAY_SCALE = 4.0  # radiograph = 1 − exp(−line / DISPLAY_SCALE), see docs/geometry.md
 
 
@@ -56,8 +57,9 @@ def radiograph_to_line(images: np.ndarray) -> np.ndarray:
 
 def checked_inputs(volume: Volume, isocenter, mu_water: float) -> tuple[np.ndarray, float]:
     """The isocenter (LPS mm, default: the CT grid centre) and μ_water of a projector, checked."""
-    if not (np.isfinite(mu_water) and mu_water > 0):
-        raise XWinInputError(None, f"mu_water must be a positive attenuation per mm, got {mu_water}",
+    if not (np.isfinite(mu_water) and MU_WATER_RANGE[0] <= mu_water <= MU_WATER_RANGE[1]):
+        raise XWinInputError(None, f"mu_water must be an attenuation per mm from {MU_WATER_RANGE[0]:g} to "
+                                   f"{MU_WATER_RANGE[1]:g} (water at 60 keV: {MU_WATER}), got {mu_water:g}",
                              parameters=("mu_water",))
     return checked_isocenter(volume.center if isocenter is None else isocenter), float(mu_water)
 
