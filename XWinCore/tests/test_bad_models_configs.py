@@ -575,6 +575,8 @@ REQUEST_CASES = [
     ("render_size_over_a_small_budget", lambda i, d: _render(i, d, "--size", "256", "256"), "XWIN_MAX_VOLUME_GB",
      {"XWIN_MAX_VOLUME_GB": "0.001"}),
     ("budget_not_a_number", lambda i, d: _render(i, d), "XWIN_MAX_VOLUME_GB", {"XWIN_MAX_VOLUME_GB": "lots"}),
+    # campaign 8: matplotlib printed two warnings ahead of the error line (and worked in a temporary folder)
+    ("mplconfigdir_is_a_file", lambda i, d: _render(i, d), "MPLCONFIGDIR", {"MPLCONFIGDIR": os.devnull}),
     # campaign 8: with the budget raised past the machine, the allocation that failed was a MemoryError traceback
     # (a 10⁷ x 10⁷ DRR: 364 TiB, more than any address space)
     ("render_past_the_machine_budget_raised", lambda i, d: _render(i, d, "--size", "10000000", "10000000"),

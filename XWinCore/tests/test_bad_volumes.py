@@ -335,6 +335,9 @@ BAD = [
      ["bitpix is 8", "datatype 4 has 16 bits"], {}),
     ("mha_element_type_string", lambda d: metaimage(d / "ct.mha", element_type="MET_STRING"),
      ["elementtype met_string", "not a number type"], {}),
+    # campaign 8: axis mins/maxs without spacings were read as 1 mm voxels (the file implied 4.9 mm)
+    ("nrrd_axis_mins_only", lambda d: nrrd(d / "ct.nrrd", "axis mins: 0 0 0\naxis maxs: 29.4 24.5 19.6\n"),
+     ["nrrd axis mins only", "spacings"], {}),
     ("nrrd_direction_none_on_grid_axis", lambda d: nrrd_geometry(d / "ct.nrrd", "(2,0,0) (0,3,0) none"),
      ["space directions", "('none')", "axis 3"], {}),
     ("mha_compressed_not_zlib", lambda d: compressed_metaimage(d / "ct.mha", bytes(range(200)), 200),

@@ -673,6 +673,10 @@ def _check_nrrd(path: Path) -> None:
         if not np.all(np.isfinite(on_grid)) or np.any(on_grid <= 0):
             raise XWinInputError(path, f"voxel spacing (NRRD spacings) must be positive and finite, got "
                                        f"{_fmt(spacings)} mm")
+    ranges = [k for k in ("axis mins", "axismins", "axis maxs", "axismaxs") if k in fields]
+    if ranges and "spacings" not in fields and "space directions" not in fields:  # ITK reads them as 1 mm voxels
+        raise XWinInputError(path, f"gives its grid by NRRD {ranges[0]} only, which the reader ignores (it would "
+                                   "read 1 mm voxels): give spacings, or space directions and a space origin")
     for key in ("space directions", "space origin"):
         if re.search(r"nan|inf", fields.get(key, ""), re.IGNORECASE):
             raise XWinInputError(path, f"NRRD {key} is not finite: {fields[key]}")
