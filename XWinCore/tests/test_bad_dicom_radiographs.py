@@ -202,6 +202,11 @@ def jpeg_declaring(path: Path, width: int, height: int) -> tuple[Path, Path]:
     return path, path
 
 
+def written(path: Path, data: bytes) -> tuple[Path, Path]:
+    path.write_bytes(data)
+    return path, path
+
+
 def flat_image(path: Path, value: int = 128) -> tuple[Path, Path]:
     Image.fromarray(np.full((32, 40), value, np.uint8)).save(path)
     return path, path
@@ -314,12 +319,34 @@ def same_sop_uid(d: Path) -> tuple[Path, Path]:
     return folder, folder / "slice003.dcm"
 
 
-def jpeg_cr(path: Path, cut: bool) -> tuple[Path, Path]:
+def as_arithmetic(jpeg: bytes) -> bytes:
+    """A baseline JPEG whose frame marker says arithmetic coding (SOF0 → SOF9): its Huffman-coded data then decodes
+    to noise in libjpeg-turbo (Pillow) without an error."""
+    return jpeg.replace(b"\xff\xc0", b"\xff\xc9", 1)
+
+
+def swapped_huffman(jpeg: bytes) -> bytes:
+    """A JPEG whose AC Huffman table (its second DHT segment) has its first two symbols swapped: Pillow decodes the
+    scan to noise without an error."""
+    at = jpeg.index(b"\xff\xc4", jpeg.index(b"\xff\xc4") + 2) + 4 + 17
+    return jpeg[:at] + jpeg[at + 1:at + 2] + jpeg[at:at + 1] + jpeg[at + 2:]
+
+
+def film_jpeg(size: int = 128, quality: int = 90) -> bytes:
+    """A size × size 8-bit film-like JPEG: a smooth ramp with noise."""
+    ramp = np.add.outer(np.arange(size), np.arange(size)) + np.random.default_rng(0).normal(0, 8, (size, size))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(ramp, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def jpeg_cr(path: Path, cut: bool, arithmetic: bool = False) -> tuple[Path, Path]:
     """An 8-bit CR stored as JPEG Baseline; ``cut``: its JPEG stream cut in half (the decoders fill the rest with
-    grey, without a word)."""
+    grey, without a word); ``arithmetic``: its frame marked arithmetic-coded (`as_arithmetic`)."""
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, "JPEG", quality=95)
     frame = buf.getvalue()[: len(buf.getvalue()) // 2] if cut else buf.getvalue()
+    frame = as_arithmetic(film_jpeg(64)) if arithmetic else frame
 
     def edit(ds):
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
@@ -486,6 +513,9 @@ CXR_DICOM = [
     # campaign 3: a JPEG Baseline CR cut in half decoded to a half-grey film without a word
     ("cr_jpeg_baseline_cut_short", lambda d: jpeg_cr(d / "cxr.dcm", cut=True), ["jpeg stream is cut short",
                                                                               "eoi marker"]),
+    # campaign 8: a frame marked arithmetic-coded decoded to noise (off by 118 of 255 on average) without a word
+    ("cr_jpeg_baseline_marked_arithmetic", lambda d: jpeg_cr(d / "cxr.dcm", cut=False, arithmetic=True),
+     ["jpeg frame is sof9", "does not allow (sof0)"]),
     ("cr_pixel_data_empty", lambda d: cr(d / "cxr.dcm", edit=lambda ds: setattr(ds, "PixelData", b"")),
      ["pixel data is truncated", "0 bytes"]),  # campaign 2: a TypeError traceback before
     ("enhanced_ct_file_as_a_film", lambda d: cr(d / "ct.dcm", Modality="CT", NumberOfFrames=3),
@@ -575,6 +605,9 @@ CXR_RASTER = [
     ("png_blank", lambda d: flat_image(d / "cxr.png"), ["blank"]),
     ("png_black", lambda d: flat_image(d / "cxr.png", 0), ["blank", "value 0"]),
     ("jpeg_blank", lambda d: flat_image(d / "cxr.jpg", 200), ["blank"]),
+    # campaign 8: a film whose Huffman table was changed decoded to noise without a word
+    ("jpeg_huffman_table_changed", lambda d: written(d / "cxr.jpg", swapped_huffman(film_jpeg())),
+     ["jpeg data is damaged", "libjpeg"]),
     ("nhdr_2d_data_outside", lambda d: detached_2d(d, "../../../../../../../../etc/passwd"),
      ["outside the header's folder"]),
     ("png_holding_a_tiff", lambda d: raster_as(d / "cxr.png", "TIFF"), ["not a png/jpeg image"]),

@@ -26,6 +26,7 @@ from .validate import (
     MONOCHROME,
     check_budget,
     check_float32,
+    check_jpeg_stream,
     check_memory,
     check_not_multiframe_volume,
     check_png,
@@ -238,6 +239,8 @@ def _read_raster(p: Path) -> Radiograph:
                 check_budget(p, f"{width} x {height} pixels of mode {im.mode}", decoded,
                              decoded + width * height * 16)  # decoded, int64 or 8-bit grey, float32 result
                 reduced = any(";16" in str(tile[3]) for tile in im.tile) and not im.mode.startswith("I")
+                if im.format == "JPEG":
+                    check_jpeg_stream(p, p.read_bytes())
                 im.load()
                 mode = im.mode
                 shown = im if im.getexif().get(_EXIF_ORIENTATION, 1) == 1 else ImageOps.exif_transpose(im)
@@ -249,6 +252,8 @@ def _read_raster(p: Path) -> Radiograph:
                     depth = 8
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise XWinInputError(p, f"declares too many pixels to decode safely (Pillow: {e})") from None
+    except XWinInputError:  # the budget or the JPEG check: already one line naming the file
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise XWinInputError(p, f"is truncated, corrupt or not a PNG/JPEG image ({e})") from None
     if pixels.min() < 0 or pixels.max() >= 2 ** depth:

@@ -983,10 +983,73 @@ def _first_frame(path: Path, ds: pydicom.Dataset) -> bytes:
 
 def check_jpeg_end(path: Path, ds: pydicom.Dataset) -> None:
     """A JPEG or JPEG-LS frame must end with its EOI marker (0xFFD9; then at most padding): decoders fill a stream
-    cut short with grey without a word."""
-    if not _first_frame(path, ds).rstrip(b"\0").endswith(b"\xff\xd9"):
+    cut short with grey without a word. A JPEG frame must also pass `check_jpeg_stream`."""
+    frame = _first_frame(path, ds)
+    if not frame.rstrip(b"\0").endswith(b"\xff\xd9"):
         raise XWinInputError(path, "pixel data cannot be decoded: its JPEG stream is cut short or damaged (it does "
                                    "not end with the EOI marker 0xFFD9)")
+    if frame[:2] == b"\xff\xd8":
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        process = _jpeg_frame_marker(frame)
+        allowed = _JPEG_FRAMES.get(syntax)
+        if allowed is not None and process is not None and process not in allowed:
+            raise XWinInputError(path, f"pixel data cannot be decoded: its JPEG frame is SOF{process - 0xC0}, which "
+                                       f"transfer syntax {syntax} does not allow (SOF"
+                                       + "/".join(str(m - 0xC0) for m in allowed) + "): the stream is damaged")
+        check_jpeg_stream(path, frame)
+
+
+_JPEG_FRAMES = {"1.2.840.10008.1.2.4.50": (0xC0,), "1.2.840.10008.1.2.4.51": (0xC0, 0xC1),  # Huffman, DCT
+                "1.2.840.10008.1.2.4.57": (0xC3,), "1.2.840.10008.1.2.4.70": (0xC3,)}  # Huffman, lossless
+# (PS3.5 A.4.1: DICOM's JPEG processes are Huffman-coded; SOF9–SOF15, arithmetic coding, belong to none of them)
+
+
+def _jpeg_frame_marker(stream: bytes) -> int | None:
+    """The SOFn marker (0xC0–0xCF but DHT 0xC4, JPG 0xC8, DAC 0xCC) of a JPEG stream's first frame, None if none."""
+    at = 2
+    while at + 4 <= len(stream) and stream[at] == 0xFF:
+        marker = stream[at + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:  # the scan starts before any frame header: not a stream of ours to judge
+            return None
+        at += 2 + int.from_bytes(stream[at + 2:at + 4], "big")
+    return None
+
+
+JPEG_DECODER_TOLERANCE = 4  # grey levels two sound decoders of one 8-bit JPEG differ by at most (IDCT rounding: 1)
+
+
+def check_jpeg_stream(path: Path, data: bytes) -> None:
+    """An 8-bit greyscale JPEG stream decoded by two decoders (Pillow's libjpeg-turbo, pylibjpeg's libjpeg) must
+    give the same image. JPEG carries no checksum: damaged entropy-coded data (a changed Huffman table, a baseline
+    frame marked arithmetic-coded) decodes to noise without an error in one decoder, while the other stops or reads
+    it differently. Colour and 12/16-bit streams, which Pillow does not decode alike, are left to the reader."""
+    import io
+
+    from PIL import Image
+
+    try:
+        from libjpeg import decode
+    except ImportError:  # pylibjpeg-libjpeg is a dependency; without it this check is skipped
+        return
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
+            if im.mode != "L":
+                return
+            first = np.asarray(im, dtype=np.int16)
+    except Exception:  # Pillow cannot read it: the reader that follows says why
+        return
+    try:
+        second = np.asarray(decode(data))
+    except Exception as e:  # libjpeg raises RuntimeError with its own error text
+        raise XWinInputError(path, f"its JPEG data is damaged (libjpeg: {' '.join(str(e).split())[:200]})") from None
+    if second.shape != first.shape:
+        raise XWinInputError(path, f"its JPEG data is damaged: two decoders read {first.shape} and {second.shape}")
+    apart = int(np.abs(first - second).max())
+    if apart > JPEG_DECODER_TOLERANCE:
+        raise XWinInputError(path, f"its JPEG data is damaged: two decoders read pixels up to {apart} grey levels "
+                                   f"apart (sound data: at most {JPEG_DECODER_TOLERANCE})")
 
 
 def _decoded(path: Path, ds: pydicom.Dataset) -> np.ndarray:
