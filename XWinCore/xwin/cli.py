@@ -872,20 +872,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(BaseException):
-    """SIGTERM (a job scheduler, the Slicer panel) raised as an exception, so that every output being written is
-    cleaned up on the way out exactly as on Ctrl-C."""
+    """SIGTERM (a job scheduler, the Slicer panel), SIGHUP (the terminal closed) or SIGQUIT raised as an exception,
+    so that every output being written is cleaned up on the way out exactly as on Ctrl-C; exit status 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+# the signals that end a command as Terminated (SIGHUP and SIGQUIT do not exist on Windows)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
 
 
 def _raise_terminated(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-    raise Terminated()
+    for sig in STOP_SIGNALS:  # a second signal must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
-def _on_sigterm(handler):
-    """Install ``handler`` for SIGTERM (main thread only); returns the previous handler, or None."""
+def _on_sigterm(handler) -> dict | None:
+    """Install ``handler`` for `STOP_SIGNALS` (main thread only); returns the previous handlers, or None."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, handler)
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
 
 # A library check that names no file speaks of its parameter ("geometry: sid must be ..."): the word → the command's
@@ -979,12 +988,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"xwin {ns.command}: interrupted", file=sys.stderr)
             return 130
         if isinstance(stop, Terminated):
-            print(f"xwin {ns.command}: terminated", file=sys.stderr)
-            return 143
+            name = "" if stop.signum == signal.SIGTERM else f" ({signal.Signals(stop.signum).name})"
+            print(f"xwin {ns.command}: terminated{name}", file=sys.stderr)
+            return 128 + stop.signum
         raise
     finally:
-        if previous is not None:
-            _on_sigterm(previous)
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
         if one_shot:
             gc.freeze()  # Python's collections at exit then skip every object alive now
 

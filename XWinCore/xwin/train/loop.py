@@ -64,7 +64,7 @@ class _Losses(torch.nn.Module):
 
 
 class _StopFlag:
-    """Stop requests: SIGTERM/SIGINT, or ``stop_file`` appearing (``xwin train --stop-file``: how a panel stops a
+    """Stop requests: SIGTERM/SIGINT/SIGHUP, or ``stop_file`` appearing (``xwin train --stop-file``: how a panel stops a
     trainer that runs under a launcher forwarding no signal, e.g. Slicer's PythonSlicer, and on Windows).
 
     `check` runs once per step, after the step and before the checkpoint decision, and latches `stop`; the loop tests
@@ -78,7 +78,7 @@ class _StopFlag:
         self.stop_file = Path(stop_file) if stop_file else None
         self._dist = dist
         self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, *(getattr(signal, n) for n in ("SIGHUP",) if hasattr(signal, n))):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
