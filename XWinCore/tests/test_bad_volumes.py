@@ -264,6 +264,8 @@ BAD = [
     ("nifti_quatern_not_rotation", lambda d: nifti(d / "ct.nii", (QUATERN, "3f", (0.9, 0.9, 0.9)),
                                                    (SFORM_CODE, "h", 0)), ["qform", "not a rotation"], {}),
     ("nifti_slope_inf", lambda d: nifti(d / "ct.nii", (SCL, "f", INF)), ["scl_slope", "inf"], {}),
+    # campaign 8: a slope of 1e30 (values up to 1e32, within float32) was read as HU; an export clipped them
+    ("nifti_slope_1e30", lambda d: nifti(d / "ct.nii", (SCL, "f", 1e30)), ["beyond any ct's range", "hu"], {}),
     ("nifti_inter_inf", lambda d: nifti(d / "ct.nii.gz", (SCL, "2f", (1.0, -INF))), ["scl_inter", "inf"], {}),
     ("nifti_slope_zero_with_intercept", lambda d: nifti(d / "ct.nii", (SCL, "2f", (0.0, -1024.0))),
      ["ambiguous", "scl_slope"], {}),

@@ -57,12 +57,12 @@ def read_ct(path: str | os.PathLike) -> Volume:
     if not p.exists():
         raise XWinInputError(p, file_problem(p) or "does not exist")  # a link loop: "Too many levels of..."
     if p.is_dir():
-        return _read_dicom_series(p)
+        return _checked_hu(p, _read_dicom_series(p))
     check_regular_file(p)  # a FIFO or a device would block or never end
     if not os.access(p, os.R_OK):
         raise XWinInputError(p, "cannot be read: permission denied")
     if has_extension(p, ITK_EXTENSIONS):
-        return _read_image_file(p)
+        return _checked_hu(p, _read_image_file(p))
     if has_extension(p, RASTER_EXTENSIONS):
         raise XWinInputError(p, "is a 2D PNG/JPEG image, not a 3D CT volume")
     if is_dicom_file(p):
@@ -70,6 +70,19 @@ def read_ct(path: str | os.PathLike) -> Volume:
     if has_extension(p, (".dcm", ".dicom")):
         raise XWinInputError(p, "is not a valid DICOM file (no DICM marker): truncated or corrupt")
     raise XWinInputError(p, "unknown file type: expected a DICOM series folder or " + ", ".join(ITK_EXTENSIONS))
+
+
+HU_RANGE = (-32768.0, 65535.0)  # what any CT stores (16 bits, signed or not, slope 1): beyond, not HU
+
+
+def _checked_hu(p: Path, volume: Volume) -> Volume:
+    """``volume`` when its values are finite HU within `HU_RANGE` (a scaling gone wrong — slope 1e30 — or a map of
+    something else is refused: its DRRs are white and an export would clip it without a word)."""
+    lo, hi = float(volume.array.min()), float(volume.array.max())  # finite: `Volume` refuses NaN and inf
+    if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
+        raise XWinInputError(p, f"voxel values span {lo:g} … {hi:g}, beyond any CT's range ({HU_RANGE[0]:g} … "
+                                f"{HU_RANGE[1]:g} HU): a wrong rescale slope or intercept, or not a CT in HU")
+    return volume
 
 
 def _read_image_file(p: Path) -> Volume:
