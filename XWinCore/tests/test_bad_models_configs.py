@@ -603,6 +603,9 @@ REQUEST_CASES = [
     ("device_foo", lambda i, d: _render(i, d, "--device", "foo"), "--device 'foo'", {}),
     ("device_auto_outside_train", lambda i, d: _render(i, d, "--device", "auto"), "--device 'auto'", {}),
     ("device_cuda_index_absent", lambda i, d: _reconstruct(i, d, "--device", "cuda:64"), "--device cuda:64", {}),
+    # campaign 8: --init with --resume was silently ignored (the checkpoint's weights won)
+    ("train_resume_with_init", lambda i, d: ["train", "--config", "x.yaml", "--resume", "--init", str(i["model"])],
+     "--init starts a new run", {}),
     ("train_device_cuda_index", lambda i, d: ["train", "--config", "x.yaml", "--device", "cuda:1"],
      "--device cuda:1", {}),
     ("eval_world_device_empty", lambda i, d: ["eval", "world", "--ct", str(i["ct"]), "--device", ""],

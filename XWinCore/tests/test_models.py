@@ -474,6 +474,7 @@ def test_committed_configs_load_and_round_trip(name):
     ("train:\n  amp: 1\n", "train.amp"),
     ("model:\n  img_size: 100\n", "model.img_size"),
     ("mask:\n  target_scale: [0.3, 0.1]\n", "mask.target_scale"),
+    ("mask:\n  min_keep: 1000\n", "mask.min_keep"),  # campaign 8: more than the 8 x 8 patch grid holds
     ("optim:\n  lr: 1\n", "optim"),
 ])
 def test_bad_config_names_the_dotted_key(tmp_path, text, key):

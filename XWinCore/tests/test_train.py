@@ -603,11 +603,14 @@ def _state_edit(key: str, value):
     (_extra_optimizer_tensor, "optimizer.safetensors: does not hold this run's optimizer state"),
     (_state_edit("sampler", {"seed": 0, "garbage": 1}), "state.json: its sampler state cannot be restored"),
     (_state_edit("rng", {"torch": "abc"}), "state.json: its random state cannot be restored"),
+    (lambda f: (f.parent / "latest.json").write_text(json.dumps({"step": 999999, "path": f.name})),
+     "latest.json: says step 999999 but names step_"),
 ])
 def test_resume_from_a_damaged_optimizer_or_sampler_state_names_the_file(tiny_setup, trained_run, tmp_path, damage,
                                                                         culprit):
     """Campaign 8: a missing or reshaped optimizer file, one with an extra tensor, or a damaged sampler state in
-    state.json ended --resume in an AttributeError / ValueError / KeyError traceback, or in the first AdamW step."""
+    state.json ended --resume in an AttributeError / ValueError / KeyError traceback, or in the first AdamW step; a
+    latest.json whose step disagreed with the folder it names was followed (and that step written over)."""
     from xwin.errors import XWinInputError
     from xwin.train import train
 

@@ -233,6 +233,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .models.model_file import read_weights
     from .train import check_resumed_model, train, with_overrides
 
+    if ns.resume and ns.init is not None:  # the resumed checkpoint's weights would silently win
+        raise XWinInputError(None, "--init starts a new run from a model file, --resume continues the run's own "
+                                   "checkpoint: give one of them")
     cfg = with_overrides(load_config(ns.config), ns.ct_dir, ns.cxr_dir, ns.init)
     if cfg.train.init is not None:
         read_weights(cfg.train.init)  # a bad model file is refused before the run folder is made

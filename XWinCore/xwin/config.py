@@ -303,7 +303,11 @@ class MaskConfig(_Section):
 
     def check_grid(self, grid: tuple[int, int]) -> None:
         """Refuse target blocks that can cover the whole (rows, columns) patch grid alone: no context would be left
-        (the largest block: scale at its maximum, aspect over its range)."""
+        (the largest block: scale at its maximum, aspect over its range), or a ``min_keep`` the grid cannot hold."""
+        if self.min_keep > grid[0] * grid[1]:  # every draw would fall back to an unmasked context
+            raise _fail("mask.min_keep", f"{self.min_keep} context patches to keep, but the {grid[0]}×{grid[1]} patch "
+                                         "grid (model.img_size / model.patch_size) holds only "
+                                         f"{grid[0] * grid[1]}; lower it")
         lo, hi = self.target_aspect
         largest = max((block_size(grid, self.target_scale[1], lo + (hi - lo) * i / 64) for i in range(65)),
                       key=lambda hw: hw[0] * hw[1])

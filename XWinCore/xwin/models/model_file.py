@@ -101,6 +101,10 @@ def latest_checkpoint(run_dir: str | os.PathLike, strict: bool = False) -> Path 
                                                "(expected a step_NNNNNNN folder beside it)")
         return None
     path = root / name
+    step = pointer.get("step")
+    if strict and (not isinstance(step, int) or name != f"step_{step:07d}"):  # which one to continue is a guess
+        raise XWinInputError(pointer_file, f"says step {one_line(repr(step))} but names {name}: not the pointer "
+                                           "this run wrote")
     if (path / "state.json").is_file():
         return path
     if strict:
