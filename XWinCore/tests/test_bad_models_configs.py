@@ -452,8 +452,10 @@ def _bank_folder(d: Path) -> Path:
     return bank
 
 
-def _many(n: int) -> list[str]:
-    return [str(a) for a in np.linspace(-90, 90, n)]
+def _distinct_poses(n_lao: int, n_cran: int) -> list[str]:
+    """--lao … --cran … of n_lao × n_cran poses whose file names (0.01°) all differ."""
+    lao, cran = np.meshgrid(np.linspace(-90, 90, n_lao), np.linspace(-15, 15, n_cran), indexing="ij")
+    return ["--lao", *(f"{a:.2f}" for a in lao.ravel()), "--cran", *(f"{c:.2f}" for c in cran.ravel())]
 
 
 def _existing_file(d: Path, name: str) -> str:
@@ -586,7 +588,7 @@ REQUEST_CASES = [
      "--size 2000 2000 2000 (a 2000 x 2000 x 2000", {}),  # campaign 7: the option was not named
     # campaign 8: --arc inf was refused without naming --arc; --tv 1e300 ran, then its volume was NaN
     ("reconstruct_arc_inf", lambda i, d: _reconstruct(i, d, "--arc", "inf"), "--arc must be", {}),
-    ("reconstruct_tv_1e300", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "1e300"), "--tv must be",
+    ("reconstruct_tv_1e300", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "1e300"), "--tv: must be",
      {}),
     ("reconstruct_tiny_spacing", lambda i, d: _reconstruct(i, d, "--spacing", "0.01"), "--spacing 0.01 (a ", {}),
     ("reconstruct_huge_detector", lambda i, d: _reconstruct(i, d, "--views", "2", "--det", "100000", "100000"),
@@ -595,7 +597,7 @@ REQUEST_CASES = [
                                                 "--views", "10000000", "--out", str(d / "r.nrrd")],
      "--views 10000000", {}),
     ("predict_300000_poses", lambda i, d: ["predict", str(i["cxr"]), "--checkpoint", str(i["model"]),
-                                           "--lao", *_many(150_000), "--cran", "0", "--out", str(d / "p")],
+                                           *_distinct_poses(300, 500), "--out", str(d / "p")],
      "150000 poses", {}),
     ("eval_domain_views_1e8", lambda i, d: ["eval", "domain", "--cxr", str(d), "--ct", str(i["ct"]),
                                             "--checkpoint", str(i["model"]), "--views", "100000000"],

@@ -114,8 +114,9 @@ def _pose_targets(out: Path, lao, cran, prefix: str, ext: str) -> list[Path]:
             raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
         return [out]
     targets = [out / f"{prefix}_lao{a:+07.2f}_cran{c:+07.2f}.{ext}" for a, c in zip(lao, cran)]
+    seen: dict[Path, int] = {}
     for n, target in enumerate(targets):  # names keep 0.01°: closer poses would overwrite each other's file
-        first = targets.index(target)
+        first = seen.setdefault(target, n)
         if first != n:
             raise XWinInputError(None, f"--lao/--cran: poses {first + 1} and {n + 1} ({lao[first]:g}, {cran[first]:g}"
                                        f" and {lao[n]:g}, {cran[n]:g}) would both be written to {target.name}: "
@@ -553,7 +554,7 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
     if not (math.isfinite(arc) and arc > 0):
         raise XWinInputError(None, f"--arc must be a positive number of degrees, got {arc}")
     if not (math.isfinite(ns.tv) and 0 <= ns.tv <= MAX_TV_HU):  # past it the TV step overflows to NaN
-        raise XWinInputError(None, f"--tv must be a weight from 0 to {MAX_TV_HU:g} HU, got {ns.tv:g}")
+        raise XWinInputError(None, f"--tv: must be a weight from 0 to {MAX_TV_HU:g} HU, got {ns.tv:g}")
     if ns.size is not None and min(ns.size) < 2:
         raise XWinInputError(None, f"--size needs at least 2 voxels per axis, got {ns.size}")
     if ns.cxr is not None:
