@@ -531,6 +531,32 @@ def test_a_failed_start_leaves_no_run_folder(tiny_setup, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_second_train_into_a_busy_run_folder_is_refused(tiny_setup, tmp_path):
+    """Campaign 8: two `xwin train` into one --out both ran, interleaving checkpoints and metrics. The second is
+    refused in one line naming the folder and the holder's pid, and leaves the folder alone; the lock dies with its
+    process (SIGKILL included)."""
+    from xwin.train.loop import lock_run
+
+    _, cfg_path, _ = tiny_setup
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xwin.train.loop import lock_run; p = Path(sys.argv[1]); p.mkdir(); "
+                               "lock = lock_run(p); print('held', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        r = _run(["train", "--config", str(cfg_path), "--out", str(run), "--progress", "none"])
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"xwin train: error: {run}: is in use by another `xwin train` (pid {holder.pid}): wait for it to finish or "
+            "stop it, or choose another folder"]
+        assert run.is_dir() and not (run / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_run(run).close()  # released by the kill
+
+
 def test_a_stop_file_that_exists_or_cannot_appear_and_a_resume_without_checkpoint_are_refused(tiny_setup, tmp_path):
     """Bad-input campaign 4: `--stop-file FOLDER` was accepted (the run stopped after one step) and `--resume` on a
     folder without a checkpoint started a new run silently. Both refused before any step, leaving nothing behind."""

@@ -7,9 +7,11 @@ EMA target update after each step, atomic checkpoints, clean stop on SIGTERM/SIG
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -170,6 +172,42 @@ def check_resumed_model(cfg: XWinConfig, run_dir: Path, config_file: str | Path)
                                               "setting, or train into a new folder)")
 
 
+RUN_LOCK = ".xwin-train.lock"
+
+
+def lock_run(run_dir: Path):
+    """Hold ``run_dir`` for this process (an advisory lock on ``.xwin-train.lock`` inside it, released when the file
+    closes or the process dies, however it dies) or refuse: two `xwin train` writing one run folder would interleave
+    their checkpoints and metrics. Returns the open lock file; keep it open while training."""
+    path = run_dir / RUN_LOCK
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise XWinInputError(path, f"cannot be opened to lock the run folder ({exc.strerror})") from None
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # its first byte
+        else:
+            import fcntl
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            handle.seek(0)
+            owner = handle.read().strip()
+        except OSError:  # Windows: the holder's byte cannot be read
+            owner = ""
+        handle.close()
+        raise XWinInputError(run_dir, f"is in use by another `xwin train`{f' (pid {owner})' if owner.isdigit() else ''}"
+                                      ": wait for it to finish or stop it, or choose another folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progress: str = "bar",
           device: str = "auto", stop_file: str | Path | None = None) -> Path | None:
     """Train (or resume) a world model into ``run_dir``; returns the last checkpoint folder.
@@ -181,10 +219,15 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         check_stop_file(Path(stop_file))
     d: Dist = setup(device)
     t = cfg.train
-    created = d.main and not run_dir.exists()
+    created, lock = False, None
     try:
         if d.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True)
+                created = True
+            except FileExistsError:  # a run folder already (or a file: mkdir says so)
+                run_dir.mkdir(parents=True, exist_ok=True)
+            lock = lock_run(run_dir)
         d.barrier()
         last = ckpt.latest_checkpoint(run_dir, strict=True)
         if last is not None and not resume:
@@ -291,8 +334,13 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         return saved
     except BaseException:
         if created and ckpt.latest_checkpoint(run_dir) is None:  # a failed start leaves no run folder behind
+            if lock is not None:
+                lock.close()
+                lock = None
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
+        if lock is not None:
+            lock.close()
         teardown()
 
