@@ -211,3 +211,42 @@ def test_bootstrap_interval():
     lo, hi = bootstrap_ci(values)
     assert lo < values.mean() < hi and bootstrap_ci(values) == [lo, hi]
     assert bootstrap_ci(np.full(7, 0.3)) == pytest.approx([0.3, 0.3])
+
+
+def test_paired_difference_of_known_records():
+    """Per-unit differences and their paired bootstrap: hits of 13 views, errors in degrees, SSIM."""
+    def record(hits: int, error: float, ssim: float) -> dict:
+        correct = np.arange(13) < hits
+        return {"correct": correct, "offset": np.where(correct, 0.0, error), "ssim": np.full(13, ssim)}
+
+    model = [record(13, 15.0, 0.8), record(13, 15.0, 0.8), record(0, 15.0, 0.8), record(13, 15.0, 0.8)]
+    versus = [record(0, 15.0, 0.7), record(13, 15.0, 0.7), record(0, 15.0, 0.7), record(0, 30.0, 0.7)]
+    d = world.paired_difference(model, versus)
+    assert d["retrieval_top1"] == pytest.approx(0.5)  # per unit: +1, 0, 0, +1
+    assert d["angular_error_deg"] == pytest.approx((-15.0 + 0.0 + 0.0 - 30.0) / 4)
+    assert d["ssim"] == pytest.approx(0.1) and d["ssim_ci"] == pytest.approx([0.1, 0.1])
+    lo, hi = d["retrieval_top1_ci"]
+    assert 0.0 <= lo < 0.5 < hi <= 1.0
+
+
+def test_versus_scores_a_second_model_on_the_same_renderings(chests, capsys):
+    loaded, other = _loaded(), _loaded()
+    torch.manual_seed(5)
+    other = LoadedModel(create_model(other.config).eval(), other.config)  # other weights, same spec
+    same = evaluate_world(loaded, [chests[1]], renderings=2, score_size=32, versus=_loaded())
+    assert same["versus"]["difference"] == {"retrieval_top1": 0.0, "retrieval_top1_ci": [0.0, 0.0],
+                                            "angular_error_deg": 0.0, "angular_error_deg_ci": [0.0, 0.0],
+                                            "ssim": 0.0, "ssim_ci": [0.0, 0.0]}
+    result = evaluate_world(loaded, [chests[1], chests[2]], renderings=2, score_size=32, versus=other)
+    alone = evaluate_world(other, [chests[1], chests[2]], renderings=2, score_size=32)
+    assert {k: result["versus"][k] for k in KEYS} == alone["model"]  # the other model, scored as if alone
+    d = result["versus"]["difference"]
+    assert d["retrieval_top1"] == pytest.approx(result["model"]["retrieval_top1"] - alone["model"]["retrieval_top1"],
+                                                abs=2e-4)
+    assert d["ssim"] == pytest.approx(result["model"]["ssim"] - alone["model"]["ssim"], abs=2e-4)
+    assert d["retrieval_top1_ci"][0] <= d["retrieval_top1"] <= d["retrieval_top1_ci"][1]
+    assert all("versus" in ct for ct in result["per_ct"])
+    print(world.format_table(result))
+    assert "model − versus on the same renderings" in capsys.readouterr().out
+    with pytest.raises(world.XWinInputError, match=r"--versus: .*field_mm 200.0 vs 300.0"):
+        evaluate_world(loaded, [chests[1]], renderings=1, score_size=32, versus=_loaded(field_mm=300.0))

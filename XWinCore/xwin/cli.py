@@ -342,10 +342,12 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
     if not cts:
         raise XWinInputError(None, "give the CTs to evaluate: --ct CT (repeatable) or --cases CSV [--split eval]")
     loaded = load_model(ns.checkpoint, ns.device)
+    versus = None if ns.versus is None else load_model(ns.versus, ns.device)
     _check_memory(f"--renderings {ns.renderings} (jittered renderings of {len(cts)} CT(s), kept per CT)",
-                  eval_world_bytes(loaded.config.model, ns.renderings, len(cts), SCORE_SIZE))
+                  eval_world_bytes(loaded.config.model, ns.renderings, len(cts), SCORE_SIZE)
+                  + (0 if versus is None else versus.config.model.memory_bytes(13)))
     result = evaluate_world(loaded, cts, renderings=ns.renderings, seed=ns.seed, train_cts=ns.train_ct or None,
-                            quiet=False)
+                            quiet=False, versus=versus)
     print(json.dumps(result) if ns.json else format_table(result))
     return 0
 
@@ -738,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--renderings", type=int, default=8, help="jittered renderings per CT (default 8)")
     w.add_argument("--seed", type=int, default=0, help="seed of the jitter, random_init and bootstrap (default 0)")
     w.add_argument("--checkpoint", type=_path, help="model file or checkpoint folder (default: the embedded model)")
+    w.add_argument("--versus", type=_path, metavar="CHECKPOINT",
+                   help="a second model scored on the same renderings: model - versus differences of top-1, "
+                        "angular error and SSIM with 95 %% paired bootstrap intervals (is one model better?)")
     w.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     w.add_argument("--json", action="store_true", help="one-line JSON on stdout (default: a table)")
     w.set_defaults(func=cmd_eval_world)

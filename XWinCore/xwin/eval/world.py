@@ -22,6 +22,10 @@ Baselines on the same renderings: ``copy_context`` (the context as every predict
 ``mean_projection`` (the model file's mean training DRR at the nearest pose), ``random_init`` (the architecture
 untrained) and ``nearest_training_patient`` (the unjittered views of the training CT whose PA DRR is closest to the
 context, in MSE). Image baselines are encoded by the model's target encoder (retrieval, effective rank).
+
+``versus``: a second model scored on the very same units (it must render them alike: `UNIT_KEYS`), and the
+differences model − versus per unit (top-1, angular error, SSIM) with 95 % paired bootstrap intervals over the units:
+whether one model beats another on these renderings, where two overlapping unpaired intervals cannot tell.
 """
 from __future__ import annotations
 
@@ -50,6 +54,10 @@ BASELINES = ("copy_context", "mean_projection", "random_init", "nearest_training
 CEILING = "decoder_ceiling"  # the decoder fed the target encoder's tokens of the true view (+ context, action)
 WITHIN_DEG = 15.0  # a retrieved angle this close (degrees) counts for within_15
 KEYS = ("retrieval_top1", "retrieval_ci", "within_15", "angular_error_deg", "psnr", "ssim", "effective_rank")
+# what the renderings of `render_units` depend on (`xwin.data.bank.BankSpec` fields): two models compared on the
+# same units must agree on these
+UNIT_KEYS = ("img_size", "supersample", "sid", "sdd", "field_mm", "spacing_mm", "feather_mm", "iso_shift_mm",
+             "roll_deg")
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
@@ -265,6 +273,18 @@ def summarize(records: list[dict] | None, seed: int = 0) -> dict:
     return out
 
 
+def paired_difference(records: list[dict], versus: list[dict], seed: int = 0) -> dict:
+    """Mean per-unit differences records − versus (same units, same order) of retrieval top-1, angular error
+    (degrees) and SSIM, each with a 95 % paired bootstrap interval over the units (``*_ci``)."""
+    out: dict[str, Any] = {}
+    for key, per_unit in (("retrieval_top1", lambda r: r["correct"].mean()),
+                          ("angular_error_deg", lambda r: np.abs(r["offset"]).mean()),
+                          ("ssim", lambda r: r["ssim"].mean())):
+        diff = np.array([per_unit(a) - per_unit(b) for a, b in zip(records, versus)])
+        out[key], out[f"{key}_ci"] = _r(diff.mean()), [_r(x) for x in bootstrap_ci(diff, seed=seed)]
+    return out
+
+
 def per_angle(records: Mapping[str, list[dict] | None]) -> list[dict]:
     """Per target angle: ``{"lao", name: {"psnr", "ssim", "retrieval_top1", "offset_deg"}}`` pooled over units;
     ``offset_deg`` is the mean signed retrieved − true angle (degrees, + toward LAO: a model that shrinks its
@@ -308,8 +328,10 @@ def _mean_images(loaded: LoadedModel, lao: torch.Tensor) -> torch.Tensor | None:
     return loaded.mean_projection.to(lao.device)[idx][:, None].float()
 
 
-def _unit_records(model, untrained, unit: Unit, lao, mean, refs: References | None) -> tuple[dict, str | None]:
-    """Every method's record on one unit, and the name of the nearest training CT (None without references)."""
+def _unit_records(model, untrained, unit: Unit, lao, mean, refs: References | None,
+                  versus=None) -> tuple[dict, str | None]:
+    """Every method's record on one unit (and the ``versus`` model's), and the name of the nearest training CT (None
+    without references)."""
     true_tokens = model.target_encoder(unit.targets)
     true_latent = view_latent(true_tokens)
     context, zero = unit.context.expand(len(lao), -1, -1, -1), torch.zeros_like(lao)
@@ -318,6 +340,8 @@ def _unit_records(model, untrained, unit: Unit, lao, mean, refs: References | No
            "copy_context": image_unit(model, unit, unit.context.expand(len(lao), -1, -1, -1), None),
            "mean_projection": None if mean is None else image_unit(model, unit, mean, true_latent),
            "nearest_training_patient": None}
+    if versus is not None:
+        out["versus"] = model_unit(versus, unit, lao)
     if refs is None:
         return out, None
     k = refs.nearest(unit.context)
@@ -331,22 +355,37 @@ def _result(records: Mapping[str, list[dict] | None], seed: int, notes: dict) ->
         if note:
             out[name]["note"] = note
     ceiling = summarize(records[CEILING], seed)
-    return {"model": out.pop("model"), "baselines": out, CEILING: {k: ceiling[k] for k in ("psnr", "ssim")}}
+    result = {"model": out.pop("model"), "baselines": out, CEILING: {k: ceiling[k] for k in ("psnr", "ssim")}}
+    versus = records.get("versus")
+    if versus is not None:
+        model = records["model"]
+        assert model is not None  # the model's records are always there
+        result["versus"] = {**summarize(versus, seed), "difference": paired_difference(model, versus, seed)}
+    return result
 
 
 @torch.no_grad()
 def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0, train_cts=None,
-                   quiet: bool = True, score_size: int = SCORE_SIZE) -> dict:
+                   quiet: bool = True, score_size: int = SCORE_SIZE, versus: LoadedModel | None = None) -> dict:
     """The evaluation of the module docstring on ``cts`` (paths or `Volume`s, or a dict name → either).
 
     ``train_cts`` (same forms) are the candidates of ``nearest_training_patient``; default: the model config's
     training CTs (`xwin.data.training_cts`; paths relative to the working directory). Returns ``{"model",
-    "baselines", "per_angle", "per_ct", "renderings", "score_size"}`` (see ``xwin eval world --help``)."""
+    "baselines", "per_angle", "per_ct", "renderings", "score_size"}`` (see ``xwin eval world --help``), with
+    ``versus`` also ``"versus"`` (its scores and ``"difference"``, `paired_difference`) pooled and per CT."""
     if renderings < 1:
         raise XWinInputError(None, f"renderings must be >= 1 (got {renderings})")
     model = loaded.model.eval()
     device = next(model.parameters()).device
     spec = bank_spec(loaded.config)
+    if versus is not None:
+        other = bank_spec(versus.config)
+        differ = [f"{k} {getattr(spec, k)} vs {getattr(other, k)}" for k in UNIT_KEYS
+                  if getattr(spec, k) != getattr(other, k)]
+        if differ:
+            raise XWinInputError(None, "--versus: the two models render their views differently ("
+                                       f"{'; '.join(differ)}): they cannot be scored on the same renderings")
+        versus.model.eval().to(device)
     lao = torch.tensor(TARGET_LAO, device=device)
     torch.manual_seed(seed)
     untrained = create_model(loaded.config).eval().to(device)
@@ -355,7 +394,7 @@ def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0,
     refs = training_references(model, spec, named, device, quiet) if named else None
     notes = {"mean_projection": None if mean is not None else "the model file holds no mean projection",
              "nearest_training_patient": note}
-    names = ("model",) + BASELINES + (CEILING,)
+    names = ("model",) + BASELINES + (CEILING,) + (("versus",) if versus is not None else ())
     pooled: dict[str, list | None] = {name: [] for name in names}
     per_ct = []
     steps = tqdm(total=len(_named(cts)) * renderings, desc="eval world", unit="rendering", disable=_quiet(quiet))
@@ -363,7 +402,8 @@ def evaluate_world(loaded: LoadedModel, cts, renderings: int = 8, seed: int = 0,
         mine: dict[str, list] = {n: [] for n in names}  # a record, or None where a baseline is unavailable
         picked: list[str | None] = []
         for unit in render_units(prepared_ct(ct, spec), spec, renderings, seed, score_size):
-            recs, nearest = _unit_records(model, untrained, unit.to(device), lao, mean, refs)
+            recs, nearest = _unit_records(model, untrained, unit.to(device), lao, mean, refs,
+                                          None if versus is None else versus.model)
             for n in names:
                 mine[n].append(recs[n])
             picked.append(nearest)
@@ -410,4 +450,11 @@ def format_table(result: dict) -> str:
     for row in result["per_angle"]:
         m = row["model"]
         lines.append(f"{row['lao']:>5.0f} {_f(m['retrieval_top1']):>6} {_f(m['offset_deg'], 1):>8}")
+    if "versus" in result:
+        v, d = result["versus"], result["versus"]["difference"]
+        lines += ["", f"versus: top-1 {_f(v['retrieval_top1'])}, error {_f(v['angular_error_deg'], 1)}°, SSIM "
+                      f"{_f(v['ssim'])}; model − versus on the same renderings [95 % paired bootstrap]:"]
+        for key, p in (("retrieval_top1", 3), ("angular_error_deg", 1), ("ssim", 3)):
+            lo, hi = d[f"{key}_ci"]
+            lines.append(f"  {key:18} {d[key]:+.{p}f} [{lo:+.{p}f}, {hi:+.{p}f}]")
     return "\n".join(lines)
