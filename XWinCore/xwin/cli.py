@@ -899,7 +899,7 @@ def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
-def _on_sigterm(handler) -> dict | None:
+def _on_stop_signals(handler) -> dict | None:
     """Install ``handler`` for `STOP_SIGNALS` (main thread only); returns the previous handlers, or None."""
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -955,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     # rather than failing on flush or sending errors into the data stream
     sys.stdout = sys.stdout or open(os.devnull, "w")
     sys.stderr = sys.stderr or open(os.devnull, "w")
-    previous = _on_sigterm(_raise_terminated)
+    previous = _on_stop_signals(_raise_terminated)
     try:
         _check_environment()
         _check_device(ns)
