@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 from synthetic_dicom import INTERCEPT, SLOPE, ct_series, radiograph
 
@@ -100,6 +101,19 @@ def test_dicom_series_hu_sorting_and_geometry(tmp_path):
     np.testing.assert_allclose((volume.lps_from_ijk @ [i, j, k, 1])[:3], expected, atol=1e-9)
     assert volume.meta["modality"] == "CT" and volume.meta["patient_id"] == "XWIN-TEST"
     assert volume.meta["series_uid"] and volume.meta["source"] == str(tmp_path / "series")
+
+
+def test_dicom_series_step_is_the_extent_over_the_gaps_like_simpleitk(tmp_path):
+    """Campaign 9: 200 slices of 0.625 mm with positions rounded to 0.01 mm (as scanners write them) were read with
+    the median gap, 0.63 mm: the last slice 1 mm from where its header puts it. The step is the extent / gaps."""
+    positions = [round(k * 0.625, 2) for k in range(200)]
+    ct_series(tmp_path / "s", n=200, size=(4, 4), positions=positions)
+    volume = read_ct(tmp_path / "s")
+    reference = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path / "s")))
+    assert volume.spacing[2] == pytest.approx(reference.GetSpacing()[2], abs=1e-6)
+    assert volume.spacing[2] == pytest.approx(positions[-1] / 199, abs=1e-9)
+    last = (volume.lps_from_ijk @ [0, 0, 199, 1])[:3]
+    np.testing.assert_allclose(last, np.array([-10.0, -20.0, 30.0 + positions[-1]]), atol=1e-6)
 
 
 def test_dicom_series_descending_positions_ignores_other_files(tmp_path):
