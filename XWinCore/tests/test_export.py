@@ -180,6 +180,25 @@ def test_cli_export(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_an_export_removes_the_outputs_of_an_earlier_export_it_does_not_replace(tmp_path, capsys):
+    """Campaign 9: an export into the folder of an earlier one left that one's DICOM series and SEG beside the new
+    labels (the SEG pointing to a series no longer there), exit 0. They go when the new outputs are published; other
+    files of the folder stay."""
+    vol, _ = torso()
+    src = tmp_path / "vol.nrrd"
+    write_volume(vol, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    seg = ["--dicom-seg"] if highdicom_available() else []
+    assert main(["export", str(src), "--out", str(out), "--dicom", *seg]) == 0
+    assert (out / "dicom").is_dir() and (out / "segmentation.dcm").is_file() == bool(seg)
+    assert main(["export", str(src), "--out", str(out), "--segment", "body"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "notes.txt", "segmentation.nii.gz",
+                                                     "segmentation.seg.nrrd"]
+    assert json.loads((out / "labels.json").read_text()) == {"background": 0, "body": 1}
+
+
 def test_real_chest_ct_has_two_lungs(shared_data):
     from xwin.io import read_ct
     path = shared_data / "ct" / "pyradiomics_lung1_ct.nii.gz"

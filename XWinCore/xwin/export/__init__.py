@@ -18,6 +18,7 @@ __all__ = ["SEGMENTS", "dicom_identity", "export_segmentation", "labelmap", "rea
            "source_identity", "write_ct_series", "write_nifti_labels", "write_seg_nrrd"]
 
 OUTPUT_FILES = ("segmentation.nii.gz", "labels.json", "segmentation.seg.nrrd")
+OPTIONAL_OUTPUTS = ("dicom", "segmentation.dcm")  # written on request; an earlier export's are removed otherwise
 
 
 def export_targets(out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> list[tuple[Path, bool]]:
@@ -42,9 +43,10 @@ def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, 
     optionally the CT series (``dicom/``) and a DICOM SEG (``segmentation.dcm``, implies the series).
 
     All outputs are checked before the work and published together at the end: on any failure (or SIGTERM in the
-    CLI) none of them is left, nor ``out_dir`` when this call created it. The NIfTI holds one label per voxel; the
-    .seg.nrrd and the SEG keep overlapping segments whole (body includes lungs and bone). identity: DICOM patient /
-    study / frame of reference (`dicom_identity`; fresh unique values when None).
+    CLI) none of them is left, nor ``out_dir`` when this call created it. An earlier export's DICOM series or SEG that
+    this one does not write is removed when it publishes (it would describe another export). The NIfTI holds one
+    label per voxel; the .seg.nrrd and the SEG keep overlapping segments whole (body includes lungs and bone).
+    identity: DICOM patient / study / frame of reference (`dicom_identity`; fresh unique values when None).
 
     Returns {"labels": {name: value}, "voxels": {name: count}, "files": [paths]}."""
     from .dicom_seg import available, write_dicom_seg
@@ -57,6 +59,10 @@ def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, 
     labels, values = labelmap(masks)
     with publish_together() as publication:
         base = out if out.is_dir() else publication.stage(out, folder=True, make_parents=True)
+        written = {p.name for p, _ in targets}
+        for name in OPTIONAL_OUTPUTS:
+            if name not in written:
+                publication.retire(out / name)
         write_nifti_labels(labels, values, volume, base)
         write_seg_nrrd(masks, values, volume, base / "segmentation.seg.nrrd")
         if dicom or dicom_seg:

@@ -187,13 +187,19 @@ class Publication:
 
     ``stage(path)`` returns the temporary to write (a new folder for ``folder=True``; for a file only a name with
     the destination's suffix). `publish` renames every temporary into place, innermost first (a file staged inside
-    a staged folder goes in before its folder); an existing folder is replaced as a whole. `discard` removes every
-    temporary and the parent folders `stage` created.
+    a staged folder goes in before its folder); an existing folder is replaced as a whole; then the paths given to
+    `retire` (an earlier run's outputs this one does not replace) are removed. `discard` removes every temporary and
+    the parent folders `stage` created, and retires nothing.
     """
 
     def __init__(self) -> None:
         self.items: list[tuple[Path, Path, bool]] = []  # (temporary, destination, is folder)
         self.made: list[Path] = []  # parent folders created for the outputs (removed again on discard)
+        self.retired: list[Path] = []  # removed once everything is published
+
+    def retire(self, path: str | os.PathLike) -> None:
+        """Remove ``path`` (a file or folder, if present) when the outputs are published, not before."""
+        self.retired.append(Path(path))
 
     def stage(self, path: str | os.PathLike, folder: bool = False, make_parents: bool = False) -> Path:
         path = check_target(path, folder, make_parents)
@@ -230,9 +236,14 @@ class Publication:
                     shutil.rmtree(old, ignore_errors=True)
                 else:
                     os.replace(tmp, path)
+            for path in self.retired:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
         except OSError as exc:
             raise write_error(path, exc) from None
-        self.items, self.made = [], []
+        self.items, self.made, self.retired = [], [], []
 
     def discard(self) -> None:
         for tmp, _, _ in reversed(self.items):
@@ -242,7 +253,7 @@ class Publication:
                 folder.rmdir()
             except OSError:
                 pass
-        self.items, self.made = [], []
+        self.items, self.made, self.retired = [], [], []
 
 
 @contextmanager
