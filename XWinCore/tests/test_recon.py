@@ -197,6 +197,30 @@ def test_tv_reduces_noise(phantom):
     assert psnr(to_volume(grid, tv, MU).array, truth, seen) > psnr(to_volume(grid, plain, MU).array, truth, seen)
 
 
+def test_a_vanishing_tv_weight_is_no_tv_and_never_nan(phantom):
+    """Campaign 9: --tv 1e-38 (any weight under ~1e-30 HU) gave an all-NaN volume: x / weight overflowed in the TV
+    step. A weight too small to move a voxel by its float resolution returns the volume unchanged."""
+    from xwin.recon.iterative import tv_prox
+
+    x = torch.from_numpy(np.random.default_rng(1).random((6, 7, 8)).astype(np.float32)) * MU
+    for weight in (1e-45, 1e-38 * MU / 1000, 1e-300):
+        assert torch.equal(tv_prox(x, weight), x)
+    smoothed = tv_prox(x, 1e-2 * MU)
+    assert torch.isfinite(smoothed).all() and smoothed.std() < x.std()
+    _, projector, grid, _ = phantom
+    proj, views = _scan(projector, 8, 360)
+    plain = sart(proj, views, grid, iters=2, subsets=2).mu
+    assert torch.equal(sart(proj, views, grid, iters=2, subsets=2, tv=1e-38 * MU / 1000).mu, plain)
+
+
+def test_a_grid_no_view_covers_is_refused_not_scored_nan(phantom):
+    """Campaign 9: a 1 x 1 detector wrote a constant volume and printed {"psnr": NaN, ...} (not JSON), exit 0."""
+    ct = phantom[0]
+    with pytest.raises(XWinInputError, match="no voxel of the 8 x 8 x 8 output grid is seen by every view") as err:
+        reconstruct_from_ct(ct, 4, 360, "fdk", size=(8, 8, 8), geometry=Geometry(height=1, width=1))
+    assert err.value.parameters == ("det", "size")
+
+
 def test_bad_reconstruction_input_is_refused(phantom):
     ct, projector, grid, _ = phantom
     proj, views = _scan(projector, 4, 360)

@@ -108,8 +108,11 @@ def _div(p: torch.Tensor) -> torch.Tensor:
 
 
 def tv_prox(x: torch.Tensor, weight: float, iters: int = 20) -> torch.Tensor:
-    """argmin_u ½‖u − x‖² + weight · Σ|∇u| (isotropic TV, voxel units), Chambolle's projection algorithm."""
-    if weight <= 0:
+    """argmin_u ½‖u − x‖² + weight · Σ|∇u| (isotropic TV, voxel units), Chambolle's projection algorithm.
+
+    The result differs from ``x`` by ``weight · div p`` with |div p| ≤ 6 (p in the unit ball): a weight that moves no
+    voxel by more than ``x``'s float resolution returns ``x`` (``x / weight`` would overflow to NaN, campaign 9)."""
+    if weight <= 0 or 6.0 * weight <= torch.finfo(x.dtype).eps * float(x.abs().max()):
         return x
     tau = 1.0 / 12.0  # step bound 1/(4·dims) for 3D
     p = torch.zeros((3, *x.shape), dtype=x.dtype, device=x.device)

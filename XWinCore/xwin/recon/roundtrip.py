@@ -107,5 +107,10 @@ def reconstruct_from_ct(ct: Volume, views: int = 180, arc: float = 360.0, method
             "xwin_sid_mm": geometry.sid, "xwin_sdd_mm": geometry.sdd, "xwin_mu_water": mu_water,
             "xwin_isocenter_lps_mm": " ".join(f"{x:.3f}" for x in projector.isocenter)}
     volume = to_volume(grid, mu, mu_water, meta)
-    scores = compare(volume, ct, mask=seen >= views - 0.5)
+    scored = seen >= views - 0.5
+    if not scored.any():  # the scores would be NaN (a 1 × 1 detector, a grid beside the beam)
+        shape = " x ".join(str(n) for n in grid.shape_ijk)
+        raise XWinInputError(None, f"no voxel of the {shape} output grid is seen by every view: nothing to score (a "
+                                   "larger detector, or a smaller grid)", parameters=("det", "size"))
+    scores = compare(volume, ct, mask=scored)
     return volume, {**scores, "seconds": seconds}
