@@ -520,6 +520,11 @@ REQUEST_CASES = [
     ("reconstruct_tv_negative", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "-5"), "--tv: ", {}),
     ("reconstruct_spacing_zero", lambda i, d: _reconstruct(i, d, "--spacing", "0"), "--spacing: grid spacing", {}),
     ("reconstruct_det_zero", lambda i, d: _reconstruct(i, d, "--det", "0", "16"), "--det: detector height", {}),
+    # campaign 9: a positive spacing or pixel below 0.1 µm was refused naming no option (--spacing) or the film
+    ("reconstruct_spacing_1e-300", lambda i, d: _reconstruct(i, d, "--spacing", "1e-300"),
+     "--spacing: grid spacing must lie between 0.0001 and 10000 mm", {}),
+    ("register_pixel_1e-300", lambda i, d: ["register", str(i["ct"]), str(i["cxr"]), "--pixel", "1e-300", "--out",
+                                            str(d / "pose.json")], "--pixel must lie between 0.0001 and 10000 mm", {}),
     ("export_segment_twice", lambda i, d: ["export", str(i["ct"]), "--out", str(d / "seg"), "--segment",
                                            "lungs,lungs"], "--segment: each segment", {}),
     ("register_pixel_zero", lambda i, d: ["register", str(i["ct"]), str(i["cxr"]), "--pixel", "0", "--out",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .defaults import ORIGIN_MM, SDD_MM, SID_MM
+from .defaults import ORIGIN_MM, SDD_MM, SID_MM, SPACING_MM
 from .errors import XWinInputError
 from .geometry import CRAN_LIMIT_DEG, D0, LAO_LIMIT_DEG, U0, V0, Geometry, Views, rotation
 
@@ -518,6 +518,9 @@ def register_files(ct: str | os.PathLike, image: str | os.PathLike, *, lao: floa
     for name, mm in (("--pixel", pixel), ("--sid", sid), ("--sdd", sdd)):  # options, not the image, are to blame
         if mm is not None and not (math.isfinite(mm) and mm > 0):
             raise XWinInputError(None, f"{name} must be a positive number of mm (got {mm:g})")
+        lo, hi = SPACING_MM if name == "--pixel" else (0.0, ORIGIN_MM)  # `Geometry`'s limits
+        if mm is not None and not lo <= mm <= hi:
+            raise XWinInputError(None, f"{name} must lie between {lo:g} and {hi:g} mm (got {mm:g})")
     if sid is not None and sdd is not None and not sdd > sid:
         raise XWinInputError(None, f"--sdd ({sdd:g} mm) must exceed --sid ({sid:g} mm): the detector lies beyond the "
                                    "isocenter")

@@ -16,6 +16,7 @@ from typing import cast
 
 import numpy as np
 
+from ..defaults import SPACING_MM
 from ..errors import XWinInputError
 from ..geometry import Geometry, checked_isocenter
 from ..io.image import Volume, VoxelFrame
@@ -41,9 +42,10 @@ class Grid(VoxelFrame):
         object.__setattr__(self, "shape_ijk", shape)
         for name in ("spacing", "origin", "direction"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64))
-        if self.spacing.shape != (3,) or not np.all(np.isfinite(self.spacing)) or np.any(self.spacing <= 0):
-            raise XWinInputError(None, f"grid spacing must be 3 positive numbers of mm, got {self.spacing}",
+        if self.spacing.shape != (3,):
+            raise XWinInputError(None, f"grid spacing must be 3 numbers of mm, got {self.spacing}",
                                  parameters=("spacing",))
+        checked_spacing(self.spacing)
         if self.direction.shape != (3, 3) or not np.allclose(self.direction.T @ self.direction, np.eye(3), atol=1e-4):
             raise XWinInputError(None, "grid direction must be an orthonormal 3×3 matrix")
 
@@ -76,13 +78,24 @@ def grid_like(volume: Volume) -> Grid:
     return Grid(volume.shape_ijk, volume.spacing, volume.origin, volume.direction)
 
 
+def checked_spacing(spacing) -> np.ndarray:
+    """``spacing`` (mm, scalar or 3) as 3 floats, or refused: not positive and finite, or outside the voxel sizes any
+    volume may hold (`SPACING_MM`: a grid of 1e-300 mm voxels has no finite size)."""
+    sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}", parameters=("spacing",))
+    if sp.min() < SPACING_MM[0] or sp.max() > SPACING_MM[1]:
+        shown = ", ".join(f"{v:g}" for v in sp)
+        raise XWinInputError(None, f"grid spacing must lie between {SPACING_MM[0]:g} and {SPACING_MM[1]:g} mm, got "
+                                   f"({shown}) mm", parameters=("spacing",))
+    return sp
+
+
 def centered_grid(isocenter, size, spacing, direction=None) -> Grid:
     """A grid of ``size`` (NX, NY, NZ) voxels of ``spacing`` mm (scalar or 3) whose centre is ``isocenter`` (LPS mm)."""
     iso = checked_isocenter(isocenter)
     size = np.broadcast_to(np.asarray(size), (3,))
-    sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}", parameters=("spacing",))
+    sp = checked_spacing(spacing)
     d = np.eye(3) if direction is None else np.asarray(direction, np.float64)
     origin = iso - d @ (sp * (size.astype(np.float64) - 1) / 2.0)
     return Grid(cast("tuple[int, int, int]", tuple(int(n) for n in size)), sp, origin, d)
@@ -102,9 +115,7 @@ def default_grid(geometry: Geometry, isocenter, size=None, spacing=None) -> Grid
             raise XWinInputError(None, f"grid size must be integers ≥ 2, got {tuple(size)}")
         size = size.astype(int)
     if spacing is not None:
-        sp = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
-        if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-            raise XWinInputError(None, f"grid spacing must be positive mm, got {spacing}", parameters=("spacing",))
+        sp = checked_spacing(spacing)
     if size is None and spacing is None:
         size = np.full(3, DEFAULT_SIZE)
     if spacing is None:
