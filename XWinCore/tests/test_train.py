@@ -768,7 +768,7 @@ def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys
     assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--ct", cts[1], "--views", "4",
                  "--folds", "2", "--checkpoint", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert (result["n_real"], result["n_simulated"]) == (3, 8)
+    assert (result["n_real"], result["n_simulated"], result["folds"]) == (3, 8, 2)
     assert result["separability_auroc"] > 0.9  # uniform noise "radiographs" are nothing like DRRs
     cos = result["cosine"]
     assert cos["within_simulated"] > cos["real_vs_simulated"]
@@ -779,6 +779,11 @@ def test_domain_gap_of_noise_images_against_drrs(tiny_setup, trained_run, capsys
     assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--views", "4", "--folds", "2",
                  "--checkpoint", str(run), "--json"]) == 0  # one CT: its views are the groups (was a traceback)
     assert json.loads(capsys.readouterr().out)["separability_auroc"] > 0.9
+    # campaign 9: --folds 1000000000 looped a billion times; at most one fold per group (3 films + 2 CTs)
+    assert main(["eval", "domain", "--cxr", str(root / "cxr"), "--ct", cts[0], "--ct", cts[1], "--views", "4",
+                 "--folds", "1000000000", "--checkpoint", str(run), "--json"]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["folds"] == 5 and capped["separability_auroc"] > 0.9
     one = root / "one_film"
     one.mkdir()
     shutil.copy(find_images(root / "cxr")[0], one)

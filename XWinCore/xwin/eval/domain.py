@@ -61,9 +61,10 @@ def _identity(model, images: torch.Tensor, truth: torch.Tensor, batch: int = 64)
 def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int = 16, folds: int = 5,
                     seed: int = 0) -> dict:
     """Separability, cosine and identity scores of real CXRs in ``cxr_folder`` vs PA DRRs of ``volumes``
-    (name → `Volume`). Returns ``{"n_real", "n_simulated", "separability_auroc", "cosine": {...},
+    (name → `Volume`). Returns ``{"n_real", "n_simulated", "folds", "separability_auroc", "cosine": {...},
     "identity": {"real": {psnr, ssim}, "simulated": {psnr, ssim}}}``. The separability folds keep each CT's DRRs
-    together; with one CT, each of its jittered views is its own group (no other CT to hold out)."""
+    together; with one CT, each of its jittered views is its own group (no other CT to hold out). ``folds`` is at most
+    the number of groups (films + CTs): leave-one-group-out, as `xwin.eval.probe` caps its folds at the patients."""
     model = loaded.model.eval()
     device = next(model.parameters()).device
     size = loaded.config.model.img_size
@@ -84,14 +85,16 @@ def evaluate_domain(loaded: LoadedModel, cxr_folder, volumes: dict, views: int =
     emb_real, emb_sim = embeddings(encoder, real), embeddings(encoder, sim)
     x = torch.cat([emb_real, emb_sim]).float().cpu()
     y = np.r_[np.ones(len(real)), np.zeros(len(sim))]
-    fold = patient_folds(y, np.array([f"cxr:{f}" for f in files] + groups), folds, seed)
+    patients = np.array([f"cxr:{f}" for f in files] + groups)
+    folds = min(folds, len(np.unique(patients)))  # --folds 1e9 looped a billion times
+    fold = patient_folds(y, patients, folds, seed)
     scores = np.zeros(len(y))
     for k in range(folds):
         test = fold == k
         if test.any():
             scores[test] = logistic_probe(x[~test], y[~test], x[test])
     return {
-        "n_real": len(real), "n_simulated": len(sim),
+        "n_real": len(real), "n_simulated": len(sim), "folds": folds,
         "separability_auroc": round(auroc(y, scores), 4),
         "cosine": {"real_vs_simulated": round(float(domain_cosine(emb_real, emb_sim)), 4),
                    "within_real": round(_mean_offdiagonal_cosine(emb_real), 4),
