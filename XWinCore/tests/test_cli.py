@@ -310,11 +310,13 @@ def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys)
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out == f"xwin {__version__}\n"
-    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
-    r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "a")], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr == ("xwin demo: error: NUMBA_NUM_THREADS must be a positive whole number "
-                                              "of threads, got '0' (unset it to use every core)\n")
+    for threads in ("0", "99999"):  # campaign 9: 99,999 threads was a segmentation fault
+        env = {**os.environ, "NUMBA_NUM_THREADS": threads}
+        r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "a")],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr == ("xwin demo: error: NUMBA_NUM_THREADS must be a whole number of "
+                                                  f"threads from 1 to 4096, got '{threads}' (unset it to use every "
+                                                  "core)\n")
     env = {**os.environ, "MPLBACKEND": "no_such_backend"}
     r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "b")], env=env,
                        capture_output=True, text=True, timeout=300)

@@ -28,16 +28,20 @@ def _check_memory(request: str, nbytes: float) -> None:
     check_request(None, request, nbytes)
 
 
+MAX_THREADS = 4096  # NUMBA_NUM_THREADS: more than any one machine's cores (numba itself crashed at 99,999)
+
+
 def _check_environment() -> None:
     """Settings of the environment that would otherwise end in a library's traceback: the command line writes image
     files only, so matplotlib draws with Agg whatever MPLBACKEND says (a name it does not know failed its import);
-    NUMBA_NUM_THREADS must be a positive whole number (numba refuses anything else at import); MPLCONFIGDIR, where
-    set, must be a writable folder (matplotlib printed two warnings and worked in a temporary one)."""
+    NUMBA_NUM_THREADS must be a whole number of threads from 1 to `MAX_THREADS` (numba refuses anything else at
+    import, and 99,999 threads died in a segmentation fault); MPLCONFIGDIR, where set, must be a writable folder
+    (matplotlib printed two warnings and worked in a temporary one)."""
     os.environ["MPLBACKEND"] = "Agg"
     threads = os.environ.get("NUMBA_NUM_THREADS")
-    if threads is not None and not (threads.strip().isdigit() and int(threads) > 0):
-        raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a positive whole number of threads, got {threads!r} "
-                                   "(unset it to use every core)")
+    if threads is not None and not (threads.strip().isdigit() and 0 < int(threads) <= MAX_THREADS):
+        raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a whole number of threads from 1 to {MAX_THREADS}, "
+                                   f"got {threads!r} (unset it to use every core)")
     config = os.environ.get("MPLCONFIGDIR")
     if config and not (os.path.isdir(config) and os.access(config, os.W_OK | os.X_OK)):
         raise XWinInputError(None, f"MPLCONFIGDIR {config!r} is not a writable folder (matplotlib keeps its "
