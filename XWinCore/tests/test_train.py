@@ -375,6 +375,50 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
     assert replicas and all(e["max_abs_diff"] == 0.0 for e in replicas)
 
 
+@pytest.mark.parametrize("env, line", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be a whole number >= 1, got 'abc'"),
+    ({"LOCAL_RANK": "x"}, "LOCAL_RANK must be a whole number >= 0, got 'x'"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK 2 must be below WORLD_SIZE 2"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE 2 needs MASTER_ADDR and MASTER_PORT"),
+])
+def test_a_broken_torchrun_environment_is_one_line(tiny_setup, tmp_path, env, line):
+    """Campaign 9: WORLD_SIZE=abc, LOCAL_RANK=x and WORLD_SIZE=2 without MASTER_ADDR were tracebacks."""
+    _, cfg_path, _ = tiny_setup
+    clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                                "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    r = _run(["train", "--config", str(cfg_path), "--out", str(tmp_path / "run"), "--progress", "none"],
+             env={**clean, **env}, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and line in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_waiting_for_a_missing_rank_0_stops_on_sigterm(tiny_setup, tmp_path):
+    """Campaign 9: a rank-1 process whose rank 0 never came retried inside torch for 30 minutes, deaf to SIGTERM.
+    It now waits in Python: SIGTERM ends it at once (exit 143, no run folder); alone, it gives up in one line."""
+    from xwin.errors import XWinInputError
+    from xwin.train.distributed import _wait_for_rank0
+
+    _, cfg_path, _ = tiny_setup
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(XWinInputError, match=f"no rank-0 process answers at 127.0.0.1:{port} after 1 s"):
+        _wait_for_rank0("127.0.0.1", port, seconds=1.0)
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "xwin", "train", "--config", str(cfg_path), "--out",
+                             str(tmp_path / "run"), "--progress", "none"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=8)  # still waiting for rank 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss:\n  tau: -1\n")

@@ -1,11 +1,16 @@
 """One process or many (`torchrun`): NCCL on GPUs, gloo on CPUs, with the same training code."""
 from __future__ import annotations
 
+import datetime
 import os
+import socket
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import XWinInputError
 
 
 @dataclass(frozen=True)
@@ -24,18 +29,62 @@ class Dist:
             dist.barrier()
 
 
+RENDEZVOUS_S = 300.0  # how long a process waits for the others (and each collective may take) before giving up
+
+
+def _whole(name: str, default: int, low: int) -> int:
+    """The environment variable ``name`` as a whole number ≥ ``low`` (``default`` when unset), or refused."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    if not (text.strip().isdigit() and int(text) >= low):
+        raise XWinInputError(None, f"{name} must be a whole number >= {low}, got {text[:40]!r} (torchrun sets it; "
+                                   "unset it to train in one process)")
+    return int(text)
+
+
+def _wait_for_rank0(address: str, port: int, seconds: float = RENDEZVOUS_S) -> None:
+    """Wait (interruptibly: a Stop or SIGTERM ends it) until rank 0's rendezvous port accepts a connection."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((address, port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise XWinInputError(None, f"MASTER_ADDR/MASTER_PORT: no rank-0 process answers at {address}:{port} "
+                                           f"after {seconds:g} s (start every process with torchrun)") from None
+            time.sleep(0.5)
+
+
 def setup(device: str = "auto") -> Dist:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group if there is one."""
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), each checked, and start
+    the process group if there is one. A process of rank > 0 first waits for rank 0's port in Python (a SIGTERM can
+    end the wait; inside torch's own rendezvous it could not, for 30 minutes)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world = _whole("WORLD_SIZE", 1, 1)
+    rank, local = _whole("RANK", 0, 0), _whole("LOCAL_RANK", 0, 0)
+    if rank >= world:
+        raise XWinInputError(None, f"RANK {rank} must be below WORLD_SIZE {world}")
+    if world > 1 and not dist.is_initialized():
+        address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+        if not address or not (port.isdigit() and 0 < int(port) < 65536):
+            raise XWinInputError(None, f"WORLD_SIZE {world} needs MASTER_ADDR and MASTER_PORT (got {address!r}, "
+                                       f"{port!r}): start the processes with torchrun --nproc_per_node N -m xwin train")
+        if rank > 0 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the store already
+            _wait_for_rank0(address, int(port))
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        try:
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                    timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
+        except (RuntimeError, ValueError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+            raise XWinInputError(None, f"the {world} training processes could not meet "
+                                       f"({' '.join(str(exc).split())[:200]})") from None
     return Dist(rank, world, local, dev)
 
 
