@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -288,6 +289,27 @@ def test_a_signal_inside_compiled_code_is_still_an_interruption(small_ct, monkey
     monkeypatch.setattr(cli, "cmd_info", lambda ns: (_ for _ in ()).throw(SystemError("another bug")))
     with pytest.raises(SystemError, match="another bug"):
         main(["info", str(small_ct)])
+
+
+def test_a_stop_signal_after_the_command_finished_does_not_change_its_exit(small_ct, tmp_path):
+    """Campaign 9: SIGTERM or SIGINT in the ~0.4 s between a finished export and the process's end (torch's and
+    numba's teardown) gave exit 143/130 with nothing on stderr, though every output was in place. Once the process's
+    own command is done, stop signals are ignored; a call from Python gets its handlers back."""
+    script = ("import os, signal, sys\n"
+              "from xwin.cli import main\n"
+              "sys.argv = ['xwin', 'render', sys.argv[1], '--lao', '0', '--cran', '0', '--size', '8', '8', '--out', "
+              "sys.argv[2]]\n"
+              "code = main()\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "print('exit', code)\n"
+              "sys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(small_ct), str(tmp_path / "drr.nrrd")], capture_output=True,
+                       text=True, timeout=300)
+    assert (r.returncode, r.stdout.splitlines()[-1], r.stderr) == (0, "exit 0", "")
+    assert (tmp_path / "drr.nrrd").is_file()
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["info", str(small_ct)]) == 0 and signal.getsignal(signal.SIGTERM) == before
 
 
 def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):

@@ -1006,8 +1006,14 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + stop.signum
         raise
     finally:
-        for sig, handler in (previous or {}).items():
-            signal.signal(sig, handler)
+        if argv is None and previous is not None:  # the process's own command, done: its outputs are in place and
+            # its exit status decided, so a stop signal during the interpreter's (torch's, numba's) teardown must not
+            # turn it into 130/143 with nothing said (campaign 9)
+            for sig in (signal.SIGINT, *STOP_SIGNALS):
+                signal.signal(sig, signal.SIG_IGN)
+        else:
+            for sig, handler in (previous or {}).items():
+                signal.signal(sig, handler)
         if one_shot:
             gc.freeze()  # Python's collections at exit then skip every object alive now
 
