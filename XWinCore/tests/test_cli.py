@@ -1,7 +1,9 @@
 """The `xwin` command line as a contract: render/info/demo, exact outputs, one-line errors with exit status 2."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,7 +196,6 @@ def test_control_characters_in_a_file_name_are_escaped_in_the_error(tmp_path, ca
 def test_names_that_are_not_utf8_are_refused_not_aborted(small_ct, tmp_path):
     """Campaign 5: a NRRD named with bytes that are not UTF-8 killed the process inside SimpleITK (std::logic_error,
     exit 134, no message), as input and as output. ITK formats refuse such names; PNG takes them."""
-    import os
 
     bad_ct = os.fsencode(tmp_path) + b"/ct_\xff\xfe.nrrd"
     with open(bad_ct, "wb") as f:
@@ -244,7 +245,6 @@ def test_deflated_dicom_is_read(tmp_path):
 
 def test_a_closed_output_pipe_ends_quietly(small_ct):
     """Campaign 5: `xwin info CT | head -1` ended in a BrokenPipeError traceback; now quietly, exit 141."""
-    import os
 
     read, write = os.pipe()
     os.close(read)  # the reader has gone before xwin writes
@@ -312,6 +312,15 @@ def test_a_stop_signal_after_the_command_finished_does_not_change_its_exit(small
     assert main(["info", str(small_ct)]) == 0 and signal.getsignal(signal.SIGTERM) == before
 
 
+def test_a_name_the_output_encoding_lacks_is_escaped(small_ct, tmp_path):
+    """Campaign 9: `PYTHONIOENCODING=ascii xwin info 'ç t é 李.mha'` was a UnicodeEncodeError traceback, exit 1."""
+    named = tmp_path / "ç t é 李.nrrd"
+    shutil.copy(small_ct, named)
+    r = subprocess.run([sys.executable, "-m", "xwin", "info", str(named)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=300)
+    assert r.returncode == 0 and r.stderr == "" and "\\xe7 t \\xe9 \\u674e.nrrd" in r.stdout
+
+
 def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):
     """Campaign 6: argparse took `--lao -3e1` for an option ("expected at least one argument")."""
     assert main(["render", str(small_ct), "--lao", "-3e1", "--cran", "-0", "--size", "8", "8", "--out",
@@ -325,7 +334,6 @@ def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):
 def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys):
     """Campaign 6: `xwin --version` asked for a COMMAND; NUMBA_NUM_THREADS=0 and an MPLBACKEND matplotlib does not
     know were tracebacks from numba's and matplotlib's imports. Files are drawn with Agg whatever MPLBACKEND says."""
-    import os
 
     from xwin import __version__
 

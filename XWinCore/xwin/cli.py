@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
+import io
 import json
 import math
 import os
@@ -959,6 +960,9 @@ def main(argv: list[str] | None = None) -> int:
     # rather than failing on flush or sending errors into the data stream
     sys.stdout = sys.stdout or open(os.devnull, "w")
     sys.stderr = sys.stderr or open(os.devnull, "w")
+    for stream in (sys.stdout, sys.stderr):  # a name the output's encoding lacks (PYTHONIOENCODING=ascii) is escaped,
+        if isinstance(stream, io.TextIOWrapper):  # not a UnicodeEncodeError traceback (campaign 9)
+            stream.reconfigure(errors="backslashreplace")
     previous = _on_stop_signals(_raise_terminated)
     try:
         _check_environment()
