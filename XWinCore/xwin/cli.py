@@ -963,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a name the output's encoding lacks (PYTHONIOENCODING=ascii) is escaped,
         if isinstance(stream, io.TextIOWrapper):  # not a UnicodeEncodeError traceback (campaign 9)
             stream.reconfigure(errors="backslashreplace")
+    command = f"{ns.command} {ns.what}" if getattr(ns, "what", None) else ns.command  # "eval domain", as typed
     previous = _on_stop_signals(_raise_terminated)
     try:
         _check_environment()
@@ -975,13 +976,13 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except XWinInputError as exc:
         text = _printable(str(exc) if exc.path else _with_option(ns, exc))
-        print(f"xwin {ns.command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
+        print(f"xwin {command}: error: {text if len(text) <= 1000 else text[:997] + '...'}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the system refuses: missing, locked, too long (ENAMETOOLONG), a link loop...
         named = getattr(exc, "filename", None)
         if named is None and exc.errno in _FULL:  # a full disk or quota (an output file's, or `> /dev/full`)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
-            print(f"xwin {ns.command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+            print(f"xwin {command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
             return 2
         if named is None and not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
                                                   NotADirectoryError)):
@@ -989,24 +990,24 @@ def main(argv: list[str] | None = None) -> int:
         shown = str(named or "")
         shown = shown if len(shown) <= 600 else f"{shown[:300]}...{shown[-300:]}"  # a path of 4,000 characters
         where = f"{shown}: " if shown else ""
-        print(f"xwin {ns.command}: error: {_printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
+        print(f"xwin {command}: error: {_printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # an allocation the memory budget let through and the machine refused
         if not _out_of_memory(exc):
             raise
         from .io.validate import MEMORY_ENV
-        print(f"xwin {ns.command}: error: out of memory ({_printable(str(exc).splitlines()[-1][:200])}); ask for less, "
+        print(f"xwin {command}: error: out of memory ({_printable(str(exc).splitlines()[-1][:200])}); ask for less, "
               f"or lower {MEMORY_ENV} so that such requests are refused up front", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated, SystemError) as exc:
         # Ctrl-C or SIGTERM inside a numba-compiled call surfaces as a SystemError caused by the interruption
         stop = exc.__cause__ if isinstance(exc, SystemError) else exc
         if isinstance(stop, KeyboardInterrupt):
-            print(f"xwin {ns.command}: interrupted", file=sys.stderr)
+            print(f"xwin {command}: interrupted", file=sys.stderr)
             return 130
         if isinstance(stop, Terminated):
             name = "" if stop.signum == signal.SIGTERM else f" ({signal.Signals(stop.signum).name})"
-            print(f"xwin {ns.command}: terminated{name}", file=sys.stderr)
+            print(f"xwin {command}: terminated{name}", file=sys.stderr)
             return 128 + stop.signum
         raise
     finally:
