@@ -432,7 +432,8 @@ def test_a_few_steps_decrease_the_total_loss(model):
 
 @pytest.mark.parametrize("name", ["cpu_small", "cpu_small_mim_only", "cpu_small_stage2", "cpu_small_stage3",
                                   "cpu_small_stage4", "cpu_small_stage5", "cpu_small_stage6", "cpu_small_stage7",
-                                  "cpu_small_stage8", "cpu_small_stage9", "cpu_small_stage10",
+                                  "cpu_small_stage8", "cpu_small_stage9", "cpu_small_stage10", "cpu_small_stage11",
+                                  "cpu_small_stage12",
                                   "cpu_small_frozen_encoders", "full_224"])
 def test_committed_configs_load_and_round_trip(name):
     cfg = load_config(config_path(name))
@@ -456,12 +457,16 @@ def test_committed_configs_load_and_round_trip(name):
         if stage >= 8:  # stage 7 continued with labels that ask for the exact view
             expected = dataclasses.replace(expected, label_sigma_deg=4.0)
         if encoder_stage:  # the encoder keeps the view under another jitter; domain and VICReg guards on, MIM off
-            expected = dataclasses.replace(expected, encoder_view_contrast=0.5, domain=0.5 if stage == 10 else 0.1,
-                                           mim=0.0, variance=1.0, covariance=0.04)
+            expected = dataclasses.replace(expected, encoder_view_contrast=0.5,
+                                           domain={9: 0.1, 10: 0.5}.get(stage, 1.0), mim=0.0, variance=1.0,
+                                           covariance=0.04)
         assert cfg.loss == expected
         assert cfg.data.online == (stage >= 6)
         assert cfg.data.rejitter == encoder_stage
         assert cfg.train.freeze == (("context_encoder", "target_encoder") if frozen else ())
+        fresh_instances = stage >= 11  # each stage new deformed instances (its own seed), twice as many, wider habitus
+        assert (cfg.data.augmentations, cfg.data.habitus, cfg.train.seed) == ((15, 0.15, stage - 10)
+                                                                             if fresh_instances else (7, 0.1, 0))
         assert cfg.train.init is not None and cfg.data.split == "train"
     if name == "full_224":
         assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.img_size) == (768, 12, 224)
