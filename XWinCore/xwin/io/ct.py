@@ -276,10 +276,11 @@ def _series_geometry(folder: Path, headers: list[tuple[Path, pydicom.Dataset]]):
         if shear > tol:
             raise XWinInputError(folder, f"slices are sheared (gantry tilt?): positions drift {shear:.3f} mm "
                                          "in-plane")
-    # The slices are even (checked against the median gap above); the grid's step is their extent over the gaps, so
-    # that the first and last slices sit where their headers put them: positions rounded to 0.01 mm (0.625 mm slices
-    # written as 0.63 or 0.62) make the median gap 0.63, 1 mm off at slice 200 (SimpleITK/GDCM: the extent too).
-    step = float((along[-1] - along[0]) / (len(along) - 1))  # a series holds at least 2 slices (`_headers`)
+        # The slices are even (checked against the median gap above); the grid's step is their extent over the
+        # gaps, so that the first and last slices sit where their headers put them: positions rounded to 0.01 mm
+        # (0.625 mm slices written as 0.63 or 0.62) make the median gap 0.63, 1 mm off at slice 200 (SimpleITK/GDCM
+        # take the extent too). A series holds at least 2 slices (`_headers`).
+        step = float((along[-1] - along[0]) / (len(along) - 1))
     spacing = np.array([pixel[0][1], pixel[0][0], step])
     return ordered, spacing, ipp[0], np.stack([row, col, normal], axis=1)
 
