@@ -199,6 +199,27 @@ def test_an_export_removes_the_outputs_of_an_earlier_export_it_does_not_replace(
     assert json.loads((out / "labels.json").read_text()) == {"background": 0, "body": 1}
 
 
+def test_an_export_never_removes_what_an_export_did_not_write(tmp_path, capsys):
+    """Campaign 10: the D1 fix removed a `dicom/` holding the user's notes and a user folder named
+    `segmentation.dcm`; rewriting `dicom/` replaced it whole, notes included. A `dicom/` of other files is refused
+    before any work; what is not an export's output is left alone."""
+    vol, _ = torso()
+    src = tmp_path / "vol.nrrd"
+    write_volume(vol, src)
+    out = tmp_path / "out"
+    assert main(["export", str(src), "--out", str(out), "--dicom"]) == 0
+    (out / "dicom" / "notes.txt").write_text("mine")
+    (out / "segmentation.dcm").mkdir()
+    (out / "segmentation.dcm" / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(src), "--out", str(out), "--dicom", "--segment", "body"]) == 2
+    assert "holds 1 other file(s) or folder(s), e.g. 'notes.txt'" in capsys.readouterr().err
+    assert main(["export", str(src), "--out", str(out), "--segment", "body"]) == 0
+    assert (out / "dicom" / "notes.txt").read_text() == "mine" and len(list((out / "dicom").glob("*.dcm"))) == 40
+    assert (out / "segmentation.dcm" / "keep.txt").read_text() == "mine"
+    assert json.loads((out / "labels.json").read_text()) == {"background": 0, "body": 1}
+
+
 def test_real_chest_ct_has_two_lungs(shared_data):
     from xwin.io import read_ct
     path = shared_data / "ct" / "pyradiomics_lung1_ct.nii.gz"

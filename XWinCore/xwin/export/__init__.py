@@ -10,7 +10,16 @@ from pathlib import Path
 from ..errors import XWinInputError
 from ..io.image import Volume
 from ..io.writers import check_target, publish_together
-from .dicom import ct_series_datasets, dicom_identity, right_handed, source_identity, write_ct_series, write_datasets
+from .dicom import (
+    SLICE_NAME,
+    check_series_target,
+    ct_series_datasets,
+    dicom_identity,
+    right_handed,
+    source_identity,
+    write_ct_series,
+    write_datasets,
+)
 from .labelmaps import read_seg_nrrd_header, write_nifti_labels, write_seg_nrrd
 from .masks import SEGMENTS, labelmap, segment
 
@@ -19,6 +28,7 @@ __all__ = ["SEGMENTS", "dicom_identity", "export_segmentation", "labelmap", "rea
 
 OUTPUT_FILES = ("segmentation.nii.gz", "labels.json", "segmentation.seg.nrrd")
 OPTIONAL_OUTPUTS = ("dicom", "segmentation.dcm")  # written on request; an earlier export's are removed otherwise
+# (only when they are what an export writes: `_earlier_export_output`)
 
 
 def export_targets(out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> list[tuple[Path, bool]]:
@@ -33,8 +43,21 @@ def export_targets(out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> 
     check_target(out, folder=True, make_parents=True)
     if out.is_dir():
         for path, folder in targets:
-            check_target(path, folder)
+            if folder:  # the series replaces its folder as a whole: a folder of other files is refused
+                check_series_target(path)
+            else:
+                check_target(path, folder)
     return targets
+
+
+def _earlier_export_output(path: Path) -> bool:
+    """Whether ``path`` is what an earlier export wrote there (a ``dicom/`` folder of series slices only, a
+    ``segmentation.dcm`` file), so that an export not writing it may remove it; anything else is the user's."""
+    if path.is_symlink() or not path.exists():
+        return False
+    if path.name == "dicom":
+        return path.is_dir() and all(SLICE_NAME.fullmatch(p.name) for p in path.iterdir())
+    return path.is_file()
 
 
 def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, dicom_seg: bool = False,
@@ -61,7 +84,7 @@ def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, 
         base = out if out.is_dir() else publication.stage(out, folder=True, make_parents=True)
         written = {p.name for p, _ in targets}
         for name in OPTIONAL_OUTPUTS:
-            if name not in written:
+            if name not in written and _earlier_export_output(out / name):
                 publication.retire(out / name)
         write_nifti_labels(labels, values, volume, base)
         write_seg_nrrd(masks, values, volume, base / "segmentation.seg.nrrd")

@@ -195,7 +195,7 @@ def ct_series_datasets(volume: Volume, identity: dict[str, str] | None = None,
     return out
 
 
-_SLICE_NAME = re.compile(r"slice_\d{4,}\.dcm")
+SLICE_NAME = re.compile(r"slice_\d{4,}\.dcm")
 
 
 def check_series_target(folder: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
@@ -204,7 +204,7 @@ def check_series_target(folder: str | os.PathLike, inputs: tuple[str | os.PathLi
     folder as a whole (a shorter new series must not leave old slices behind), which would delete the rest."""
     path = check_target(folder, folder=True, make_parents=True, inputs=inputs)
     if path.is_dir():
-        others = sorted(p.name for p in path.iterdir() if not _SLICE_NAME.fullmatch(p.name))
+        others = sorted(p.name for p in path.iterdir() if not SLICE_NAME.fullmatch(p.name))
         if others:
             raise XWinInputError(path, f"holds {len(others)} other file(s) or folder(s), e.g. {others[0]!r}: a DICOM "
                                        "series is written into a folder of its own, which it replaces as a whole "
