@@ -376,13 +376,17 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
 
 
 @pytest.mark.parametrize("env, line", [
-    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be a whole number >= 1, got 'abc'"),
-    ({"LOCAL_RANK": "x"}, "LOCAL_RANK must be a whole number >= 0, got 'x'"),
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be a whole number from 1 to 65536, got 'abc'"),
+    ({"LOCAL_RANK": "x"}, "LOCAL_RANK must be a whole number from 0 to 65536, got 'x'"),
+    ({"WORLD_SIZE": "4294967296"}, "WORLD_SIZE must be a whole number from 1 to 65536"),  # campaign 10: torch raised
+    ({"WORLD_SIZE": "²"}, "WORLD_SIZE must be a whole number from 1 to 65536, got '²'"),  # isdigit() takes it
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "²"}, "needs MASTER_ADDR and MASTER_PORT"),
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK 2 must be below WORLD_SIZE 2"),
     ({"WORLD_SIZE": "2"}, "WORLD_SIZE 2 needs MASTER_ADDR and MASTER_PORT"),
 ])
 def test_a_broken_torchrun_environment_is_one_line(tiny_setup, tmp_path, env, line):
-    """Campaign 9: WORLD_SIZE=abc, LOCAL_RANK=x and WORLD_SIZE=2 without MASTER_ADDR were tracebacks."""
+    """Campaign 9: WORLD_SIZE=abc, LOCAL_RANK=x and WORLD_SIZE=2 without MASTER_ADDR were tracebacks; campaign 10:
+    WORLD_SIZE 2^32 and Unicode digits ('²') too."""
     _, cfg_path, _ = tiny_setup
     clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
                                                                 "MASTER_PORT", "TORCHELASTIC_RUN_ID")}

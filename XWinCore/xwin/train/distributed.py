@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -32,14 +33,18 @@ class Dist:
 RENDEZVOUS_S = 300.0  # how long a process waits for the others (and each collective may take) before giving up
 
 
+MAX_PROCESSES = 65536  # WORLD_SIZE, RANK, LOCAL_RANK beyond it: no real job (and past 2^31 torch's store raises)
+
+
 def _whole(name: str, default: int, low: int) -> int:
-    """The environment variable ``name`` as a whole number ≥ ``low`` (``default`` when unset), or refused."""
+    """The environment variable ``name`` as an ASCII whole number from ``low`` to `MAX_PROCESSES` (``default`` when
+    unset), or refused (``str.isdigit`` also takes '²', which ``int`` refuses)."""
     text = os.environ.get(name)
     if text is None:
         return default
-    if not (text.strip().isdigit() and int(text) >= low):
-        raise XWinInputError(None, f"{name} must be a whole number >= {low}, got {text[:40]!r} (torchrun sets it; "
-                                   "unset it to train in one process)")
+    if not (re.fullmatch(r"\s*[0-9]{1,9}\s*", text) and low <= int(text) <= MAX_PROCESSES):
+        raise XWinInputError(None, f"{name} must be a whole number from {low} to {MAX_PROCESSES}, got {text[:40]!r} "
+                                   "(torchrun sets it; unset it to train in one process)")
     return int(text)
 
 
@@ -68,7 +73,7 @@ def setup(device: str = "auto") -> Dist:
         raise XWinInputError(None, f"RANK {rank} must be below WORLD_SIZE {world}")
     if world > 1 and not dist.is_initialized():
         address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-        if not address or not (port.isdigit() and 0 < int(port) < 65536):
+        if not address.strip() or not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536):
             raise XWinInputError(None, f"WORLD_SIZE {world} needs MASTER_ADDR and MASTER_PORT (got {address!r}, "
                                        f"{port!r}): start the processes with torchrun --nproc_per_node N -m xwin train")
         if rank > 0 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the store already
