@@ -332,7 +332,8 @@ def _refused(argv: list[str], root: Path, culprit: str, capsys) -> str:
     assert code == 2, err
     assert len(lines) == 1, err
     assert "Traceback" not in err and out == ""
-    assert lines[0].startswith(f"xwin {argv[0]}: error: ") and culprit in lines[0], lines[0]
+    command = " ".join(argv[:2]) if argv[0] == "eval" else argv[0]  # "xwin eval world: error: ..."
+    assert lines[0].startswith(f"xwin {command}: error: ") and culprit in lines[0], lines[0]
     assert len(lines[0]) <= 1100
     assert _tree(root) == before, "the failed run left files behind"
     assert cpu < SECONDS and seconds < 10 * SECONDS
@@ -734,7 +735,8 @@ def test_special_files_are_refused_unopened(make, argv, culprit, inputs, case_di
                          cwd=case_dir, env=env)
     lines = run.stderr.splitlines()
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
-    assert lines[0].startswith(f"xwin {args[0]}: error: ") and culprit in lines[0], lines[0]
+    command = " ".join(args[:2]) if args[0] == "eval" else args[0]
+    assert lines[0].startswith(f"xwin {command}: error: ") and culprit in lines[0], lines[0]
     assert run.stdout == "" and _tree(case_dir) == before
 
 

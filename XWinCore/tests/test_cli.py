@@ -1,6 +1,7 @@
 """The `xwin` command line as a contract: render/info/demo, exact outputs, one-line errors with exit status 2."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -312,6 +313,14 @@ def test_a_stop_signal_after_the_command_finished_does_not_change_its_exit(small
     assert main(["info", str(small_ct)]) == 0 and signal.getsignal(signal.SIGTERM) == before
 
 
+def test_json_output_is_strict_json():
+    """Campaign 10: `reconstruct --json` printed {"psnr": Infinity} (identical images), which no JSON parser reads."""
+    from xwin.cli import _dumps
+
+    text = _dumps({"psnr": float("inf"), "scores": [float("nan"), 1.5, -float("inf")], "n": 3, "name": "a"})
+    assert json.loads(text) == {"psnr": None, "scores": [None, 1.5, None], "n": 3, "name": "a"}
+
+
 def test_a_name_the_output_encoding_lacks_is_escaped(small_ct, tmp_path):
     """Campaign 9: `PYTHONIOENCODING=ascii xwin info 'ç t é 李.mha'` was a UnicodeEncodeError traceback, exit 1."""
     named = tmp_path / "ç t é 李.nrrd"
@@ -340,7 +349,7 @@ def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys)
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out == f"xwin {__version__}\n"
-    for threads in ("0", "99999"):  # campaign 9: 99,999 threads was a segmentation fault
+    for threads in ("0", "99999", "²"):  # campaign 9: 99,999 threads was a segmentation fault; 10: '²' a traceback
         env = {**os.environ, "NUMBA_NUM_THREADS": threads}
         r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "a")],
                            env=env, capture_output=True, text=True, timeout=300)

@@ -29,6 +29,24 @@ def _check_memory(request: str, nbytes: float) -> None:
     check_request(None, request, nbytes)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (a PSNR of identical images, a NaN score) as None: JSON has no Infinity
+    or NaN, and ``json.dumps`` writes them anyway."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    """The JSON every ``--json`` prints: strict (non-finite numbers as null, campaign 10)."""
+
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
 MAX_THREADS = 4096  # NUMBA_NUM_THREADS: more than any one machine's cores (numba itself crashed at 99,999)
 
 
@@ -40,7 +58,7 @@ def _check_environment() -> None:
     (matplotlib printed two warnings and worked in a temporary one)."""
     os.environ["MPLBACKEND"] = "Agg"
     threads = os.environ.get("NUMBA_NUM_THREADS")
-    if threads is not None and not (threads.strip().isdigit() and 0 < int(threads) <= MAX_THREADS):
+    if threads is not None and not (re.fullmatch(r"\s*[0-9]{1,9}\s*", threads) and 0 < int(threads) <= MAX_THREADS):
         raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a whole number of threads from 1 to {MAX_THREADS}, "
                                    f"got {threads!r} (unset it to use every core)")
     config = os.environ.get("MPLCONFIGDIR")
@@ -332,7 +350,6 @@ def _distinct(cts: list[str]) -> list[str]:
 def cmd_eval_world(ns: argparse.Namespace) -> int:
     """View prediction on CTs never trained on, K jittered renderings each, against four baselines (a table, or one
     JSON object with --json)."""
-    import json
 
     from .budget import eval_world_bytes
     from .data import split_cts
@@ -353,13 +370,12 @@ def cmd_eval_world(ns: argparse.Namespace) -> int:
                   + (0 if versus is None else versus.config.model.memory_bytes(13)))
     result = evaluate_world(loaded, cts, renderings=ns.renderings, seed=ns.seed, train_cts=ns.train_ct or None,
                             quiet=False, versus=versus)
-    print(json.dumps(result) if ns.json else format_table(result))
+    print(_dumps(result) if ns.json else format_table(result))
     return 0
 
 
 def cmd_eval_domain(ns: argparse.Namespace) -> int:
     """Real-vs-simulated gap of a model: separability AUROC, embedding cosines, Δ = 0 identity PSNR/SSIM."""
-    import json
 
     from .eval.domain import evaluate_domain
     from .io import read_ct
@@ -378,14 +394,13 @@ def cmd_eval_domain(ns: argparse.Namespace) -> int:
         names[name] = p
     volumes = {name: read_ct(p) for name, p in names.items()}
     result = evaluate_domain(loaded, ns.cxr, volumes, views=ns.views, folds=ns.folds)
-    print(json.dumps(result) if ns.json else json.dumps(result, indent=2))
+    print(_dumps(result) if ns.json else _dumps(result, indent=2))
     return 0
 
 
 def cmd_eval_probe(ns: argparse.Namespace) -> int:
     """Linear probe and k-shot fine-tuning AUROC per probe task (label decided within a source), patient-level folds
     and patient bootstrap, for the model, a random initialisation and any --ablation models."""
-    import json
 
     import torch
 
@@ -434,7 +449,7 @@ def cmd_eval_probe(ns: argparse.Namespace) -> int:
         encoders[name], seen[name] = other.model.context_encoder, other.config.data.cxr
     result = probe(encoders, sets, loaded.config.model.img_size, ns.folds, tuple(ns.shots), seen=seen,
                    resamples=ns.resamples)
-    print(json.dumps(result) if ns.json else format_table(result))
+    print(_dumps(result) if ns.json else format_table(result))
     return 0
 
 
@@ -473,7 +488,7 @@ def cmd_register(ns: argparse.Namespace) -> int:
     write_pose(ns.out, result)
     p = result.pose
     sdd = f", SDD {result.geometry.sdd:.1f} mm" if ns.estimate_sdd else ""
-    print(json.dumps(result.to_json()) if ns.json else
+    print(_dumps(result.to_json()) if ns.json else
           f"{ns.out}: {result.status}: LAO {p.lao:.2f} CRAN {p.cran:.2f} roll {p.roll:.2f} deg, isocenter "
           f"{' '.join(f'{x:.1f}' for x in p.isocenter)} mm LPS{sdd}, similarity {result.similarity:.4f}, "
           f"{result.iterations} iterations, {result.seconds:.1f} s")
@@ -584,7 +599,7 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
             from .export import dicom_identity
             identity = dicom_identity(ns.cxr, spatial=False, **given)
         _write_any_volume(volume, out, "XWin world-model estimate from one CXR (not a CT)", identity)
-        print(json.dumps({"views": views, "arc": arc, "method": ns.method}) if ns.json else out)
+        print(_dumps({"views": views, "arc": arc, "method": ns.method}) if ns.json else out)
         return 0
     from .io import read_ct
     from .recon.roundtrip import reconstruct_from_ct
@@ -600,7 +615,7 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
         identity = dicom_identity(ns.from_ct, **given)
     _write_any_volume(volume, out, "XWin reconstruction", identity)
     if ns.json:
-        print(json.dumps({k: float(scores[k]) for k in ("psnr", "ssim", "rmse_hu", "seconds")}))
+        print(_dumps({k: float(scores[k]) for k in ("psnr", "ssim", "rmse_hu", "seconds")}))
     else:
         print(f"{out}: PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.4f}, RMSE {scores['rmse_hu']:.1f} HU, "
               f"{scores['seconds']:.2f} s", file=sys.stderr)
@@ -609,7 +624,6 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     """Segment a volume (body, lungs, bone) and write label maps for segmentation tools (and DICOM)."""
-    import json
 
     from .export import dicom_identity, export_segmentation, export_targets
     from .io import read_ct
@@ -624,7 +638,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
     volume = read_ct(ns.volume)
     identity = dicom_identity(ns.volume, **given) if dicom else None  # the DICOM source's patient and study
     result = export_segmentation(volume, names, out, dicom=ns.dicom, dicom_seg=ns.dicom_seg, identity=identity)
-    print(json.dumps(result) if ns.json else "\n".join(result["files"]))
+    print(_dumps(result) if ns.json else "\n".join(result["files"]))
     return 0
 
 
