@@ -31,8 +31,6 @@ class Dist:
 
 
 RENDEZVOUS_S = 300.0  # how long a process waits for the others (and each collective may take) before giving up
-
-
 MAX_PROCESSES = 65536  # WORLD_SIZE, RANK, LOCAL_RANK beyond it: no real job (and past 2^31 torch's store raises)
 
 
@@ -49,7 +47,7 @@ def _whole(name: str, default: int, low: int) -> int:
 
 
 def _wait_for_rank0(address: str, port: int, seconds: float = RENDEZVOUS_S) -> None:
-    """Wait (interruptibly: a Stop or SIGTERM ends it) until rank 0's rendezvous port accepts a connection."""
+    """Wait (interruptibly: SIGTERM or Ctrl-C ends it) until rank 0's rendezvous port accepts a connection."""
     deadline = time.monotonic() + seconds
     while True:
         try:
