@@ -218,6 +218,14 @@ def test_an_export_never_removes_what_an_export_did_not_write(tmp_path, capsys):
     assert (out / "dicom" / "notes.txt").read_text() == "mine" and len(list((out / "dicom").glob("*.dcm"))) == 40
     assert (out / "segmentation.dcm" / "keep.txt").read_text() == "mine"
     assert json.loads((out / "labels.json").read_text()) == {"background": 0, "body": 1}
+    mine = tmp_path / "mine"  # campaign 11: a user's file that merely has the SEG's name, in a folder never exported
+    mine.mkdir()
+    (mine / "segmentation.dcm").write_text("my notes")
+    (mine / "dicom").mkdir()
+    (mine / "dicom" / "slice_0000.dcm").write_text("not DICOM")
+    assert main(["export", str(src), "--out", str(mine), "--segment", "body"]) == 0
+    assert (mine / "segmentation.dcm").read_text() == "my notes"
+    assert (mine / "dicom" / "slice_0000.dcm").read_text() == "not DICOM"
 
 
 def test_real_chest_ct_has_two_lungs(shared_data):

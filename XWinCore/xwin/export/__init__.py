@@ -50,14 +50,32 @@ def export_targets(out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> 
     return targets
 
 
+def _is_dicom(path: Path) -> bool:
+    """A regular file with the DICOM preamble's ``DICM`` marker at byte 128 (what every file an export writes has)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return path.is_file() and not path.is_symlink() and f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _earlier_export_output(path: Path) -> bool:
-    """Whether ``path`` is what an earlier export wrote there (a ``dicom/`` folder of series slices only, a
-    ``segmentation.dcm`` file), so that an export not writing it may remove it; anything else is the user's."""
+    """Whether ``path`` is what an earlier export wrote there — a ``dicom/`` folder of DICOM ``slice_NNNN.dcm`` files
+    only, a ``segmentation.dcm`` DICOM SEG — so that an export not writing it may remove it; anything else (a user's
+    file that merely has the name, campaign 11) is left alone."""
     if path.is_symlink() or not path.exists():
         return False
     if path.name == "dicom":
-        return path.is_dir() and all(SLICE_NAME.fullmatch(p.name) for p in path.iterdir())
-    return path.is_file()
+        return path.is_dir() and all(SLICE_NAME.fullmatch(p.name) and _is_dicom(p) for p in path.iterdir())
+    if not _is_dicom(path):
+        return False
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")) == "SEG"
+    except Exception:  # noqa: BLE001 — any file pydicom cannot read is not an export's SEG
+        return False
 
 
 def export_segmentation(volume: Volume, names, out_dir, *, dicom: bool = False, dicom_seg: bool = False,
