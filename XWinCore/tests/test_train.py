@@ -381,6 +381,8 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
     ({"WORLD_SIZE": "4294967296"}, "WORLD_SIZE must be a whole number from 1 to 65536"),  # campaign 10: torch raised
     ({"WORLD_SIZE": "²"}, "WORLD_SIZE must be a whole number from 1 to 65536, got '²'"),  # isdigit() takes it
     ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "²"}, "needs MASTER_ADDR and MASTER_PORT"),
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "a" * 64, "MASTER_PORT": "29500"},  # campaign 11: an idna UnicodeError
+     "MASTER_ADDR 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'... is not a host name or address"),
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK 2 must be below WORLD_SIZE 2"),
     ({"WORLD_SIZE": "2"}, "WORLD_SIZE 2 needs MASTER_ADDR and MASTER_PORT"),
 ])

@@ -72,8 +72,16 @@ def setup(device: str = "auto") -> Dist:
     if world > 1 and not dist.is_initialized():
         address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
         if not address.strip() or not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536):
-            raise XWinInputError(None, f"WORLD_SIZE {world} needs MASTER_ADDR and MASTER_PORT (got {address!r}, "
-                                       f"{port!r}): start the processes with torchrun --nproc_per_node N -m xwin train")
+            raise XWinInputError(None, f"WORLD_SIZE {world} needs MASTER_ADDR and MASTER_PORT (got {address[:40]!r}, "
+                                       f"{port[:40]!r}): start the processes with torchrun --nproc_per_node N -m xwin "
+                                       "train")
+        try:  # what the address lookup needs (a 64-character label was a UnicodeError traceback, campaign 11)
+            ok = len(address) <= 253 and bool(address.encode("idna"))
+        except UnicodeError:
+            ok = False
+        if not ok:
+            raise XWinInputError(None, f"MASTER_ADDR {address[:40]!r}{'...' if len(address) > 40 else ''} is not a "
+                                       "host name or address (labels of at most 63 characters, 253 in all)")
         if rank > 0 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the store already
             _wait_for_rank0(address, int(port))
     if use_cuda:
