@@ -3,6 +3,7 @@ round trip (SimpleITK and pydicom against the original), DICOM SEG (when highdic
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -226,6 +227,12 @@ def test_an_export_never_removes_what_an_export_did_not_write(tmp_path, capsys):
     assert main(["export", str(src), "--out", str(mine), "--segment", "body"]) == 0
     assert (mine / "segmentation.dcm").read_text() == "my notes"
     assert (mine / "dicom" / "slice_0000.dcm").read_text() == "not DICOM"
+    pipes = tmp_path / "pipes"  # looked at, never opened: opening a FIFO blocks until a writer comes
+    (pipes / "dicom").mkdir(parents=True)
+    os.mkfifo(pipes / "dicom" / "slice_0000.dcm")
+    os.mkfifo(pipes / "segmentation.dcm")
+    assert main(["export", str(src), "--out", str(pipes), "--segment", "body"]) == 0
+    assert (pipes / "segmentation.dcm").is_fifo() and (pipes / "dicom" / "slice_0000.dcm").is_fifo()
 
 
 def test_real_chest_ct_has_two_lungs(shared_data):

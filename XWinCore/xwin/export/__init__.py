@@ -52,10 +52,12 @@ def export_targets(out_dir, *, dicom: bool = False, dicom_seg: bool = False) -> 
 
 def _is_dicom(path: Path) -> bool:
     """A regular file with the DICOM preamble's ``DICM`` marker at byte 128 (what every file an export writes has)."""
+    if path.is_symlink() or not path.is_file():  # checked before opening: a FIFO would block the open
+        return False
     try:
         with open(path, "rb") as f:
             f.seek(128)
-            return path.is_file() and not path.is_symlink() and f.read(4) == b"DICM"
+            return f.read(4) == b"DICM"
     except OSError:
         return False
 
