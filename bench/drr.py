@@ -31,6 +31,7 @@ import numba
 import numpy as np
 import SimpleITK as sitk
 import torch
+from machine import cpu_model
 from numba import njit, prange
 
 from xwin.drr import joseph_numba
@@ -522,8 +523,7 @@ def machine(threads: int) -> str:
     """One line: CPU model, cores, library versions, thread counts."""
     from importlib.metadata import version
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu = cpu_model()
     libs = ", ".join(f"{p} {version(p)}" for p in ("torch", "numba", "numpy", "itk-rtk", "nanodrr", "flashdrr"))
     return (f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}; {libs}; threads: "
             f"torch {torch.get_num_threads()}, numba {numba.get_num_threads()}, ITK {threads}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "XWinCore/xwin/configs/cpu_small.yaml"
@@ -110,7 +112,7 @@ def render_share(samples_per_s: float) -> dict:
 def predict_latency() -> dict:
     from xwin.drr import Projector
     from xwin.io import read_ct, read_radiograph
-    from xwin.predict import load_predictor
+    from xwin.predict import default_checkpoint, load_predictor
     from xwin.sample_data import demo_ct_path, demo_cxr_path
 
     predictor = load_predictor()
@@ -128,7 +130,8 @@ def predict_latency() -> dict:
         t = time.perf_counter()
         projector.render(30.0, 0.0)
         drr.append(time.perf_counter() - t)
-    return {"predict_ms": 1e3 * float(np.median(times)), "drr_ms": 1e3 * float(np.median(drr))}
+    return {"predict_ms": 1e3 * float(np.median(times)), "drr_ms": 1e3 * float(np.median(drr)),
+            "model": default_checkpoint()}
 
 
 def _shown(path: Path) -> str:
@@ -155,7 +158,8 @@ def main(argv=None) -> int:
         f"Command: `.venv/bin/python bench/model.py --steps {ns.steps} --bank {_shown(ns.bank)}` (the bank of a "
         f"cpu_small run); {torch.get_num_threads()} CPU threads, config `XWinCore/xwin/configs/cpu_small.yaml` "
         f"({m.embed_dim} wide, {m.depth} blocks, {m.img_size}², {m.grid_size[0]}×{m.grid_size[1]} tokens, batch "
-        f"{tr['batch']} DRR pairs + {tr['real_per_batch']} real CXRs).", "",
+        f"{tr['batch']} DRR pairs + {tr['real_per_batch']} real CXRs). Machine: {cpu_model()}, "
+        f"{os.cpu_count()} logical cores, torch {torch.__version__}. Prediction: `{_shown(pr['model'])}`.", "",
         "| measure | value |", "|---|---:|",
         f"| training throughput (DRR pairs / s, median after 5 warm-up steps) | {tr['samples_per_s']:.1f} |",
         f"| training peak RSS | {tr['peak_rss_mb']:.0f} MB |",
