@@ -390,6 +390,20 @@ def test_export_with_an_output_name_taken_writes_nothing(tmp_path, capsys, taken
     assert listing(tmp_path) == before  # no NIfTI, no .seg.nrrd, no series
 
 
+@pytest.mark.parametrize("name", ["V.MHA", "V.NII", "V.NII.GZ", "V.NRRD", "V.Mha"])
+def test_upper_case_suffix_is_written_and_read_as_its_format(tmp_path, name):
+    """ITK refuses NIfTI names in upper case and writes X.MHA as a detached X.mhd + X.raw pair, and finds no reader
+    for X.MHA: the temporary keeps the suffix in lower case, the reader is chosen by the suffix in any case."""
+    from xwin.io import read_ct
+
+    vol = noisy_volume(16)
+    out = write_volume(vol, tmp_path / name)
+    assert listing(tmp_path) == [name]  # one file, the name asked for
+    back = read_ct(out)
+    np.testing.assert_allclose(back.array, vol.array, atol=1e-3 if "NII" not in name.upper() else 0.5)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-6)
+
+
 def test_render_into_a_plain_file_with_several_poses(tmp_path, capsys):
     src = write_volume(noisy_volume(16), tmp_path / "ct.nrrd")
     (tmp_path / "sweep").write_text("a file")

@@ -58,6 +58,7 @@ _META_TYPES = {f"MET_{t}" for t in ("CHAR", "UCHAR", "SHORT", "USHORT", "INT", "
                                     "ULONG_LONG", "FLOAT", "DOUBLE")}  # numeric MetaIO element types (and _ARRAY)
 _NRRD = (".nrrd", ".nhdr")
 _META = (".mha", ".mhd")
+_IMAGE_IO = ((_NIFTI, "NiftiImageIO"), (_NRRD, "NrrdImageIO"), (_META, "MetaImageIO"))
 ITK_EXTENSIONS = _NIFTI + _NRRD + _META  # the formats SimpleITK reads and writes for XWin
 _KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
@@ -168,6 +169,9 @@ def open_header(path: Path) -> sitk.ImageFileReader:
     check_name_encoding(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    io = next((name for extensions, name in _IMAGE_IO if has_extension(path, extensions)), None)
+    if io:  # ITK finds MetaImage by a lower-case suffix only: X.MHA would be "no reader"
+        reader.SetImageIO(io)
     itk_read(path, reader.ReadImageInformation, "is truncated, corrupt or not an image file")
     return reader
 

@@ -212,7 +212,8 @@ class Publication:
             if folder:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent))
             else:
-                tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name)}")
+                # the suffix in lower case: ITK writes NIfTI only so, and X.MHA as a detached X.mhd + X.raw pair
+                tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{_suffix(path.name).lower()}")
         except OSError as exc:
             raise write_error(path, exc) from None
         self.items.append((tmp, path, folder))
