@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pydicom
@@ -308,6 +309,31 @@ def test_bad_identity_flags_are_refused_before_work(tmp_path, dicom_source, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0] and "Traceback" not in err[0]
     assert not out.exists()
+
+
+def test_source_values_beyond_their_vr_are_read_quietly_and_never_exported(tmp_path, dicom_source, capsys):
+    """A 70-character PatientID (LO allows 64): read and shown without pydicom's UserWarning on stderr (campaign 12),
+    but not written into an exported series, which would be invalid DICOM; --patient-id replaces it."""
+    src = tmp_path / "ct"
+    shutil.copytree(dicom_source, src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in sorted(src.iterdir()):
+            ds = pydicom.dcmread(f)
+            ds.PatientID = "P" * 70
+            ds.save_as(f)
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["info", str(src)]) == 0
+        assert "P" * 70 in capsys.readouterr().out
+        assert main(["export", str(src), "--out", str(out), "--dicom"]) == 2
+    assert not [w for w in caught if "maximum length" in str(w.message)]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(src) in err[0] and "PatientID" in err[0] and "--patient-id" in err[0], err
+    assert not out.exists()
+    assert main(["export", str(src), "--out", str(out), "--dicom", "--patient-id", "P1"]) == 0
+    assert _series(out / "dicom")[0].PatientID == "P1"
 
 
 def test_identity_flags_need_dicom_output(tmp_path, dicom_source, capsys):

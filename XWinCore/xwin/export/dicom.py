@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom import config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import format_number_as_ds
+from pydicom.valuerep import format_number_as_ds, validate_value
 
 from ..errors import XWinInputError
-from ..io.dicom_compat import save
+from ..io.dicom_compat import lenient_values, save
 from ..io.image import Volume
 from ..io.writers import atomic_output, check_target
 
@@ -71,6 +73,7 @@ SPATIAL_KEYS = ("FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPos
                 "BodyPartExamined")
 
 
+@lenient_values()
 def source_identity(source: str | os.PathLike, spatial: bool = True) -> dict[str, str]:
     """The `IDENTITY_KEYS` of a DICOM source: a series folder (its first image header) or a single DICOM file (a
     radiograph); {} for any other source. spatial=False leaves out the frame of reference and the patient position
@@ -124,6 +127,14 @@ def dicom_identity(source: str | os.PathLike | None = None, *, patient_id: str |
             for key in ("StudyID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription"):
                 ident.pop(key, None)
         ident["StudyInstanceUID"] = study_uid
+    for key, value in ident.items():  # read leniently, carried over only when the written DICOM stays valid
+        try:
+            validate_value(dictionary_VR(key), value, config.RAISE)
+        except ValueError as exc:
+            options = {"PatientID": "--patient-id", "PatientName": "--patient-name", "StudyInstanceUID": "--study-uid"}
+            fix = f"give {options[key]}" if key in options else "export NIfTI or NRRD instead"
+            raise XWinInputError(source, f"its {key} cannot be carried into the exported DICOM ({exc}); {fix}") \
+                from None
     if not ident.get("PatientID"):
         ident["PatientID"] = new_patient_id()
         ident.setdefault("PatientName", ident["PatientID"] + "^")  # family name = the ID (caret: not a retired form)

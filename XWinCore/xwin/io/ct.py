@@ -57,7 +57,10 @@ def read_ct(path: str | os.PathLike) -> Volume:
     if not p.exists():
         raise XWinInputError(p, file_problem(p) or "does not exist")  # a link loop: "Too many levels of..."
     if p.is_dir():
-        return _checked_hu(p, _read_dicom_series(p))
+        from .dicom_compat import lenient_values  # pydicom: not imported for a volume file (`xwin render` start-up)
+
+        with lenient_values():
+            return _checked_hu(p, _read_dicom_series(p))
     check_regular_file(p)  # a FIFO or a device would block or never end
     if not os.access(p, os.R_OK):
         raise XWinInputError(p, "cannot be read: permission denied")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Iterator
 
 import pydicom
@@ -23,8 +24,8 @@ else:  # pydicom 2.4
         apply_voi_lut,
     )
 
-__all__ = ["PYDICOM_3", "apply_modality_lut", "apply_voi_lut", "frames", "read_little_endian", "save",
-           "stored_element"]
+__all__ = ["PYDICOM_3", "apply_modality_lut", "apply_voi_lut", "frames", "lenient_values", "read_little_endian",
+           "save", "stored_element"]
 
 
 def frames(pixel_data: bytes, number_of_frames: int) -> Iterator[bytes]:
@@ -57,3 +58,17 @@ def stored_element(ds: pydicom.Dataset, tag: int):
     if PYDICOM_3:
         return ds.get_item(tag, keep_deferred=True)
     return next((e for e in ds.values() if e.tag == tag), None)
+
+
+@contextmanager
+def lenient_values() -> Iterator[None]:
+    """pydicom's checks of the values it converts switched off for the block (a function, as a decorator): a value
+    longer than its VR allows (a 70-character UID or PatientID) is read as stored instead of printing a UserWarning
+    on stderr ahead of XWin's output; the values XWin uses are checked by name where they are read."""
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = previous
