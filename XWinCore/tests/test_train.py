@@ -570,15 +570,20 @@ def test_ct_and_cxr_folders_replace_the_configs_data(tiny_setup, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_a_failed_start_leaves_no_run_folder(tiny_setup, tmp_path):
-    """A bad film found while the sampler is prepared (after the run folder was made): exit 2, the folder is gone."""
+@pytest.mark.parametrize("out", ["run", "new/parents/run", "empty"])
+def test_a_failed_start_leaves_no_run_folder(tiny_setup, tmp_path, out):
+    """A bad film found while the sampler is prepared (after the run folder was made): exit 2, the folder is gone,
+    and with it the parent folders it made; a folder that was there (empty) keeps nothing, not even the run's lock
+    file (campaign 12)."""
     root, cfg_path, _ = tiny_setup
     films = tmp_path / "films"
     films.mkdir()
     (films / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    r = _run(["train", "--config", str(cfg_path), "--out", str(tmp_path / "run"), "--cxr-dir", str(films)])
+    (tmp_path / "empty").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    r = _run(["train", "--config", str(cfg_path), "--out", str(tmp_path / out), "--cxr-dir", str(films)])
     assert r.returncode == 2 and "broken.png" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "run").exists()
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_a_second_train_into_a_busy_run_folder_is_refused(tiny_setup, tmp_path):

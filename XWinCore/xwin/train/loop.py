@@ -219,9 +219,11 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         check_stop_file(Path(stop_file))
     d: Dist = setup(device)
     t = cfg.train
-    created, lock = False, None
+    created, lock, lock_existed = False, None, True
+    made = [p for p in run_dir.parents if not p.exists()][::-1] if d.main else []  # removed again on a failed start
     try:
         if d.main:
+            lock_existed = (run_dir / RUN_LOCK).exists()
             try:
                 run_dir.mkdir(parents=True)
                 created = True
@@ -333,11 +335,19 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
         flag.restore()
         return saved
     except BaseException:
-        if created and ckpt.latest_checkpoint(run_dir) is None:  # a failed start leaves no run folder behind
-            if lock is not None:
+        if d.main and ckpt.latest_checkpoint(run_dir) is None:  # a failed start leaves nothing of its own behind:
+            if lock is not None:  # the run folder and the parents it made, or in a folder that was there, the lock
                 lock.close()
                 lock = None
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif not lock_existed:
+                (run_dir / RUN_LOCK).unlink(missing_ok=True)
+            for parent in reversed(made):
+                try:
+                    parent.rmdir()
+                except OSError:  # no longer empty (something else wrote there meanwhile) or already gone
+                    break
         raise
     finally:
         if lock is not None:
