@@ -340,6 +340,27 @@ def test_a_negative_angle_in_exponent_form_is_a_value(small_ct, tmp_path):
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nrrd"))))
 
 
+@pytest.mark.parametrize("name,value,expected", [
+    ("NUMBA_THREADING_LAYER", "bogus", "NUMBA_THREADING_LAYER='bogus' cannot be used here (The threading layer "
+                                       "requested 'bogus' is unknown to Numba.)"),
+    ("NUMBA_DISABLE_JIT", "1", "NUMBA_DISABLE_JIT is set"),
+    ("NUMBA_OPT", "fast", "NUMBA_OPT must be 0, 1, 2, 3 or max, got 'fast'")])
+def test_numba_settings_that_break_the_projector_are_one_line(tmp_path, small_ct, name, value, expected):
+    """Campaign 12: a threading layer numba does not know was a ValueError traceback at the first DRR,
+    NUMBA_DISABLE_JIT an ImportError, a NUMBA_OPT numba cannot parse a warning with its source line."""
+    r = subprocess.run([sys.executable, "-m", "xwin", "render", str(small_ct), "--lao", "0", "--cran", "0", "--size",
+                        "8", "8", "--out", str(tmp_path / "d.nrrd")], env={**os.environ, name: value},
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], r.stderr[-800:]
+    assert not (tmp_path / "d.nrrd").exists()
+    r = subprocess.run([sys.executable, "-m", "xwin", "render", str(small_ct), "--lao", "0", "--cran", "0", "--size",
+                        "8", "8", "--out", str(tmp_path / "d.nrrd")],
+                       env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_OPT": "max"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-800:]
+
+
 def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys):
     """Campaign 6: `xwin --version` asked for a COMMAND; NUMBA_NUM_THREADS=0 and an MPLBACKEND matplotlib does not
     know were tracebacks from numba's and matplotlib's imports. Files are drawn with Agg whatever MPLBACKEND says."""

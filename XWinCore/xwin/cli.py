@@ -61,10 +61,33 @@ def _check_environment() -> None:
     if threads is not None and not (re.fullmatch(r"\s*[0-9]{1,9}\s*", threads) and 0 < int(threads) <= MAX_THREADS):
         raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a whole number of threads from 1 to {MAX_THREADS}, "
                                    f"got {threads!r} (unset it to use every core)")
+    _check_numba_environment()
     config = os.environ.get("MPLCONFIGDIR")
     if config and not (os.path.isdir(config) and os.access(config, os.W_OK | os.X_OK)):
         raise XWinInputError(None, f"MPLCONFIGDIR {config!r} is not a writable folder (matplotlib keeps its "
                                    "settings and cache there): unset it or name a folder you can write")
+
+
+def _check_numba_environment() -> None:
+    """numba's settings that break XWin's projector (numba-compiled) with a traceback or a warning: NUMBA_DISABLE_JIT
+    (the kernels would not exist), NUMBA_OPT other than 0–3 or max, NUMBA_THREADING_LAYER naming a layer numba does
+    not know or cannot load here (tbb without the tbb package): the layer is loaded now, only when the variable is
+    set."""
+    if os.environ.get("NUMBA_DISABLE_JIT", "0").strip() not in ("", "0"):
+        raise XWinInputError(None, "NUMBA_DISABLE_JIT is set: XWin's projector runs numba-compiled kernels; unset it")
+    opt = os.environ.get("NUMBA_OPT")
+    if opt is not None and opt.strip() not in ("0", "1", "2", "3", "max"):
+        raise XWinInputError(None, f"NUMBA_OPT must be 0, 1, 2, 3 or max, got {opt!r} (unset it for numba's default)")
+    layer = os.environ.get("NUMBA_THREADING_LAYER")
+    if layer is not None:
+        from numba.np.ufunc import parallel
+
+        try:
+            parallel._launch_threads()
+        except (ValueError, RuntimeError, ImportError) as exc:
+            why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise XWinInputError(None, f"NUMBA_THREADING_LAYER={layer!r} cannot be used here ({why[:200]}); unset it "
+                                       "for numba's default") from None
 
 
 def _check_device(ns: argparse.Namespace) -> None:
