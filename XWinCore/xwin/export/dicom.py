@@ -179,9 +179,13 @@ def ct_series_datasets(volume: Volume, identity: dict[str, str] | None = None,
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
         ds.PatientName = ds.PatientID = ds.PatientBirthDate = ds.PatientSex = ""  # Type 2, filled from ident
         ds.StudyID = ds.AccessionNumber = ds.ReferringPhysicianName = ds.PositionReferenceIndicator = ""
-        ds.Laterality = ""  # Type 2C: a chest CT is not of a paired organ
         for key, value in ident.items():
             setattr(ds, key, value)
+        if not ds.get("Laterality"):  # Type 2C: empty only while the body part is unknown, else absent (unpaired:
+            if ds.get("BodyPartExamined"):  # a chest); dciodvfy flags both the other ways
+                ds.pop("Laterality", None)
+            else:
+                ds.Laterality = ""
         ds.SeriesInstanceUID = series
         ds.Modality, ds.Manufacturer = "CT", "XWin"
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
