@@ -390,6 +390,25 @@ def test_export_with_an_output_name_taken_writes_nothing(tmp_path, capsys, taken
     assert listing(tmp_path) == before  # no NIfTI, no .seg.nrrd, no series
 
 
+@pytest.mark.parametrize("suffix", [".png", ".nrrd", ".mha"])
+def test_a_file_name_that_is_not_utf8_is_kept_in_the_metadata_as_escapes(tmp_path, capsys, suffix):
+    """Campaign 12: a film named in Latin-1 (b'film_\\xff.png', a surrogate escape in Python) ended `xwin predict`
+    in a traceback: PNG text and ITK fields must be UTF-8. The name is stored with the byte escaped."""
+    film = tmp_path / os.fsdecode(b"film_\xff.png")
+    ramp = np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)
+    Image.fromarray(np.maximum(ramp, ramp.T)).save(film)
+    out = tmp_path / f"p{suffix}"
+    assert main(["predict", str(film), "--lao", "30", "--cran", "0", "--out", str(out)]) == 0, capsys.readouterr().err
+    if suffix == ".png":
+        text = Image.open(out).text
+    else:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(out))
+        reader.ReadImageInformation()
+        text = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    assert any("film_\\udcff.png" in v for v in text.values()), text
+
+
 @pytest.mark.parametrize("name", ["V.MHA", "V.NII", "V.NII.GZ", "V.NRRD", "V.Mha"])
 def test_upper_case_suffix_is_written_and_read_as_its_format(tmp_path, name):
     """ITK refuses NIfTI names in upper case and writes X.MHA as a detached X.mhd + X.raw pair, and finds no reader

@@ -380,6 +380,12 @@ NOT_WRITTEN_META = ("patient_id", "series_uid")  # identifiers read from DICOM h
 NIFTI_DESCRIP_CHARS = 79  # the NIfTI-1 header's descrip field holds 80 bytes, NUL included
 
 
+def _utf8(text: str) -> str:
+    """``text`` that encodes as UTF-8, as file metadata must: the undecodable bytes of a file name (Python's surrogate
+    escapes, e.g. from a Latin-1 name) shown as escapes (\\udcff) instead of failing the write."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _volume_meta(meta: dict[str, Any]) -> dict[str, str]:
     """``Volume.meta`` as the key/value strings a volume file keeps: one line each, keys of letters, digits, ``_``,
     ``-`` and ``.``; ITK's and NRRD's reserved prefixes and the patient identifiers of `NOT_WRITTEN_META` dropped."""
@@ -387,7 +393,7 @@ def _volume_meta(meta: dict[str, Any]) -> dict[str, str]:
     for key, value in meta.items():
         key = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key))
         if key and key not in NOT_WRITTEN_META and not key.startswith(("ITK_", "NRRD_")):
-            text[key] = " ".join(str(value).split())
+            text[key] = _utf8(" ".join(str(value).split()))
     return text
 
 
@@ -432,7 +438,7 @@ def write_image(image: np.ndarray | Radiograph, path: str | os.PathLike,
         array = np.asarray(image)
     if array.ndim != 2 or not np.all(np.isfinite(array)):
         raise XWinInputError(path, f"cannot write: need a finite 2D image, got shape {array.shape}")
-    text = {str(k): str(v) for k, v in (meta or {}).items()}
+    text = {_utf8(str(k)): _utf8(str(v)) for k, v in (meta or {}).items()}
     if path.name.lower().endswith(".png"):
         return _write_png(array, path, text, bits)
     _itk_extension(path)
