@@ -287,6 +287,12 @@ BAD = [
      ["origin", "not finite"], {}),
     ("nrrd_units_metres", lambda d: nrrd_geometry(d / "ct.nrrd", "(1,0,0) (0,1,0) (0,0,2)",
                                                   extra='space units: "m" "m" "m"\n'), ["units", "millimetres"], {}),
+    # campaign 12: the per-axis units of a spacings grid and unquoted space units were not read (10× too small)
+    ("nrrd_axis_units_cm", lambda d: nrrd(d / "ct.nrrd", 'spacings: 0.1 0.1 0.2\nunits: "cm" "cm" "cm"\n'),
+     ["units", "millimetres"], {}),
+    ("nrrd_space_units_cm_unquoted", lambda d: nrrd_geometry(d / "ct.nrrd", "(1,0,0) (0,1,0) (0,0,2)",
+                                                             extra="space units: cm cm cm\n"),
+     ["units", "millimetres"], {}),
     ("mha_shear_2deg", lambda d: metaimage(d / "ct.mha", f"TransformMatrix = 1 0 0 {np.sin(np.deg2rad(2))} "
                                                          f"{np.cos(np.deg2rad(2))} 0 0 0 1\n"),
      ["not orthonormal"], {}),

@@ -689,9 +689,11 @@ def _check_nrrd(path: Path) -> None:
     if nones:  # ITK would invent 1 mm and an axis for it
         raise XWinInputError(path, f"NRRD space directions give no vector ('none') for grid axis {nones[0] + 1}: "
                                    f"{fields['space directions']}")
-    units = re.findall(r'"([^"]*)"', fields.get("space units", ""))
-    if any(u.strip().lower() not in ("", "mm") for u in units):
-        raise XWinInputError(path, f"space units are {units}; XWin reads millimetres only")
+    for key in ("space units", "units"):  # ITK ignores both: a "cm" grid would be read 10× too small
+        given = fields.get(key, "")
+        units = re.findall(r'"([^"]*)"', given) or given.split()  # quoted as the format says, or bare words
+        if any(u.strip().lower() not in ("", "mm") for u in units):
+            raise XWinInputError(path, f"NRRD {key} are {units}; XWin reads millimetres only")
     data = fields.get("data file", fields.get("datafile"))
     if data is not None:
         _check_data_files(path, _data_file_names(path, data, rest))
