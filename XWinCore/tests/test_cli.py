@@ -361,6 +361,20 @@ def test_numba_settings_that_break_the_projector_are_one_line(tmp_path, small_ct
     assert r.returncode == 0 and r.stderr == "", r.stderr[-800:]
 
 
+@pytest.mark.parametrize("name", ["drr.jpg", "drr.TIFF", "drr.dcm"])
+def test_out_naming_a_file_type_xwin_does_not_write_is_refused(tmp_path, small_ct, capsys, name):
+    """Campaign 12: `--out drr.jpg` became a folder drr.jpg/ holding an NRRD. An existing folder of that name is
+    still written into."""
+    out = tmp_path / name
+    assert main(["render", str(small_ct), "--lao", "0", "--cran", "0", "--size", "8", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and ".png file, or a folder" in err[0], err
+    assert not out.exists()
+    out.mkdir()
+    assert main(["render", str(small_ct), "--lao", "0", "--cran", "0", "--size", "8", "8", "--out", str(out)]) == 0
+    assert [p.suffix for p in out.iterdir()] == [".nrrd"]
+
+
 def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys):
     """Campaign 6: `xwin --version` asked for a COMMAND; NUMBA_NUM_THREADS=0 and an MPLBACKEND matplotlib does not
     know were tracebacks from numba's and matplotlib's imports. Files are drawn with Agg whatever MPLBACKEND says."""

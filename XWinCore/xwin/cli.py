@@ -20,6 +20,9 @@ from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
 from .errors import XWinInputError
 
 IMAGE_EXTENSIONS = (".nrrd", ".mha", ".nii", ".nii.gz", ".png")
+# names of files XWin reads or users expect but does not write: as --out they are refused, not taken for a folder
+OTHER_FILE_EXTENSIONS = (".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".dcm", ".dicom", ".nhdr",
+                         ".mhd", ".hdr", ".img", ".raw", ".gz", ".npy", ".json")
 
 
 def _check_memory(request: str, nbytes: float) -> None:
@@ -159,6 +162,9 @@ def _pose_targets(out: Path, lao, cran, prefix: str, ext: str) -> list[Path]:
         if lao.size != 1:
             raise XWinInputError(out, f"{lao.size} poses need a folder for --out, not a single image file")
         return [out]
+    if out.name.lower().endswith(OTHER_FILE_EXTENSIONS) and not out.is_dir():  # would have become a folder drr.jpg/
+        raise XWinInputError(out, f"--out names a file type XWin does not write: give a "
+                                  f"{', '.join(IMAGE_EXTENSIONS[:-1])} or {IMAGE_EXTENSIONS[-1]} file, or a folder")
     targets = [out / f"{prefix}_lao{a:+07.2f}_cran{c:+07.2f}.{ext}" for a, c in zip(lao, cran)]
     seen: dict[Path, int] = {}
     for n, target in enumerate(targets):  # names keep 0.01°: closer poses would overwrite each other's file
