@@ -301,6 +301,12 @@ BAD = [
     # campaign 6: MetaIO read a 3D image's two-value Offset as origin (0, 0, 0) without a word
     ("mha_offset_of_two_values", lambda d: metaimage(d / "ct.mha", "Offset = 10 20\n"),
      ["offset holds 2 value(s), ndims = 3 needs 3"], {}),
+    # campaign 12: a short CenterOfRotation took the next line's key as its third value: that spacing was lost (1 mm)
+    ("mha_center_of_rotation_of_two_values", lambda d: metaimage(d / "ct.mha", "CenterOfRotation = 0 0\n"
+                                                                               "ElementSpacing = 2 2 3\n"),
+     ["centerofrotation holds 2 value(s), ndims = 3 needs 3"], {}),
+    ("mha_color_of_three_values", lambda d: metaimage(d / "ct.mha", "Color = 1 0 0\nElementSpacing = 2 2 3\n"),
+     ["color holds 3 value(s), ndims = 3 needs 4"], {}),
     ("mha_matrix_of_four_values", lambda d: metaimage(d / "ct.mha", "TransformMatrix = 1 0 0 1\n"),
      ["transformmatrix holds 4 value(s)"], {}),
     # read today as something else than the file says: the header's own bytes as voxels, a lying bitpix, bytes of a

@@ -741,15 +741,18 @@ def _check_metaimage(path: Path) -> None:
 
 
 def _check_metaimage_counts(path: Path, fields: dict[str, str]) -> None:
-    """Every geometry field holds NDims values (NDims² for a matrix): MetaIO reads ``Offset = 0 0`` of a 3D image as
-    origin (0, 0, 0) and a short ElementSpacing as spacing 1 without a word."""
+    """Every geometry field holds NDims values (NDims² for a matrix), Color and SequenceID four: MetaIO reads
+    ``Offset = 0 0`` of a 3D image as origin (0, 0, 0) and a short ElementSpacing as spacing 1 without a word, and a
+    short CenterOfRotation (or Color) swallows the next line's key as its missing value, losing that field (the
+    spacing or the origin)."""
     try:
         ndims = int(fields.get("ndims", ""))
     except ValueError:
         return  # MetaIO refuses a header without a readable NDims itself
     for key, count in (("dimsize", ndims), ("elementspacing", ndims), ("elementsize", ndims), ("offset", ndims),
                        ("origin", ndims), ("position", ndims), ("transformmatrix", ndims * ndims),
-                       ("rotation", ndims * ndims), ("orientation", ndims * ndims)):
+                       ("rotation", ndims * ndims), ("orientation", ndims * ndims), ("centerofrotation", ndims),
+                       ("color", 4), ("sequenceid", 4)):
         if key in fields and len(fields[key].split()) != count:
             raise XWinInputError(path, f"is corrupt: MetaImage {key} holds {len(fields[key].split())} value(s), "
                                        f"NDims = {ndims} needs {count}")
