@@ -398,9 +398,11 @@ def test_a_broken_torchrun_environment_is_one_line(tiny_setup, tmp_path, env, li
     assert not (tmp_path / "run").exists()
 
 
-def test_a_rank_waiting_for_a_missing_rank_0_stops_on_sigterm(tiny_setup, tmp_path):
+@pytest.mark.parametrize("rank", ["1", "0"])
+def test_a_rank_waiting_for_a_missing_rank_stops_on_sigterm(tiny_setup, tmp_path, rank):
     """Campaign 9: a rank-1 process whose rank 0 never came retried inside torch for 30 minutes, deaf to SIGTERM.
-    It now waits in Python: SIGTERM ends it at once (exit 143, no run folder); alone, it gives up in one line."""
+    It now waits in Python: SIGTERM ends it at once (exit 143, no run folder); alone, it gives up in one line.
+    Campaign 12: rank 0 waiting for rank 1 was as deaf (300 s, inside torch's rendezvous): the same."""
     from xwin.errors import XWinInputError
     from xwin.train.distributed import _wait_for_rank0
 
@@ -410,15 +412,18 @@ def test_a_rank_waiting_for_a_missing_rank_0_stops_on_sigterm(tiny_setup, tmp_pa
         port = probe.getsockname()[1]
     with pytest.raises(XWinInputError, match=f"no rank-0 process answers at 127.0.0.1:{port} after 1 s"):
         _wait_for_rank0("127.0.0.1", port, seconds=1.0)
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     env.pop("TORCHELASTIC_RUN_ID", None)
     proc = subprocess.Popen([sys.executable, "-m", "xwin", "train", "--config", str(cfg_path), "--out",
                              str(tmp_path / "run"), "--progress", "none"], env=env, stderr=subprocess.PIPE, text=True)
     try:
+        if rank == "0":  # inside the rendezvous once its store listens
+            _wait_for_rank0("127.0.0.1", port, seconds=120.0)
         with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(timeout=8)  # still waiting for rank 0
+            proc.wait(timeout=8)  # still waiting for the other rank
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 143
+        assert proc.stderr is not None and proc.stderr.read().strip().splitlines() == ["xwin train: terminated"]
     finally:
         proc.kill()
         proc.wait()

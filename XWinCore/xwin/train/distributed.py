@@ -5,6 +5,7 @@ import datetime
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -60,6 +61,26 @@ def _wait_for_rank0(address: str, port: int, seconds: float = RENDEZVOUS_S) -> N
             time.sleep(0.5)
 
 
+def _init_group(backend: str) -> None:
+    """`dist.init_process_group` in a helper thread, waited for from Python in short slices: its rendezvous waits in
+    C++ and never returns to the interpreter, so a SIGTERM or Ctrl-C could not end rank 0's wait for the others
+    (campaign 12: 300 s deaf). Its error, if any, is raised here."""
+    failure: list[BaseException] = []
+
+    def rendezvous() -> None:
+        try:
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
+        except BaseException as exc:  # noqa: BLE001 — handed to the main thread, which raises it
+            failure.append(exc)
+
+    helper = threading.Thread(target=rendezvous, name="xwin-rendezvous", daemon=True)  # a stopped run leaves it
+    helper.start()
+    while helper.is_alive():
+        helper.join(0.5)  # the main thread stays in Python: signal handlers run
+    if failure:
+        raise failure[0]
+
+
 def setup(device: str = "auto") -> Dist:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), each checked, and start
     the process group if there is one. A process of rank > 0 first waits for rank 0's port in Python (a SIGTERM can
@@ -91,8 +112,7 @@ def setup(device: str = "auto") -> Dist:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         try:
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                    timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
+            _init_group("nccl" if use_cuda else "gloo")
         except (RuntimeError, ValueError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
             raise XWinInputError(None, f"the {world} training processes could not meet "
                                        f"({' '.join(str(exc).split())[:200]})") from None
