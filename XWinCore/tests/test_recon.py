@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -267,3 +269,16 @@ def test_cli_reconstruct_json_and_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error" in err
         assert not target.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_cli_warning_is_one_line(tmp_path):
+    """Campaign 12: a limited-angle arc was warned of in Python's two lines (source file, line number, code)."""
+    ct = _write(cylinder_ct(n=16, sp=4.0), tmp_path / "ct.nrrd")
+    r = subprocess.run([sys.executable, "-m", "xwin", "reconstruct", "--from-ct", ct, "--views", "6", "--arc", "90",
+                        "--det", "16", "16", "--pixel", "8", "--size", "8", "8", "8", "--out",
+                        str(tmp_path / "v.nrrd")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
+    lines = r.stderr.splitlines()  # the warning, then the scores of the reconstruction
+    assert lines[0] == "xwin reconstruct: warning: FDK: an arc of 90.0° is less than 180°: limited-angle data, " \
+                       "expect strong artefacts"
+    assert len(lines) == 2 and lines[1].startswith(f"{tmp_path / 'v.nrrd'}: PSNR"), lines

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import gc
 import io
 import json
@@ -12,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -973,6 +975,12 @@ def _with_option(ns: argparse.Namespace, exc: XWinInputError) -> str:
     return f"{'/'.join(options)}: {exc.problem.removeprefix('geometry: ')}" if options else exc.problem
 
 
+def _one_line_warning(command: str, message, category, filename, lineno, file=None, line=None) -> None:
+    """What XWin warns of (a limited-angle FDK arc...) as one line, ``xwin CMD: warning: ...``, instead of Python's
+    two lines with the source file, line number and code."""
+    print(f"xwin {command}: warning: {_printable(str(message))}", file=file or sys.stderr)
+
+
 def _printable(message: str) -> str:
     """``message`` as one line of plain text: whitespace runs become one space, and any other control or format
     character (an ESC in a file name would drive the terminal) is shown as its escape, e.g. \\x1b."""
@@ -1007,6 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):  # not a UnicodeEncodeError traceback (campaign 9)
             stream.reconfigure(errors="backslashreplace")
     command = f"{ns.command} {ns.what}" if getattr(ns, "what", None) else ns.command  # "eval domain", as typed
+    show_warning = warnings.showwarning
+    warnings.showwarning = functools.partial(_one_line_warning, command)
     previous = _on_stop_signals(_raise_terminated)
     try:
         _check_environment()
@@ -1054,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + stop.signum
         raise
     finally:
+        warnings.showwarning = show_warning
         if argv is None and previous is not None:  # the process's own command, done: its outputs are in place and
             # its exit status decided, so a stop signal during the interpreter's (torch's, numba's) teardown must not
             # turn it into 130/143 with nothing said (campaign 9)
