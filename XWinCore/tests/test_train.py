@@ -48,6 +48,21 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_ct_listed_twice_is_refused_before_any_work(tiny_setup, tmp_path):
+    """Campaign 12: the same CT twice in data.ct (here once through a link) trained with that patient counted twice."""
+    _, cfg_path, cts = tiny_setup
+    cfg = yaml.safe_load(cfg_path.read_text())
+    (tmp_path / "again.nrrd").symlink_to(cts[0])
+    cfg["data"]["ct"] = [str(cts[0]), str(cts[1]), str(tmp_path / "again.nrrd")]
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = _run(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--progress", "none"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"xwin train: error: {path}: config key 'data.ct': entries 1 and 3 name the same CT ({cts[0]}): list each CT "
+        "once"], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bank_holds_the_rendered_views_and_respects_the_split(tiny_setup, tiny_bank):
     root, cfg_path, cts = tiny_setup
     cfg = load_config(cfg_path)

@@ -82,6 +82,12 @@ def training_cts(cfg, config: str | os.PathLike | None = None) -> list[dict]:
     held-out patients (splits are by patient). ``config``: the file ``cfg`` came from, named when none is left."""
     held = set(cfg.data.holdout)
     listed = [Path(p) for p in cfg.data.ct]
+    seen: dict[str, int] = {}
+    for n, p in enumerate(listed):  # one CT twice would weigh that patient double
+        first = seen.setdefault(os.path.realpath(p), n)
+        if first != n:
+            raise XWinInputError(config, f"config key 'data.ct': entries {first + 1} and {n + 1} name the same CT "
+                                         f"({listed[first]}): list each CT once")
     if cfg.data.cases:
         listed += [p for p in split_cts(cfg.data.cases, cfg.data.split) if p not in listed]
     cts = []
