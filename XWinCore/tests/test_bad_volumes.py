@@ -307,6 +307,9 @@ BAD = [
      ["centerofrotation holds 2 value(s), ndims = 3 needs 3"], {}),
     ("mha_color_of_three_values", lambda d: metaimage(d / "ct.mha", "Color = 1 0 0\nElementSpacing = 2 2 3\n"),
      ["color holds 3 value(s), ndims = 3 needs 4"], {}),
+    ("mha_intensity_slope", lambda d: metaimage(d / "ct.mha", "ElementToIntensityFunctionSlope = 2\n"
+                                                              "ElementToIntensityFunctionOffset = -1024\n"),
+     ["elementtointensityfunctionslope = 2", "does not apply"], {}),
     ("mha_matrix_of_four_values", lambda d: metaimage(d / "ct.mha", "TransformMatrix = 1 0 0 1\n"),
      ["transformmatrix holds 4 value(s)"], {}),
     # read today as something else than the file says: the header's own bytes as voxels, a lying bitpix, bytes of a

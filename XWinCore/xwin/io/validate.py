@@ -732,6 +732,10 @@ def _check_metaimage(path: Path) -> None:
                       ("transformmatrix", "direction"), ("rotation", "direction"), ("orientation", "direction")):
         if key in fields and not np.all(np.isfinite(_numbers(path, key, fields[key]))):  # MetaIO: nan becomes 0
             raise XWinInputError(path, f"{what} (MetaImage {key}) is not finite: {fields[key]}")
+    for key, neutral in (("elementtointensityfunctionslope", 1.0), ("elementtointensityfunctionoffset", 0.0)):
+        if key in fields and not np.array_equal(_numbers(path, key, fields[key]), [neutral]):  # MetaIO ignores it
+            raise XWinInputError(path, f"MetaImage {key} = {fields[key]}: a rescale of the stored values that the "
+                                       "reader does not apply (they would be read unscaled): apply it to the data")
     _check_metaimage_counts(path, fields)
     data = fields["elementdatafile"]
     if data.upper() != "LOCAL":
