@@ -140,6 +140,10 @@ MODEL_CASES = [
     ("metadata_not_json", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,
                                                                              "config": "{model: [1,"}), _predict),
     ("metadata_no_config", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT}), _predict),
+    # campaign 12: a key given twice in the config JSON was read as the last value without a word
+    ("config_key_twice", lambda d, g: _model(d / "m.safetensors", g, meta={
+        "format": MODEL_FORMAT, "config": json.dumps(TINY)[:-1] + ', "model": ' + json.dumps(TINY["model"]) + "}"}),
+     _predict),
     ("config_nested_deeper_than_the_stack", lambda d, g: _model(
         d / "m.safetensors", g, meta={"format": MODEL_FORMAT, "config": "[" * 100_000 + "]" * 100_000}), _predict),
     ("config_a_list", lambda d, g: _model(d / "m.safetensors", g, meta={"format": MODEL_FORMAT,

@@ -211,11 +211,20 @@ def _floating(path: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.T
     return weights
 
 
+def _unique_keys(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names no key twice (json keeps the last without a word; YAML configs refuse it too)."""
+    keys = [k for k, _ in items]
+    twice = next((k for n, k in enumerate(keys) if k in keys[:n]), None)
+    if twice is not None:
+        raise ValueError(f"key {twice!r} is given twice: which value is meant?")
+    return dict(items)
+
+
 def _model_config(path: Path, config: Any) -> XWinConfig:
     """The validated config stored with a model, as JSON text or a mapping (``path``: the file it came from)."""
     if isinstance(config, str):
         try:
-            config = json.loads(config)
+            config = json.loads(config, object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than Python's stack
             raise XWinInputError(path, f"the model's config is not valid JSON ({one_line(exc)})") from None
     if not isinstance(config, dict):
