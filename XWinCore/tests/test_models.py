@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -512,6 +513,19 @@ def test_bad_config_base(tmp_path, text, problem):
     path.write_text(text)
     with pytest.raises(XWinInputError, match=f"config key 'base': .*{problem}"):
         load_config(path)
+
+
+def test_a_base_chain_too_long_is_named_at_its_top(tmp_path):
+    """Campaign 12: 1,200 configs each naming the next as base ended in Python's recursion limit, blamed on the
+    980th file ('not valid YAML: nested too deeply'). The chain is refused at 32 links, naming the config given;
+    the shipped stages (a chain of 13) load."""
+    for n in range(40):
+        (tmp_path / f"c{n}.yaml").write_text(f"base: c{n + 1}.yaml\n" if n < 39 else "train:\n  lr: 1.0e-4\n")
+    with pytest.raises(XWinInputError, match=r"config key 'base': a chain of more than 32 configs") as refused:
+        load_config(tmp_path / "c0.yaml")
+    assert Path(refused.value.path) == tmp_path / "c0.yaml"
+    assert load_config(tmp_path / "c10.yaml").train.lr == 1.0e-4
+    assert load_config(config_path("cpu_small_stage12")).data.augmentations == 15
 
 
 def test_negative_tau_message():

@@ -531,6 +531,9 @@ def _parse_yaml(path: str | os.PathLike) -> Any:
         raise XWinInputError(path, "not valid YAML: nested too deeply") from None
 
 
+MAX_BASE_DEPTH = 32  # `base:` links followed (the shipped configs chain 13)
+
+
 def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict:
     """The YAML mapping of ``path``; a top-level ``base: FILE`` (relative to ``path``) is read first and the file's
     sections override it key by key."""
@@ -543,6 +546,9 @@ def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict:
     base_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base))
     if base_path in chain:
         raise XWinInputError(path, f"config key 'base': {base} includes itself")
+    if len(chain) >= MAX_BASE_DEPTH:  # named at the top: the chain is the problem, not its deepest file
+        raise XWinInputError(chain[0], f"config key 'base': a chain of more than {MAX_BASE_DEPTH} configs (each "
+                                       "naming the next as its base)")
     from .io.validate import file_problem
 
     problem = file_problem(base_path)  # a device or a link loop is no missing file
