@@ -515,6 +515,14 @@ def test_bad_config_base(tmp_path, text, problem):
         load_config(path)
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """Campaign 12: YAML 1.1 (PyYAML) reads `lr: 1e-3` as the string '1e-3' and the config was refused; YAML 1.2 and
+    every user mean 0.001."""
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-2\nloss:\n  tau: +2e-1\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.loss.tau) == (1e-3, 5e-2, 0.2)
+
+
 def test_a_base_chain_too_long_is_named_at_its_top(tmp_path):
     """Campaign 12: 1,200 configs each naming the next as base ended in Python's recursion limit, blamed on the
     980th file ('not valid YAML: nested too deeply'). The chain is refused at 32 links, naming the config given;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import reprlib
 import sys
 import types
@@ -482,6 +483,15 @@ def _duplicate_key(root: yaml.Node) -> yaml.Node | None:
     return None
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as the number YAML 1.2 says it is (YAML 1.1 wants a dot, ``1.0e-3``,
+    and read a learning rate written the common way as the string '1e-3')."""
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
+
+
 def _parse_yaml(path: str | os.PathLike) -> Any:
     """The YAML document of ``path``, bounded before it is built: a regular file of at most ``MAX_CONFIG_BYTES``,
     UTF-8, at most ``MAX_CONFIG_NODES`` nodes once aliases are expanded."""
@@ -503,7 +513,7 @@ def _parse_yaml(path: str | os.PathLike) -> Any:
         raise XWinInputError(path, f"not a YAML config: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
                                    "is not UTF-8 text") from None
     try:
-        loader = yaml.SafeLoader(text)  # checks the characters
+        loader = _ConfigLoader(text)  # checks the characters
         try:
             node = loader.get_single_node()
             if node is not None and _expanded_nodes(node) > MAX_CONFIG_NODES:
