@@ -534,3 +534,18 @@ def test_itk_state_is_restored(tmp_path):
     assert os.environ.get("ITK_NIFTI_SFORM_PERMISSIVE") == permissive
     if fd_target is not None:
         assert os.readlink("/proc/self/fd/2") == fd_target
+
+
+@pytest.mark.parametrize("make,given", [
+    (lambda d: nifti(d / "ct.nii", (252, "2h", (0, 0))), False),  # qform_code = sform_code = 0: pixdim only
+    (lambda d: nrrd(d / "ct.nrrd", "spacings: 1 1 2\n"), False),  # no space, no space directions
+    (lambda d: nifti(d / "ct.nii"), True),
+    (lambda d: nrrd_geometry(d / "ct.nrrd", "(1,0,0) (0,1,0) (0,0,2)"), True)])
+def test_a_volume_without_orientation_is_said_so(tmp_path, make, given):
+    """Campaign 12: a volume whose file gives no patient orientation was read in ITK's default frame without a word
+    (its DRR mirrored against the oriented original); `xwin info` now says so."""
+    from xwin.io.ct import NO_ORIENTATION
+    from xwin.io.info import describe
+
+    info = describe(make(tmp_path))
+    assert info.get("orientation") == (None if given else NO_ORIENTATION)

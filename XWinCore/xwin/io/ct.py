@@ -34,6 +34,7 @@ from .validate import (
     file_problem,
     itk_read,
     open_header,
+    orientation_given,
     three_d,
     validate_header,
 )
@@ -88,6 +89,9 @@ def _checked_hu(p: Path, volume: Volume) -> Volume:
     return volume
 
 
+NO_ORIENTATION = "not in the file: read in ITK's default frame (i→L, j→P, k→S); left and right may be swapped"
+
+
 def _read_image_file(p: Path) -> Volume:
     """NIfTI / NRRD / MetaImage via SimpleITK, once `validate` has passed its header (no voxel read before)."""
     reader = open_header(p)
@@ -98,8 +102,11 @@ def _read_image_file(p: Path) -> Volume:
     if view.dtype == np.float64:
         check_float32(p, view, "voxel values")
     array = view.astype(np.float32)  # one copy
+    meta = {"source": str(p), "format": file_format(p)}
+    if not orientation_given(p):
+        meta["orientation"] = NO_ORIENTATION
     return Volume(array, np.array(image.GetSpacing()), np.array(image.GetOrigin()),
-                  np.array(image.GetDirection()).reshape(3, 3), {"source": str(p), "format": file_format(p)})
+                  np.array(image.GetDirection()).reshape(3, 3), meta)
 
 
 def _read_dicom_series(folder: Path) -> Volume:

@@ -37,7 +37,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
                 "modality": v.meta.get("modality", ""), "size_ijk": list(v.shape_ijk),
                 "spacing_mm": v.spacing.tolist(), "origin_lps_mm": v.origin.tolist(),
                 "direction_axes_ijk": v.direction.T.tolist(), "hu_range": [float(v.array.min()), float(v.array.max())],
-                **{k: v.meta[k] for k in ("series_uid", "patient_id", "slices") if k in v.meta}}
+                **{k: v.meta[k] for k in ("orientation", "series_uid", "patient_id", "slices") if k in v.meta}}
     r = read_radiograph(p)
     return {"path": str(p), "kind": "radiograph", "format": r.meta.get("format", ""),
             "modality": r.meta.get("modality", ""), "size_rows_cols": list(r.array.shape),

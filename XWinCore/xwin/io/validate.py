@@ -523,6 +523,20 @@ def _nifti_header(path: Path) -> bytes:
         return b""
 
 
+def orientation_given(path: Path) -> bool:
+    """Whether a volume file says how its axes lie in the patient. A NIfTI with qform_code and sform_code 0 and a NRRD
+    without space directions do not: ITK then reads them in its default frame (i→L, j→P, k→S), which may mirror
+    them. MetaImage's default (no TransformMatrix) is that frame by the format's definition."""
+    if has_extension(path, _NIFTI):
+        h = _nifti_header(path)
+        order = next((o for o in "<>" if len(h) >= 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
+        return order is None or struct.unpack_from(order + "2h", h, 252) != (0, 0)
+    if has_extension(path, _NRRD):
+        fields, _ = _nrrd_fields(path)
+        return fields is None or "space directions" in fields
+    return True
+
+
 def _check_nifti(path: Path) -> None:
     """NIfTI-1 fields that ITK replaces or ignores without a word (NIfTI-2 and non-NIfTI data are left to ITK)."""
     h = _nifti_header(path)
