@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import XWinInputError
+from ..io.formats import is_dicom_file
 from ..io.image import Volume
 from ..io.writers import check_target, publish_together
 from .dicom import (
@@ -55,9 +56,7 @@ def _is_dicom(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():  # checked before opening: a FIFO would block the open
         return False
     try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
+        return is_dicom_file(path)
     except OSError:
         return False
 

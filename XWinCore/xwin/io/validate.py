@@ -523,13 +523,18 @@ def _nifti_header(path: Path) -> bytes:
         return b""
 
 
+def _nifti_byte_order(header: bytes) -> str | None:
+    """'<' or '>' for a NIfTI-1 header (sizeof_hdr 348 in that byte order), None for anything else."""
+    return next((o for o in "<>" if len(header) >= 348 and struct.unpack(o + "i", header[:4])[0] == 348), None)
+
+
 def orientation_given(path: Path) -> bool:
     """Whether a volume file says how its axes lie in the patient. A NIfTI with qform_code and sform_code 0 and a NRRD
     without space directions do not: ITK then reads them in its default frame (i→L, j→P, k→S), which may mirror
     them. MetaImage's default (no TransformMatrix) is that frame by the format's definition."""
     if has_extension(path, _NIFTI):
         h = _nifti_header(path)
-        order = next((o for o in "<>" if len(h) >= 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
+        order = _nifti_byte_order(h)
         return order is None or struct.unpack_from(order + "2h", h, 252) != (0, 0)
     if has_extension(path, _NRRD):
         fields, _ = _nrrd_fields(path)
@@ -543,7 +548,7 @@ def _check_nifti(path: Path) -> None:
     if len(h) >= 12 and h[4:8] == b"n+2\0" and 540 in struct.unpack("<i", h[:4]) + struct.unpack(">i", h[:4]):
         raise XWinInputError(path, "is a NIfTI-2 file, which XWin's reader (ITK's NIfTI-1 library) cannot read; "
                                    "save it as NIfTI-1, NRRD or MetaImage")
-    order = next((o for o in "<>" if len(h) >= 348 and struct.unpack(o + "i", h[:4])[0] == 348), None)
+    order = _nifti_byte_order(h)
     if order is None:
         return
 
