@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from xwin.data import PairSampler, split_cts
-from xwin.data.bank import Bank
-from xwin.data.ct import FeatherBordersd, RandCropZd, from_volume, to_volume
+from xwin.data.bank import Bank, BankSpec, deformed_instances
+from xwin.data.ct import FeatherBordersd, RandArmsDownd, RandCropZd, from_volume, to_volume
 from xwin.errors import XWinInputError
+from xwin.io import write_volume
 from xwin.io.image import Volume
 
 torch.set_num_threads(1)
@@ -50,6 +51,65 @@ def test_random_z_crop_keeps_a_run_of_slices_in_place():
         assert out.origin[2] == pytest.approx(-10.0 + 2.5 * first)  # at their own LPS z
         kept.add(first)
     assert len(kept) > 2
+
+
+def _chest(spacing=2.0) -> Volume:
+    """An axial chest phantom in HU: a water ellipse (semi-axes 100 mm left-right, 70 mm AP) around two −800 HU lungs,
+    in air, 24 slices; LPS, voxel (0, 0, 0) at (−150, −100, 40) mm."""
+    x = (np.arange(150) - 74.5) * spacing
+    y = (np.arange(100) - 49.5) * spacing
+    body = (x[None, :] / 100) ** 2 + (y[:, None] / 70) ** 2 <= 1
+    lungs = ((np.abs(x[None, :]) - 50) / 35) ** 2 + (y[:, None] / 45) ** 2 <= 1
+    axial = np.where(body, np.where(lungs, -800.0, 0.0), -1024.0).astype(np.float32)
+    return Volume(np.repeat(axial[None], 24, axis=0), (spacing,) * 3, (-150.0 + 0.5 * spacing, -100.0, 40.0))
+
+
+def _lps(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """LPS x and y (mm) of the i and j voxel centres of an axis-aligned volume."""
+    return vol.origin[0] + vol.spacing[0] * np.arange(vol.shape_ijk[0]), \
+        vol.origin[1] + vol.spacing[1] * np.arange(vol.shape_ijk[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_arms_down_lie_beside_the_body_and_leave_it_alone(seed):
+    chest = _chest()
+    arms = RandArmsDownd("ct", prob=1.0)
+    arms.set_random_state(seed)
+    out = to_volume(arms({"ct": from_volume(chest)})["ct"])
+    assert np.allclose(out.spacing, chest.spacing) and np.allclose(out.direction, chest.direction)
+    x, y = _lps(out)
+    x0, y0 = _lps(chest)
+    assert np.allclose(y, y0) and out.array.shape[0] == chest.array.shape[0]
+    first = int(round((x0[0] - x[0]) / out.spacing[0]))  # the old grid inside the new one (grown left-right)
+    old = out.array[:, :, first:first + len(x0)]
+    inside = chest.array > -1024
+    assert np.array_equal(old[inside], chest.array[inside])  # body and lungs untouched, in place (LPS mm)
+    tissue = out.array > -500
+    assert not tissue[:, :, [0, -1]].any()  # the grid grew far enough: air at its left-right faces
+    for side in (x < -100, x > 100):  # each side of the body (edges at x = ±100 mm)
+        arm = tissue & side[None, None, :]
+        assert arm.any(axis=(1, 2)).all()  # in every slice
+        _, jj, ii = np.nonzero(arm)
+        width, depth = np.ptp(x[ii]) + 2.0, np.ptp(y[jj]) + 2.0
+        assert 48 <= width <= 82 and 62 <= depth <= 98  # semi-axes 25–40 mm and 32–48 mm, ± a voxel
+        gap = np.min(np.abs(x[ii])) - 100.0
+        assert -7 <= gap <= 12  # −5 to 10 mm from the body's edge, ± a voxel
+        bone = out.array[:, :, side].max()
+        assert 900 <= bone <= 1500  # a humerus's cortex
+    same = RandArmsDownd("ct", prob=0.0)({"ct": from_volume(chest)})["ct"]
+    assert np.array_equal(to_volume(same).array, chest.array)
+
+
+def test_data_arms_gives_the_deformed_copies_arms(tmp_path):
+    ct = tmp_path / "chest.nrrd"
+    write_volume(_chest(), ct)
+    widths = {}
+    for arms in (0.0, 1.0):
+        spec = BankSpec(img_size=16, augmentations=2, spacing_mm=4.0, habitus=0.0, arms=arms)
+        instances = list(deformed_instances([{"path": str(ct), "patient_id": "p"}], spec, quiet=True))
+        widths[arms] = [i["volume"].array.shape[2] for i in instances]
+    assert widths[1.0][0] == widths[0.0][0]  # the undeformed volume never has them
+    assert all(a > b for a, b in zip(widths[1.0][1:], widths[0.0][1:]))  # each deformed copy grew its arms
 
 
 def test_split_cts_reads_the_split_column(tmp_path, shared_data):

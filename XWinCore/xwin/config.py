@@ -347,6 +347,7 @@ class DataConfig(_Section):
     feather_mm: float = _f(0.0, ge=0.0)  # every CT fades to air over this width at its faces (no scan box in DRRs)
     crop_z: tuple[float, float] = _f((1.0, 1.0), gt=0.0, le=1.0)  # deformed copies keep this fraction of slices
     habitus: float = _f(0.08, ge=0.0, lt=1.0)  # deformed copies: independent scale factor per axis in 1 ± habitus
+    arms: float = _f(0.0, ge=0.0, le=1.0)  # deformed copies: probability of synthetic arms down beside the chest
     pairs_per_instance: int = _f(1, ge=1)
     shared_rendering: bool = _f(False)  # the pairs of one instance draw share shift, roll and zoom: one group
     rejitter: bool = _f(False)  # online only: each target rendered again under an independent jitter

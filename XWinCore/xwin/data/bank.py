@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_type_hints
 
 import numpy as np
 import torch
@@ -27,12 +27,12 @@ from ..geometry import Geometry, rotation
 from ..io import read_ct
 from ..io.image import Volume
 from ..io.writers import atomic_output
-from .ct import FeatherBordersd, RandCropZd, ct_transforms, deformation_transforms, to_volume
+from .ct import FeatherBordersd, RandArmsDownd, RandCropZd, ct_transforms, deformation_transforms, to_volume
 
 # The keys of the config's data section a bank is rendered from (angle grid, augmentation, resampling, C-arm
 # geometry): `BankSpec` takes their types, defaults and ranges from `xwin.config.DataConfig`, the one schema.
 DATA_KEYS = ("lao", "cran", "augmentations", "iso_shift_mm", "roll_deg", "spacing_mm", "sid", "sdd", "field_mm",
-             "feather_mm", "crop_z", "habitus")
+             "feather_mm", "crop_z", "habitus", "arms")
 
 
 def _schema_field(section: type, name: str) -> tuple[str, type, dataclasses.Field]:
@@ -109,13 +109,15 @@ def prepared_ct(ct, spec: BankSpec) -> Volume:
 
 def deformed_instances(cts: list[dict], spec: BankSpec, quiet: bool = False):
     """Yield the training instances of ``cts`` (dicts with ``path`` and ``patient_id``): per CT the undeformed volume
-    then ``spec.augmentations`` random deformations (MONAI: habitus scale per axis, rotation, elastic, random z-crop),
+    then ``spec.augmentations`` random deformations (MONAI: habitus scale per axis, rotation, elastic, random z-crop;
+    with probability ``spec.arms`` synthetic arms down at the sides, `RandArmsDownd`),
     each with a random isocenter shift (LPS mm) and detector roll (degrees), all drawn from ``spec.seed``; every
     volume's faces are feathered to air (`prepared_ct`). Yields dicts with ct_index, augmentation, seed, volume,
     shift, roll."""
     rng = np.random.default_rng(spec.seed)
     load = ct_transforms(spacing_mm=spec.spacing_mm)
-    deform = Compose([deformation_transforms(scale=spec.habitus), RandCropZd("ct", spec.crop_z)])
+    chain: list[Callable] = [deformation_transforms(scale=spec.habitus), RandCropZd("ct", spec.crop_z)]
+    deform = Compose(chain + [RandArmsDownd("ct", spec.arms)] if spec.arms else chain)
     feather = FeatherBordersd("ct", spec.feather_mm)
     steps = tqdm(total=len(cts) * (spec.augmentations + 1), desc="CT instances", unit="CT", disable=quiet)
     for ct_index, ct in enumerate(cts):

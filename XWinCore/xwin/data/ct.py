@@ -12,6 +12,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
@@ -24,6 +25,7 @@ from monai.transforms import (
     Spacingd,
     SpatialCrop,
 )
+from scipy import ndimage
 
 from ..errors import XWinInputError
 from ..io import read_ct
@@ -218,3 +220,101 @@ def deformation_transforms(key: str = "ct", scale: float = 0.08, rotate_deg: flo
         ShiftIntensityd(key, -HU_OFFSET),
         ScaleIntensityRanged(key, *HU_RANGE, *HU_RANGE, clip=True),
     ])
+
+
+class RandArmsDownd(MapTransform, RandomizableTransform):
+    """Arms down at the sides of the chest, on a fraction ``prob`` of volumes: the training CTs are scanned arms up
+    (or cut at the sides), while films and some CTs (LUNG1-003) hold the arms beside the thorax, where oblique and
+    lateral views see them across the chest.
+
+    On a MetaTensor ``[1, i, j, k]`` in HU whose grid axes follow the patient's left-right, anterior-posterior and
+    head-foot directions (an axial CT; RAS affine, mm): in every slice the body's lateral edges are those of the
+    largest region > −400 HU within ±40 mm of the body's AP centre (median over 7 slices); beside them each arm is an
+    elliptic cylinder of muscle (20–60 HU) under a 4–8 mm fat rim (−100 HU) around a humerus (cortex 1000–1500 HU,
+    marrow −50–150 HU). The arm sizes (semi-axes 25–40 mm left-right, 32–48 mm AP), the gap to the body (−5 to
+    10 mm), the AP offset and the humerus are drawn per arm. Arms only replace air (< −500 HU) outside the body; the
+    grid grows along left-right with air where they need the room (the affine keeps every voxel's position in mm).
+    """
+
+    def __init__(self, keys, prob: float):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=prob)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        arms = [{"r_lr": self.R.uniform(25, 40), "r_ap": self.R.uniform(32, 48), "gap": self.R.uniform(-5, 10),
+                 "offset_ap": self.R.uniform(-15, 15), "fat": self.R.uniform(4, 8), "muscle": self.R.uniform(20, 60),
+                 "bone_r": self.R.uniform(9, 13), "cortex": self.R.uniform(2.5, 4),
+                 "cortex_hu": self.R.uniform(1000, 1500), "marrow_hu": self.R.uniform(-50, 150)} for _ in (0, 1)]
+        for key in self.key_iterator(d):
+            d[key] = _with_arms(d[key], arms)
+        return d
+
+
+def _body_edges(hu: np.ndarray, spacing: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """The body in ``hu`` (left-right, AP, head-foot; HU): its AP centre (mm from the first voxel centre), (slices, 2)
+    left and right edges (mm, median over 7 slices) and its mask, each slice's largest region > −400 HU with its
+    holes (the lungs) filled, opened over 10 mm. None when no slice holds a body."""
+    mask = np.zeros(hu.shape, dtype=bool)
+    opening = np.ones([max(1, int(round(10.0 / s))) for s in spacing[:2]], dtype=bool)
+    for k in range(hu.shape[2]):
+        filled = ndimage.binary_fill_holes(hu[:, :, k] > -400)  # the lungs are body
+        labels, n = ndimage.label(ndimage.binary_opening(filled, structure=opening))  # thin table shells cut off
+        if n:
+            mask[:, :, k] = labels == 1 + int(np.argmax(ndimage.sum(labels > 0, labels, range(1, n + 1))))
+    ap = np.nonzero(mask.any(axis=(0, 2)))[0]
+    if not len(ap):
+        return None
+    centre_ap = np.nonzero(mask)[1].mean() * spacing[1]
+    band = np.abs(np.arange(hu.shape[1]) * spacing[1] - centre_ap) <= 40.0
+    edges = np.full((hu.shape[2], 2), np.nan)
+    for k in range(hu.shape[2]):
+        cols = np.nonzero(mask[:, band, k].any(axis=1))[0]
+        if len(cols):
+            edges[k] = cols.min() * spacing[0], cols.max() * spacing[0]
+    found = ~np.isnan(edges[:, 0])
+    for side in (0, 1):
+        edges[:, side] = np.interp(np.arange(len(edges)), np.nonzero(found)[0], edges[found, side])
+    return centre_ap, ndimage.median_filter(edges, size=(7, 1), mode="nearest"), mask
+
+
+def _with_arms(image: MetaTensor, arms: list[dict]) -> MetaTensor:
+    """``image`` (``[1, i, j, k]``, HU, RAS affine) with the arms of `RandArmsDownd` (parameters in mm and HU)."""
+    lin = np.asarray(image.affine, dtype=np.float64)[:3, :3]
+    axes = [int(np.argmax(np.abs(lin[row]))) for row in range(3)]  # grid axis along R-L, A-P, S-I
+    if sorted(axes) != [0, 1, 2]:
+        raise ValueError(f"arms need an axial grid; the affine's axes {lin.tolist()} are oblique")
+    spacing = np.linalg.norm(lin, axis=0)[axes]
+    hu = torch.as_tensor(image.array[0]).permute(*axes)  # (left-right, AP, head-foot); no MetaTensor
+    found = _body_edges(hu.numpy(), spacing)
+    if found is None:
+        return image
+    centre_ap, edges, body = found
+    width = [a["gap"] + 2 * a["r_lr"] + 10.0 for a in arms]  # mm beyond the body edge, 10 mm of air to spare
+    before = max(0, int(np.ceil((width[0] - edges[:, 0].min()) / spacing[0])))
+    after = max(0, int(np.ceil((edges[:, 1].max() + width[1]) / spacing[0])) - hu.shape[0] + 1)
+    hu = F.pad(hu.permute(2, 1, 0), (before, after), value=HU_RANGE[0]).permute(2, 1, 0)
+    outside = ~F.pad(torch.from_numpy(body).permute(2, 1, 0), (before, after)).permute(2, 1, 0)
+    x = (torch.arange(hu.shape[0], dtype=torch.float32)[:, None, None] - before) * spacing[0]
+    y = torch.arange(hu.shape[1], dtype=torch.float32)[None, :, None] * spacing[1]
+    step = float(min(spacing[:2]))
+    for side, a in zip((0, 1), arms):
+        sign = 1.0 if side else -1.0
+        cx = torch.from_numpy(edges[:, side] + sign * (a["gap"] + a["r_lr"])).float()[None, None, :]
+        cy = centre_ap + a["offset_ap"]
+        mean_r = (a["r_lr"] + a["r_ap"]) / 2
+        q = torch.sqrt(((x - cx) / a["r_lr"]) ** 2 + ((y - cy) / a["r_ap"]) ** 2)  # 1 on the skin
+        skin = torch.clamp(0.5 - (q - 1) * mean_r / step, 0, 1)
+        muscle = torch.clamp(0.5 - (q - 1 + a["fat"] / mean_r) * mean_r / step, 0, 1)
+        r_bone = torch.sqrt((x - cx - sign * 0.15 * a["r_lr"]) ** 2 + (y - cy + 0.1 * a["r_ap"]) ** 2)
+        bone = torch.clamp(0.5 - (r_bone - a["bone_r"]) / step, 0, 1)
+        marrow = torch.clamp(0.5 - (r_bone - a["bone_r"] + a["cortex"]) / step, 0, 1)
+        arm = -100.0 + muscle * (a["muscle"] + 100.0)
+        arm = arm + bone * (a["cortex_hu"] - arm) + marrow * (a["marrow_hu"] - a["cortex_hu"])
+        hu = hu + skin * (outside & (hu < -500)).float() * (arm - hu)
+    affine = torch.as_tensor(np.asarray(image.affine, dtype=np.float64)).clone()
+    affine[:3, 3] -= before * affine[:3, axes[0]]
+    return MetaTensor(hu.permute(*np.argsort(axes))[None].contiguous(), affine=affine)
