@@ -479,7 +479,9 @@ def sigterm_ct(tmp_path_factory):
 
 @pytest.mark.parametrize("command, sig", [("render", "SIGTERM"), ("reconstruct", "SIGTERM"), ("export", "SIGTERM"),
                                          # campaign 8: SIGHUP / SIGQUIT left a hidden folder of partial DRRs
-                                         ("render", "SIGHUP"), ("export", "SIGQUIT")])
+                                         ("render", "SIGHUP"), ("export", "SIGQUIT"),
+                                         # campaign 12: SIGUSR1 (and USR2, ALRM, XCPU) left the staging
+                                         ("render", "SIGUSR1"), ("reconstruct", "SIGXCPU")])
 def test_sigterm_while_writing_leaves_nothing(tmp_path, sigterm_ct, command, sig):
     if not hasattr(signal, sig):
         pytest.skip(f"no {sig} on this platform")
@@ -503,6 +505,23 @@ def test_sigterm_while_writing_leaves_nothing(tmp_path, sigterm_ct, command, sig
     assert proc.returncode == 128 + number, err
     assert err.strip().splitlines()[-1] == f"xwin {command}: terminated" + ("" if sig == "SIGTERM" else f" ({sig})")
     assert listing(out_dir) == []  # no hidden temporaries, no half-written output
+
+
+def test_stale_temporaries_of_the_same_output_are_swept(tmp_path):
+    """A process killed outright (SIGKILL, power loss) leaves its hidden temporaries; the next write of the same output
+    removes those older than a day and leaves younger ones (another process may be writing) and other names alone."""
+    vol, _ = torso()
+    stale_file, stale_dir = tmp_path / ".ct.nrrd.0123abcd.tmp.nrrd", tmp_path / ".ct.nrrd.x1y2z3.tmp"
+    young, other = tmp_path / ".ct.nrrd.cafef00d.tmp.nrrd", tmp_path / ".other.nrrd.0123abcd.tmp.nrrd"
+    stale_dir.mkdir()
+    (stale_dir / "part.nrrd").write_bytes(b"partial")
+    for p in (stale_file, young, other):
+        p.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 86400
+    for p in (stale_file, stale_dir, other):
+        os.utime(p, (two_days_ago, two_days_ago))
+    write_volume(vol, tmp_path / "ct.nrrd")
+    assert listing(tmp_path) == sorted([".ct.nrrd.cafef00d.tmp.nrrd", ".other.nrrd.0123abcd.tmp.nrrd", "ct.nrrd"])
 
 
 def test_read_only_folder_as_root_without_dac_override(tmp_path):

@@ -368,6 +368,27 @@ def test_sigterm_stop_then_resume_reproduces_the_uninterrupted_run(tiny_setup, s
     _assert_same_run(run, straight_run)
 
 
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGUSR1", "SIGXCPU"])
+def test_every_stop_signal_asks_the_loop_to_stop(name):
+    """Campaign 12: a signal whose default ends the process (SIGUSR1, SIGXCPU from a CPU-time limit, ...) ended a
+    training step midway; the loop now takes each of `STOP_SIGNALS` as a stop request: the step finishes, a checkpoint
+    is written (as for SIGTERM above)."""
+    from xwin.train.loop import _StopFlag
+
+    if not hasattr(signal, name):
+        pytest.skip(f"no {name} on this platform")
+    number = getattr(signal, name)
+    before = signal.signal(number, lambda *_: None)  # were the flag deaf to it, the test fails rather than dies
+    flag = _StopFlag()
+    try:
+        assert not flag.check()
+        signal.raise_signal(number)  # handled (flag set) before raise_signal returns
+        assert flag.check()
+    finally:
+        flag.restore()
+        signal.signal(number, before)
+
+
 def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
     root, cfg_path, _ = tiny_setup
     cfg = yaml.safe_load(cfg_path.read_text())

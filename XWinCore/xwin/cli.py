@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
-from .errors import XWinInputError
+from .errors import STOP_SIGNALS, Terminated, XWinInputError
 
 IMAGE_EXTENSIONS = (".nrrd", ".mha", ".nii", ".nii.gz", ".png")
 # names of files XWin reads or users expect but does not write: as --out they are refused, not taken for a folder
@@ -928,19 +928,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print labels, voxel counts and files as JSON")
     p.set_defaults(func=cmd_export)
     return parser
-
-
-class Terminated(BaseException):
-    """SIGTERM (a job scheduler, the Slicer panel), SIGHUP (the terminal closed) or SIGQUIT raised as an exception,
-    so that every output being written is cleaned up on the way out exactly as on Ctrl-C; exit status 128 + signum."""
-
-    def __init__(self, signum: int = signal.SIGTERM):
-        super().__init__(signum)
-        self.signum = int(signum)
-
-
-# the signals that end a command as Terminated (SIGHUP and SIGQUIT do not exist on Windows)
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
 
 
 def _raise_terminated(signum, frame):

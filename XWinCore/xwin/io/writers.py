@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -182,12 +184,29 @@ def _remove(path: Path) -> None:
             pass
 
 
+STALE_TEMPORARY_S = 24 * 3600  # a temporary this old was left by a process killed outright (SIGKILL, power loss)
+
+
+def _sweep_stale(parent: Path, stem: str) -> None:
+    """Remove what earlier writes of the same output left behind when they were killed outright: their hidden
+    temporaries (``.STEM.*.tmp*``) not modified for `STALE_TEMPORARY_S`."""
+    now = time.time()
+    for p in parent.glob(f".{glob.escape(stem)}.*.tmp*"):
+        try:
+            stale = now - p.lstat().st_mtime > STALE_TEMPORARY_S
+        except OSError:
+            continue
+        if stale:
+            _remove(p)
+
+
 class Publication:
     """Outputs staged as hidden temporaries next to their destinations, published together or discarded together.
 
     ``stage(path)`` returns the temporary to write (a new folder for ``folder=True``; for a file only a name with
-    the destination's suffix). `publish` renames every temporary into place, innermost first (a file staged inside
-    a staged folder goes in before its folder); an existing folder is replaced as a whole; then the paths given to
+    the destination's suffix), first removing the stale temporaries of the same output (`_sweep_stale`). `publish`
+    renames every temporary into place, innermost first (a file staged inside a staged folder goes in before its
+    folder); an existing folder is replaced as a whole; then the paths given to
     `retire` (an earlier run's outputs this one does not replace) are removed. `discard` removes every temporary and
     the parent folders `stage` created, and retires nothing.
     """
@@ -209,6 +228,7 @@ class Publication:
                 p.mkdir()
                 self.made.append(p)
             stem = _short(path.name)  # a legal 250-character name must leave room for the temporary's additions
+            _sweep_stale(path.parent, stem)
             if folder:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent))
             else:

@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import XWinConfig
-from ..errors import XWinInputError
+from ..errors import STOP_SIGNALS, XWinInputError
 from ..io.writers import check_target
 from ..models import create_model
 from ..models import model_file as ckpt
@@ -66,8 +66,9 @@ class _Losses(torch.nn.Module):
 
 
 class _StopFlag:
-    """Stop requests: SIGTERM/SIGINT/SIGHUP, or ``stop_file`` appearing (``xwin train --stop-file``: how a panel stops a
-    trainer that runs under a launcher forwarding no signal, e.g. Slicer's PythonSlicer, and on Windows).
+    """Stop requests: SIGINT or one of `xwin.errors.STOP_SIGNALS` (SIGTERM, SIGHUP, ...), or ``stop_file`` appearing
+    (``xwin train --stop-file``: how a panel stops a trainer that runs under a launcher forwarding no signal, e.g.
+    Slicer's PythonSlicer, and on Windows).
 
     `check` runs once per step, after the step and before the checkpoint decision, and latches `stop`; the loop tests
     only the latched value, so a request arriving at any moment ends the run after a step that writes a checkpoint.
@@ -80,7 +81,7 @@ class _StopFlag:
         self.stop_file = Path(stop_file) if stop_file else None
         self._dist = dist
         self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT, *(getattr(signal, n) for n in ("SIGHUP",) if hasattr(signal, n))):
+        for sig in (signal.SIGINT, *STOP_SIGNALS):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
