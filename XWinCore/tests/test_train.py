@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -438,7 +439,8 @@ def test_a_broken_torchrun_environment_is_one_line(tiny_setup, tmp_path, env, li
 def test_a_rank_waiting_for_a_missing_rank_stops_on_sigterm(tiny_setup, tmp_path, rank):
     """Campaign 9: a rank-1 process whose rank 0 never came retried inside torch for 30 minutes, deaf to SIGTERM.
     It now waits in Python: SIGTERM ends it at once (exit 143, no run folder); alone, it gives up in one line.
-    Campaign 12: rank 0 waiting for rank 1 was as deaf (300 s, inside torch's rendezvous): the same."""
+    Campaign 12: rank 0 waiting for rank 1 was as deaf (300 s, inside torch's rendezvous): the same; and both waits
+    were silent: each says what it waits for after 5 s (here it is in the rendezvous once it has said so)."""
     from xwin.errors import XWinInputError
     from xwin.train.distributed import _wait_for_rank0
 
@@ -452,14 +454,16 @@ def test_a_rank_waiting_for_a_missing_rank_stops_on_sigterm(tiny_setup, tmp_path
     env.pop("TORCHELASTIC_RUN_ID", None)
     proc = subprocess.Popen([sys.executable, "-m", "xwin", "train", "--config", str(cfg_path), "--out",
                              str(tmp_path / "run"), "--progress", "none"], env=env, stderr=subprocess.PIPE, text=True)
+    waiting = (f"waiting for the other 1 of 2 training processes at 127.0.0.1:{port} (gives up after 300 s)"
+               if rank == "0" else f"waiting for the rank-0 process at 127.0.0.1:{port} (gives up after 300 s)")
     try:
-        if rank == "0":  # inside the rendezvous once its store listens
-            _wait_for_rank0("127.0.0.1", port, seconds=120.0)
+        assert proc.stderr is not None and select.select([proc.stderr], [], [], 120)[0], "no line in 120 s"
+        assert proc.stderr.readline().strip() == f"xwin train: warning: {waiting}"  # was silent for 300 s
         with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(timeout=8)  # still waiting for the other rank
+            proc.wait(timeout=2)  # still waiting for the other rank
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 143
-        assert proc.stderr is not None and proc.stderr.read().strip().splitlines() == ["xwin train: terminated"]
+        assert proc.stderr.read().strip().splitlines() == ["xwin train: terminated"]
     finally:
         proc.kill()
         proc.wait()

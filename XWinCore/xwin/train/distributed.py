@@ -7,6 +7,7 @@ import re
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ class Dist:
 
 
 RENDEZVOUS_S = 300.0  # how long a process waits for the others (and each collective may take) before giving up
+WAIT_NOTICE_S = 5.0  # a process still waiting for the others after this long says so, once (campaign 12: 300 s silent)
 MAX_PROCESSES = 65536  # WORLD_SIZE, RANK, LOCAL_RANK beyond it: no real job (and past 2^31 torch's store raises)
 
 
@@ -49,19 +51,35 @@ def _whole(name: str, default: int, low: int) -> int:
 
 def _wait_for_rank0(address: str, port: int, seconds: float = RENDEZVOUS_S) -> None:
     """Wait (interruptibly: SIGTERM or Ctrl-C ends it) until rank 0's rendezvous port accepts a connection."""
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    deadline = start + seconds
+    notice = _Notice(f"waiting for the rank-0 process at {address}:{port} (gives up after {seconds:g} s)")
     while True:
         try:
             socket.create_connection((address, port), timeout=1.0).close()
             return
         except OSError:
+            notice.after(start)
             if time.monotonic() > deadline:
                 raise XWinInputError(None, f"MASTER_ADDR/MASTER_PORT: no rank-0 process answers at {address}:{port} "
                                            f"after {seconds:g} s (start every process with torchrun)") from None
             time.sleep(0.5)
 
 
-def _init_group(backend: str) -> None:
+class _Notice:
+    """One line (a `RuntimeWarning`: the CLI prints ``xwin train: warning: ...``) once a wait has lasted
+    `WAIT_NOTICE_S`, so that a process waiting for the others does not look hung."""
+
+    def __init__(self, text: str):
+        self.text, self.said = text, False
+
+    def after(self, start: float) -> None:
+        if not self.said and time.monotonic() - start >= WAIT_NOTICE_S:
+            self.said = True
+            warnings.warn(self.text, RuntimeWarning, stacklevel=2)
+
+
+def _init_group(backend: str, world: int) -> None:
     """`dist.init_process_group` in a helper thread, waited for from Python in short slices: its rendezvous waits in
     C++ and never returns to the interpreter, so a SIGTERM or Ctrl-C could not end rank 0's wait for the others
     (campaign 12: 300 s deaf). Its error, if any, is raised here."""
@@ -75,8 +93,13 @@ def _init_group(backend: str) -> None:
 
     helper = threading.Thread(target=rendezvous, name="xwin-rendezvous", daemon=True)  # a stopped run leaves it
     helper.start()
+    start = time.monotonic()
+    notice = _Notice(f"waiting for the other {world - 1} of {world} training processes at "
+                     f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} (gives up after "
+                     f"{RENDEZVOUS_S:g} s)")
     while helper.is_alive():
         helper.join(0.5)  # the main thread stays in Python: signal handlers run
+        notice.after(start)
     if failure:
         raise failure[0]
 
@@ -112,7 +135,7 @@ def setup(device: str = "auto") -> Dist:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         try:
-            _init_group("nccl" if use_cuda else "gloo")
+            _init_group("nccl" if use_cuda else "gloo", world)
         except (RuntimeError, ValueError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
             raise XWinInputError(None, f"the {world} training processes could not meet "
                                        f"({' '.join(str(exc).split())[:200]})") from None
