@@ -718,6 +718,23 @@ def test_bombs_and_budgets_under_limits(argv, inputs, case_dir):
     assert run.stdout == "" and _tree(case_dir) == before
 
 
+def test_an_address_space_limit_too_low_for_torch_is_one_line(inputs, case_dir):
+    """Campaign 12 (J6): under ``ulimit -v`` 4 GiB `xwin predict` died in a traceback (libllvmlite.so could not be
+    mapped; lower, libtorch_cpu.so). Under 1 GiB, set once the CLI is imported (as torch is, lazily, by the command):
+    one line naming the limit and what to set, exit 2."""
+    script = ("import resource, sys\nfrom xwin.cli import main\n"
+              f"resource.setrlimit(resource.RLIMIT_AS, ({1 << 30}, {1 << 30}))\nsys.exit(main(sys.argv[1:]))\n")
+    args = ["predict", str(inputs["cxr"]), "--checkpoint", str(inputs["model"]), "--lao", "30", "--cran", "0",
+            "--out", str(case_dir / "p.nrrd")]
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+                         cwd=case_dir)
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        "xwin predict: error: a library could not be loaded under the address-space limit (ulimit -v 1048576 KiB = "
+        "1.0 GiB): PyTorch and numba reserve more address space than they use; raise it to at least 8 GiB (ulimit -v "
+        "8388608) or lift it (ulimit -v unlimited)"], run.stderr
+    assert not (case_dir / "p.nrrd").exists()
+
+
 @pytest.mark.parametrize("make, argv, culprit", [
     (lambda d: _fifo(d / "cases.csv"),
      lambda d, f: ["train", "--config", str(_data_yaml(d, ct=[], cases=str(f))), "--out", str(d / "run")], "cases.csv"),

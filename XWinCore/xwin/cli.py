@@ -984,6 +984,27 @@ def _out_of_memory(exc: BaseException) -> bool:
         "can't allocate memory" in str(exc))
 
 
+def _address_space_refusal(exc: BaseException) -> str | None:
+    """What to say when ``exc`` is a shared library (torch's, llvmlite's) that could not be mapped under an
+    address-space limit (``ulimit -v``, common on HPC login nodes): PyTorch and numba reserve far more address space
+    than they use (campaign 12: 4 GiB fails, 6 GiB works). None for any other error, or without such a limit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    chain: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if soft == resource.RLIM_INFINITY or not any("shared object" in text for text in chain):
+        return None
+    return (f"a library could not be loaded under the address-space limit (ulimit -v {soft // 1024} KiB = "
+            f"{soft / 2**30:.1f} GiB): PyTorch and numba reserve more address space than they use; raise it to at "
+            "least 8 GiB (ulimit -v 8388608) or lift it (ulimit -v unlimited)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends in one readable line on stderr and exit status 2 (no traceback)."""
     ns = build_parser().parse_args(argv)
@@ -1024,6 +1045,10 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
             print(f"xwin {command}: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
             return 2
+        refusal = _address_space_refusal(exc)
+        if refusal:
+            print(f"xwin {command}: error: {refusal}", file=sys.stderr)
+            return 2
         if named is None and not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
                                                   NotADirectoryError)):
             raise
@@ -1031,6 +1056,12 @@ def main(argv: list[str] | None = None) -> int:
         shown = shown if len(shown) <= 600 else f"{shown[:300]}...{shown[-300:]}"  # a path of 4,000 characters
         where = f"{shown}: " if shown else ""
         print(f"xwin {command}: error: {_printable(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # torch's own libraries, mapped at first use
+        refusal = _address_space_refusal(exc)
+        if not refusal:
+            raise
+        print(f"xwin {command}: error: {refusal}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # an allocation the memory budget let through and the machine refused
         if not _out_of_memory(exc):
