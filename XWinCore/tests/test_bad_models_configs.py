@@ -598,6 +598,8 @@ REQUEST_CASES = [
      "--size 2000 2000 2000 (a 2000 x 2000 x 2000", {}),  # campaign 7: the option was not named
     # campaign 8: --arc inf was refused without naming --arc; --tv 1e300 ran, then its volume was NaN
     ("reconstruct_arc_inf", lambda i, d: _reconstruct(i, d, "--arc", "inf"), "--arc must be", {}),
+    # campaign 12: --arc 1e-300 ran as "an arc of 0.0°" (PSNR 7.6 dB): every view the same projection
+    ("reconstruct_arc_1e-300", lambda i, d: _reconstruct(i, d, "--arc", "1e-300"), "--arc must be at least 1°", {}),
     ("reconstruct_tv_1e300", lambda i, d: _reconstruct(i, d, "--method", "sart", "--tv", "1e300"), "--tv: must be",
      {}),
     ("reconstruct_tiny_spacing", lambda i, d: _reconstruct(i, d, "--spacing", "0.01"), "--spacing 0.01 (a ", {}),

@@ -230,8 +230,10 @@ def test_bad_reconstruction_input_is_refused(phantom):
         reconstruct(proj[:3], views, grid, "sart")
     with pytest.raises(XWinInputError, match="empty|positive integer"):
         orbit_angles(0, 360)
-    with pytest.raises(XWinInputError, match="arc"):
-        orbit_angles(10, 0)
+    for arc in (0, 0.5, 1e-300):  # below 1°: one direction, no depth (the Slicer panel's path too)
+        with pytest.raises(XWinInputError, match="arc must be at least 1°"):
+            orbit_angles(10, arc)
+    assert np.ptp(orbit_angles(10, 1.0)) == pytest.approx(1.0)
     tilted = projector.views([0, 90], [20, 20])
     with pytest.raises(XWinInputError, match="circular orbit"):
         fdk(projector.render([0, 90], [20, 20]), tilted, grid)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .defaults import DETECTOR_PIXELS, PIXEL_MM, SDD_MM, SID_MM
+from .defaults import DETECTOR_PIXELS, MIN_ARC_DEG, PIXEL_MM, SDD_MM, SID_MM
 from .errors import STOP_SIGNALS, Terminated, XWinInputError
 
 IMAGE_EXTENSIONS = (".nrrd", ".mha", ".nii", ".nii.gz", ".png")
@@ -604,8 +604,9 @@ def cmd_reconstruct(ns: argparse.Namespace) -> int:
     arc = ns.arc if ns.arc is not None else (180.0 if ns.cxr else 360.0)
     if views < 1:
         raise XWinInputError(None, f"--views must be at least 1, got {views}")
-    if not (math.isfinite(arc) and arc > 0):
-        raise XWinInputError(None, f"--arc must be a positive number of degrees, got {arc}")
+    if not (math.isfinite(arc) and arc >= MIN_ARC_DEG):  # campaign 12: 1e-300 ran as "an arc of 0.0°"
+        raise XWinInputError(None, f"--arc must be at least {MIN_ARC_DEG:g}° (a narrower arc sees the patient from one "
+                                   f"direction: no depth to reconstruct), got {arc:g}")
     if not (math.isfinite(ns.tv) and 0 <= ns.tv <= MAX_TV_HU):  # past it the TV step overflows to NaN
         raise XWinInputError(None, f"--tv: must be a weight from 0 to {MAX_TV_HU:g} HU, got {ns.tv:g}")
     if ns.size is not None and min(ns.size) < 2:

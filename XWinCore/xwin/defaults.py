@@ -11,3 +11,4 @@ DETECTOR_PIXELS = (256, 256)  # detector rows, columns
 PIXEL_MM = 1.7  # detector pixel size (mm, square)
 SPACING_MM = (1e-4, 1e4)  # a voxel or detector pixel is 0.1 µm to 10 m: beyond, a header error (or no image)
 ORIGIN_MM = 1e6  # a grid's origin lies within 1 km of the patient frame's origin; so do the C-arm's source and detector
+MIN_ARC_DEG = 1.0  # a reconstruction orbit narrower than this sees the patient from one direction: no depth

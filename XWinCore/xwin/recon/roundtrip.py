@@ -15,6 +15,7 @@ from typing import Callable, cast
 import numpy as np
 import torch
 
+from ..defaults import MIN_ARC_DEG
 from ..drr.projector import MU_WATER, Backend, Projector
 from ..errors import XWinInputError
 from ..geometry import Geometry, Views
@@ -29,11 +30,13 @@ DEFAULT_ITERS = {"sart": 10, "cgls": 20}
 
 
 def orbit_angles(views: int, arc: float) -> np.ndarray:
-    """LAO angles (degrees) of ``views`` projections over −arc/2 … +arc/2 (end point excluded for arc ≥ 360°)."""
+    """LAO angles (degrees) of ``views`` projections over −arc/2 … +arc/2 (end point excluded for arc ≥ 360°); the arc
+    is at least `MIN_ARC_DEG`."""
     if isinstance(views, bool) or int(views) != views or views < 1:
         raise XWinInputError(None, f"the number of views must be a positive integer, got {views}")
-    if not (math.isfinite(arc) and arc > 0):
-        raise XWinInputError(None, f"the arc must be a positive number of degrees, got {arc}")
+    if not (math.isfinite(arc) and arc >= MIN_ARC_DEG):
+        raise XWinInputError(None, f"the arc must be at least {MIN_ARC_DEG:g}° (a narrower one sees the patient from "
+                                   f"one direction: no depth to reconstruct), got {arc:g}")
     if views == 1:
         return np.zeros(1)
     return np.linspace(-arc / 2, arc / 2, int(views), endpoint=arc < 360)
