@@ -31,6 +31,7 @@ TIMEOUT_S = 30
 
 # NIfTI-1 header offsets (nifti1.h)
 DIM, PIXDIM, VOX_OFFSET, SCL, QFORM_CODE, SFORM_CODE, QUATERN, QOFFSET, SROW = 40, 76, 108, 112, 252, 254, 256, 268, 280
+XYZT_UNITS = 123  # char: spatial units in bits 0-2 (1 metre, 2 mm, 3 micron)
 DATATYPE, BITPIX = 70, 72
 SPACING, ORIGIN = (0.7, 0.8, 2.5), (-10.0, 20.0, 30.0)
 
@@ -256,6 +257,9 @@ NAN, INF = float("nan"), float("inf")
 BAD = [
     # silently wrong today: ITK says 1 mm, origin 0, ignores the scaling, or takes the qform over a sheared sform
     ("nifti_pixdim_zero", lambda d: nifti(d / "ct.nii", (PIXDIM + 8, "f", 0.0)), ["pixdim", "spacing"], {}),
+    # campaign 12: millimetre numbers under xyzt_units metres were read as 0.7 m voxels (a 360 m CT), without a word
+    ("nifti_units_metres_mm_numbers", lambda d: nifti(d / "ct.nii", (XYZT_UNITS, "B", 1)),
+     ["xyzt_units says metres", "(700, 800, 2500) mm", "xyzt_units 2"], {}),
     ("nifti_pixdim_nan", lambda d: nifti(d / "ct.nii.gz", (PIXDIM + 4, "f", NAN)), ["pixdim", "nan"], {}),
     ("nifti_pixdim_negative", lambda d: nifti(d / "ct.nii", (PIXDIM + 8, "f", -0.8)), ["pixdim", "-0.8"], {}),
     ("nifti_qoffset_nan", lambda d: nifti(d / "ct.nii", (QOFFSET, "f", NAN), (SFORM_CODE, "h", 0)),
@@ -426,6 +430,8 @@ EDGE = [
     ("nifti_slope_nan_nibabel", lambda d: nifti(d / "ct.nii", (SCL, "2f", (NAN, NAN))), SPACING, (0, 119), {}),
     ("nifti_slope_2_intercept", lambda d: nifti(d / "ct.nii", (SCL, "2f", (2.0, -1024.0))), SPACING,
      (-1024, -786), {}),
+    ("nifti_units_metres", lambda d: nifti(d / "ct.nii", (XYZT_UNITS, "B", 1), (SFORM_CODE, "h", 0),
+                                           (PIXDIM + 4, "3f", tuple(v / 1000 for v in SPACING))), SPACING, (0, 119), {}),
     ("nrrd_shear_0.01deg", lambda d: nrrd_geometry(d / "ct.nrrd", f"(1,0,0) ({np.sin(np.deg2rad(0.01))},"
                                                     f"{np.cos(np.deg2rad(0.01))},0) (0,0,2)"), (1, 1, 2), (0, 119),
      {}),

@@ -563,6 +563,10 @@ def _check_nifti(path: Path) -> None:
     if not np.all(np.isfinite(pixdim[1 : spatial + 1])) or np.any(pixdim[1 : spatial + 1] <= 0):
         raise XWinInputError(path, f"voxel spacing (NIfTI pixdim) must be positive and finite, got "
                                    f"{_fmt(pixdim[1 : spatial + 1])} mm")
+    if get("B", 123)[0] & 0x07 == 1 and np.max(pixdim[1 : spatial + 1]) >= 0.05:  # xyzt_units: metres
+        raise XWinInputError(path, f"NIfTI xyzt_units says metres, which makes pixdim {_fmt(pixdim[1 : spatial + 1])} "
+                                   f"voxels of {_fmt(pixdim[1 : spatial + 1] * 1000)} mm: the numbers look like "
+                                   "millimetres; set the header's spatial units to mm (xyzt_units 2)")
     datatype, bitpix = get("2h", 70)
     if datatype in _NIFTI_BITS and bitpix != _NIFTI_BITS[datatype]:  # nifti_clib reads datatype's size, not bitpix
         raise XWinInputError(path, f"is corrupt: NIfTI bitpix is {bitpix}, but datatype {datatype} has "
