@@ -431,7 +431,8 @@ EDGE = [
     ("nifti_slope_2_intercept", lambda d: nifti(d / "ct.nii", (SCL, "2f", (2.0, -1024.0))), SPACING,
      (-1024, -786), {}),
     ("nifti_units_metres", lambda d: nifti(d / "ct.nii", (XYZT_UNITS, "B", 1), (SFORM_CODE, "h", 0),
-                                           (PIXDIM + 4, "3f", tuple(v / 1000 for v in SPACING))), SPACING, (0, 119), {}),
+                                           (PIXDIM + 4, "3f", tuple(v / 1000 for v in SPACING))), SPACING, (0, 119),
+     {}),
     ("nrrd_shear_0.01deg", lambda d: nrrd_geometry(d / "ct.nrrd", f"(1,0,0) ({np.sin(np.deg2rad(0.01))},"
                                                     f"{np.cos(np.deg2rad(0.01))},0) (0,0,2)"), (1, 1, 2), (0, 119),
      {}),

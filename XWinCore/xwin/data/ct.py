@@ -228,12 +228,13 @@ class RandArmsDownd(MapTransform, RandomizableTransform):
     lateral views see them across the chest.
 
     On a MetaTensor ``[1, i, j, k]`` in HU whose grid axes follow the patient's left-right, anterior-posterior and
-    head-foot directions (an axial CT; RAS affine, mm): in every slice the body's lateral edges are those of the
-    largest region > −400 HU within ±40 mm of the body's AP centre (median over 7 slices); beside them each arm is an
-    elliptic cylinder of muscle (20–60 HU) under a 4–8 mm fat rim (−100 HU) around a humerus (cortex 1000–1500 HU,
-    marrow −50–150 HU). The arm sizes (semi-axes 25–40 mm left-right, 32–48 mm AP), the gap to the body (−5 to
-    10 mm), the AP offset and the humerus are drawn per arm. Arms only replace air (< −500 HU) outside the body; the
-    grid grows along left-right with air where they need the room (the affine keeps every voxel's position in mm).
+    head-foot directions (an axial CT, RAS affine, mm; a grid more than 45° oblique, or one without a body, is left as
+    it is): in every slice the body's lateral edges within ±40 mm of its AP centre (`_body_edges`); beside them each
+    arm is an elliptic cylinder of muscle (20–60 HU) under a 4–8 mm fat rim (−100 HU) around a humerus (cortex
+    1000–1500 HU, marrow −50–150 HU). The arm sizes (semi-axes 25–40 mm left-right, 32–48 mm AP), the gap to the body
+    (−5 to 10 mm), the AP offset and the humerus are drawn per arm. Arms only replace air (< −500 HU) outside the
+    body; the grid grows along left-right with air where they need the room (the affine keeps every voxel's position
+    in mm). Measured on top of stage 12 (`data.arms` 0.5): no gain on the eval split (docs/results.md).
     """
 
     def __init__(self, keys, prob: float):
@@ -276,6 +277,8 @@ def _body_edges(hu: np.ndarray, spacing: np.ndarray) -> tuple[float, np.ndarray,
         if len(cols):
             edges[k] = cols.min() * spacing[0], cols.max() * spacing[0]
     found = ~np.isnan(edges[:, 0])
+    if not found.any():
+        return None
     for side in (0, 1):
         edges[:, side] = np.interp(np.arange(len(edges)), np.nonzero(found)[0], edges[found, side])
     return centre_ap, ndimage.median_filter(edges, size=(7, 1), mode="nearest"), mask
@@ -285,8 +288,8 @@ def _with_arms(image: MetaTensor, arms: list[dict]) -> MetaTensor:
     """``image`` (``[1, i, j, k]``, HU, RAS affine) with the arms of `RandArmsDownd` (parameters in mm and HU)."""
     lin = np.asarray(image.affine, dtype=np.float64)[:3, :3]
     axes = [int(np.argmax(np.abs(lin[row]))) for row in range(3)]  # grid axis along R-L, A-P, S-I
-    if sorted(axes) != [0, 1, 2]:
-        raise ValueError(f"arms need an axial grid; the affine's axes {lin.tolist()} are oblique")
+    if sorted(axes) != [0, 1, 2]:  # a grid more than 45° oblique: no axis runs along the arms
+        return image
     spacing = np.linalg.norm(lin, axis=0)[axes]
     hu = torch.as_tensor(image.array[0]).permute(*axes)  # (left-right, AP, head-foot); no MetaTensor
     found = _body_edges(hu.numpy(), spacing)
