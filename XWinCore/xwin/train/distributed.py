@@ -113,6 +113,8 @@ def setup(device: str = "auto") -> Dist:
     rank, local = _whole("RANK", 0, 0), _whole("LOCAL_RANK", 0, 0)
     if rank >= world:
         raise XWinInputError(None, f"RANK {rank} must be below WORLD_SIZE {world}")
+    if local >= world:  # the processes of one machine are some of the job's
+        raise XWinInputError(None, f"LOCAL_RANK {local} must be below WORLD_SIZE {world}")
     if world > 1 and not dist.is_initialized():
         address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
         if not address.strip() or not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536):
