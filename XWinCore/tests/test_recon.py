@@ -281,6 +281,6 @@ def test_cli_warning_is_one_line(tmp_path):
                         str(tmp_path / "v.nrrd")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-500:]
     lines = r.stderr.splitlines()  # the warning, then the scores of the reconstruction
-    assert lines[0] == "xwin reconstruct: warning: FDK: an arc of 90.0° is less than 180°: limited-angle data, " \
+    assert lines[0] == "xwin reconstruct: warning: FDK: an arc of 90.0° is at most 180°: limited-angle data, " \
                        "expect strong artefacts"
     assert len(lines) == 2 and lines[1].startswith(f"{tmp_path / 'v.nrrd'}: PSNR"), lines

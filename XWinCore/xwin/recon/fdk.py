@@ -162,7 +162,7 @@ def redundancy_weights(orbit: Orbit) -> np.ndarray:
     arc = float(orbit.beta.max() - orbit.beta.min())
     fan = orbit.half_fan()
     if arc <= math.pi:
-        warnings.warn(f"FDK: an arc of {math.degrees(arc):.1f}° is less than 180°: limited-angle data, "
+        warnings.warn(f"FDK: an arc of {math.degrees(arc):.1f}° is at most 180°: limited-angle data, "
                       "expect strong artefacts", stacklevel=3)
         return np.ones((nb, w))
     if arc < math.pi + 2 * fan - 1e-6:
