@@ -376,6 +376,15 @@ def png_rechunked(path: Path, edit) -> tuple[Path, Path]:
     return path, path
 
 
+def png_idat_inflated(path: Path, change) -> tuple[Path, Path]:
+    """A film PNG (64 rows of 1 + 80 bytes) whose image data, inflated, ``change`` rewrites (then one IDAT)."""
+    def edit(chunks):
+        data = zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT"))
+        idat = [(b"IDAT", change(data))]
+        return [c for c in chunks if c[0] not in (b"IDAT", b"IEND")] + idat + [(b"IEND", b"")]
+    return png_rechunked(path, edit)
+
+
 # (id, make(folder) -> (input, culprit), words the message must hold (lower case), extra environment)
 CT = "ct"
 CT_HEADERS = [
@@ -602,6 +611,12 @@ CXR_RASTER = [
                                                                                 + c[0][1][8:]), *c[1:]]),
      ["second ihdr"]),
     ("png_without_iend", lambda d: png_rechunked(d / "cxr.png", lambda c: c[:-1]), ["truncated", "iend"]),
+    # campaign 12: Pillow filled 10 missing rows, and ignored a second zlib stream after the image, without a word
+    ("png_rows_missing", lambda d: png_idat_inflated(d / "cxr.png", lambda raw: zlib.compress(raw[:-10 * 81])),
+     ["holds 4374 of the 5184 bytes", "missing rows"]),
+    ("png_stream_after_the_image", lambda d: png_idat_inflated(d / "cxr.png", lambda raw: zlib.compress(raw)
+                                                               + zlib.compress(bytes(500))),
+     ["data follows the end of its png image stream"]),
     ("png_blank", lambda d: flat_image(d / "cxr.png"), ["blank"]),
     ("png_black", lambda d: flat_image(d / "cxr.png", 0), ["blank", "value 0"]),
     ("jpeg_blank", lambda d: flat_image(d / "cxr.jpg", 200), ["blank"]),

@@ -30,6 +30,7 @@ from .validate import (
     check_memory,
     check_not_multiframe_volume,
     check_png,
+    check_png_data,
     check_regular_file,
     check_voxel_data,
     dicom_numbers,
@@ -241,6 +242,8 @@ def _read_raster(p: Path) -> Radiograph:
                 reduced = any(";16" in str(tile[3]) for tile in im.tile) and not im.mode.startswith("I")
                 if im.format == "JPEG":
                     check_jpeg_stream(p, p.read_bytes())
+                else:
+                    check_png_data(p)
                 im.load()
                 mode = im.mode
                 shown = im if im.getexif().get(_EXIF_ORIENTATION, 1) == 1 else ImageOps.exif_transpose(im)

@@ -9,7 +9,8 @@ a finite origin, orthonormal direction cosines (one tolerance, `ORTHONORMAL_TOL`
 size whose reading fits the memory budget (``XWIN_MAX_VOLUME_GB``, GiB, default 4); `check_voxel_data` then checks
 that the data is all there as declared (NIfTI length, compressed MetaImage stream) and no more of it (a slice or more
 beyond the declared size in a NIfTI, raw NRRD/MetaImage file, or a gzip NRRD stream: wrong sizes), and that float
-NIfTI voxels are finite (ITK reads NaN as 0). `check_png` walks a PNG's chunks (CRCs, one frame, nothing after IEND).
+NIfTI voxels are finite (ITK reads NaN as 0). `check_png` walks a PNG's chunks (CRCs, one frame, nothing after IEND),
+`check_png_data` its image data (exactly the rows declared).
 `itk_reading` is the state every SimpleITK read runs in: no ITK warnings, and whatever ITK's C/C++ libraries print
 to stderr is captured instead of shown (the CLI's only output is its line). The DICOM checks (`dicom_numbers`,
 `dicom_rescale`, `dicom_pixel_module`, `dicom_pixels`) serve the CT series and the radiograph readers alike: numbers
@@ -1133,6 +1134,62 @@ def check_float32(path: Path, values: np.ndarray, what: str) -> None:
 # --- PNG -----------------------------------------------------------------------------------------------------------
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")  # upper-case first letter: critical (PNG 5.4)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type → samples per pixel (PNG 11.2.2)
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_bytes(width: int, height: int, depth: int, colour: int, interlace: int) -> int | None:
+    """Bytes of the filtered scanlines a PNG's IHDR declares (a filter byte per row, Adam7 passes summed), or None
+    for a colour type PNG does not define."""
+    if colour not in _PNG_CHANNELS:
+        return None
+    bits = _PNG_CHANNELS[colour] * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + -(-w * bits // 8))
+    return total
+
+
+def check_png_data(path: Path) -> None:
+    """The image data of a PNG (after `check_png`, and after the decoded size passed the memory budget): its IDAT
+    chunks must inflate to exactly the scanlines its IHDR declares, with nothing after the zlib stream. Pillow fills
+    missing rows without a word and ignores what follows the stream. Inflated in bounded pieces, nothing kept."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return
+        inflate, size, expected = zlib.decompressobj(), 0, None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return  # `check_png` has refused a truncated file already
+            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            body = f.read(length)
+            f.read(4)
+            if kind == b"IHDR" and len(body) == 13:
+                width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+                expected = _png_raw_bytes(width, height, depth, colour, body[12])
+            elif kind == b"IDAT" and expected is not None:
+                try:
+                    while body and not inflate.eof and size <= expected:
+                        size += len(inflate.decompress(body, 1 << 22))
+                        body = inflate.unconsumed_tail
+                except zlib.error as exc:
+                    raise XWinInputError(path, f"is corrupt: its PNG image data does not inflate ({exc})") from None
+                if inflate.eof and (body or inflate.unused_data):
+                    raise XWinInputError(path, "is corrupt: data follows the end of its PNG image stream")
+                if size > expected:
+                    raise XWinInputError(path, f"is corrupt: its PNG image data holds more than the {expected} bytes "
+                                               "its header declares")
+            elif kind == b"IEND":
+                break
+    if expected is not None and (size != expected or not inflate.eof):
+        raise XWinInputError(path, f"is corrupt or truncated: its PNG image data holds {size} of the {expected} "
+                                   "bytes its header declares (missing rows)")
 
 
 def check_png(path: Path) -> None:
