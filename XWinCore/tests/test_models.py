@@ -515,6 +515,18 @@ def test_bad_config_base(tmp_path, text, problem):
         load_config(path)
 
 
+def test_a_null_section_over_a_base_is_refused(tmp_path):
+    """Campaign 12: `train: null` over a base config replaced the base's train section by the defaults (a tiny run
+    became a long one, without a word); a section left empty in a config of its own still means the defaults."""
+    (tmp_path / "base.yaml").write_text("train:\n  total_steps: 400\n")
+    (tmp_path / "c.yaml").write_text("base: base.yaml\ntrain: null\n")
+    with pytest.raises(XWinInputError, match=r"c\.yaml: config key 'train': empty \(null\) over the base config's "
+                                             "section: remove it to keep the base's keys"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "alone.yaml").write_text("train:\n")
+    assert load_config(tmp_path / "alone.yaml").train == XWinConfig.from_dict({}).train
+
+
 def test_exponent_without_a_dot_is_a_number(tmp_path):
     """Campaign 12: YAML 1.1 (PyYAML) reads `lr: 1e-3` as the string '1e-3' and the config was refused; YAML 1.2 and
     every user mean 0.001."""

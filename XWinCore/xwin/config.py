@@ -570,6 +570,9 @@ def _read_yaml(path: str | os.PathLike, chain: tuple[str, ...] = ()) -> dict:
     if not isinstance(merged, dict):
         raise XWinInputError(base_path, "a config must be a mapping of sections")
     for name, section in data.items():
+        if section is None and isinstance(merged.get(name), dict):  # campaign 12: it reset the section to defaults
+            raise XWinInputError(path, f"config key '{_clip(name)}': empty (null) over the base config's section: "
+                                       "remove it to keep the base's keys, or give the keys it changes")
         if isinstance(section, dict) and isinstance(merged.get(name), dict):
             merged[name] = {**merged[name], **section}
         else:
