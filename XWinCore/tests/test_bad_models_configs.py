@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from xwin.cli import main
-from xwin.config import XWinConfig, load_config
+from xwin.config import FREEZABLE, XWinConfig, load_config
 from xwin.models import create_model
 from xwin.models.model_file import MODEL_FORMAT
 from xwin.predict import INFERENCE_MODULES
@@ -380,12 +380,29 @@ def test_bad_config(text, case_dir, capsys):
 @pytest.mark.parametrize("data, key", [
     ({"cxr": [""]}, "data.cxr[0]': an empty text"),  # campaign 6: "" was read as the working directory
     ({"field_mm": 1e9}, "data.field_mm': must be <= 2000"),  # campaign 6: blamed on the detector pixel
+    # campaign 12: blamed on the detector pixel / on a CT of 1 x 1 x 1 voxels; a misspelt holdout and a view given
+    # three times trained without a word
+    ({"field_mm": 1e-30}, "data.field_mm': must be >= 1, got 1e-30"),
+    ({"spacing_mm": 1e30}, "data.spacing_mm': must be <= 20, got 1e+30"),
+    ({"lao": [0.0, 0.0, 0.0]}, "data.lao': lists 0 more than once: give each angle once"),
+    ({"holdout": ["patient9"]}, "data.holdout': 'patient9' names no training CT"),
 ])
 def test_bad_config_value_names_its_key(data, key, case_dir, capsys):
     config = _data_yaml(case_dir, **data)
     line = _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, str(config),
                     capsys)
     assert f"config key '{key}" in line
+
+
+@pytest.mark.parametrize("train, words", [
+    ({"seed": 2**63 - 1}, "train.seed': must be <= 4294967295"),  # campaign 12: an overflow traceback at the start
+    ({"freeze": list(FREEZABLE)}, "train.freeze': freezes every trained module"),  # 'empty parameter list' traceback
+])
+def test_bad_train_value_names_its_key(train, words, case_dir, capsys):
+    config = _yaml(case_dir / "bad.yaml", json.dumps({**TINY, "train": {**TINY.get("train", {}), **train}}))
+    line = _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, str(config),
+                    capsys)
+    assert f"config key '{words}" in line
 
 
 @pytest.mark.parametrize("make, culprit", [c[1:] for c in SPECIAL_CONFIGS], ids=[c[0] for c in SPECIAL_CONFIGS])

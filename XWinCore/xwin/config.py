@@ -337,10 +337,10 @@ class DataConfig(_Section):
     augmentations: int = _f(4, ge=0)  # deformed copies per CT on top of the undeformed one
     iso_shift_mm: float = _f(10.0, ge=0.0)  # std of the random isocenter shift per instance
     roll_deg: float = _f(3.0, ge=0.0)  # std of the random detector roll per instance
-    spacing_mm: float = _f(2.0, gt=0.0)
+    spacing_mm: float = _f(2.0, gt=0.0, le=20.0)  # the CTs resampled to this (mm): coarser leaves no chest
     sid: float = _f(SID_MM, gt=0.0)
     sdd: float = _f(SDD_MM, gt=0.0)
-    field_mm: float = _f(435.2, gt=0.0, le=2000.0)  # detector side (256 × 1.7 mm by default; a chest film: 430)
+    field_mm: float = _f(435.2, ge=1.0, le=2000.0)  # detector side (256 × 1.7 mm by default; a chest film: 430)
     pa_fraction: float = _f(0.5, ge=0.0, le=1.0)
     context_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)
     target_cran0_fraction: float = _f(0.0, ge=0.0, le=1.0)
@@ -360,6 +360,11 @@ class DataConfig(_Section):
                       "the angle grid must contain the PA view (0 in data.lao and in data.cran)")
         self._require(self.online or not self.rejitter, "rejitter",
                       "renders views on the fly: it needs data.online: true")
+        for name in ("lao", "cran"):  # a view twice would weigh it double (campaign 12: lao [0, 0, 0] trained)
+            angles = getattr(self, name)
+            twice = sorted({a for a in angles if angles.count(a) > 1})
+            self._require(not twice, name, f"lists {', '.join(_number(a) for a in twice)} more than once: give each "
+                                           "angle once")
 
 
 @dataclass
@@ -376,7 +381,7 @@ class TrainConfig(_Section):
     grad_accum: int = _f(1, ge=1)
     grad_clip: float = _f(1.0, gt=0.0)
     amp: bool = _f(True)
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, le=2**32 - 1)  # NumPy's and PyTorch's generators: 32 bits
     checkpoint_every: int = _f(500, ge=1)
     init: str | None = _f(None)
     freeze: tuple[str, ...] = _f((), choices=FREEZABLE)  # modules kept as initialised (target_encoder: no EMA step)
@@ -384,6 +389,9 @@ class TrainConfig(_Section):
     def _check(self) -> None:
         self._require(self.warmup_steps <= self.total_steps, "warmup_steps",
                       f"must be <= train.total_steps ({self.total_steps}), got {self.warmup_steps}")
+        trained = [m for m in FREEZABLE if m != "target_encoder"]  # the target encoder follows by EMA
+        self._require(not set(trained) <= set(self.freeze), "freeze",
+                      f"freezes every trained module ({', '.join(trained)}): nothing is left to train")
 
 
 _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "mask": MaskConfig, "data": DataConfig, "train": TrainConfig}

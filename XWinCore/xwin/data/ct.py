@@ -102,6 +102,11 @@ def training_cts(cfg, config: str | os.PathLike | None = None) -> list[dict]:
         cts.append({"path": str(p), "patient_id": patient})
     if not listed:
         raise XWinInputError(config, "config key 'data.ct': no training CT given (data.ct and data.cases list none)")
+    unknown = [h for h in held if not any(h in (Path(p).name.split(".")[0], str(p)) for p in listed)]
+    if unknown:  # campaign 12: a misspelt patient trained on everyone, without a word
+        names = ", ".join(repr(h[:60]) for h in sorted(unknown)[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise XWinInputError(config, f"config key 'data.holdout': {names} names no training CT (give a patient as "
+                                     "its file name without extension, or the path as listed)")
     if not cts:
         raise XWinInputError(config, f"config key 'data.holdout': every training CT ({len(listed)}) is held out")
     return cts
