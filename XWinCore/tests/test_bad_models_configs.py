@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from xwin.cli import main
 from xwin.config import FREEZABLE, XWinConfig, load_config
+from xwin.errors import XWinInputError
 from xwin.models import create_model
 from xwin.models.model_file import MODEL_FORMAT
 from xwin.predict import INFERENCE_MODULES
@@ -392,6 +393,18 @@ def test_bad_config_value_names_its_key(data, key, case_dir, capsys):
     line = _refused(["train", "--config", str(config), "--out", str(case_dir / "run")], case_dir, str(config),
                     capsys)
     assert f"config key '{key}" in line
+
+
+def test_a_blank_xwin_checkpoint_is_named(monkeypatch):
+    """Campaign 12: XWIN_CHECKPOINT='   ' was taken for a file name (`error: : model not found`); an empty value means
+    unset (the embedded model), as in a shell's `XWIN_CHECKPOINT= xwin predict ...`."""
+    from xwin.predict import default_checkpoint
+
+    monkeypatch.setenv("XWIN_CHECKPOINT", "   ")
+    with pytest.raises(XWinInputError, match=r"XWIN_CHECKPOINT is blank \('   '\): name a model file"):
+        default_checkpoint()
+    monkeypatch.setenv("XWIN_CHECKPOINT", "")
+    assert default_checkpoint().name == "xwin_default.safetensors"
 
 
 @pytest.mark.parametrize("train, words", [

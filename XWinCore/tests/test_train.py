@@ -421,6 +421,9 @@ def test_ddp_two_gloo_processes_keep_identical_replicas(tiny_setup, tmp_path):
     ({"WORLD_SIZE": "2", "MASTER_ADDR": "a" * 64, "MASTER_PORT": "29500"},  # campaign 11: an idna UnicodeError
      "MASTER_ADDR 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'... is not a host name or address"),
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK 2 must be below WORLD_SIZE 2"),
+    # campaign 12: an address that could never resolve was waited on for 300 s
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "[::1", "MASTER_PORT": "29533"},
+     "MASTER_ADDR '[::1' is not a host name or address"),
     # campaign 12: LOCAL_RANK 5 of a one-process job trained (on a GPU machine it would pick the sixth GPU)
     ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "5"}, "LOCAL_RANK 5 must be below WORLD_SIZE 1"),
     ({"WORLD_SIZE": "2"}, "WORLD_SIZE 2 needs MASTER_ADDR and MASTER_PORT"),

@@ -29,8 +29,11 @@ def default_checkpoint() -> Path:
     """$XWIN_CHECKPOINT, else the embedded model shipped in the package (``xwin/models/weights/``, read through
     `importlib.resources`, so an installed wheel finds it wherever it is installed)."""
     env = os.environ.get("XWIN_CHECKPOINT")
-    if env:
+    if env is not None and env.strip():
         return Path(env)
+    if env:  # campaign 12: blanks were taken for a file name (": model not found")
+        raise XWinInputError(None, f"XWIN_CHECKPOINT is blank ({env!r}): name a model file or checkpoint folder, or "
+                                   "unset it for the embedded model")
     shipped = resources.files(__package__) / "models" / "weights" / DEFAULT_NAME
     if isinstance(shipped, Path) and shipped.is_file():  # a zipped package would need extracting: not supported
         return shipped

@@ -123,11 +123,19 @@ def setup(device: str = "auto") -> Dist:
                                        "train")
         try:  # what the address lookup needs (a 64-character label was a UnicodeError traceback, campaign 11)
             ok = len(address) <= 253 and bool(address.encode("idna"))
+            ok = ok and not re.search(r"[\[\]/\s@,;]", address)  # a URL's or a list's characters: no host (IPv6 bare)
         except UnicodeError:
             ok = False
         if not ok:
             raise XWinInputError(None, f"MASTER_ADDR {address[:40]!r}{'...' if len(address) > 40 else ''} is not a "
-                                       "host name or address (labels of at most 63 characters, 253 in all)")
+                                       "host name or address (labels of at most 63 characters, 253 in all; an "
+                                       "IPv6 address without brackets)")
+        try:  # campaign 12: '[::1' could never resolve and was waited on for 300 s
+            socket.getaddrinfo(address, int(port))
+        except socket.gaierror as exc:
+            if exc.errno == socket.EAI_NONAME:  # no such host (a temporary failure is waited out as before)
+                raise XWinInputError(None, f"MASTER_ADDR {address[:40]!r} names no host ({exc.strerror}): give rank "
+                                           "0's host name or address") from None
         if rank > 0 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the store already
             _wait_for_rank0(address, int(port))
     if use_cuda:
