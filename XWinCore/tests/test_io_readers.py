@@ -328,3 +328,31 @@ def test_a_16_bit_grey_and_alpha_png_says_it_was_read_at_8_bits(tmp_path):
     full = read_radiograph(_png(tmp_path / "g16.png", grey[..., None], colour_type=0))
     assert "decoder_warning" not in full.meta and full.meta["bits_stored"] == "16"
     np.testing.assert_allclose(full.array, grey / 65535, atol=1e-6)
+
+
+@pytest.mark.parametrize("ext", ["nrrd", "mha"])
+def test_a_2d_film_is_turned_upright_as_its_direction_says(tmp_path, ext):
+    """Campaign 12: a 2D NRRD stored bottom-up (direction (1, 0, 0, −1)) was read upside down: the direction of a
+    film was ignored. Flipped and transposed storage now read as the upright film; oblique cosines are refused."""
+    film = np.random.default_rng(0).integers(0, 65535, (30, 40)).astype(np.uint16)  # rows top to bottom
+    spacing = (0.2, 0.3)  # ITK (x, y) mm: columns 0.2 mm apart, rows 0.3 mm
+
+    def stored(name: str, array: np.ndarray, direction, spacing_xy) -> Path:
+        image = sitk.GetImageFromArray(array)
+        image.SetDirection(direction)
+        image.SetSpacing(spacing_xy)
+        sitk.WriteImage(image, str(tmp_path / f"{name}.{ext}"))
+        return tmp_path / f"{name}.{ext}"
+
+    upright = read_radiograph(stored("upright", film, (1, 0, 0, 1), spacing))
+    for name, array, direction, spacing_xy in [("bottom_up", film[::-1], (1, 0, 0, -1), spacing),
+                                               ("right_to_left", film[:, ::-1], (-1, 0, 0, 1), spacing),
+                                               ("transposed", film.T, (0, 1, 1, 0), spacing[::-1])]:
+        turned = read_radiograph(stored(name, array, direction, spacing_xy))
+        assert np.array_equal(turned.array, upright.array), name
+        assert turned.pixel_spacing is not None and upright.pixel_spacing is not None
+        assert np.allclose(turned.pixel_spacing, upright.pixel_spacing), name
+    assert np.allclose(upright.pixel_spacing, (0.3, 0.2))
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    with pytest.raises(XWinInputError, match="direction cosines .* are oblique"):
+        read_radiograph(stored("oblique", film, (c, s, -s, c), spacing))

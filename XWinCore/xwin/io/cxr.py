@@ -272,8 +272,32 @@ def _read_raster(p: Path) -> Radiograph:
     return Radiograph(pixels.astype(np.float32) / (2 ** depth - 1), None, meta)
 
 
+def _display_orientation(p: Path, pixels: np.ndarray, direction, spacing) -> tuple[np.ndarray, tuple[float, float]]:
+    """``pixels`` (rows, cols) = ITK (j, i) and ``spacing`` (row, col) mm turned as the 2×2 ``direction`` says, so that
+    columns run along +x (left to right on screen) and rows along +y (top to bottom), as every film XWin reads and
+    writes (identity direction). Only axis flips and a transpose; oblique cosines are refused."""
+    d = np.asarray(direction, dtype=np.float64).reshape(2, 2)  # columns: the physical direction of i and of j
+    if np.allclose(np.abs(d), np.eye(2), atol=1e-6):
+        signs = np.diag(d)
+    elif np.allclose(np.abs(d), np.eye(2)[::-1], atol=1e-6):
+        pixels, spacing, signs = pixels.T, spacing[::-1], np.array([d[0, 1], d[1, 0]])
+    else:
+        raise XWinInputError(p, f"its direction cosines {_cosines(d)} are oblique: a radiograph's rows and columns "
+                                "must run along the image axes (resample it upright)")
+    if signs[0] < 0:  # columns run right to left
+        pixels = pixels[:, ::-1]
+    if signs[1] < 0:  # rows run bottom to top
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels), (float(spacing[0]), float(spacing[1]))
+
+
+def _cosines(d: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in d.T.ravel()) + ")"
+
+
 def _read_itk_2d(p: Path) -> Radiograph:
-    """A 2D (or single-slice 3D) scalar image via SimpleITK; spacing (row, col) = ITK (y, x).
+    """A 2D (or single-slice 3D) scalar image via SimpleITK, turned upright as its direction says
+    (`_display_orientation`); spacing (row, col) = ITK (y, x).
 
     The header passes the same checks as a CT file's (`open_header`: data files beside the header, raw fields) and
     its size the memory budget before any pixel is read."""
@@ -288,11 +312,11 @@ def _read_itk_2d(p: Path) -> Radiograph:
         image = image[:, :, 0]
     if image.GetDimension() != 2:
         raise XWinInputError(p, f"is a {image.GetDimension()}D image of size {size}, not a 2D radiograph")
-    pixels = sitk.GetArrayFromImage(image)
+    pixels, (sy, sx) = _display_orientation(p, sitk.GetArrayFromImage(image), image.GetDirection(),
+                                            image.GetSpacing()[::-1])
     if pixels.dtype == np.float64:
         check_float32(p, pixels, "pixel values")
     values = pixels / np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else pixels
-    sx, sy = image.GetSpacing()
     meta = {"source": str(p), "format": file_format(p), "original_dtype": str(pixels.dtype)}
     meta.update({k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if k.startswith("xwin_")})
     return Radiograph(values.astype(np.float32), (sy, sx), meta)
