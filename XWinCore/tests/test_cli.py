@@ -375,15 +375,17 @@ def test_out_naming_a_file_type_xwin_does_not_write_is_refused(tmp_path, small_c
     assert [p.suffix for p in out.iterdir()] == [".nrrd"]
 
 
+@pytest.mark.parametrize("name", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
 @pytest.mark.parametrize("value, refused", [("abc", True), ("0", True), ("4,x", True), ("2", False), ("4,2", False)])
-def test_omp_num_threads_is_checked_like_numba_num_threads(value, refused, tmp_path, monkeypatch, capsys):
-    """Campaign 12: OMP_NUM_THREADS=abc let PyTorch's OpenMP print a line of its own and go on; a bad value is now
-    one line before any work (a comma-separated list of thread counts, OpenMP's nested form, is accepted)."""
+def test_omp_num_threads_is_checked_like_numba_num_threads(name, value, refused, tmp_path, monkeypatch, capsys):
+    """Campaign 12: OMP_NUM_THREADS=abc let PyTorch's OpenMP print a line of its own and go on, MKL_NUM_THREADS=-3
+    was ignored; a bad value is now one line before any work (a comma-separated list of thread counts, OpenMP's
+    nested form, is accepted)."""
     ct = write_volume(Volume(np.zeros((4, 5, 6), np.float32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0)), tmp_path / "ct.nrrd")
-    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.setenv(name, value)
     assert main(["info", str(ct)]) == (2 if refused else 0)
     err = capsys.readouterr().err
-    assert err == (f"xwin info: error: OMP_NUM_THREADS must be a whole number of threads from 1 to 4096 (or a "
+    assert err == (f"xwin info: error: {name} must be a whole number of threads from 1 to 4096 (or a "
                    f"comma-separated list of them), got '{value}' (unset it to use every core)\n" if refused else "")
 
 

@@ -59,19 +59,21 @@ def _check_environment() -> None:
     """Settings of the environment that would otherwise end in a library's traceback: the command line writes image
     files only, so matplotlib draws with Agg whatever MPLBACKEND says (a name it does not know failed its import);
     NUMBA_NUM_THREADS must be a whole number of threads from 1 to `MAX_THREADS` (numba refuses anything else at
-    import, and 99,999 threads died in a segmentation fault), and so must OMP_NUM_THREADS (or a comma-separated list
-    of them; PyTorch's OpenMP printed a line of its own and went on); MPLCONFIGDIR, where set, must be a writable folder
-    (matplotlib printed two warnings and worked in a temporary one)."""
+    import, and 99,999 threads died in a segmentation fault), and so must OMP_NUM_THREADS and MKL_NUM_THREADS (or a
+    comma-separated list of them; PyTorch's OpenMP printed a line of its own and went on); MPLCONFIGDIR, where set,
+    must be a writable folder (matplotlib printed two warnings and worked in a temporary one)."""
     os.environ["MPLBACKEND"] = "Agg"
     threads = os.environ.get("NUMBA_NUM_THREADS")
     if threads is not None and not (re.fullmatch(r"\s*[0-9]{1,9}\s*", threads) and 0 < int(threads) <= MAX_THREADS):
         raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a whole number of threads from 1 to {MAX_THREADS}, "
                                    f"got {threads!r} (unset it to use every core)")
-    omp = os.environ.get("OMP_NUM_THREADS")
-    if omp is not None and not all(re.fullmatch(r"\s*[0-9]{1,9}\s*", n) and 0 < int(n) <= MAX_THREADS
-                                   for n in omp.split(",")):
-        raise XWinInputError(None, f"OMP_NUM_THREADS must be a whole number of threads from 1 to {MAX_THREADS} (or "
-                                   f"a comma-separated list of them), got {omp[:40]!r} (unset it to use every core)")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name)
+        if value is not None and not all(re.fullmatch(r"\s*[0-9]{1,9}\s*", n) and 0 < int(n) <= MAX_THREADS
+                                         for n in value.split(",")):
+            raise XWinInputError(None, f"{name} must be a whole number of threads from 1 to {MAX_THREADS} (or a "
+                                       f"comma-separated list of them), got {value[:40]!r} (unset it to use every "
+                                       "core)")
     _check_numba_environment()
     config = os.environ.get("MPLCONFIGDIR")
     if config and not (os.path.isdir(config) and os.access(config, os.W_OK | os.X_OK)):
