@@ -594,6 +594,10 @@ REQUEST_CASES = [
     # campaign 6: export-model --out into the run's DRR bank replaced its images
     ("export_model_into_its_bank", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                  str(_bank_folder(d) / "images.npy")], "inside a DRR bank folder", {}),
+    # campaign 12: a model file given to export-model was worded as ".../tiny.safetensors/state.json: Not a directory"
+    ("export_model_of_a_model_file", lambda i, d: ["export-model", str(i["model"]), "--out",
+                                                   str(d / "copy.safetensors")],
+     "is a file; export-model reads a training run folder", {}),
     # campaign 4: --isocenter 1 million km away was rendered (a pose file's is refused beyond 1 km)
     ("render_isocenter_1e9_mm", lambda i, d: ["render", str(i["ct"]), "--lao", "0", "--cran", "0", "--isocenter",
                                               "1e9", "0", "0", "--out", str(d / "drr.nrrd")], "isocenter", {}),

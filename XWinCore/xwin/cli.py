@@ -328,6 +328,9 @@ def cmd_export_model(ns: argparse.Namespace) -> int:
     from .predict import export_model
 
     run = Path(ns.checkpoint)
+    if run.is_file():  # campaign 12: worded as ".../copy.pt/state.json: Not a directory"
+        raise XWinInputError(run, "is a file; export-model reads a training run folder or one of its checkpoint "
+                                  "folders (a model file is already exported: copy it)")
     inside = Path(ns.out).resolve().parent
     if (inside / "state.json").is_file() or (run / "checkpoints").resolve() in (inside, *inside.parents):
         raise XWinInputError(ns.out, "--out lies inside a checkpoint folder: it would replace the training state that "
