@@ -594,6 +594,10 @@ REQUEST_CASES = [
     # campaign 6: export-model --out into the run's DRR bank replaced its images
     ("export_model_into_its_bank", lambda i, d: ["export-model", str(_run_folder(d)), "--out",
                                                  str(_bank_folder(d) / "images.npy")], "inside a DRR bank folder", {}),
+    # campaign 12: a file as the run folder was worded as "run/.xwin-train.lock: Not a directory"
+    ("train_out_is_a_file", lambda i, d: ["train", "--config", str(_data_yaml(d)), "--out",
+                                          str(_bytes(d / "run", b"x"))], "run: is a file; the run's --out is a folder",
+     {}),
     # campaign 12: a model file given to export-model was worded as ".../tiny.safetensors/state.json: Not a directory"
     ("export_model_of_a_model_file", lambda i, d: ["export-model", str(i["model"]), "--out",
                                                    str(d / "copy.safetensors")],

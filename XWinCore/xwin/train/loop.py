@@ -216,6 +216,8 @@ def train(cfg: XWinConfig, run_dir: str | Path, *, resume: bool = False, progres
     stop_file: when this file appears (checked after every step), finish the step, write a checkpoint, log a
     "stopped" event and return (as on SIGTERM/SIGINT)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():  # campaign 12: worded as "run/.xwin-train.lock: Not a directory"
+        raise XWinInputError(run_dir, "is a file; the run's --out is a folder (new, empty, or a run to --resume)")
     if stop_file is not None:
         check_stop_file(Path(stop_file))
     d: Dist = setup(device)
