@@ -389,6 +389,18 @@ def test_omp_num_threads_is_checked_like_numba_num_threads(name, value, refused,
                    f"comma-separated list of them), got '{value}' (unset it to use every core)\n" if refused else "")
 
 
+def test_an_unwritable_home_gives_matplotlib_a_quiet_temporary_folder(tmp_path):
+    """Campaign 12: with HOME unwritable, matplotlib printed two lines of its own (its settings folder could not be
+    made); XWin now hands it a temporary folder, removed at exit."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME")}
+    env.update({"HOME": "/proc/nonexistent", "TMPDIR": str(tmp_path)})
+    r = subprocess.run([sys.executable, "-m", "xwin", "demo", "--step", "90", "--out", str(tmp_path / "demo")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "matplotlib" not in r.stderr.lower(), r.stderr
+    assert (tmp_path / "demo" / "world_model.png").is_file() and not list(tmp_path.glob("xwin-matplotlib-*"))
+
+
 def test_version_and_environment_settings_that_broke_a_library(tmp_path, capsys):
     """Campaign 6: `xwin --version` asked for a COMMAND; NUMBA_NUM_THREADS=0 and an MPLBACKEND matplotlib does not
     know were tracebacks from numba's and matplotlib's imports. Files are drawn with Agg whatever MPLBACKEND says."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import functools
 import gc
@@ -10,8 +11,10 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -61,7 +64,8 @@ def _check_environment() -> None:
     NUMBA_NUM_THREADS must be a whole number of threads from 1 to `MAX_THREADS` (numba refuses anything else at
     import, and 99,999 threads died in a segmentation fault), and so must OMP_NUM_THREADS and MKL_NUM_THREADS (or a
     comma-separated list of them; PyTorch's OpenMP printed a line of its own and went on); MPLCONFIGDIR, where set,
-    must be a writable folder (matplotlib printed two warnings and worked in a temporary one)."""
+    must be a writable folder (matplotlib printed two warnings and worked in a temporary one), and where it is not and
+    matplotlib's default folder cannot be written (HOME read-only), it is a temporary folder."""
     os.environ["MPLBACKEND"] = "Agg"
     threads = os.environ.get("NUMBA_NUM_THREADS")
     if threads is not None and not (re.fullmatch(r"\s*[0-9]{1,9}\s*", threads) and 0 < int(threads) <= MAX_THREADS):
@@ -79,6 +83,22 @@ def _check_environment() -> None:
     if config and not (os.path.isdir(config) and os.access(config, os.W_OK | os.X_OK)):
         raise XWinInputError(None, f"MPLCONFIGDIR {config!r} is not a writable folder (matplotlib keeps its "
                                    "settings and cache there): unset it or name a folder you can write")
+    if not config and not _matplotlib_folder_usable():
+        # campaign 12: an unwritable HOME made matplotlib print two lines of its own; it falls back to a temporary
+        # folder anyway, so XWin gives it one quietly (removed at exit)
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="xwin-matplotlib-")
+        atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
+
+
+def _matplotlib_folder_usable() -> bool:
+    """Whether matplotlib's default settings folder ($XDG_CONFIG_HOME or ~/.config, then matplotlib) exists or can be
+    made, and is writable: matplotlib's own test at import (`matplotlib._get_config_or_cache_dir`)."""
+    folder = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "matplotlib")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _check_numba_environment() -> None:
