@@ -67,17 +67,16 @@ def _check_environment() -> None:
     must be a writable folder (matplotlib printed two warnings and worked in a temporary one), and where it is not and
     matplotlib's default folder cannot be written (HOME read-only), it is a temporary folder."""
     os.environ["MPLBACKEND"] = "Agg"
-    threads = os.environ.get("NUMBA_NUM_THREADS")
-    if threads is not None and not (re.fullmatch(r"\s*[0-9]{1,9}\s*", threads) and 0 < int(threads) <= MAX_THREADS):
-        raise XWinInputError(None, f"NUMBA_NUM_THREADS must be a whole number of threads from 1 to {MAX_THREADS}, "
-                                   f"got {threads!r} (unset it to use every core)")
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name, lists in (("NUMBA_NUM_THREADS", False), ("OMP_NUM_THREADS", True), ("MKL_NUM_THREADS", True)):
         value = os.environ.get(name)
-        if value is not None and not all(re.fullmatch(r"\s*[0-9]{1,9}\s*", n) and 0 < int(n) <= MAX_THREADS
-                                         for n in value.split(",")):
-            raise XWinInputError(None, f"{name} must be a whole number of threads from 1 to {MAX_THREADS} (or a "
-                                       f"comma-separated list of them), got {value[:40]!r} (unset it to use every "
-                                       "core)")
+        if value is None:
+            continue
+        if not all(re.fullmatch(r"\s*[0-9]{1,9}\s*", n) and 0 < int(n) <= MAX_THREADS
+                   for n in (value.split(",") if lists else [value])):
+            form = " (or a comma-separated list of them)" if lists else ""
+            shown = repr(value[:40]) if lists else repr(value)
+            raise XWinInputError(None, f"{name} must be a whole number of threads from 1 to {MAX_THREADS}{form}, "
+                                       f"got {shown} (unset it to use every core)")
     _check_numba_environment()
     config = os.environ.get("MPLCONFIGDIR")
     if config and not (os.path.isdir(config) and os.access(config, os.W_OK | os.X_OK)):

@@ -270,22 +270,18 @@ def _body_edges(hu: np.ndarray, spacing: np.ndarray) -> tuple[float, np.ndarray,
         filled = ndimage.binary_fill_holes(hu[:, :, k] > -400)  # the lungs are body
         labels, n = ndimage.label(ndimage.binary_opening(filled, structure=opening))  # thin table shells cut off
         if n:
-            mask[:, :, k] = labels == 1 + int(np.argmax(ndimage.sum(labels > 0, labels, range(1, n + 1))))
-    ap = np.nonzero(mask.any(axis=(0, 2)))[0]
-    if not len(ap):
+            mask[:, :, k] = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    if not mask.any():
         return None
     centre_ap = np.nonzero(mask)[1].mean() * spacing[1]
     band = np.abs(np.arange(hu.shape[1]) * spacing[1] - centre_ap) <= 40.0
-    edges = np.full((hu.shape[2], 2), np.nan)
-    for k in range(hu.shape[2]):
-        cols = np.nonzero(mask[:, band, k].any(axis=1))[0]
-        if len(cols):
-            edges[k] = cols.min() * spacing[0], cols.max() * spacing[0]
-    found = ~np.isnan(edges[:, 0])
+    cols = np.any(mask[:, band, :], axis=1)  # (left-right, slices): body within the band
+    found = np.any(cols, axis=0)
     if not found.any():
         return None
-    for side in (0, 1):
-        edges[:, side] = np.interp(np.arange(len(edges)), np.nonzero(found)[0], edges[found, side])
+    first, last = cols.argmax(axis=0), cols.shape[0] - 1 - cols[::-1].argmax(axis=0)
+    edges = np.stack([first, last], axis=1)[found] * spacing[0]
+    edges = np.stack([np.interp(np.arange(len(found)), np.nonzero(found)[0], edges[:, side]) for side in (0, 1)], 1)
     return centre_ap, ndimage.median_filter(edges, size=(7, 1), mode="nearest"), mask
 
 
